@@ -1,0 +1,3 @@
+from rfgan.cli import main
+
+raise SystemExit(main())

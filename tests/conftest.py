@@ -1,0 +1,44 @@
+"""Shared fixtures: one real local Ray per test session, and tiny real datasets on disk."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rfgan.data import write_dataset
+from rfgan.synth import SynthSpec, source_of, synth_splits
+
+TINY = SynthSpec(n_train=40, n_val=12, electrodes=12, size=32, n_arrays=3, shard_rows=16, seed=3)
+
+
+def make_synth(out, spec: SynthSpec = TINY, **kwargs):
+    rfs, splits = synth_splits(spec)
+    return write_dataset(out, rfs=rfs, fov_deg=spec.fov_deg, image_size=(spec.size, spec.size),
+                         channels=spec.channels, splits=splits, source=source_of(spec), **kwargs)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    # More logical CPUs than cores: Train workers and Ray Data's read tasks must all get a slot (RAY-NOTES).
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "tiny"
+    make_synth(out)
+    return out
+
+
+def concat_chunks(chunks) -> dict[str, np.ndarray]:
+    chunks = list(chunks)
+    return {
+        "sample_id": np.concatenate([c.sample_id for c in chunks]),
+        "image_id": np.concatenate([c.image_id for c in chunks]),
+        "responses": np.concatenate([c.responses for c in chunks]),
+        "image": np.concatenate([c.images for c in chunks]),
+    }
