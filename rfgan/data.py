@@ -75,6 +75,39 @@ class DatasetInfo:
             "source": self.source,
         }
 
+    @classmethod
+    def from_json(cls, meta: dict[str, Any], where: str) -> "DatasetInfo":
+        """Parse and check a metadata.json mapping; `where` names its file in errors."""
+        if meta.get("format") != FORMAT:
+            raise DataError(f"{where}: 'format' is {meta.get('format')!r}, expected {FORMAT!r}.")
+        version = meta.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise DataError(
+                f"{where}: schema_version {version!r} is not supported by this rfgan (it reads version "
+                f"{SCHEMA_VERSION}); re-create the dataset with this rfgan or install the matching rfgan version."
+            )
+        required = ("image_height", "image_width", "channels", "fov_deg", "n_electrodes", "splits",
+                    "response_mean", "response_std")
+        missing = [k for k in required if k not in meta]
+        if missing:
+            raise DataError(f"{where}: missing key(s) {missing}.")
+        info = cls(
+            image_size=(int(meta["image_height"]), int(meta["image_width"])),
+            channels=int(meta["channels"]),
+            fov_deg=float(meta["fov_deg"]),
+            n_electrodes=int(meta["n_electrodes"]),
+            splits={str(k): int(v) for k, v in meta["splits"].items()},
+            response_mean=tuple(float(v) for v in meta["response_mean"]),
+            response_std=tuple(float(v) for v in meta["response_std"]),
+            source=meta.get("source", {}),
+            schema_version=version,
+        )
+        if info.channels not in (1, 3):
+            raise DataError(f"{where}: channels is {info.channels}; rfgan reads grayscale (1) or RGB (3) images.")
+        if len(info.response_mean) != info.n_electrodes or len(info.response_std) != info.n_electrodes:
+            raise DataError(f"{where}: response_mean/response_std must have n_electrodes={info.n_electrodes} values.")
+        return info
+
 
 @dataclass(frozen=True)
 class Samples:
@@ -205,35 +238,7 @@ def read_info(path: str | os.PathLike) -> DatasetInfo:
         meta = json.loads(meta_path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise DataError(f"{meta_path}: cannot read it as JSON ({e}).") from e
-    if meta.get("format") != FORMAT:
-        raise DataError(f"{meta_path}: 'format' is {meta.get('format')!r}, expected {FORMAT!r}.")
-    version = meta.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise DataError(
-            f"{meta_path}: schema_version {version!r} is not supported by this rfgan (it reads version "
-            f"{SCHEMA_VERSION}); re-create the dataset with this rfgan or install the matching rfgan version."
-        )
-    required = ("image_height", "image_width", "channels", "fov_deg", "n_electrodes", "splits",
-                "response_mean", "response_std")
-    missing = [k for k in required if k not in meta]
-    if missing:
-        raise DataError(f"{meta_path}: missing key(s) {missing}.")
-    info = DatasetInfo(
-        image_size=(int(meta["image_height"]), int(meta["image_width"])),
-        channels=int(meta["channels"]),
-        fov_deg=float(meta["fov_deg"]),
-        n_electrodes=int(meta["n_electrodes"]),
-        splits={str(k): int(v) for k, v in meta["splits"].items()},
-        response_mean=tuple(float(v) for v in meta["response_mean"]),
-        response_std=tuple(float(v) for v in meta["response_std"]),
-        source=meta.get("source", {}),
-        schema_version=version,
-    )
-    if info.channels not in (1, 3):
-        raise DataError(f"{meta_path}: channels is {info.channels}; rfgan reads grayscale (1) or RGB (3) images.")
-    if len(info.response_mean) != info.n_electrodes or len(info.response_std) != info.n_electrodes:
-        raise DataError(f"{meta_path}: response_mean/response_std must have n_electrodes={info.n_electrodes} values.")
-    return info
+    return DatasetInfo.from_json(meta, str(meta_path))
 
 
 def read_rfs(path: str | os.PathLike, info: DatasetInfo | None = None) -> RFTable:
@@ -326,9 +331,16 @@ def to_tensors(batch: Mapping[str, Any], device: torch.device | str | None = Non
 
     The uint8 image travels to the device before the float conversion: a quarter of the bytes over the bus.
     """
-    responses = torch.as_tensor(batch["responses"]).to(device, torch.float32, non_blocking=True)
-    image = torch.as_tensor(batch["image"]).to(device, non_blocking=True)
+    responses = _as_tensor(batch["responses"]).to(device, torch.float32, non_blocking=True)
+    image = _as_tensor(batch["image"]).to(device, non_blocking=True)
     if image.ndim != 4:
         raise ValueError(f"image batch must be (B, H, W, C), got shape {tuple(image.shape)}")
     images = image.permute(0, 3, 1, 2).float().div_(255.0)
     return responses, images
+
+
+def _as_tensor(a: Any) -> torch.Tensor:
+    # Arrow hands out read-only arrays, which torch can only wrap with a warning: copy those.
+    if isinstance(a, np.ndarray) and not a.flags.writeable:
+        a = a.copy()
+    return torch.as_tensor(a)

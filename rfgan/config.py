@@ -1,0 +1,277 @@
+"""The one configuration of rfgan: a frozen, nested dataclass with every default, named presets, validation and
+(de)serialisation. The CLI, the Ray Train worker and the Tune search space are all derived from it.
+
+Every value is checked when a Config is built (including by `dataclasses.replace`), so an impossible config can
+not exist; unknown keys in a file or an override are errors that list the valid keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from rfgan.losses import ADV_KINDS, PIXEL_KINDS, REFERENCE_VGG_WEIGHTS
+
+
+class ConfigError(ValueError):
+    """An impossible or unknown configuration value."""
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    path: str | None = None  # dataset directory; None = the built-in synthetic dataset
+    with_noise: bool = False  # one extra generator input channel of Gaussian noise (the reference "withNoise")
+    sum_per_area: bool = False  # one input channel per area (V1/V4/IT) instead of per electrode
+    standardize: bool = True  # z-score each electrode with the training split's mean/std
+    rf_norm: str = "peak"  # RF maps in the generator input peak at 1 ("sum": sum to 1)
+    mask: bool = False  # RFmasked: compare output and target only inside the RFs
+    mask_radius_sigmas: float = 1.0
+
+    def __post_init__(self) -> None:
+        _require(self.rf_norm in ("peak", "sum"), f"data.rf_norm must be 'peak' or 'sum', not {self.rf_norm!r}")
+        _require(self.mask_radius_sigmas > 0, "data.mask_radius_sigmas must be > 0")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    generator: str = "unet"  # "unet" (pix2pix) or "reference" (SegNet encoder–decoder)
+    discriminator: str = "patch"  # "patch" (PatchGAN) or "reference" (DCGAN)
+    ngf: int = 64  # U-Net base width
+    n_down: int = 5  # U-Net depth: image sides must be divisible by 2**n_down
+    g_widths: tuple[int, ...] = (64, 128, 256, 512, 512)  # reference G block widths
+    g_convs_per_block: tuple[int, ...] = (2, 2, 3, 3, 3)
+    n_res: int = 5  # reference G residual blocks in the bottleneck
+    dropout: float = 0.5
+    norm: str = "batch"  # U-Net and PatchGAN normalisation: "batch", "instance" or "none"
+    ndf: int = 64  # D base width
+    d_layers: int = 3  # PatchGAN depth (3 = 70×70 patches)
+    conditional_d: bool = False  # D also sees the mean RF input (cGAN); PatchGAN only
+    init_std: float = 0.02  # DCGAN init N(0, init_std)
+
+    def __post_init__(self) -> None:
+        _require(self.generator in ("unet", "reference"), f"model.generator must be 'unet' or 'reference', "
+                                                          f"not {self.generator!r}")
+        _require(self.discriminator in ("patch", "reference"), f"model.discriminator must be 'patch' or "
+                                                                f"'reference', not {self.discriminator!r}")
+        _require(self.norm in ("batch", "instance", "none"), f"model.norm must be batch|instance|none, "
+                                                              f"not {self.norm!r}")
+        _require(min(self.ngf, self.ndf, self.n_down, self.d_layers) >= 1, "model widths and depths must be >= 1")
+        _require(len(self.g_widths) == len(self.g_convs_per_block) and len(self.g_widths) >= 1,
+                 "model.g_widths and model.g_convs_per_block must have the same, non-zero length")
+        _require(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
+        _require(self.init_std > 0, "model.init_std must be > 0")
+        _require(not (self.conditional_d and self.discriminator == "reference"),
+                 "model.conditional_d needs model.discriminator='patch' (the reference D is unconditional)")
+
+    def size_divisor(self) -> int:
+        """Image sides must be a multiple of this for the generator's down/up-sampling to round-trip."""
+        return 2 ** (self.n_down if self.generator == "unet" else len(self.g_widths))
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    adversarial: str = "nonsaturating"  # or "minimax", "lsgan"
+    lambda_adv: float = 1.0  # 0 = no discriminator at all: the non-adversarial (RFmasked) model
+    lambda_vgg: float = 1.0
+    lambda_pix: float = 10.0
+    pixel: str = "l1"  # or "mse"
+    vgg_weights: str | None = None  # VGG19 weights file; None = torchvision's file in the torch hub cache
+    vgg_random_init: bool = False  # random VGG features (tests, offline demos): not a perceptual loss
+    vgg_imagenet_norm: bool = False  # the reference fed [0, 1] images to VGG without ImageNet normalisation
+    vgg_layer_weights: tuple[float, ...] = REFERENCE_VGG_WEIGHTS  # relu1_1 … relu5_1
+
+    def __post_init__(self) -> None:
+        _require(self.adversarial in ADV_KINDS, f"loss.adversarial must be one of {ADV_KINDS}, "
+                                                f"not {self.adversarial!r}")
+        _require(self.pixel in PIXEL_KINDS, f"loss.pixel must be one of {PIXEL_KINDS}, not {self.pixel!r}")
+        for name in ("lambda_adv", "lambda_vgg", "lambda_pix"):
+            _require(getattr(self, name) >= 0, f"loss.{name} must be >= 0, got {getattr(self, name)}")
+        _require(self.lambda_adv + self.lambda_vgg + self.lambda_pix > 0, "at least one loss weight must be > 0")
+        _require(len(self.vgg_layer_weights) == 5, "loss.vgg_layer_weights needs 5 values (relu1_1 … relu5_1)")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    batch_size: int = 64  # global: split across workers
+    d_steps: int = 1  # D updates per G update
+    bf16: bool = False  # bfloat16 autocast for the forward passes
+
+    def __post_init__(self) -> None:
+        _require(self.lr_g > 0 and self.lr_d > 0, "optim.lr_g and optim.lr_d must be > 0")
+        _require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "optim.beta1 and optim.beta2 must be in [0, 1)")
+        _require(self.batch_size >= 1, "optim.batch_size must be >= 1")
+        _require(self.d_steps >= 1, "optim.d_steps must be >= 1")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    epochs: int = 20
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, "run.epochs must be >= 1")
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    preset: str = "default"  # the preset this config started from (provenance only)
+
+    @property
+    def adversarial(self) -> bool:
+        return self.loss.lambda_adv > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Config":
+        return _build(cls, d, "")
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> "Config":
+        """Apply dotted-key overrides, e.g. {"loss.lambda_adv": 0.5, "optim.lr_g": 1e-4}."""
+        d = self.to_dict()
+        for key, value in overrides.items():
+            *parents, leaf = key.split(".")
+            node = d
+            for i, part in enumerate(parents):
+                if not isinstance(node.get(part), dict):
+                    raise ConfigError(f"unknown config key {'.'.join(parents[:i + 1])!r} in {key!r}")
+                node = node[part]
+            if leaf not in node:
+                raise ConfigError(f"unknown config key {key!r}; valid keys here: {sorted(node)}")
+            node[leaf] = value
+        return Config.from_dict(d)
+
+
+def _build(cls: type, d: Mapping[str, Any], prefix: str) -> Any:
+    """A dataclass from a (possibly partial) nested mapping; missing keys keep their defaults."""
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {type(d).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {sorted(prefix + k for k in unknown)}; "
+                          f"valid keys{' in ' + prefix.rstrip('.') if prefix else ''}: {sorted(names)}")
+    kwargs = {}
+    for name, value in d.items():
+        kwargs[name] = _coerce(hints[name], value, prefix + name)
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key + ".")
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return tuple(_coerce(args[0], v, key) for v in value)
+    if args and type(None) in args:  # Optional[X]
+        return None if value is None else _coerce(next(a for a in args if a is not type(None)), value, key)
+    if hint is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if hint in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        try:
+            number = hint(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} must be {'an integer' if hint is int else 'a number'}, got {value!r}") from None
+        if hint is int and isinstance(value, float) and number != value:
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return number
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"no coercion for {hint!r} ({key})")
+
+
+def _preset(name: str, **sections: Mapping[str, Any]) -> Config:
+    return Config.from_dict({"preset": name, **sections})
+
+
+# The reference model (RF_GANsynth): SegNet G, DCGAN D (ndf 18), BCE, errG + 2·vgg, Adam(2e-4, betas 0.8/0.999).
+_REFERENCE = {
+    "model": {"generator": "reference", "discriminator": "reference", "ndf": 18},
+    "loss": {"adversarial": "nonsaturating", "lambda_adv": 1.0, "lambda_vgg": 2.0, "lambda_pix": 0.0},
+    "optim": {"lr_g": 2e-4, "lr_d": 2e-4, "beta1": 0.8, "batch_size": 64},
+}
+
+PRESETS: dict[str, Config] = {
+    "default": _preset("default"),
+    "reference": _preset("reference", **_REFERENCE),
+    # withNoise: one extra noise channel, 0.05·errG + 1·vgg, batch 32.
+    "reference-noise": _preset(
+        "reference-noise", data={"with_noise": True}, model=_REFERENCE["model"],
+        loss={**_REFERENCE["loss"], "lambda_adv": 0.05, "lambda_vgg": 1.0},
+        optim={**_REFERENCE["optim"], "batch_size": 32}),
+    # The non-adversarial RFmasked objective: output and target masked to the RFs, vgg + 0.1·MSE, no D.
+    "rfmasked": _preset(
+        "rfmasked", data={"mask": True}, model=_REFERENCE["model"],
+        loss={"lambda_adv": 0.0, "lambda_vgg": 1.0, "lambda_pix": 0.1, "pixel": "mse"}, optim=_REFERENCE["optim"]),
+    # Small nets and random VGG features: tests and laptop demos, no downloaded weights needed.
+    "tiny": _preset(
+        "tiny", model={"ngf": 8, "n_down": 3, "ndf": 8, "d_layers": 2},
+        loss={"vgg_random_init": True, "lambda_vgg": 0.2},
+        optim={"batch_size": 16}, run={"epochs": 3}),
+}
+
+
+def preset(name: str) -> Config:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; presets: {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def load_config(path: str | os.PathLike) -> Config:
+    """A config from JSON or YAML. A `preset` key picks the base; the file's other keys override it."""
+    text = open(path).read()
+    try:
+        if str(path).endswith((".yaml", ".yml")):
+            import yaml
+
+            d = yaml.safe_load(text) or {}
+        else:
+            d = json.loads(text)
+    except Exception as e:  # YAML and JSON raise different error types; both mean the same to the user
+        raise ConfigError(f"{path}: cannot parse it ({e})") from e
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    base = preset(d.get("preset", "default"))
+    merged = base.to_dict()
+    for section, values in d.items():
+        if isinstance(values, Mapping) and isinstance(merged.get(section), dict):
+            merged[section] = {**merged[section], **values}
+        else:
+            merged[section] = values
+    try:
+        return Config.from_dict(merged)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e

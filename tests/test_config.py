@@ -1,0 +1,73 @@
+import dataclasses
+import json
+
+import pytest
+
+from rfgan.config import PRESETS, Config, ConfigError, load_config, preset
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_are_valid_and_round_trip(name):
+    cfg = preset(name)
+    assert cfg.preset == name
+    assert Config.from_dict(json.loads(cfg.to_json())) == cfg
+
+
+def test_reference_presets_hold_the_reference_numbers():
+    ref, noise, masked = preset("reference"), preset("reference-noise"), preset("rfmasked")
+    assert (ref.model.generator, ref.model.discriminator, ref.model.ndf) == ("reference", "reference", 18)
+    assert (ref.loss.lambda_adv, ref.loss.lambda_vgg, ref.loss.lambda_pix) == (1.0, 2.0, 0.0)
+    assert (ref.optim.lr_g, ref.optim.lr_d, ref.optim.beta1, ref.optim.beta2) == (2e-4, 2e-4, 0.8, 0.999)
+    assert ref.optim.batch_size == 64 and not ref.data.with_noise
+    assert noise.data.with_noise and (noise.loss.lambda_adv, noise.loss.lambda_vgg) == (0.05, 1.0)
+    assert noise.optim.batch_size == 32
+    assert masked.data.mask and not masked.adversarial
+    assert (masked.loss.lambda_pix, masked.loss.pixel) == (0.1, "mse")
+    assert ref.loss.vgg_layer_weights == (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0)
+
+
+def test_unknown_keys_are_errors_that_list_valid_keys():
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) \['loss.lambda_gan'\].*lambda_adv"):
+        Config.from_dict({"loss": {"lambda_gan": 1.0}})
+    with pytest.raises(ConfigError, match="unknown config key 'optim.lr'"):
+        preset("tiny").with_overrides({"optim.lr": 1e-3})
+    with pytest.raises(ConfigError, match="unknown config key 'trainer'"):
+        preset("tiny").with_overrides({"trainer.lr": 1e-3})
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"optim.lr_g": -1.0}, "lr_g"),
+    ({"loss.lambda_adv": 0, "loss.lambda_vgg": 0, "loss.lambda_pix": 0}, "at least one loss weight"),
+    ({"model.generator": "resnet"}, "model.generator"),
+    ({"loss.adversarial": "hinge"}, "loss.adversarial"),
+    ({"model.dropout": 1.5}, "dropout"),
+    ({"optim.batch_size": 2.5}, "must be an integer"),
+    ({"optim.batch_size": "many"}, "must be an integer"),
+    ({"data.mask": "yes"}, "true or false"),
+    ({"model.conditional_d": True, "model.discriminator": "reference"}, "conditional_d"),
+])
+def test_impossible_values_are_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        preset("default").with_overrides(overrides)
+
+
+def test_replace_revalidates():
+    with pytest.raises(ConfigError):
+        dataclasses.replace(preset("default").optim, d_steps=0)
+
+
+def test_overrides_coerce_cli_strings():
+    cfg = preset("tiny").with_overrides({"loss.lambda_adv": "0.5", "data.with_noise": "true", "run.epochs": "7"})
+    assert cfg.loss.lambda_adv == 0.5 and cfg.data.with_noise is True and cfg.run.epochs == 7
+
+
+def test_load_yaml_and_json_on_top_of_a_preset(tmp_path):
+    (tmp_path / "c.yaml").write_text("preset: reference\nloss:\n  lambda_vgg: 3.0\noptim:\n  lr_d: 1.0e-4\n")
+    cfg = load_config(tmp_path / "c.yaml")
+    assert cfg.model.generator == "reference" and cfg.loss.lambda_vgg == 3.0 and cfg.optim.lr_d == 1e-4
+    assert cfg.loss.lambda_adv == 1.0  # kept from the preset
+    (tmp_path / "c.json").write_text(preset("rfmasked").to_json())
+    assert load_config(tmp_path / "c.json") == preset("rfmasked")
+    (tmp_path / "bad.json").write_text('{"loss": {"lambda": 1}}')
+    with pytest.raises(ConfigError, match="bad.json: unknown config key"):
+        load_config(tmp_path / "bad.json")
