@@ -26,6 +26,9 @@ from rfgan.rf import RFTable
 NETS_FILE, CONFIG_FILE, STATE_FILE, RFS_FILE, DATASET_FILE = (
     "nets.pt", "config.json", "state.json", "rfs.csv", "dataset.json")
 CHECKPOINT_VERSION = 1
+# Checkpoints are ranked by validation SSIM: a reconstruction metric, comparable across runs and configs (the
+# adversarial losses are not).
+SCORE = "val_ssim"
 
 
 def unwrap(module: nn.Module | None) -> nn.Module | None:

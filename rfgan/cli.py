@@ -1,8 +1,11 @@
-"""The `rfgan` command line: synth, ingest, check."""
+"""The `rfgan` command line: synth, ingest, check, train, eval, reconstruct."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -12,6 +15,7 @@ from typing import Iterator, Sequence
 from rfgan.errors import DataError
 
 DEFAULT_DATA = "data/synthetic"
+DEMO_PRESET = "tiny"
 
 
 @contextmanager
@@ -169,6 +173,189 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="train an RF-GAN with Ray Train (local Ray, or a cluster)",
+        description="Train on a dataset with Ray Train: DDP across --workers (CPU or GPU), data sharded from "
+                    "Parquet by Ray Data, a checkpoint every epoch (best N kept by validation SSIM), sample grids, "
+                    "TensorBoard logs, metrics.csv and curves.png in the run directory. With no --data it trains "
+                    f"on the built-in synthetic dataset ({DEFAULT_DATA}, made first if absent) with the "
+                    f"'{DEMO_PRESET}' preset unless --preset is given.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", help="dataset directory (default: the built-in synthetic dataset)")
+    p.add_argument("--preset", help="starting config: default, reference, reference-noise, rfmasked, tiny "
+                                    f"(default: 'default' with --data, '{DEMO_PRESET}' without)")
+    p.add_argument("--config", help="JSON/YAML config file (e.g. a sweep's best_config.json); its 'preset' key, "
+                                    "if any, picks the base")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field, e.g. --set loss.lambda_adv=0.5 (repeatable)")
+    p.add_argument("--workers", type=int, help="Ray Train workers (run.workers)")
+    p.add_argument("--gpu", action="store_true", default=None, help="one GPU per worker (run.use_gpu)")
+    p.add_argument("--epochs", type=int, help="run.epochs")
+    p.add_argument("--batch-size", type=int, help="global batch size, split across workers (optim.batch_size)")
+    p.add_argument("--out", help="run directory or storage URI (s3://bucket/runs/NAME); default runs/PRESET-TIME")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint (epoch, optimizers, RNG)")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and parameter counts, exit")
+    p.set_defaults(func=cmd_train)
+
+
+def resolve_config(args: argparse.Namespace):
+    """Preset → config file → --set overrides → explicit flags; validated at each step."""
+    from rfgan.config import load_config, preset
+
+    if args.config:
+        cfg = load_config(args.config)
+        if args.preset:
+            raise DataError("give --preset or --config, not both (a config file names its preset inside)")
+    else:
+        cfg = preset(args.preset or ("default" if args.data else DEMO_PRESET))
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise DataError(f"--set needs KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = _parse_value(value.strip())
+    flags = {"run.workers": args.workers, "run.use_gpu": args.gpu, "run.epochs": args.epochs,
+             "optim.batch_size": args.batch_size}
+    overrides.update({k: v for k, v in flags.items() if v is not None})
+    if args.data:
+        overrides["data.path"] = args.data
+    return cfg.with_overrides(overrides) if overrides else cfg
+
+
+def _parse_value(text: str):
+    """JSON values (numbers, true/false, null, lists) as such; anything else stays a string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _init_ray(address: str | None, cfg) -> None:
+    import ray
+
+    if ray.is_initialized():  # e.g. called from a notebook or a test that started Ray already
+        return
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address)  # a cluster (also what `ray job submit` sets up)
+        return
+    # A local Ray with more logical CPUs than the workers take, so Ray Data's read tasks always get a slot.
+    need = math.ceil(cfg.run.workers * cfg.run.cpus_per_worker) + 2
+    ray.init(num_cpus=max(os.cpu_count() or 1, need), include_dashboard=False)
+
+
+def _preflight(cfg) -> None:
+    """Fail before Ray starts on what would otherwise fail on every worker."""
+    if cfg.loss.lambda_vgg > 0 and not cfg.loss.vgg_random_init:
+        from rfgan.losses import MissingVGGWeightsError, load_vgg19_state_dict
+
+        try:
+            load_vgg19_state_dict(cfg.loss.vgg_weights)
+        except MissingVGGWeightsError as e:
+            raise DataError(f"{e}\nWith rfgan: --set loss.vgg_weights=PATH, or for a demo without a perceptual "
+                            f"loss --set loss.vgg_random_init=true (or --preset {DEMO_PRESET}).") from None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from rfgan.data import read_info, read_rfs
+    from rfgan.models import count_parameters
+    from rfgan.nets import build_gan, check_compatible
+
+    cfg = resolve_config(args)
+    data = cfg.data.path or DEFAULT_DATA
+    if cfg.data.path is None and not Path(data, "metadata.json").exists():
+        cmd_synth(build_parser().parse_args(["synth", "--out", data]))
+    info = read_info(data)
+    rfs = read_rfs(data, info)
+    check_compatible(cfg, info)
+    print(f"config (preset {cfg.preset!r}, data {data}):\n{cfg.to_json()}")
+    if args.dry_run:
+        gan = build_gan(cfg, info, rfs, with_vgg=False)
+        print(f"generator: {count_parameters(gan.generator):,} parameters, {gan.projection.out_channels} input "
+              f"channels -> {info.channels}x{info.image_size[0]}x{info.image_size[1]}")
+        print(f"discriminator: {count_parameters(gan.discriminator):,} parameters" if gan.discriminator is not None
+              else "discriminator: none (loss.lambda_adv = 0)")
+        return 0
+    _preflight(cfg)
+    from rfgan.train import existing_checkpoints, fit, write_resolved_config
+
+    out = args.out or f"runs/{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    found = existing_checkpoints(out)
+    if found and not args.resume:
+        raise DataError(f"{out} already holds {len(found)} checkpoint(s); pass --resume to continue that run, or "
+                        "choose another --out.")
+    if args.resume and not found:
+        print(f"--resume: {out} has no checkpoint yet; starting from epoch 1")
+    write_resolved_config(cfg, out)
+    _init_ray(args.address, cfg)
+    local = not (args.address or os.environ.get("RAY_ADDRESS"))
+    threads = max(1, (os.cpu_count() or 1) // cfg.run.workers) if local else None
+    start = time.perf_counter()
+    result = fit(cfg, data, out, torch_threads=threads)
+    wall = time.perf_counter() - start
+    if result.error is not None:
+        print(f"rfgan train: training failed after {wall:.0f} s: {result.error}", file=sys.stderr)
+        return 1
+    metrics = result.metrics
+    summary = ", ".join(f"{k}={metrics[k]:.4g}" for k in ("val_psnr", "val_ssim", "val_pixel_corr",
+                                                          "val_feature_corr") if k in metrics)
+    print(f"done in {wall:.0f} s: {metrics.get('epoch')} epochs, {summary}\n"
+          f"run directory: {result.run_dir}\nbest checkpoint: {result.best_checkpoint}\n"
+          f"samples: {result.run_dir}/samples/  curves: {result.run_dir}/curves.png  "
+          f"tensorboard --logdir {result.run_dir}/tensorboard")
+    return 0
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="metrics of a trained run on a dataset",
+                       description="PSNR and SSIM (on luma for colour), pixel correlation and VGG-feature "
+                                   "correlation of a run's best or last checkpoint, with a grid PNG.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--run", required=True, help="run directory (from rfgan train --out)")
+    p.add_argument("--data", required=True, help="dataset directory")
+    p.add_argument("--split", default="val", help="dataset split")
+    p.add_argument("--checkpoint", default="best", help="best, last, or a checkpoint directory")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--device", default="cpu", help="torch device")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from rfgan.inference import evaluate_run
+
+    result = evaluate_run(args.run, args.data, args.split, args.checkpoint, args.device)
+    (Path(args.run) / f"eval_{args.split}.json").write_text(json.dumps(result, indent=1) + "\n")
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(f"{result['checkpoint']} (epoch {result['epoch']}) on {args.data}/{args.split} "
+              f"({result['n_images']} images): psnr={result['psnr']:.2f} dB ssim={result['ssim']:.3f} "
+              f"pixel_corr={result['pixel_corr']:.3f} feature_corr={result['feature_corr']:.3f} "
+              f"[{result['feature_net']}]\ngrid: {result['grid']}")
+    return 0
+
+
+def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("reconstruct", help="images from new responses with a trained run",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--responses", required=True, help=".npy (N, E), electrodes in the run's rfs.csv order")
+    p.add_argument("--out", required=True, help="folder for reconstructions.npy and one PNG per row")
+    p.add_argument("--checkpoint", default="best", help="best, last, or a checkpoint directory")
+    p.add_argument("--device", default="cpu", help="torch device")
+    p.set_defaults(func=cmd_reconstruct)
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    from rfgan.inference import reconstruct
+
+    out = reconstruct(args.run, args.responses, args.out, args.checkpoint, args.device)
+    print(f"wrote {out}/reconstructions.npy and PNGs")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from rfgan import __version__
 
@@ -180,13 +367,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synth(sub)
     _add_ingest(sub)
     _add_check(sub)
+    _add_train(sub)
+    _add_eval(sub)
+    _add_reconstruct(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from rfgan.config import ConfigError
+
     try:
         return args.func(args)
-    except DataError as e:
+    except (DataError, ConfigError) as e:
         print(f"rfgan {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
 
@@ -40,6 +41,20 @@ SCHEMA_VERSION = 1
 SPLITS = ("train", "val", "test")
 METADATA_FILE = "metadata.json"
 RFS_FILE = "rfs.csv"
+
+
+def filesystem(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path) for a local path or a URI such as s3://bucket/datasets/x: datasets are read, and runs
+    written, through pyarrow's filesystems."""
+    uri = os.fspath(uri)
+    if "://" in uri:
+        return pafs.FileSystem.from_uri(uri)
+    return pafs.LocalFileSystem(), os.path.abspath(uri)
+
+
+def _read_text(fs: pafs.FileSystem, path: str) -> str:
+    with fs.open_input_stream(path) as f:
+        return f.read().decode()
 
 
 @dataclass(frozen=True)
@@ -227,27 +242,34 @@ def write_dataset(
 
 
 def read_info(path: str | os.PathLike) -> DatasetInfo:
-    """Read and check metadata.json of the dataset at `path`."""
-    meta_path = Path(path) / METADATA_FILE
-    if not meta_path.is_file():
+    """Read and check metadata.json of the dataset at `path` (a directory or a URI)."""
+    fs, root = filesystem(path)
+    meta_path = f"{root}/{METADATA_FILE}"
+    if fs.get_file_info(meta_path).type != pafs.FileType.File:
         raise DataError(
             f"{path} is not an rfgan dataset: {METADATA_FILE} is missing. "
             "Make one with `rfgan synth --out DIR` or `rfgan ingest ... --out DIR`."
         )
     try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        meta = json.loads(_read_text(fs, meta_path))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DataError(f"{meta_path}: cannot read it as JSON ({e}).") from e
-    return DatasetInfo.from_json(meta, str(meta_path))
+    return DatasetInfo.from_json(meta, meta_path)
 
 
 def read_rfs(path: str | os.PathLike, info: DatasetInfo | None = None) -> RFTable:
     """The dataset's RF table, checked against the metadata's electrode count."""
     info = info or read_info(path)
-    rfs = RFTable.from_csv(Path(path) / RFS_FILE)
+    fs, root = filesystem(path)
+    rfs_path = f"{root}/{RFS_FILE}"
+    try:
+        text = _read_text(fs, rfs_path)
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{rfs_path}: cannot read the RF table ({e}).") from e
+    rfs = RFTable.from_csv_text(text, rfs_path)
     if len(rfs) != info.n_electrodes:
         raise DataError(
-            f"{Path(path) / RFS_FILE} has {len(rfs)} electrodes but {METADATA_FILE} says n_electrodes="
+            f"{rfs_path} has {len(rfs)} electrodes but {METADATA_FILE} says n_electrodes="
             f"{info.n_electrodes}; the RF table needs one row per response column."
         )
     return rfs
@@ -256,14 +278,16 @@ def read_rfs(path: str | os.PathLike, info: DatasetInfo | None = None) -> RFTabl
 def split_files(path: str | os.PathLike, split: str, info: DatasetInfo | None = None) -> list[str]:
     """The split's Parquet shards, sorted, after checking each one's schema against the metadata."""
     info = info or read_info(path)
-    folder = Path(path) / split
-    files = sorted(str(p) for p in folder.glob("*.parquet"))
+    fs, root = filesystem(path)
+    folder = f"{root}/{split}"
+    found = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    files = sorted(i.path for i in found if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
     if not files:
         raise DataError(f"{folder}: no Parquet files; the dataset has splits {sorted(info.splits)}.")
     expected = parquet_schema(info.n_electrodes, info.image_numel)
     for f in files:
         try:
-            schema = pq.read_schema(f)
+            schema = pq.read_schema(f, filesystem=fs)
         except (OSError, pa.ArrowInvalid) as e:
             raise DataError(f"{f}: not a readable Parquet file ({e}).") from e
         for want in expected:
@@ -312,7 +336,9 @@ def decode_table(table: pa.Table, info: DatasetInfo) -> dict[str, np.ndarray]:
 def read_split(path: str | os.PathLike, split: str) -> dict[str, np.ndarray]:
     """A whole split in memory, without Ray (evaluation, tests, small datasets)."""
     info = read_info(path)
-    table = pa.concat_tables(pq.read_table(f, columns=list(COLUMNS)) for f in split_files(path, split, info))
+    fs, _ = filesystem(path)
+    table = pa.concat_tables(pq.read_table(f, columns=list(COLUMNS), filesystem=fs)
+                             for f in split_files(path, split, info))
     return decode_table(table, info)
 
 
@@ -322,7 +348,7 @@ def open_split(path: str | os.PathLike, split: str) -> "ray.data.Dataset":
 
     info = read_info(path)
     files = split_files(path, split, info)
-    ds = ray.data.read_parquet(files).select_columns(list(COLUMNS))
+    ds = ray.data.read_parquet(files, filesystem=filesystem(path)[0]).select_columns(list(COLUMNS))
     return ds.map_batches(decode_table, fn_kwargs={"info": info}, batch_format="pyarrow")
 
 

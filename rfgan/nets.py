@@ -46,8 +46,9 @@ def check_compatible(cfg: Config, info: DatasetInfo) -> None:
         )
 
 
-def build_gan(cfg: Config, info: DatasetInfo, rfs: RFTable) -> GAN:
-    """Build on the CPU; move with `.to(device)`. Weights are DCGAN-initialised from the current torch seed."""
+def build_gan(cfg: Config, info: DatasetInfo, rfs: RFTable, with_vgg: bool = True) -> GAN:
+    """Build on the CPU; move with `.to(device)`. Weights are DCGAN-initialised from the current torch seed.
+    `with_vgg=False` skips the VGG net (parameter counts, inference)."""
     check_compatible(cfg, info)
     d = cfg.data
     stats = dict(mean=np.asarray(info.response_mean), std=np.asarray(info.response_std)) if d.standardize else {}
@@ -71,7 +72,7 @@ def build_gan(cfg: Config, info: DatasetInfo, rfs: RFTable) -> GAN:
         init_weights(discriminator, m.init_std)
     loss = cfg.loss
     vgg = None
-    if loss.lambda_vgg > 0:
+    if with_vgg and loss.lambda_vgg > 0:
         vgg = VGGFeatures(weights=loss.vgg_weights, random_init=loss.vgg_random_init,
                           imagenet_norm=loss.vgg_imagenet_norm, seed=cfg.run.seed)
     mask = None

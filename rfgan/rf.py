@@ -9,6 +9,7 @@ row 0 of the image is the top of the field.
 from __future__ import annotations
 
 import csv
+import io
 import os
 from dataclasses import dataclass
 from typing import Sequence
@@ -81,10 +82,19 @@ class RFTable:
         path = os.fspath(path)
         try:
             with open(path, newline="") as f:
-                reader = csv.DictReader(f)
-                rows = list(reader)
-                header = [h.strip() for h in (reader.fieldnames or [])]
-        except (OSError, UnicodeDecodeError, csv.Error) as e:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"{path}: cannot read the RF table ({e}).") from e
+        return cls.from_csv_text(text, path)
+
+    @classmethod
+    def from_csv_text(cls, text: str, path: str) -> "RFTable":
+        """Parse the CSV text of an RF table; `path` names it in errors."""
+        try:
+            reader = csv.DictReader(io.StringIO(text, newline=""))
+            rows = list(reader)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+        except csv.Error as e:
             raise DataError(f"{path}: cannot read the RF table ({e}).") from e
         missing = [c for c in RF_COLUMNS if c not in header]
         if missing:
@@ -116,6 +126,19 @@ class RFTable:
         )
         table.validate(path)
         return table
+
+    def to_dict(self) -> dict[str, list]:
+        """Plain lists, for configs passed to Ray workers."""
+        d = {c: getattr(self, c).tolist() for c in RF_COLUMNS}
+        if self.area is not None:
+            d["area"] = self.area.tolist()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, list]) -> "RFTable":
+        return cls(np.asarray(d["electrode_id"], np.int64), np.asarray(d["x_deg"], np.float64),
+                   np.asarray(d["y_deg"], np.float64), np.asarray(d["sigma_deg"], np.float64),
+                   np.asarray(d["area"], dtype=str) if "area" in d else None)
 
     def to_csv(self, path: str | os.PathLike) -> None:
         with open(path, "w", newline="") as f:

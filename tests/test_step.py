@@ -95,7 +95,7 @@ def test_generator_gets_gradient_from_both_errg_and_vgg(problem):
 
 
 def test_non_adversarial_rfmasked_step_ignores_the_target_outside_the_rfs(problem):
-    cfg, gan, x, target = build(problem, **{"loss.lambda_adv": 0.0, "data.mask": True})
+    cfg, gan, x, target = build(problem, **{"loss.lambda_adv": 0.0, "loss.lambda_vgg": 0.2, "data.mask": True})
     assert gan.discriminator is None and gan.mask is not None and 0 < gan.mask.mean() < 1
     twin = copy.deepcopy(gan)
     opt_g, opt_d = build_optimizers(cfg, gan.generator, None)
