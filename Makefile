@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 run: install
-	$(BIN)/rfgan check
+	$(BIN)/rfgan train
 
 test: install
 	$(BIN)/python -m pytest

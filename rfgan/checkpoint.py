@@ -1,4 +1,4 @@
-"""Checkpoints: one directory with G, D, both optimizers, RNG state, step/epoch, the config, the RF table and the
+"""Checkpoints: one directory with G, D, both optimizers, step/epoch, the config, the RF table and the
 dataset facts a checkpoint is only valid for (electrode count, image size, response statistics).
 
 Loading uses `torch.load(weights_only=True)`: a checkpoint cannot run code. The frozen VGG net is never saved.
@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -36,32 +34,6 @@ def unwrap(module: nn.Module | None) -> nn.Module | None:
     return getattr(module, "module", module)
 
 
-def rng_state() -> dict[str, Any]:
-    """Every RNG a training loop draws from, as tensors and plain values (loadable with weights_only=True)."""
-    _, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
-    version, internal, gauss_next = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
-                  "cached_gaussian": float(cached_gaussian)},
-        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss_next},
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["internal"].tolist()), p["gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 @dataclass
 class Checkpoint:
     config: Config
@@ -69,7 +41,7 @@ class Checkpoint:
     rfs: RFTable
     epoch: int
     step: int
-    nets: dict[str, Any]  # state dicts: generator, discriminator, opt_g, opt_d (the last three may be None), rng
+    nets: dict[str, Any]  # state dicts: generator, discriminator, opt_g, opt_d (the last three may be None)
     metrics: dict[str, float]
 
     def check_matches(self, info: DatasetInfo, where: str = "this dataset") -> None:
@@ -84,8 +56,7 @@ class Checkpoint:
             )
 
     def restore(self, generator: nn.Module, discriminator: nn.Module | None = None,
-                opt_g: torch.optim.Optimizer | None = None, opt_d: torch.optim.Optimizer | None = None,
-                rng: bool = False) -> None:
+                opt_g: torch.optim.Optimizer | None = None, opt_d: torch.optim.Optimizer | None = None) -> None:
         """Load the saved states into (possibly DDP-wrapped) nets and optimizers."""
         unwrap(generator).load_state_dict(self.nets["generator"])
         if discriminator is not None:
@@ -96,8 +67,6 @@ class Checkpoint:
             opt_g.load_state_dict(self.nets["opt_g"])
         if opt_d is not None and self.nets["opt_d"] is not None:
             opt_d.load_state_dict(self.nets["opt_d"])
-        if rng:
-            set_rng_state(self.nets["rng"])
 
 
 def save_checkpoint(directory: str | os.PathLike, *, config: Config, info: DatasetInfo, rfs: RFTable,
@@ -111,7 +80,6 @@ def save_checkpoint(directory: str | os.PathLike, *, config: Config, info: Datas
         "discriminator": unwrap(discriminator).state_dict() if discriminator is not None else None,
         "opt_g": opt_g.state_dict() if opt_g is not None else None,
         "opt_d": opt_d.state_dict() if opt_d is not None else None,
-        "rng": rng_state(),
     }
     torch.save(nets, directory / NETS_FILE)
     (directory / CONFIG_FILE).write_text(config.to_json() + "\n")

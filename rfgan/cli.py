@@ -1,4 +1,4 @@
-"""The `rfgan` command line: synth, ingest, check, train, eval, reconstruct."""
+"""The `rfgan` command line: synth, ingest, check, train, eval, reconstruct, tune."""
 
 from __future__ import annotations
 
@@ -233,7 +233,7 @@ def _parse_value(text: str):
         return text
 
 
-def _init_ray(address: str | None, cfg) -> None:
+def _init_ray(address: str | None, min_cpus: int) -> None:
     import ray
 
     if ray.is_initialized():  # e.g. called from a notebook or a test that started Ray already
@@ -242,8 +242,7 @@ def _init_ray(address: str | None, cfg) -> None:
         ray.init(address=address)  # a cluster (also what `ray job submit` sets up)
         return
     # A local Ray with more logical CPUs than the workers take, so Ray Data's read tasks always get a slot.
-    need = math.ceil(cfg.run.workers * cfg.run.cpus_per_worker) + 2
-    ray.init(num_cpus=max(os.cpu_count() or 1, need), include_dashboard=False)
+    ray.init(num_cpus=max(os.cpu_count() or 1, min_cpus))
 
 
 def _preflight(cfg) -> None:
@@ -289,7 +288,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume and not found:
         print(f"--resume: {out} has no checkpoint yet; starting from epoch 1")
     write_resolved_config(cfg, out)
-    _init_ray(args.address, cfg)
+    _init_ray(args.address, math.ceil(cfg.run.workers * cfg.run.cpus_per_worker) + 2)
     local = not (args.address or os.environ.get("RAY_ADDRESS"))
     threads = max(1, (os.cpu_count() or 1) // cfg.run.workers) if local else None
     start = time.perf_counter()
@@ -356,6 +355,58 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_tune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "tune", help="search loss weights and learning rates with Ray Tune + Optuna",
+        description="A Ray Tune sweep: OptunaSearch (TPE, seeded, the preset's values as the first trial) and ASHA "
+                    "early stopping on validation SSIM, each trial a Ray Train run. Writes trials.csv (also "
+                    "printed), best_config.json (for rfgan train --config), trials.png and "
+                    "param_importances.png to --out.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", help="dataset directory or URI (default: the built-in synthetic dataset)")
+    p.add_argument("--preset", help="base config (default: 'default' with --data, "
+                                    f"'{DEMO_PRESET}' without)")
+    p.add_argument("--config", help="base config file instead of a preset")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the base config")
+    p.add_argument("--space", help="search space file (YAML/JSON) replacing the default space "
+                                   "(rfgan.search.DEFAULT_SPACE; see tune/space.yaml)")
+    p.add_argument("--out", help="sweep directory or storage URI (s3://...); default sweeps/PRESET-TIME")
+    p.add_argument("--trials", type=int, default=20, help="number of trials")
+    p.add_argument("--epochs", type=int, default=10, help="epochs per trial (ASHA stops weak trials earlier)")
+    p.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers per trial")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per Train worker")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per Train worker (fractions share)")
+    p.add_argument("--max-concurrent", type=int, help="cap on trials at once (default: what the resources allow)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted sweep in --out")
+    p.set_defaults(func=cmd_tune, workers=None, gpu=None, batch_size=None)
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from rfgan.search import load_space
+    from rfgan.tuning import SweepSpec, run_sweep, summarize, table_text
+
+    cfg = resolve_config(argparse.Namespace(**{**vars(args), "epochs": None}))
+    data = cfg.data.path or DEFAULT_DATA
+    if cfg.data.path is None and not Path(data, "metadata.json").exists():
+        cmd_synth(build_parser().parse_args(["synth", "--out", data]))
+    _preflight(cfg)
+    out = args.out or f"sweeps/{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    space = load_space(args.space)
+    spec = SweepSpec(data=data, out=out, trials=args.trials, epochs=args.epochs,
+                     workers_per_trial=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker,
+                     gpus_per_worker=args.gpus_per_worker, max_concurrent=args.max_concurrent, seed=args.seed)
+    _init_ray(args.address, math.ceil(args.workers_per_trial * args.cpus_per_worker) + 2)
+    results = run_sweep(cfg, spec, space, resume=args.resume, fault_marker=os.environ.get("RFGAN_TEST_TRIAL_FAULT"),
+                        interrupt_after=int(os.environ.get("RFGAN_TEST_INTERRUPT_AFTER_TRIALS", 0)) or None)
+    rows = summarize(results, space, out)
+    print(table_text(rows, space))
+    print(f"sweep directory: {out}\nbest config: {out}/best_config.json  (rfgan train --config "
+          f"{out}/best_config.json)\nplots: {out}/trials.png {out}/param_importances.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from rfgan import __version__
 
@@ -370,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_reconstruct(sub)
+    _add_tune(sub)
     return parser
 
 

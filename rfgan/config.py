@@ -123,6 +123,7 @@ class RunConfig:
     workers: int = 1  # Ray Train workers (one GPU each with use_gpu)
     use_gpu: bool = False
     cpus_per_worker: float = 1.0  # leave CPUs over for Ray Data's read tasks
+    gpus_per_worker: float = 1.0  # with use_gpu; fractions let sweep trials share a GPU
     max_failures: int = 1  # restarts of a crashed worker group, from the last checkpoint
     keep_checkpoints: int = 3  # best N by validation SSIM
     log_every: int = 50  # steps between progress lines
@@ -131,6 +132,7 @@ class RunConfig:
         _require(self.epochs >= 1, "run.epochs must be >= 1")
         _require(self.workers >= 1, "run.workers must be >= 1")
         _require(self.cpus_per_worker > 0, "run.cpus_per_worker must be > 0")
+        _require(self.gpus_per_worker > 0, "run.gpus_per_worker must be > 0")
         _require(self.max_failures >= -1, "run.max_failures must be >= 0 (or -1 for unlimited)")
         _require(self.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1")
         _require(self.log_every >= 1, "run.log_every must be >= 1")
@@ -248,12 +250,13 @@ PRESETS: dict[str, Config] = {
         "rfmasked", data={"mask": True}, model=_REFERENCE["model"],
         loss={"lambda_adv": 0.0, "lambda_vgg": 1.0, "lambda_pix": 0.1, "pixel": "mse"}, optim=_REFERENCE["optim"]),
     # Small nets and random VGG features: tests and laptop demos, no downloaded weights needed.
-    # Small nets, no VGG loss (random VGG features cost most of the compute and are not perceptual): tests and
-    # the laptop demo, which trains on the built-in synthetic dataset in a few minutes on 2 CPU cores.
+    # Small nets, no VGG loss (random VGG features cost most of the compute and are not perceptual), a light
+    # adversarial weight and a fast G learning rate: tests and the laptop demo, which trains on the built-in
+    # synthetic dataset in a few minutes on 2 CPU cores.
     "tiny": _preset(
         "tiny", model={"ngf": 16, "n_down": 4, "ndf": 16, "d_layers": 3},
-        loss={"vgg_random_init": True, "lambda_vgg": 0.0, "lambda_pix": 10.0},
-        optim={"batch_size": 32}, run={"epochs": 6}),
+        loss={"vgg_random_init": True, "lambda_vgg": 0.0, "lambda_pix": 10.0, "lambda_adv": 0.02},
+        optim={"batch_size": 32, "lr_g": 1e-3}, run={"epochs": 6}),
 }
 
 

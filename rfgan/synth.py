@@ -146,17 +146,17 @@ def _colourise(rng: np.random.Generator, lum: np.ndarray, chroma: float = 0.06) 
 
 
 def _scene_pink_noise(rng: np.random.Generator, size: int) -> np.ndarray:
-    lum = 0.5 + rng.uniform(0.1, 0.25) * _pink(rng, size, rng.uniform(0.9, 1.6))
+    lum = 0.5 + rng.uniform(0.1, 0.25) * _pink(rng, size, rng.uniform(1.2, 2.0))
     return _colourise(rng, lum)
 
 
 def _scene_shapes(rng: np.random.Generator, size: int) -> np.ndarray:
     img = _colourise(rng, 0.5 + 0.08 * _pink(rng, size, 1.5))
-    for _ in range(rng.integers(2, 7)):
+    for _ in range(rng.integers(2, 6)):
         colour = rng.uniform(0, 1, 3).astype(np.float32)
         kind = rng.integers(3)
         if kind == 0:
-            rr, cc = draw.ellipse(*rng.uniform(0, size, 2), *rng.uniform(size / 16, size / 4, 2),
+            rr, cc = draw.ellipse(*rng.uniform(0, size, 2), *rng.uniform(size / 10, size / 3, 2),
                                   shape=img.shape[:2], rotation=rng.uniform(0, np.pi))
         elif kind == 1:
             r0, c0 = rng.uniform(-size / 8, size, 2)
@@ -177,8 +177,8 @@ def _scene_edges(rng: np.random.Generator, size: int) -> np.ndarray:
         theta = rng.uniform(0, np.pi)
         d = x * np.cos(theta) + y * np.sin(theta) - rng.uniform(-0.3, 0.3)
         lum += rng.uniform(-0.4, 0.4) / (1 + np.exp(-d / rng.uniform(0.005, 0.05)))
-    theta, freq = rng.uniform(0, np.pi), rng.uniform(2, 10)
-    lum += rng.uniform(0, 0.2) * np.sin(2 * np.pi * freq * (x * np.cos(theta) + y * np.sin(theta)))
+    theta, freq = rng.uniform(0, np.pi), rng.uniform(1, 5)
+    lum += rng.uniform(0, 0.15) * np.sin(2 * np.pi * freq * (x * np.cos(theta) + y * np.sin(theta)))
     return _colourise(rng, lum)
 
 
@@ -186,7 +186,7 @@ def _scene_texture(rng: np.random.Generator, size: int) -> np.ndarray:
     """Oriented band-pass noise: pink noise filtered to one orientation and spatial-frequency band."""
     fy, fx = np.meshgrid(np.fft.fftfreq(size), np.fft.fftfreq(size), indexing="ij")
     f, angle = np.hypot(fx, fy), np.arctan2(fy, fx)
-    theta, f0 = rng.uniform(0, np.pi), rng.uniform(0.05, 0.25)
+    theta, f0 = rng.uniform(0, np.pi), rng.uniform(0.03, 0.12)
     band = np.exp(-((np.log(f + 1e-6) - np.log(f0)) ** 2) / 0.3) * np.exp(
         -(np.angle(np.exp(2j * (angle - theta))) ** 2) / rng.uniform(0.2, 2.0))
     field = np.fft.ifft2(band * np.fft.fft2(rng.normal(size=(size, size)))).real

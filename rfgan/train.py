@@ -8,6 +8,8 @@ and the metric sums are all-reduced. Rank 0 writes checkpoints and artifacts; ev
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import shutil
 import tempfile
@@ -33,10 +35,17 @@ from rfgan.step import StepLosses, d_condition, train_step
 # (the marker file records that it already did), to exercise restarts from the last checkpoint.
 FAULT_ENV = "RFGAN_TEST_FAULT"
 N_SAMPLES = 8  # pairs in each sample grid
+# Workers log rather than print: Ray Train tees a worker's print() to both stdout and its logger, which shows
+# every line twice in the driver's output.
+log = logging.getLogger("rfgan.train")
 
 
 class InjectedFault(RuntimeError):
     pass
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite: the run stops rather than train on garbage."""
 
 
 @dataclass(frozen=True)
@@ -109,14 +118,10 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as d:
             ckpt = load_checkpoint(d, map_location=device)
             ckpt.check_matches(info, "the training data")
-            ckpt.restore(generator, discriminator, opt_g, opt_d, rng=True)
+            ckpt.restore(generator, discriminator, opt_g, opt_d)
         start_epoch, step = ckpt.epoch + 1, ckpt.step
-        # Every rank restored the same RNG state; offset it so ranks still draw different dropout/noise.
-        torch.manual_seed(cfg.run.seed + 1000 * ckpt.epoch + rank)
         if rank == 0:
-            print(f"resumed from epoch {ckpt.epoch} (step {ckpt.step})", flush=True)
-    else:
-        torch.manual_seed(cfg.run.seed + rank)
+            log.info("resumed from epoch %d (step %d)", ckpt.epoch, ckpt.step)
 
     val_batches = [(b["responses"], b["image"]) for b in
                    ray.train.get_dataset_shard("val").iter_torch_batches(batch_size=64)]
@@ -125,6 +130,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     fault = loop_config.get("fault")
 
     for epoch in range(start_epoch, cfg.run.epochs + 1):
+        # Random streams (dropout, noise channel, shuffling) are a function of (seed, epoch, rank): a resumed or
+        # restarted run draws exactly what an uninterrupted one would, and ranks draw differently.
+        torch.manual_seed(cfg.run.seed * 1_000_003 + epoch * 1009 + rank)
         if fault and rank == 0 and epoch == fault["epoch"] and not os.path.exists(fault["marker"]):
             Path(fault["marker"]).write_text("crashed once")
             raise InjectedFault(f"test fault injected at epoch {epoch}")
@@ -135,7 +143,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         n_steps, t0 = 0, time.perf_counter()
         batches = ray.train.get_dataset_shard("train").iter_torch_batches(
             batch_size=per_worker, device=device, drop_last=True, local_shuffle_buffer_size=4 * per_worker,
-            local_shuffle_seed=cfg.run.seed + epoch * 7919 + rank)
+            local_shuffle_seed=cfg.run.seed * 1_000_003 + epoch * 1009 + rank)
         for batch in batches:
             responses, target = to_tensors(batch, device)
             x = gan.projection(responses)  # (B, E or A [+1 noise], H, W), built on the device
@@ -149,11 +157,16 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                 # One host sync per log line, not per step.
                 line = "  ".join(f"{k}={v:.4f}" for k, v in zip(StepLosses._fields, losses) if v != 0)
                 rate = n_steps * per_worker * world / (time.perf_counter() - t0)
-                print(f"epoch {epoch} step {step}  {line}  {rate:.1f} samples/s", flush=True)
+                log.info("epoch %d step %d  %s  %.1f samples/s", epoch, step, line, rate)
         if n_steps == 0:
             raise ValueError(f"no full batch of {per_worker} training rows per worker; lower optim.batch_size")
         elapsed = time.perf_counter() - t0
         totals = _all_reduce_sum(torch.cat([sums, torch.tensor([n_steps], device=device, dtype=sums.dtype)]))
+        if not torch.isfinite(totals).all():
+            bad = [k for k, v in zip(StepLosses._fields, totals.tolist()) if not math.isfinite(v)]
+            raise TrainingDiverged(
+                f"training diverged in epoch {epoch}: {', '.join(bad)} became NaN/inf. Lower the learning rates "
+                "(optim.lr_g, optim.lr_d) or loss.lambda_adv, or try optim.bf16=false.")
         train = {f"train_{k}": v for k, v in zip(StepLosses._fields, (totals[:-1] / totals[-1]).tolist())}
 
         _broadcast_buffers(generator)
@@ -163,8 +176,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                    "ddp_divergence_g": _replica_divergence(generator),
                    "ddp_divergence_d": _replica_divergence(discriminator)}
         if rank == 0:
-            print(f"epoch {epoch}/{cfg.run.epochs}  " + "  ".join(
-                f"{k}={v:.4g}" for k, v in metrics.items() if k not in ("epoch",)), flush=True)
+            log.info("epoch %d/%d  %s", epoch, cfg.run.epochs,
+                     "  ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch"))
         checkpoint_dir = None
         if rank == 0:
             target, fake = _samples(generator, gan, val_batches, device)
@@ -216,9 +229,10 @@ def run_paths(out: str) -> tuple[str, str]:
 
 
 def fit(cfg: Config, data: str, out: str, *, run_config_kwargs: dict[str, Any] | None = None,
-        torch_threads: int | None = None) -> TrainResult:
+        torch_threads: int | None = None, materialize: bool = False) -> TrainResult:
     """Train with Ray Train on the connected Ray cluster (call `ray.init` first). Re-running with the same `out`
-    continues from its last checkpoint."""
+    continues from its last checkpoint. `materialize` reads the dataset into Ray's object store first: for sweeps,
+    where a trial stopped early must not leave a streaming read holding a CPU."""
     import ray.data
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -237,11 +251,15 @@ def fit(cfg: Config, data: str, out: str, *, run_config_kwargs: dict[str, Any] |
         epoch, _, marker = os.environ[FAULT_ENV].partition(":")
         loop_config["fault"] = {"epoch": int(epoch), "marker": marker}
     r = cfg.run
+    datasets = {"train": open_split(data, "train"), "val": open_split(data, "val")}
+    if materialize:
+        datasets = {k: v.materialize() for k, v in datasets.items()}
+    resources = {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if r.use_gpu else {})}
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(num_workers=r.workers, use_gpu=r.use_gpu,
-                                               resources_per_worker={"CPU": r.cpus_per_worker}),
+                                               resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=r.max_failures),
@@ -249,12 +267,14 @@ def fit(cfg: Config, data: str, out: str, *, run_config_kwargs: dict[str, Any] |
                                                          checkpoint_score_attribute=SCORE,
                                                          checkpoint_score_order="max"),
             **(run_config_kwargs or {})),
-        datasets={"train": open_split(data, "train").randomize_block_order(seed=r.seed),
-                  "val": open_split(data, "val")},
+        datasets={"train": datasets["train"].randomize_block_order(seed=r.seed), "val": datasets["val"]},
         # Only the training split is sharded: every worker holds all of val and evaluates its share.
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as e:  # workers failed more often than run.max_failures allows
+        return TrainResult(run_dir=loop_config["run_dir"], metrics={}, best_checkpoint=None, error=e)
     best = None
     if result.best_checkpoints:
         best = max(result.best_checkpoints, key=lambda cm: cm[1].get(SCORE, float("-inf")))[0].path
