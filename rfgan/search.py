@@ -76,11 +76,15 @@ def validate_space(space: Mapping[str, Range], base: Config) -> None:
             base.with_overrides({key: int(value) if r.type == "int" else value})
 
 
-def define_by_run(space: Mapping[str, Range]):
-    """An Optuna define-by-run function for OptunaSearch: conditional on/off switches need it."""
+class DefineByRun:
+    """An Optuna define-by-run function for OptunaSearch (the on/off switches are conditional, which needs
+    define-by-run). A class rather than a closure: Tune pickles the searcher with its experiment state."""
 
-    def suggest(trial) -> None:
-        for key, r in space.items():
+    def __init__(self, space: Mapping[str, Range]):
+        self.space = dict(space)
+
+    def __call__(self, trial) -> None:
+        for key, r in self.space.items():
             name = key.replace(".", SEP)
             if r.allow_zero and not trial.suggest_categorical(name + SWITCH_SUFFIX, [True, False]):
                 continue
@@ -88,8 +92,6 @@ def define_by_run(space: Mapping[str, Range]):
                 trial.suggest_int(name, int(r.low), int(r.high), log=r.log)
             else:
                 trial.suggest_float(name, r.low, r.high, log=r.log)
-
-    return suggest
 
 
 def start_point(space: Mapping[str, Range], base: Config) -> dict[str, Any]:

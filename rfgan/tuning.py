@@ -21,7 +21,8 @@ import pyarrow.fs as pafs
 from rfgan.checkpoint import SCORE
 from rfgan.config import Config, ConfigError
 from rfgan.data import filesystem
-from rfgan.search import SEP, SWITCH_SUFFIX, Range, define_by_run, overrides_from_trial, start_point, validate_space
+from rfgan.search import (SEP, SWITCH_SUFFIX, DefineByRun, Range, overrides_from_trial, start_point,
+                          validate_space)
 from rfgan.train import fit, run_paths
 
 TRIALS_FILE, BEST_FILE = "trials.csv", "best_config.json"
@@ -53,7 +54,7 @@ def trial_driver(config: dict[str, Any]) -> None:
     trial_id = ray.tune.get_context().get_trial_id()
     # A name from the trial id, not a timestamp: a restored sweep re-enters the same Train run and resumes it.
     out = f"{config['trials_dir']}/train-{trial_id}"
-    result = fit(cfg, config["data"], out, run_config_kwargs={"callbacks": [TuneReportCallback()]},
+    result = fit(cfg, config["dataset_path"], out, run_config_kwargs={"callbacks": [TuneReportCallback()]},
                  materialize=True)
     if result.error is not None:
         raise result.error
@@ -134,11 +135,15 @@ def run_sweep(base: Config, spec: SweepSpec, space: Mapping[str, Range], resume:
         tuner = ray.tune.Tuner.restore(sweep_dir, trainable=trainable, resume_unfinished=True,
                                        resume_errored=False)
         return tuner.fit()
-    search = OptunaSearch(space=define_by_run(space), points_to_evaluate=[start_point(space, cfg)],
+    # metric/mode go to the searcher and the scheduler themselves: with a define-by-run space, Tune cannot set
+    # them on the searcher from TuneConfig.
+    search = OptunaSearch(space=DefineByRun(space), metric=SCORE, mode="max",
+                          points_to_evaluate=[start_point(space, cfg)],
                           sampler=optuna.samplers.TPESampler(seed=spec.seed))
     scheduler = ASHAScheduler(metric=SCORE, mode="max", time_attr="training_iteration", max_t=spec.epochs,
                               grace_period=1, reduction_factor=2)
-    param_space = {"base": cfg.to_dict(), "space": {k: asdict(v) for k, v in space.items()}, "data": spec.data,
+    param_space = {"base": cfg.to_dict(), "space": {k: asdict(v) for k, v in space.items()},
+                   "dataset_path": spec.data,
                    "trials_dir": f"{sweep_dir}/trials"}
     if fault_marker:
         param_space["fault_marker"] = fault_marker
@@ -146,7 +151,8 @@ def run_sweep(base: Config, spec: SweepSpec, space: Mapping[str, Range], resume:
         trainable,
         param_space=param_space,
         tune_config=ray.tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=spec.trials,
-                                        max_concurrent_trials=concurrency(spec, ray.cluster_resources())),
+                                        max_concurrent_trials=concurrency(spec, ray.cluster_resources()),
+                                        trial_dirname_creator=trial_dirname),
         run_config=ray.tune.RunConfig(name=name, storage_path=storage_path,
                                       failure_config=ray.tune.FailureConfig(max_failures=0),
                                       callbacks=[_interrupt_after(interrupt_after)] if interrupt_after else None),
@@ -154,31 +160,40 @@ def run_sweep(base: Config, spec: SweepSpec, space: Mapping[str, Range], resume:
     return tuner.fit()
 
 
+def trial_dirname(trial) -> str:
+    # Tune's default name spells out the whole (large) config.
+    return f"trial_{trial.trial_id}"
+
+
 def _trial_id(result) -> str:
-    return (result.metrics or {}).get("trial_id") or Path(result.path).name
+    return (result.metrics or {}).get("trial_id") or Path(result.path).name.removeprefix("trial_")
 
 
 def summarize(results, space: Mapping[str, Range], out: str) -> list[dict[str, Any]]:
     """trials.csv, best_config.json and the plots in the sweep directory; returns the table's rows, best first."""
     rows, best = [], None
     for r in results:
+        if not r.config or "space" not in r.config:  # interrupted before it started: nothing to show yet
+            rows.append({"trial_id": _trial_id(r), "status": "PENDING"})
+            continue
         cfg = trial_config(r.config)
         history = r.metrics_dataframe
         scores = history[SCORE].tolist() if history is not None and SCORE in history else []
         last = r.metrics or {}
         rows.append({
-            "trial_id": _trial_id(r), "status": "ERROR" if r.error else ("DONE" if last.get("done") else "STOPPED"),
+            "trial_id": _trial_id(r),
+            "status": "ERROR" if r.error else ("DONE" if last.get("done") else "UNFINISHED"),
             **{k: cfg_value(cfg, k) for k in space},
             "epochs": len(scores), "best_" + SCORE: max(scores) if scores else None,
             **{k: last.get(k) for k in ("val_psnr", SCORE, "val_pixel_corr", "val_feature_corr")},
             "error": _first_line(r.error)})
         if scores and (best is None or max(scores) > best[0]):
             best = (max(scores), cfg)
-    rows.sort(key=lambda row: -(row["best_" + SCORE] if row["best_" + SCORE] is not None else -math.inf))
+    rows.sort(key=lambda row: -(row.get("best_" + SCORE) if row.get("best_" + SCORE) is not None else -math.inf))
     # Written locally, then copied: the sweep directory may be on cloud storage.
     root = Path(tempfile.mkdtemp(prefix="rfgan-sweep-"))
     with open(root / TRIALS_FILE, "w", newline="") as f:
-        writer = csv.DictWriter(f, list(rows[0]) if rows else ["trial_id"])
+        writer = csv.DictWriter(f, max((list(r) for r in rows), key=len, default=["trial_id"]), restval="")
         writer.writeheader()
         writer.writerows(rows)
     if best is not None:

@@ -36,7 +36,8 @@ def head_node(tmp_path):
          f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
          f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
          f"--ray-client-server-port={free_port()}"],
-        start_new_session=True, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT)
+        # The venv first on PATH, as after `. .venv/bin/activate`: the job's `python` is the cluster's.
+        start_new_session=True, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT, env=job_env())
     address = f"http://127.0.0.1:{dashboard}"
     try:
         # Ready when it runs a job: the job API answers before the node's agent can take jobs.
@@ -57,7 +58,9 @@ def head_node(tmp_path):
 
 
 def job_env():
-    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
+    # RAY_AUTH_MODE=token: Ray's token authentication is on for the cluster (its default); the job CLI then reads
+    # the token from ~/.ray/auth_token.
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", RAY_AUTH_MODE="token")
     env.pop("RAY_ADDRESS", None)
     return env
 
@@ -73,7 +76,10 @@ def test_job_submit_trains_a_tiny_run(head_node, tiny_dataset, tmp_path):
     log = submitted.stdout + submitted.stderr
     assert submitted.returncode == 0, log[-4000:]
     job_id = re.search(r"raysubmit_\w+", log).group(0)
-    status = subprocess.run([str(BIN / "ray"), "job", "status", "--address", head_node, job_id],
-                            capture_output=True, text=True, env=job_env()).stdout
-    assert "SUCCEEDED" in status
+    # Ray's job SDK reads the auth mode when Ray is imported, so ask from a process started with job_env().
+    status = subprocess.run(
+        [sys.executable, "-c", "import sys; from ray.job_submission import JobSubmissionClient as C; "
+                               "print(C(sys.argv[1]).get_job_status(sys.argv[2]).value)", head_node, job_id],
+        capture_output=True, text=True, env=job_env())
+    assert status.stdout.strip() == "SUCCEEDED", status.stderr[-2000:]
     assert (out / "metrics.csv").exists() and list(out.glob("checkpoint_*"))

@@ -8,8 +8,8 @@ import yaml
 
 from rfgan.cli import main
 from rfgan.config import ConfigError, preset
-from rfgan.search import DEFAULT_SPACE, Range, define_by_run, load_space, overrides_from_trial, start_point, \
-    validate_space
+from rfgan.search import (DEFAULT_SPACE, DefineByRun, Range, load_space, overrides_from_trial, start_point,
+                          validate_space)
 
 SMALL = {"model.ngf": 8, "model.n_down": 3, "model.ndf": 8, "model.d_layers": 2, "optim.batch_size": 8,
          "run.log_every": 1000}
@@ -35,7 +35,7 @@ def test_optuna_define_by_run_can_switch_the_adversarial_loss_off():
     seen_off = seen_on = False
     for _ in range(20):
         trial = study.ask()
-        define_by_run(DEFAULT_SPACE)(trial)
+        DefineByRun(DEFAULT_SPACE)(trial)
         nested = {}
         for name, value in trial.params.items():
             section, key = name.split("/")
