@@ -123,3 +123,15 @@ def test_the_space_file_in_tune_is_the_default_space():
     from pathlib import Path
 
     assert load_space(Path(__file__).resolve().parent.parent / "tune" / "space.yaml") == DEFAULT_SPACE
+
+
+def test_concurrent_trials_follow_from_the_resources():
+    from rfgan.tuning import SweepSpec, concurrency
+
+    spec = SweepSpec(data="d", out="o", trials=20, workers_per_trial=2, cpus_per_worker=1.0)
+    assert concurrency(spec, {"CPU": 8}) == 2  # 2 workers + 1 CPU for Ray Data per trial
+    assert concurrency(spec, {"CPU": 2}) == 1
+    gpu = SweepSpec(data="d", out="o", trials=20, workers_per_trial=1, cpus_per_worker=2.0, gpus_per_worker=0.5)
+    assert concurrency(gpu, {"CPU": 64, "GPU": 2}) == 4  # two trials share each GPU
+    assert concurrency(SweepSpec(data="d", out="o", trials=3), {"CPU": 64}) == 3
+    assert concurrency(SweepSpec(data="d", out="o", trials=20, max_concurrent=2), {"CPU": 64}) == 2
