@@ -62,11 +62,11 @@ def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _broadcast_buffers(module: torch.nn.Module) -> None:
+def _broadcast_buffers(module: torch.nn.Module | None) -> None:
     """Give every rank rank 0's BatchNorm statistics. DDP runs with broadcast_buffers=False (D runs on real and
     fake before one backward; re-broadcasting buffers between those forwards breaks autograd), so ranks drift
     apart; evaluation and checkpoints must not depend on which rank computed them."""
-    if dist.is_available() and dist.is_initialized():
+    if module is not None and dist.is_available() and dist.is_initialized():
         for b in unwrap(module).buffers():
             dist.broadcast(b, src=0)
 
@@ -170,6 +170,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         train = {f"train_{k}": v for k, v in zip(StepLosses._fields, (totals[:-1] / totals[-1]).tolist())}
 
         _broadcast_buffers(generator)
+        _broadcast_buffers(discriminator)
         val = _validate(generator, gan, val_batches, rank, world, device)
         metrics = {"epoch": epoch, "step": step, **train, **{f"val_{k}": v for k, v in val.items()},
                    "samples_per_s": float(totals[-1]) * per_worker / elapsed, "epoch_s": elapsed,
@@ -183,13 +184,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             target, fake = _samples(generator, gan, val_batches, device)
             artifacts.epoch(metrics, target, fake)
             checkpoint_dir = tempfile.mkdtemp(prefix="rfgan-ckpt-")
-            if discriminator is not None:
-                _broadcast_buffers(discriminator)
             save_checkpoint(checkpoint_dir, config=cfg, info=info, rfs=rfs, generator=generator,
                             discriminator=discriminator, opt_g=opt_g, opt_d=opt_d, epoch=epoch, step=step,
                             metrics=metrics)
-        elif discriminator is not None:
-            _broadcast_buffers(discriminator)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir)
                          if checkpoint_dir else None)
         if checkpoint_dir:
