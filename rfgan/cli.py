@@ -147,6 +147,15 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def dataset_or_synth(path: str | None) -> str:
+    """`path`, or the built-in synthetic dataset, written with the default `rfgan synth` if it is not there yet."""
+    if path is not None:
+        return path
+    if not Path(DEFAULT_DATA, "metadata.json").exists():
+        cmd_synth(build_parser().parse_args(["synth", "--out", DEFAULT_DATA]))
+    return DEFAULT_DATA
+
+
 def _add_check(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "check", help="validate a dataset and read it end to end through Ray Data",
@@ -163,11 +172,7 @@ def _add_check(sub: argparse._SubParsersAction) -> None:
 def cmd_check(args: argparse.Namespace) -> int:
     from rfgan.check import check_dataset
 
-    data = args.data
-    if data is None:
-        data = DEFAULT_DATA
-        if not Path(data, "metadata.json").exists():
-            cmd_synth(build_parser().parse_args(["synth", "--out", data]))
+    data = dataset_or_synth(args.data)
     for line in check_dataset(data, batch_size=args.batch_size, address=args.address):
         print(line)
     return 0
@@ -263,9 +268,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from rfgan.nets import build_gan, check_compatible
 
     cfg = resolve_config(args)
-    data = cfg.data.path or DEFAULT_DATA
-    if cfg.data.path is None and not Path(data, "metadata.json").exists():
-        cmd_synth(build_parser().parse_args(["synth", "--out", data]))
+    data = dataset_or_synth(cfg.data.path)
     info = read_info(data)
     rfs = read_rfs(data, info)
     check_compatible(cfg, info)
@@ -388,9 +391,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from rfgan.tuning import SweepSpec, run_sweep, summarize, table_text
 
     cfg = resolve_config(argparse.Namespace(**{**vars(args), "epochs": None}))
-    data = cfg.data.path or DEFAULT_DATA
-    if cfg.data.path is None and not Path(data, "metadata.json").exists():
-        cmd_synth(build_parser().parse_args(["synth", "--out", data]))
+    data = dataset_or_synth(cfg.data.path)
     _preflight(cfg)
     out = args.out or f"sweeps/{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     space = load_space(args.space)
