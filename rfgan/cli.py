@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -26,8 +27,14 @@ def _progress(total: int, desc: str, quiet: bool) -> Iterator:
         yield bar.update
 
 
-def _dir_size_mb(path: Path) -> float:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6
+def _dir_size_mb(path: str) -> float:
+    import pyarrow.fs as pafs
+
+    from rfgan.data import filesystem
+
+    fs, root = filesystem(path)
+    entries = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    return sum(e.size for e in entries if e.type == pafs.FileType.File) / 1e6
 
 
 def _add_synth(sub: argparse._SubParsersAction) -> None:
@@ -39,7 +46,8 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
         description="Simulate a recording: electrode arrays with Gaussian RFs (size growing with eccentricity), "
                     "natural-like images (1/f noise, shapes, edges, textures, crops of photographs shipped with "
                     "scikit-image) and responses from the linear RF model (response = sum over pixels of the "
-                    "sum-normalised RF map times luminance), then write it in the rfgan dataset format. "
+                    "sum-normalised RF map times the electrode's colour tuning: luminance plus a colour-opponent "
+                    "signal), then write it in the rfgan dataset format. "
                     "Deterministic for a seed.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default=DEFAULT_DATA, help="dataset directory to write")
@@ -56,6 +64,9 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
                    help="electrode arrays (about half V1, a third V4, the rest IT)")
     p.add_argument("--photo-fraction", type=float, default=d.photo_fraction,
                    help="share of images cropped from photographs; the rest are generated scenes")
+    p.add_argument("--tuning", choices=("color", "luminance"), default=d.tuning,
+                   help="color: each electrode weighs luminance plus a red-green/blue-yellow signal of its own hue "
+                        "(stronger in V4); luminance: every electrode sees luma only")
     p.add_argument("--nonlinearity", choices=("linear", "relu"), default=d.nonlinearity,
                    help="relu rectifies the drive after subtracting --threshold")
     p.add_argument("--threshold", type=float, default=d.threshold, help="subtracted from the drive before the "
@@ -77,12 +88,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from rfgan.data import write_dataset
     from rfgan.synth import SynthSpec, source_of, synth_splits
 
-    spec = SynthSpec(
-        n_train=args.n_train, n_val=args.n_val, n_test=args.n_test, electrodes=args.electrodes, size=args.size,
-        color=args.color, fov_deg=args.fov_deg, n_arrays=args.n_arrays, photo_fraction=args.photo_fraction,
-        nonlinearity=args.nonlinearity, threshold=args.threshold, gain=args.gain, noise=args.noise,
-        noise_sd=args.noise_sd, repeats=args.repeats, seed=args.seed, shard_rows=args.shard_rows,
-    )
+    # Every SynthSpec field has a flag of the same name (the parser's defaults come from SynthSpec()).
+    spec = SynthSpec(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SynthSpec)})
     try:
         spec.validate()
     except ValueError as e:
@@ -96,7 +103,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
                              overwrite=args.overwrite, on_rows=update)
     print(f"wrote {args.out}: {info.splits} rows, {info.n_electrodes} electrodes, "
           f"{info.image_size[0]}x{info.image_size[1]}x{info.channels} images, "
-          f"{_dir_size_mb(Path(args.out)):.1f} MB, in {time.perf_counter() - start:.1f} s")
+          f"{_dir_size_mb(args.out):.1f} MB, in {time.perf_counter() - start:.1f} s")
     return 0
 
 
@@ -153,6 +160,17 @@ def dataset_or_synth(path: str | None) -> str:
         return path
     if not Path(DEFAULT_DATA, "metadata.json").exists():
         cmd_synth(build_parser().parse_args(["synth", "--out", DEFAULT_DATA]))
+        return DEFAULT_DATA
+    from rfgan.data import read_info
+    from rfgan.synth import SynthSpec, source_of
+
+    # It may be an older rfgan's, or one made with other `rfgan synth` options: used as it is (it may be someone's
+    # work), but said, since the demo's figures in the README are for the default one.
+    source, default = read_info(DEFAULT_DATA).source, source_of(SynthSpec())
+    differ = sorted(k for k in default.keys() | source.keys() if source.get(k) != default.get(k))
+    if differ:
+        print(f"note: {DEFAULT_DATA} is not the default synthetic dataset (it differs in {', '.join(differ)}); "
+              f"using it as it is. To remake the default one: rfgan synth --overwrite", file=sys.stderr)
     return DEFAULT_DATA
 
 
@@ -315,8 +333,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                        description="PSNR and SSIM (on luma for colour), pixel correlation and VGG-feature "
                                    "correlation of a run's best or last checkpoint, with a grid PNG.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--run", required=True, help="run directory (from rfgan train --out)")
-    p.add_argument("--data", required=True, help="dataset directory")
+    p.add_argument("--run", required=True, help="run directory or URI (from rfgan train --out)")
+    p.add_argument("--data", required=True, help="dataset directory or URI")
     p.add_argument("--split", default="val", help="dataset split")
     p.add_argument("--checkpoint", default="best", help="best, last, or a checkpoint directory")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
@@ -328,13 +346,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rfgan.inference import evaluate_run
 
     result = evaluate_run(args.run, args.data, args.split, args.checkpoint, args.device)
-    (Path(args.run) / f"eval_{args.split}.json").write_text(json.dumps(result, indent=1) + "\n")
     if args.json:
         print(json.dumps(result, indent=1))
     else:
         print(f"{result['checkpoint']} (epoch {result['epoch']}) on {args.data}/{args.split} "
               f"({result['n_images']} images): psnr={result['psnr']:.2f} dB ssim={result['ssim']:.3f} "
               f"pixel_corr={result['pixel_corr']:.3f} feature_corr={result['feature_corr']:.3f} "
+              f"identification={result.get('identification', float('nan')):.3f} "
               f"[{result['feature_net']}]\ngrid: {result['grid']}")
     return 0
 
@@ -342,7 +360,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("reconstruct", help="images from new responses with a trained run",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--run", required=True, help="run directory or URI")
     p.add_argument("--responses", required=True, help=".npy (N, E), electrodes in the run's rfs.csv order")
     p.add_argument("--out", required=True, help="folder for reconstructions.npy and one PNG per row")
     p.add_argument("--checkpoint", default="best", help="best, last, or a checkpoint directory")

@@ -26,6 +26,13 @@ PHOTOS = ("astronaut", "camera", "coffee", "chelsea", "rocket", "coins", "moon",
           "hubble_deep_field", "immunohistochemistry", "retina", "clock", "text")
 # RF size grows linearly with eccentricity, more steeply in higher areas: sigma = a + b * ecc (degrees).
 AREA_SIZE = {"V1": (0.15, 0.08), "V4": (0.4, 0.25), "IT": (1.5, 0.3)}
+# Colour-opponent axes in RGB (red-green, blue-yellow), each with luma's norm so that a chroma weight of 1 means
+# a colour signal as strong as the luminance one.
+OPPONENT = np.array([[1.0, -1.0, 0.0], [-0.5, -0.5, 1.0]])
+OPPONENT *= np.linalg.norm(LUMA) / np.linalg.norm(OPPONENT, axis=1, keepdims=True)
+# Typical chroma weight by area: V4 is the most colour-selective, V1 multi-unit activity the least.
+AREA_CHROMA = {"V1": 0.5, "V4": 1.0, "IT": 0.7}
+TUNINGS = ("color", "luminance")
 SCENE_KINDS = ("pink_noise", "shapes", "edges", "texture", "photo")
 
 
@@ -42,6 +49,7 @@ class SynthSpec:
     fov_deg: float = 10.0  # visual angle spanned by the image width
     n_arrays: int = 8  # electrode arrays; each covers one patch of the visual field
     photo_fraction: float = 0.3  # share of images cropped from photographs; the rest are generated scenes
+    tuning: str = "color"  # "color": each electrode weighs luminance and colour-opponent signals; "luminance"
     nonlinearity: str = "linear"  # "linear" or "relu" (rectified after the threshold)
     threshold: float = 0.0
     gain: float = 1.0
@@ -59,6 +67,7 @@ class SynthSpec:
             (self.fov_deg > 0, "fov_deg must be > 0"),
             (1 <= self.n_arrays <= self.electrodes, "n_arrays must be between 1 and the electrode count"),
             (0.0 <= self.photo_fraction <= 1.0, "photo_fraction must be in [0, 1]"),
+            (self.tuning in TUNINGS, f"tuning must be one of {TUNINGS}"),
             (self.nonlinearity in ("linear", "relu"), "nonlinearity must be 'linear' or 'relu'"),
             (self.gain > 0, "gain must be > 0"),
             (self.noise in ("gaussian", "poisson", "none"), "noise must be 'gaussian', 'poisson' or 'none'"),
@@ -229,20 +238,44 @@ def make_image(rng: np.random.Generator, spec: SynthSpec) -> np.ndarray:
     return (np.clip(scene, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def responses_for(images: np.ndarray, maps_flat: np.ndarray, spec: SynthSpec,
+def make_tuning(spec: SynthSpec, rfs: RFTable) -> np.ndarray:
+    """Each electrode's weights on the image's channels, (E, channels).
+
+    "luminance": every electrode sees luma. "color": luma plus a colour-opponent signal of random hue
+    (red-green/blue-yellow) whose strength depends on the area, as colour-selective sites are common in V1 and
+    V4. Gray images always give luminance tuning.
+    """
+    if not spec.color:
+        return np.ones((len(rfs), 1))
+    lum = np.tile(LUMA.astype(np.float64), (len(rfs), 1))
+    if spec.tuning == "luminance":
+        return lum
+    rng = np.random.default_rng([spec.seed, 2000])
+    hue = rng.uniform(0, 2 * np.pi, len(rfs))
+    strength = np.array([AREA_CHROMA.get(a, 0.7) for a in rfs.area]) * rng.uniform(0.5, 1.5, len(rfs))
+    chroma = strength[:, None] * np.stack([np.cos(hue), np.sin(hue)], -1)  # (E, 2) on the opponent axes
+    return lum + chroma @ OPPONENT
+
+
+def response_weights(spec: SynthSpec, rfs: RFTable) -> np.ndarray:
+    """The linear model as one matrix, (E, H*W*C): sum-normalised RF map times the electrode's channel tuning."""
+    maps = rf_maps(rfs, (spec.size, spec.size), spec.fov_deg, norm="sum").astype(np.float64)
+    weights = maps[..., None] * make_tuning(spec, rfs)[:, None, None, :]
+    return weights.reshape(len(rfs), -1)
+
+
+def responses_for(images: np.ndarray, weights: np.ndarray, spec: SynthSpec,
                   rngs: list[np.random.Generator]) -> np.ndarray:
-    """The linear RF model: drive_e = Σ_pixels map_e · luminance (sum-normalised maps), then the optional
-    rectification, gain and noise. (n, H, W, C) uint8 → (n, repeats, E) float32."""
-    lum = images.astype(np.float32) / 255.0
-    lum = (lum @ LUMA) if lum.shape[-1] == 3 else lum[..., 0]  # (n, H, W)
+    """The linear RF model: drive_e = Σ_pixels,channels weights_e · image (see `response_weights`), then the
+    optional rectification, gain and noise. (n, H, W, C) uint8 → (n, repeats, E) float32."""
     # Float64 so that a sample's responses do not depend on which chunk it was computed in (float32 BLAS results
     # change in the last bit with the matrix shape); the seed alone defines the dataset.
-    drive = (lum.reshape(len(images), -1).astype(np.float64) @ maps_flat.T.astype(np.float64))  # (n, E)
+    drive = (images.reshape(len(images), -1).astype(np.float64) / 255.0) @ weights.T  # (n, E)
     rate = drive - spec.threshold
     if spec.nonlinearity == "relu":
         rate = np.maximum(rate, 0.0)
     rate = spec.gain * rate
-    out = np.empty((len(images), spec.repeats, maps_flat.shape[0]), np.float32)
+    out = np.empty((len(images), spec.repeats, weights.shape[0]), np.float32)
     for i, rng in enumerate(rngs):
         r = np.broadcast_to(rate[i], out.shape[1:])
         if spec.noise == "gaussian":
@@ -254,7 +287,7 @@ def responses_for(images: np.ndarray, maps_flat: np.ndarray, spec: SynthSpec,
     return out
 
 
-def generate_split(spec: SynthSpec, split: str, maps_flat: np.ndarray, first_sample: int,
+def generate_split(spec: SynthSpec, split: str, weights: np.ndarray, first_sample: int,
                    first_image: int) -> Iterator[Samples]:
     """Chunks of about `shard_rows` rows of one split; rows are images × repeats."""
     n_images = {"train": spec.n_train, "val": spec.n_val, "test": spec.n_test}[split]
@@ -263,7 +296,7 @@ def generate_split(spec: SynthSpec, split: str, maps_flat: np.ndarray, first_sam
         idx = range(start, min(start + per_chunk, n_images))
         rngs = [np.random.default_rng([spec.seed, SPLIT_CODES[split], i]) for i in idx]
         images = np.stack([make_image(rng, spec) for rng in rngs])
-        responses = responses_for(images, maps_flat, spec, rngs)  # (n, repeats, E)
+        responses = responses_for(images, weights, spec, rngs)  # (n, repeats, E)
         n, k = len(idx), spec.repeats
         image_id = first_image + np.repeat(np.arange(start, start + n), k)
         yield Samples(
@@ -279,13 +312,13 @@ def synth_splits(spec: SynthSpec) -> tuple[RFTable, dict[str, Iterator[Samples]]
     """The RF table and lazy chunk iterators for every split; ids are unique across splits."""
     spec.validate()
     rfs = make_rfs(spec)
-    maps_flat = rf_maps(rfs, (spec.size, spec.size), spec.fov_deg, norm="sum").reshape(len(rfs), -1)
+    weights = response_weights(spec, rfs)
     splits, sample0, image0 = {}, 0, 0
     for split in ("train", "val", "test"):
         n_images = getattr(spec, f"n_{split}")
         if n_images == 0:
             continue
-        splits[split] = generate_split(spec, split, maps_flat, sample0, image0)
+        splits[split] = generate_split(spec, split, weights, sample0, image0)
         sample0 += n_images * spec.repeats
         image0 += n_images
     return rfs, splits

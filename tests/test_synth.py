@@ -6,7 +6,7 @@ import pytest
 from conftest import TINY, concat_chunks, make_synth
 from rfgan.data import read_info, read_rfs, read_split
 from rfgan.rf import rf_mask, rf_maps
-from rfgan.synth import LUMA, SynthSpec, make_rfs, synth_splits
+from rfgan.synth import LUMA, SynthSpec, make_rfs, make_tuning, synth_splits
 
 
 def test_same_seed_same_dataset_whatever_the_shard_size(tmp_path):
@@ -40,13 +40,36 @@ def test_rfs_grow_with_eccentricity_cluster_in_arrays_and_cover_the_window():
     assert rf_mask(rfs, (spec.size, spec.size), spec.fov_deg, radius_sigmas=2.0).mean() > 0.9
 
 
-def test_responses_follow_the_linear_rf_model():
-    spec = dataclasses.replace(TINY, noise="none", gain=2.0)
+@pytest.mark.parametrize("tuning", ["luminance", "color"])
+def test_responses_follow_the_linear_rf_model(tuning):
+    spec = dataclasses.replace(TINY, noise="none", gain=2.0, tuning=tuning)
     rfs, splits = synth_splits(spec)
     got = concat_chunks(splits["val"])
     maps = rf_maps(rfs, (spec.size, spec.size), spec.fov_deg, norm="sum")
-    lum = (got["image"].astype(np.float32) / 255.0) @ LUMA
-    np.testing.assert_allclose(got["responses"], 2.0 * np.einsum("nhw,ehw->ne", lum, maps), rtol=1e-4, atol=1e-5)
+    weights = make_tuning(spec, rfs)  # (E, 3)
+    if tuning == "luminance":
+        np.testing.assert_array_equal(weights, np.tile(LUMA, (len(rfs), 1)))
+    image = got["image"].astype(np.float32) / 255.0
+    want = 2.0 * np.einsum("nhwc,ehw,ec->ne", image, maps, weights)
+    np.testing.assert_allclose(got["responses"], want, rtol=1e-4, atol=1e-5)
+
+
+def test_color_tuning_tells_isoluminant_colours_apart_and_is_strongest_in_v4():
+    spec = SynthSpec(electrodes=191, n_arrays=8)
+    rfs = make_rfs(spec)
+    weights = make_tuning(spec, rfs)
+    # Isoluminant red and green: luminance-only electrodes could not tell them apart.
+    red, green = np.array([1.0, 0.0, 0.0]), np.array([0.0, LUMA[0] / LUMA[1], 0.0])
+    assert np.isclose(red @ LUMA, green @ LUMA)
+    assert np.median(np.abs(weights @ (red - green))) > 0.05
+    # Weights are luma plus an opponent signal, which sums to zero over R, G, B.
+    chroma = weights - LUMA
+    np.testing.assert_allclose(chroma.sum(1), 0.0, atol=1e-12)
+    strength = np.linalg.norm(chroma, axis=1)
+    assert np.median(strength[rfs.area == "V4"]) > np.median(strength[rfs.area == "V1"])
+    assert not np.allclose(make_tuning(dataclasses.replace(spec, seed=1), rfs), weights)
+    # Gray images: one channel, nothing to tune.
+    np.testing.assert_array_equal(make_tuning(dataclasses.replace(spec, color=False), rfs), np.ones((191, 1)))
 
 
 def test_relu_poisson_and_repeats():
@@ -76,7 +99,7 @@ def test_gray_images_and_ids_unique_across_splits(tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     ({"n_val": 0}, "n_val"), ({"noise": "laplace"}, "noise"), ({"n_arrays": 20}, "n_arrays"),
-    ({"photo_fraction": 2.0}, "photo_fraction"),
+    ({"photo_fraction": 2.0}, "photo_fraction"), ({"tuning": "orientation"}, "tuning"),
 ])
 def test_bad_spec_is_refused(change, message):
     with pytest.raises(ValueError, match=message):
