@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,7 +187,12 @@ def write_dataset(
     complete, so a failure part-way (bad chunk, full disk, Ctrl-C) leaves nothing behind and loses nothing.
 
     Each chunk of `splits[name]` becomes one Parquet shard. `on_rows(n)` is called after each shard (progress bars).
+    A URI (`s3://…`) is written locally first, then uploaded with metadata.json last: a dataset without it is not
+    read as one, so a failed upload leaves no half-dataset that looks whole.
     """
+    if "://" in os.fspath(out):
+        return _write_remote(os.fspath(out), overwrite=overwrite, rfs=rfs, fov_deg=fov_deg, image_size=image_size,
+                             channels=channels, splits=splits, source=source, on_rows=on_rows)
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise DataError(f"{out} already exists and is not empty; choose another --out or pass --overwrite.")
@@ -238,6 +244,32 @@ def write_dataset(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return info
+
+
+def _write_remote(uri: str, overwrite: bool, **dataset: Any) -> DatasetInfo:
+    fs, root = filesystem(uri)
+    existing = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    if existing and not overwrite:
+        raise DataError(f"{uri} already exists and is not empty; choose another --out or pass --overwrite.")
+    with tempfile.TemporaryDirectory(prefix="rfgan-dataset-") as staging:
+        local = Path(staging, "dataset")
+        info = write_dataset(local, **dataset)
+        metadata = (local / METADATA_FILE).read_bytes()
+        (local / METADATA_FILE).unlink()
+        try:
+            if existing:
+                # Object stores cannot swap a folder in one step: the old dataset goes before the new one is up.
+                fs.delete_dir_contents(root)
+            pafs.copy_files(str(local), root, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+            with fs.open_output_stream(f"{root}/{METADATA_FILE}") as f:
+                f.write(metadata)
+        except BaseException:
+            try:
+                fs.delete_dir(root)
+            except OSError:
+                pass  # the upload's own error is the one to report
+            raise
     return info
 
 

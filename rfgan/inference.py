@@ -1,46 +1,72 @@
 """Using a trained run: pick its best or last checkpoint, evaluate it on a dataset, reconstruct images from new
-responses. No Ray: a laptop with the run directory is enough."""
+responses. No Ray: a laptop with the run directory, or access to the bucket it was written to, is enough."""
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.fs as pafs
 import torch
 from PIL import Image
 
 from rfgan.artifacts import save_grid
 from rfgan.checkpoint import SCORE, STATE_FILE, Checkpoint, load_checkpoint
-from rfgan.data import read_info, read_split, to_tensors
+from rfgan.data import filesystem, read_info, read_split, to_tensors
 from rfgan.errors import DataError
 from rfgan.losses import MissingVGGWeightsError, VGGFeatures
-from rfgan.metrics import evaluate
+from rfgan.metrics import evaluate, identification_accuracy
 from rfgan.nets import GAN, build_gan
 
 
-def find_checkpoint(run: str | os.PathLike, which: str = "best") -> Path:
-    """`best` (highest validation SSIM), `last` (highest epoch), or a checkpoint directory's path."""
+# Pairwise identification compares every reconstruction with every target: the first N images bound its cost.
+IDENTIFICATION_MAX = 2000
+
+
+def _join(base: str, name: str) -> str:
+    return f"{base.rstrip('/')}/{name}"
+
+
+def find_checkpoint(run: str | os.PathLike, which: str = "best") -> str:
+    """`best` (highest validation SSIM), `last` (highest epoch), or a checkpoint directory's path. The run may be a
+    local directory or a URI (`s3://…`, `gs://…`); so is the answer."""
     if which not in ("best", "last"):
-        path = Path(which)
-        if not (path / STATE_FILE).exists():
-            raise DataError(f"{path} is not a checkpoint directory (no {STATE_FILE}).")
-        return path
-    candidates = [p.parent for p in Path(run).glob(f"checkpoint*/{STATE_FILE}")]
-    if not candidates:
+        fs, path = filesystem(which)
+        if fs.get_file_info(_join(path, STATE_FILE)).type != pafs.FileType.File:
+            raise DataError(f"{which} is not a checkpoint directory (no {STATE_FILE}).")
+        return str(which)
+    run = os.fspath(run)
+    fs, root = filesystem(run)
+    entries = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    states = {}
+    for entry in entries:
+        state_file = _join(entry.path, STATE_FILE)
+        if (entry.type == pafs.FileType.Directory and entry.base_name.startswith("checkpoint")
+                and fs.get_file_info(state_file).type == pafs.FileType.File):
+            with fs.open_input_stream(state_file) as f:
+                states[entry.base_name] = json.loads(f.read())
+    if not states:
         raise DataError(f"{run} holds no checkpoint; train first (`rfgan train --out {run}`).")
-    states = {c: json.loads((c / STATE_FILE).read_text()) for c in candidates}
     if which == "last":
-        return max(candidates, key=lambda c: states[c]["epoch"])
-    return max(candidates, key=lambda c: (states[c]["metrics"].get(SCORE, float("-inf")), states[c]["epoch"]))
+        name = max(states, key=lambda c: states[c]["epoch"])
+    else:
+        name = max(states, key=lambda c: (states[c]["metrics"].get(SCORE, float("-inf")), states[c]["epoch"]))
+    return _join(run, name)
 
 
-def load_trained(checkpoint_dir: Path, device: str | torch.device = "cpu") -> tuple[GAN, Checkpoint]:
-    """The generator (eval mode) and RF projection of a checkpoint; no D, no VGG."""
-    ckpt = load_checkpoint(checkpoint_dir, map_location=device)
+def load_trained(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[GAN, Checkpoint]:
+    """The generator (eval mode) and RF projection of a checkpoint (local or a URI); no D, no VGG."""
+    checkpoint = os.fspath(checkpoint)
+    with tempfile.TemporaryDirectory(prefix="rfgan-checkpoint-") as tmp:
+        if "://" in checkpoint:
+            pafs.copy_files(checkpoint, tmp)  # a few files: G and D weights, optimizer state, config, RF table
+            checkpoint = tmp
+        ckpt = load_checkpoint(checkpoint, map_location=device)
     gan = build_gan(ckpt.config, ckpt.info, ckpt.rfs, with_vgg=False)
     gan.discriminator = None
     ckpt.restore(gan.generator)
@@ -60,9 +86,9 @@ def feature_net(ckpt: Checkpoint) -> tuple[VGGFeatures, str]:
 
 def evaluate_run(run: str, data: str, split: str = "val", which: str = "best",
                  device: str = "cpu") -> dict[str, Any]:
-    """Metrics of a checkpoint on a dataset split, plus a grid PNG written into the run directory."""
-    checkpoint_dir = find_checkpoint(run, which)
-    gan, ckpt = load_trained(checkpoint_dir, device)
+    """Metrics of a checkpoint on a dataset split; they and a grid PNG are written into the run directory."""
+    checkpoint = find_checkpoint(run, which)
+    gan, ckpt = load_trained(checkpoint, device)
     info = read_info(data)
     ckpt.check_matches(info, str(data))
     rows = read_split(data, split)
@@ -70,20 +96,32 @@ def evaluate_run(run: str, data: str, split: str = "val", which: str = "best",
     vgg = vgg.to(device)
     batches = [to_tensors({k: rows[k][i:i + 64] for k in ("responses", "image")})
                for i in range(0, len(rows["sample_id"]), 64)]
-    metrics = evaluate(gan.generator, gan.projection, batches, vgg=vgg, device=device)
-    responses, target = batches[0]
-    with torch.no_grad():
-        fake = gan.generator(gan.projection(responses[:8].to(device)))
-    grid = Path(run) / f"eval_{split}.png"
-    save_grid(grid, target[:8], fake.cpu())
-    return {**metrics, "checkpoint": str(checkpoint_dir), "epoch": ckpt.epoch, "split": split,
-            "n_images": len(rows["sample_id"]), "feature_net": feature_name, "grid": str(grid)}
+    outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+    metrics = evaluate(gan.generator, gan.projection, batches, vgg=vgg, device=device, keep=outputs)
+    fakes, targets = (torch.cat(t) for t in zip(*outputs))
+    n = min(len(fakes), IDENTIFICATION_MAX)
+    ids = torch.from_numpy(np.array(rows["image_id"][:n]))
+    if len(ids.unique()) >= 2:
+        metrics["identification"] = float(identification_accuracy(fakes[:n], targets[:n], ids))
+    grid = _join(os.fspath(run), f"eval_{split}.png")
+    with tempfile.TemporaryDirectory(prefix="rfgan-eval-") as tmp:
+        save_grid(Path(tmp, "grid.png"), targets[:8], fakes[:8])
+        _put(grid, Path(tmp, "grid.png").read_bytes())
+    result = {**metrics, "checkpoint": checkpoint, "epoch": ckpt.epoch, "split": split,
+              "n_images": len(rows["sample_id"]), "feature_net": feature_name, "grid": grid}
+    _put(_join(os.fspath(run), f"eval_{split}.json"), (json.dumps(result, indent=1) + "\n").encode())
+    return result
+
+
+def _put(uri: str, data: bytes) -> None:
+    fs, path = filesystem(uri)
+    with fs.open_output_stream(path) as f:
+        f.write(data)
 
 
 def reconstruct(run: str, responses_path: str, out: str, which: str = "best", device: str = "cpu") -> Path:
     """Images from new responses (N, E): `out/reconstructions.npy` (N, H, W, C) uint8 and one PNG per row."""
-    checkpoint_dir = find_checkpoint(run, which)
-    gan, ckpt = load_trained(checkpoint_dir, device)
+    gan, ckpt = load_trained(find_checkpoint(run, which), device)
     try:
         responses = np.load(responses_path, allow_pickle=False)
     except (OSError, ValueError) as e:

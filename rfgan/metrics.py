@@ -28,6 +28,7 @@ __all__ = [
     "ssim",
     "pixel_corr",
     "feature_corr",
+    "identification_accuracy",
     "MetricAccumulator",
     "eval_mode",
     "evaluate",
@@ -117,6 +118,26 @@ def feature_corr(vgg: VGGFeatures, fake: Tensor, target: Tensor) -> Tensor:
         for f, t in zip(vgg(fake), vgg(target), strict=True)
     ]
     return torch.stack(per_layer).mean(dim=0)  # (L, B) -> (B,)
+
+
+def identification_accuracy(fake: Tensor, target: Tensor, image_ids: Tensor | None = None) -> Tensor:
+    """Pairwise identification: over all pairs (i, j), how often reconstruction i correlates more with its own
+    target than with target j (pixel Pearson r, all channels). 0.5 is chance, 1.0 every reconstruction picks its
+    own image: the usual "does it resemble *this* image rather than any image" figure of decoding studies.
+    With ``image_ids`` (B,), pairs showing the same image (repeats) are left out, as are i == j. The (B, B)
+    correlation matrix is built in one go, so keep B to a few thousand."""
+    fake, target = _check_pair(fake, target)
+    a = fake.flatten(1) - fake.flatten(1).mean(dim=1, keepdim=True)  # (B, N)
+    b = target.flatten(1) - target.flatten(1).mean(dim=1, keepdim=True)  # (B, N)
+    a = a / (a.norm(dim=1, keepdim=True) + CORR_EPS)
+    b = b / (b.norm(dim=1, keepdim=True) + CORR_EPS)
+    r = a @ b.T  # (B, B): r[i, j] = corr(fake_i, target_j)
+    ids = torch.arange(len(r), device=r.device) if image_ids is None else image_ids.to(r.device)
+    other = ids[:, None] != ids[None, :]  # (B, B) pairs of different images
+    if not other.any():
+        raise ValueError("identification needs at least 2 different images")
+    wins = (r.diagonal()[:, None] > r) & other
+    return wins.sum() / other.sum()
 
 
 def _sum_dtype(device: torch.device) -> torch.dtype:
@@ -209,13 +230,15 @@ def evaluate(
     batches: Iterable[tuple[Tensor, Tensor]],
     vgg: VGGFeatures | None = None,
     device: torch.device | str = "cpu",
+    keep: list[tuple[Tensor, Tensor]] | None = None,
 ) -> dict[str, float]:
     """Mean metrics of ``generator(projection(responses))`` against the images over all ``batches``.
 
     ``batches`` yields (responses (B, E), images (B, C, H, W) float in [0, 1]); each pair is moved to
     ``device``, where the models must already be. Generator, projection (if a module) and vgg run in eval
     mode, so BatchNorm uses and never updates its running statistics and dropout is off; every module's
-    previous mode is restored afterwards. Raises ValueError if ``batches`` is empty.
+    previous mode is restored afterwards. Raises ValueError if ``batches`` is empty. With ``keep``, each batch's
+    (fake, image) pair is appended to it, on the CPU.
     """
     models = [m for m in (generator, projection, vgg) if isinstance(m, nn.Module)]
     acc = MetricAccumulator()
@@ -225,4 +248,6 @@ def evaluate(
             images = images.to(device, non_blocking=True)  # (B, C, H, W)
             fake = generator(projection(responses))  # (B, C, H, W)
             acc.update(fake, images, vgg)
+            if keep is not None:
+                keep.append((fake.cpu(), images.cpu()))
     return acc.compute()

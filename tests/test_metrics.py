@@ -15,6 +15,7 @@ from rfgan.metrics import (
     eval_mode,
     evaluate,
     feature_corr,
+    identification_accuracy,
     pixel_corr,
     psnr,
     ssim,
@@ -112,6 +113,32 @@ def test_pixel_corr_of_constant_image_is_zero_not_nan():
         out = pixel_corr(fake, target)
         assert torch.isfinite(out).all()
         torch.testing.assert_close(out, torch.zeros(2), atol=1e-6, rtol=0)
+
+
+def test_identification_is_one_for_perfect_half_for_noise_and_zero_for_swapped():
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(40, 3, 8, 8, generator=g)
+    assert identification_accuracy(target, target).item() == 1.0
+    noise = torch.rand(40, 3, 8, 8, generator=g)
+    assert abs(identification_accuracy(noise, target).item() - 0.5) < 0.05
+    # Each reconstruction is a perfect copy of the *next* image: it never beats that one, and matches its own only
+    # by chance against the others.
+    shifted = target.roll(1, dims=0)
+    assert identification_accuracy(shifted, target).item() < 0.55
+    # Two images: reconstruction 0 resembles image 0, reconstruction 1 resembles image 0 too.
+    pair = torch.stack([target[0], target[0] * 0.9 + 0.05])
+    assert identification_accuracy(pair, target[:2]).item() == 0.5
+
+
+def test_identification_leaves_out_repeats_of_the_same_image():
+    target = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    repeated = target.repeat_interleave(2, dim=0)  # each image twice, as with --repeats 2
+    ids = torch.arange(6).repeat_interleave(2)
+    # Without ids, the repeat of an image ties with it and counts as a loss; with them, it is not compared.
+    assert identification_accuracy(repeated, repeated).item() < 1.0
+    assert identification_accuracy(repeated, repeated, ids).item() == 1.0
+    with pytest.raises(ValueError, match="2 different images"):
+        identification_accuracy(repeated[:2], repeated[:2], ids[:2])
 
 
 def test_feature_corr_of_identical_images_is_one(vgg):

@@ -93,14 +93,23 @@ def test_train_cli_eval_and_reconstruct(ray_session, tiny_dataset, tmp_path, cap
 
     assert main(["eval", "--run", str(run), "--data", str(tiny_dataset), "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
-    assert {"psnr", "ssim", "pixel_corr", "feature_corr"} <= set(metrics) and metrics["n_images"] == 12
-    assert (run / "eval_val.png").exists()
+    assert {"psnr", "ssim", "pixel_corr", "feature_corr", "identification"} <= set(metrics)
+    assert metrics["n_images"] == 12 and 0.0 <= metrics["identification"] <= 1.0
+    assert (run / "eval_val.png").exists() and json.loads((run / "eval_val.json").read_text()) == metrics
+    # Runs and datasets given as URIs (how s3:// and gs:// ones are read): the same answer through pyarrow's
+    # filesystems, and the grid written back through them.
+    (run / "eval_val.png").unlink()
+    assert main(["eval", "--run", run.as_uri(), "--data", tiny_dataset.as_uri(), "--checkpoint", "last",
+                 "--json"]) == 0
+    by_uri = json.loads(capsys.readouterr().out)
+    assert by_uri["checkpoint"].startswith(run.as_uri() + "/checkpoint")
+    assert by_uri["psnr"] == pytest.approx(metrics["psnr"]) and (run / "eval_val.png").exists()
 
     responses = torch.randn(3, 12).numpy()
     import numpy as np
 
     np.save(tmp_path / "new.npy", responses)
-    assert main(["reconstruct", "--run", str(run), "--responses", str(tmp_path / "new.npy"),
+    assert main(["reconstruct", "--run", run.as_uri(), "--responses", str(tmp_path / "new.npy"),
                  "--out", str(tmp_path / "rec")]) == 0
     images = np.load(tmp_path / "rec" / "reconstructions.npy")
     assert images.shape == (3, 32, 32, 3) and images.dtype == np.uint8
