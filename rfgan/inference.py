@@ -67,8 +67,7 @@ def load_trained(checkpoint: str | os.PathLike, device: str | torch.device = "cp
             pafs.copy_files(checkpoint, tmp)  # a few files: G and D weights, optimizer state, config, RF table
             checkpoint = tmp
         ckpt = load_checkpoint(checkpoint, map_location=device)
-    gan = build_gan(ckpt.config, ckpt.info, ckpt.rfs, with_vgg=False)
-    gan.discriminator = None
+    gan = build_gan(ckpt.config, ckpt.info, ckpt.rfs, with_vgg=False, with_d=False)
     ckpt.restore(gan.generator)
     gan.generator.eval()
     return gan.to(device), ckpt

@@ -46,9 +46,9 @@ def check_compatible(cfg: Config, info: DatasetInfo) -> None:
         )
 
 
-def build_gan(cfg: Config, info: DatasetInfo, rfs: RFTable, with_vgg: bool = True) -> GAN:
+def build_gan(cfg: Config, info: DatasetInfo, rfs: RFTable, with_vgg: bool = True, with_d: bool = True) -> GAN:
     """Build on the CPU; move with `.to(device)`. Weights are DCGAN-initialised from the current torch seed.
-    `with_vgg=False` skips the VGG net (parameter counts, inference)."""
+    `with_vgg=False` skips the VGG net (parameter counts, inference); `with_d=False` skips D (inference)."""
     check_compatible(cfg, info)
     d = cfg.data
     stats = dict(mean=np.asarray(info.response_mean), std=np.asarray(info.response_std)) if d.standardize else {}
@@ -63,7 +63,7 @@ def build_gan(cfg: Config, info: DatasetInfo, rfs: RFTable, with_vgg: bool = Tru
                                        convs_per_block=m.g_convs_per_block, n_res=m.n_res, dropout=m.dropout)
     init_weights(generator, m.init_std)
     discriminator = None
-    if cfg.adversarial:
+    if cfg.adversarial and with_d:
         if m.discriminator == "patch":
             discriminator = PatchDiscriminator(info.channels, ndf=m.ndf, n_layers=m.d_layers, norm=m.norm,
                                                cond_channels=1 if m.conditional_d else 0)
