@@ -453,3 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DataError, ConfigError) as e:
         print(f"rfgan {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        # Unreadable paths, missing buckets, refused credentials: the system's own message says which.
+        print(f"rfgan {args.command}: error: {e}", file=sys.stderr)
+        return 2

@@ -64,3 +64,10 @@ def test_check_command_reads_every_split(ray_session, tiny_dataset, capsys):
     out = capsys.readouterr().out
     assert "train: 40 rows read through Ray Data" in out and "generator input (16, 12, 32, 32)" in out
     assert read_split(tiny_dataset, "val")["image"].shape == (12, 32, 32, 3)
+
+
+def test_an_unwritable_output_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "a-file").write_text("not a folder")
+    code = main(["synth", "--out", str(tmp_path / "a-file" / "ds"), "--n-train", "4", "--n-val", "2", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("rfgan synth: error:") and "a-file" in err and "Traceback" not in err
