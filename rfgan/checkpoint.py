@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import torch
 from torch import nn
 
 from rfgan import __version__
 from rfgan.config import Config
-from rfgan.data import DatasetInfo
+from rfgan.data import DatasetInfo, filesystem
 from rfgan.errors import DataError
 from rfgan.rf import RFTable
 
@@ -105,3 +106,11 @@ def load_checkpoint(directory: str | os.PathLike, map_location: str | torch.devi
     rfs = RFTable.from_csv(directory / RFS_FILE)
     nets = torch.load(directory / NETS_FILE, map_location=map_location, weights_only=True)
     return Checkpoint(config, info, rfs, int(state["epoch"]), int(state["step"]), nets, state.get("metrics", {}))
+
+
+def existing_checkpoints(run: str | os.PathLike) -> list[str]:
+    """Names of the checkpoint directories in a run directory (local or a URI), sorted; [] if there is none."""
+    fs, root = filesystem(run)
+    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    return sorted(i.base_name for i in infos
+                  if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint"))

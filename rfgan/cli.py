@@ -299,7 +299,8 @@ def cmd_train(args: argparse.Namespace) -> int:
               else "discriminator: none (loss.lambda_adv = 0)")
         return 0
     _preflight(cfg)
-    from rfgan.train import existing_checkpoints, fit, write_resolved_config
+    from rfgan.checkpoint import existing_checkpoints
+    from rfgan.train import fit, write_resolved_config
 
     out = args.out or f"runs/{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     found = existing_checkpoints(out)
@@ -328,17 +329,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_checkpoint_args(p: argparse.ArgumentParser) -> None:
+    """Which trained generator to use, and where: shared by eval and reconstruct."""
+    p.add_argument("--run", required=True, help="run directory or URI (from rfgan train --out)")
+    p.add_argument("--checkpoint", default="best", help="best, last, or a checkpoint directory")
+    p.add_argument("--device", default="cpu", help="torch device")
+
+
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="metrics of a trained run on a dataset",
-                       description="PSNR and SSIM (on luma for colour), pixel correlation and VGG-feature "
-                                   "correlation of a run's best or last checkpoint, with a grid PNG.",
+                       description="PSNR and SSIM (on luma for colour), pixel correlation, VGG-feature "
+                                   "correlation and pairwise identification accuracy of a run's best or last "
+                                   "checkpoint, with a grid PNG.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--run", required=True, help="run directory or URI (from rfgan train --out)")
+    _add_checkpoint_args(p)
     p.add_argument("--data", required=True, help="dataset directory or URI")
     p.add_argument("--split", default="val", help="dataset split")
-    p.add_argument("--checkpoint", default="best", help="best, last, or a checkpoint directory")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    p.add_argument("--device", default="cpu", help="torch device")
     p.set_defaults(func=cmd_eval)
 
 
@@ -360,11 +367,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("reconstruct", help="images from new responses with a trained run",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--run", required=True, help="run directory or URI")
+    _add_checkpoint_args(p)
     p.add_argument("--responses", required=True, help=".npy (N, E), electrodes in the run's rfs.csv order")
     p.add_argument("--out", required=True, help="folder for reconstructions.npy and one PNG per row")
-    p.add_argument("--checkpoint", default="best", help="best, last, or a checkpoint directory")
-    p.add_argument("--device", default="cpu", help="torch device")
     p.set_defaults(func=cmd_reconstruct)
 
 

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from rfgan.artifacts import save_grid
-from rfgan.checkpoint import SCORE, STATE_FILE, Checkpoint, load_checkpoint
+from rfgan.checkpoint import SCORE, STATE_FILE, Checkpoint, existing_checkpoints, load_checkpoint
 from rfgan.data import filesystem, read_info, read_split, to_tensors
 from rfgan.errors import DataError
 from rfgan.losses import MissingVGGWeightsError, VGGFeatures
@@ -42,14 +42,12 @@ def find_checkpoint(run: str | os.PathLike, which: str = "best") -> str:
         return str(which)
     run = os.fspath(run)
     fs, root = filesystem(run)
-    entries = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
     states = {}
-    for entry in entries:
-        state_file = _join(entry.path, STATE_FILE)
-        if (entry.type == pafs.FileType.Directory and entry.base_name.startswith("checkpoint")
-                and fs.get_file_info(state_file).type == pafs.FileType.File):
+    for name in existing_checkpoints(run):
+        state_file = _join(_join(root, name), STATE_FILE)
+        if fs.get_file_info(state_file).type == pafs.FileType.File:  # an incomplete one has none
             with fs.open_input_stream(state_file) as f:
-                states[entry.base_name] = json.loads(f.read())
+                states[name] = json.loads(f.read())
     if not states:
         raise DataError(f"{run} holds no checkpoint; train first (`rfgan train --out {run}`).")
     if which == "last":

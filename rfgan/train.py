@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow.fs as pafs
 import torch
 import torch.distributed as dist
 
@@ -284,11 +283,3 @@ def write_resolved_config(cfg: Config, out: str) -> None:
     fs.create_dir(root, recursive=True)
     with fs.open_output_stream(f"{root}/config.json") as f:
         f.write((cfg.to_json() + "\n").encode())
-
-
-def existing_checkpoints(out: str) -> list[str]:
-    fs, root = filesystem(out)
-    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-    return sorted(i.path for i in infos if i.type == pafs.FileType.Directory and
-                  os.path.basename(i.path).startswith("checkpoint"))
-
