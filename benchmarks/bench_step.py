@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from rfgan.config import preset
-from rfgan.data import DatasetInfo
-from rfgan.nets import build_gan, build_optimizers
-from rfgan.step import train_step
-from rfgan.synth import SynthSpec, make_rfs
+from rfgan.data.format import DatasetInfo
+from rfgan.data.synth import SynthSpec, make_rfs
+from rfgan.gan.build import build_gan, build_optimizers
+from rfgan.gan.step import train_step
 
 
 def main() -> None:

@@ -9,9 +9,9 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from rfgan.errors import DataError
 
@@ -30,7 +30,7 @@ def _progress(total: int, desc: str, quiet: bool) -> Iterator:
 def _dir_size_mb(path: str) -> float:
     import pyarrow.fs as pafs
 
-    from rfgan.data import filesystem
+    from rfgan.data.format import filesystem
 
     fs, root = filesystem(path)
     entries = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
@@ -38,7 +38,7 @@ def _dir_size_mb(path: str) -> float:
 
 
 def _add_synth(sub: argparse._SubParsersAction) -> None:
-    from rfgan.synth import SynthSpec
+    from rfgan.data.synth import SynthSpec
 
     d = SynthSpec()
     p = sub.add_parser(
@@ -85,8 +85,8 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from rfgan.data import write_dataset
-    from rfgan.synth import SynthSpec, source_of, synth_splits
+    from rfgan.data.format import write_dataset
+    from rfgan.data.synth import SynthSpec, source_of, synth_splits
 
     # Every SynthSpec field has a flag of the same name (the parser's defaults come from SynthSpec()).
     spec = SynthSpec(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SynthSpec)})
@@ -137,7 +137,7 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from rfgan.ingest import IngestSpec, ingest
+    from rfgan.data.ingest import IngestSpec, ingest
 
     spec = IngestSpec(
         responses=args.responses, images=args.images, rfs=args.rfs, fov_deg=args.fov_deg, out=args.out,
@@ -161,8 +161,8 @@ def dataset_or_synth(path: str | None) -> str:
     if not Path(DEFAULT_DATA, "metadata.json").exists():
         cmd_synth(build_parser().parse_args(["synth", "--out", DEFAULT_DATA]))
         return DEFAULT_DATA
-    from rfgan.data import read_info
-    from rfgan.synth import SynthSpec, source_of
+    from rfgan.data.format import read_info
+    from rfgan.data.synth import SynthSpec, source_of
 
     # It may be an older rfgan's, or one made with other `rfgan synth` options: used as it is (it may be someone's
     # work), but said, since the demo's figures in the README are for the default one.
@@ -188,7 +188,7 @@ def _add_check(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from rfgan.check import check_dataset
+    from rfgan.data.check import check_dataset
 
     data = dataset_or_synth(args.data)
     for line in check_dataset(data, batch_size=args.batch_size, address=args.address):
@@ -271,7 +271,7 @@ def _init_ray(address: str | None, min_cpus: int) -> None:
 def _preflight(cfg) -> None:
     """Fail before Ray starts on what would otherwise fail on every worker."""
     if cfg.loss.lambda_vgg > 0 and not cfg.loss.vgg_random_init:
-        from rfgan.losses import MissingVGGWeightsError, load_vgg19_state_dict
+        from rfgan.gan.vgg import MissingVGGWeightsError, load_vgg19_state_dict
 
         try:
             load_vgg19_state_dict(cfg.loss.vgg_weights)
@@ -281,9 +281,9 @@ def _preflight(cfg) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from rfgan.data import read_info, read_rfs
-    from rfgan.models import count_parameters
-    from rfgan.nets import build_gan, check_compatible
+    from rfgan.data.format import read_info, read_rfs
+    from rfgan.gan.build import build_gan, check_compatible
+    from rfgan.gan.models import count_parameters
 
     cfg = resolve_config(args)
     data = dataset_or_synth(cfg.data.path)
@@ -299,8 +299,8 @@ def cmd_train(args: argparse.Namespace) -> int:
               else "discriminator: none (loss.lambda_adv = 0)")
         return 0
     _preflight(cfg)
-    from rfgan.checkpoint import existing_checkpoints
-    from rfgan.train import fit, write_resolved_config
+    from rfgan.run.checkpoint import existing_checkpoints
+    from rfgan.run.train import fit, write_resolved_config
 
     out = args.out or f"runs/{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     found = existing_checkpoints(out)
@@ -350,7 +350,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from rfgan.inference import evaluate_run
+    from rfgan.evaluate.inference import evaluate_run
 
     result = evaluate_run(args.run, args.data, args.split, args.checkpoint, args.device)
     if args.json:
@@ -374,7 +374,7 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
-    from rfgan.inference import reconstruct
+    from rfgan.evaluate.inference import reconstruct
 
     out = reconstruct(args.run, args.responses, args.out, args.checkpoint, args.device)
     print(f"wrote {out}/reconstructions.npy and PNGs")
@@ -395,7 +395,7 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="base config file instead of a preset")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the base config")
     p.add_argument("--space", help="search space file (YAML/JSON) replacing the default space "
-                                   "(rfgan.search.DEFAULT_SPACE; see tune/space.yaml)")
+                                   "(rfgan.sweep.space.DEFAULT_SPACE; see tune/space.yaml)")
     p.add_argument("--out", help="sweep directory or storage URI (s3://...); default sweeps/PRESET-TIME")
     p.add_argument("--trials", type=int, default=20, help="number of trials")
     p.add_argument("--epochs", type=int, default=10, help="epochs per trial (ASHA stops weak trials earlier)")
@@ -410,8 +410,9 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from rfgan.search import load_space
-    from rfgan.tuning import SweepSpec, run_sweep, summarize, table_text
+    from rfgan.sweep.results import summarize, table_text
+    from rfgan.sweep.runner import SweepSpec, run_sweep
+    from rfgan.sweep.space import load_space
 
     cfg = resolve_config(argparse.Namespace(**{**vars(args), "epochs": None}))
     data = dataset_or_synth(cfg.data.path)

@@ -11,14 +11,19 @@ import dataclasses
 import json
 import os
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
-from rfgan.losses import ADV_KINDS, PIXEL_KINDS, REFERENCE_VGG_WEIGHTS
+from rfgan.errors import ConfigError
 
-
-class ConfigError(ValueError):
-    """An impossible or unknown configuration value."""
+# The valid values of the loss settings live here, with the config that is checked against them, so that reading a
+# config needs no torch: rfgan.gan.losses implements exactly these.
+ADV_KINDS: tuple[str, ...] = ("nonsaturating", "minimax", "lsgan")
+PIXEL_KINDS: tuple[str, ...] = ("l1", "mse")
+VGG_LAYERS: tuple[str, ...] = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+# Deeper layers weigh more: their activations are smaller and more semantic (the reference's weights).
+REFERENCE_VGG_WEIGHTS: tuple[float, ...] = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0)
 
 
 def _require(ok: bool, message: str) -> None:
@@ -158,10 +163,10 @@ class Config:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Config":
+    def from_dict(cls, d: Mapping[str, Any]) -> Config:
         return _build(cls, d, "")
 
-    def with_overrides(self, overrides: Mapping[str, Any]) -> "Config":
+    def with_overrides(self, overrides: Mapping[str, Any]) -> Config:
         """Apply dotted-key overrides, e.g. {"loss.lambda_adv": 0.5, "optim.lr_g": 1e-4}."""
         d = self.to_dict()
         for key, value in overrides.items():

@@ -1,5 +1,31 @@
-"""Errors a user can act on: each message says what is wrong, where, and how to fix it."""
+"""Errors a user can act on: each message is one line that says what is wrong, where, and how to fix it.
+
+Every user-facing failure derives from RfganError; `rfgan` prints its message on one line and exits 2. The extra
+bases (ValueError, FileNotFoundError, RuntimeError) keep each error catchable by the generic type it also is.
+"""
+
+from __future__ import annotations
 
 
-class DataError(ValueError):
-    """Bad input data: a dataset, an RF table, arrays given to ingest."""
+class RfganError(Exception):
+    """The root of rfgan's user-facing errors."""
+
+
+class UsageError(RfganError, ValueError):
+    """A command line that cannot work as given (conflicting or malformed flags)."""
+
+
+class ConfigError(RfganError, ValueError):
+    """An impossible or unknown configuration value."""
+
+
+class DataError(RfganError, ValueError):
+    """Bad input data: a dataset, an RF table, arrays given to ingest, a checkpoint that does not fit."""
+
+
+class MissingVGGWeightsError(RfganError, FileNotFoundError):
+    """The VGG19 weights file is absent or does not hold a state dict."""
+
+
+class TrainingDiverged(RfganError, RuntimeError):
+    """A loss became NaN or infinite: the run stops rather than train on garbage."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rfgan.data import write_dataset
-from rfgan.synth import SynthSpec, source_of, synth_splits
+from rfgan.data.format import write_dataset
+from rfgan.data.synth import SynthSpec, source_of, synth_splits
 
 TINY = SynthSpec(n_train=40, n_val=12, electrodes=12, size=32, n_arrays=3, shard_rows=16, seed=3)
 
@@ -15,6 +15,16 @@ def make_synth(out, spec: SynthSpec = TINY, **kwargs):
     rfs, splits = synth_splits(spec)
     return write_dataset(out, rfs=rfs, fov_deg=spec.fov_deg, image_size=(spec.size, spec.size),
                          channels=spec.channels, splits=splits, source=source_of(spec), **kwargs)
+
+
+# Fixtures that start Ray: a test using one is in the slow lane (marker `ray`); the rest is pure PyTorch/NumPy.
+RAY_FIXTURES = {"ray_session", "head_node"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.ray)
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from rfgan.cli import main
-from rfgan.data import read_info, read_split
+from rfgan.data.format import read_info, read_split
 
 
 @pytest.mark.parametrize("command, options", [

@@ -1,0 +1,45 @@
+"""`rfgan check`: read a dataset end to end the way training will, and say what is in it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import numpy as np
+
+from rfgan.data.format import open_split, read_info, read_rfs, split_files, to_tensors
+from rfgan.data.rf import RFProjection, rf_mask
+
+
+def check_dataset(path: str | os.PathLike, batch_size: int = 64, address: str | None = None) -> Iterator[str]:
+    """Validate metadata, RF table and schemas (no Ray), then stream every split through Ray Data and the RF
+    projection. Yields report lines; raises DataError on the first problem."""
+    import ray
+
+    info = read_info(path)
+    rfs = read_rfs(path, info)
+    for split in info.splits:
+        split_files(path, split, info)
+    areas = ", ".join(f"{a}: {int((rfs.area == a).sum())}" for a in rfs.area_names()) if rfs.area is not None else "-"
+    coverage = rf_mask(rfs, info.image_size, info.fov_deg, radius_sigmas=2.0).mean()
+    yield (f"{path}: {info.n_electrodes} electrodes ({areas}), images {info.image_size[0]}x{info.image_size[1]}x"
+           f"{info.channels} spanning {info.fov_deg}°, RFs (2σ discs) cover {coverage:.0%} of the image")
+    projection = RFProjection.from_table(rfs, info.image_size, info.fov_deg, mean=np.asarray(info.response_mean),
+                                         std=np.asarray(info.response_std))
+    if not ray.is_initialized():
+        ray.init(address=address)
+    for split, expected in info.splits.items():
+        rows, ids = 0, []
+        for batch in open_split(path, split).iter_torch_batches(batch_size=batch_size):
+            responses, images = to_tensors(batch)
+            if rows == 0:
+                x = projection(responses)
+                first = (f"generator input {tuple(x.shape)}, target {tuple(images.shape)} in "
+                         f"[{images.min():.2f}, {images.max():.2f}]")
+            rows += len(responses)
+            ids.append(batch["sample_id"].numpy())
+        if rows != expected:
+            raise RuntimeError(f"{split}: read {rows} rows but metadata.json says {expected}")
+        if len(np.unique(np.concatenate(ids))) != rows:
+            raise RuntimeError(f"{split}: sample_id values repeat")
+        yield f"{split}: {rows} rows read through Ray Data; first batch: {first}"

@@ -1,0 +1,405 @@
+"""The rfgan dataset format: writing it (for synth and ingest), validating it, and reading it (NumPy or Ray Data).
+
+A dataset is a directory::
+
+    metadata.json          format, schema_version, image size/channels, field of view, electrode count, splits,
+                           per-electrode response mean/std of the training split, provenance
+    rfs.csv                one row per electrode, in response-column order: electrode_id,x_deg,y_deg,sigma_deg[,area]
+    train/part-00000.parquet ...   one row per stimulus presentation
+    val/part-00000.parquet ...
+    test/...               (optional)
+
+Parquet columns: sample_id int64 (unique in the dataset), image_id int64 (repeats of one image share it),
+repeat int32, responses fixed_size_list<float32>[E], image fixed_size_list<uint8>[H*W*C] (row-major H, W, C).
+Only compact responses are stored; the E×H×W generator input is built on the device (rfgan.data.rf.RFProjection).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import torch
+
+from rfgan.data.rf import RFTable
+from rfgan.errors import DataError
+
+if TYPE_CHECKING:
+    import ray.data
+
+FORMAT = "rfgan-dataset"
+SCHEMA_VERSION = 1
+SPLITS = ("train", "val", "test")
+METADATA_FILE = "metadata.json"
+RFS_FILE = "rfs.csv"
+
+
+def filesystem(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path) for a local path or a URI such as s3://bucket/datasets/x: datasets are read, and runs
+    written, through pyarrow's filesystems."""
+    uri = os.fspath(uri)
+    if "://" in uri:
+        return pafs.FileSystem.from_uri(uri)
+    return pafs.LocalFileSystem(), os.path.abspath(uri)
+
+
+def _read_text(fs: pafs.FileSystem, path: str) -> str:
+    with fs.open_input_stream(path) as f:
+        return f.read().decode()
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What metadata.json holds."""
+
+    image_size: tuple[int, int]  # (H, W)
+    channels: int  # 1 (grayscale) or 3 (RGB)
+    fov_deg: float  # degrees of visual angle spanned by the image width
+    n_electrodes: int
+    splits: dict[str, int]  # rows per split
+    response_mean: tuple[float, ...]  # (E,) over the training split
+    response_std: tuple[float, ...]  # (E,)
+    source: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def image_numel(self) -> int:
+        return self.image_size[0] * self.image_size[1] * self.channels
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "schema_version": self.schema_version,
+            "image_height": self.image_size[0],
+            "image_width": self.image_size[1],
+            "channels": self.channels,
+            "fov_deg": self.fov_deg,
+            "n_electrodes": self.n_electrodes,
+            "splits": self.splits,
+            "response_mean": list(self.response_mean),
+            "response_std": list(self.response_std),
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_json(cls, meta: dict[str, Any], where: str) -> DatasetInfo:
+        """Parse and check a metadata.json mapping; `where` names its file in errors."""
+        if meta.get("format") != FORMAT:
+            raise DataError(f"{where}: 'format' is {meta.get('format')!r}, expected {FORMAT!r}.")
+        version = meta.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise DataError(
+                f"{where}: schema_version {version!r} is not supported by this rfgan (it reads version "
+                f"{SCHEMA_VERSION}); re-create the dataset with this rfgan or install the matching rfgan version."
+            )
+        required = ("image_height", "image_width", "channels", "fov_deg", "n_electrodes", "splits",
+                    "response_mean", "response_std")
+        missing = [k for k in required if k not in meta]
+        if missing:
+            raise DataError(f"{where}: missing key(s) {missing}.")
+        info = cls(
+            image_size=(int(meta["image_height"]), int(meta["image_width"])),
+            channels=int(meta["channels"]),
+            fov_deg=float(meta["fov_deg"]),
+            n_electrodes=int(meta["n_electrodes"]),
+            splits={str(k): int(v) for k, v in meta["splits"].items()},
+            response_mean=tuple(float(v) for v in meta["response_mean"]),
+            response_std=tuple(float(v) for v in meta["response_std"]),
+            source=meta.get("source", {}),
+            schema_version=version,
+        )
+        if info.channels not in (1, 3):
+            raise DataError(f"{where}: channels is {info.channels}; rfgan reads grayscale (1) or RGB (3) images.")
+        if len(info.response_mean) != info.n_electrodes or len(info.response_std) != info.n_electrodes:
+            raise DataError(f"{where}: response_mean/response_std must have n_electrodes={info.n_electrodes} values.")
+        return info
+
+
+@dataclass(frozen=True)
+class Samples:
+    """A chunk of rows of one split, in memory."""
+
+    sample_id: np.ndarray  # (n,) int64
+    image_id: np.ndarray  # (n,) int64
+    repeat: np.ndarray  # (n,) int32
+    responses: np.ndarray  # (n, E) float32
+    images: np.ndarray  # (n, H, W, C) uint8
+
+    def __len__(self) -> int:
+        return len(self.sample_id)
+
+
+def parquet_schema(n_electrodes: int, image_numel: int) -> pa.Schema:
+    return pa.schema([
+        ("sample_id", pa.int64()),
+        ("image_id", pa.int64()),
+        ("repeat", pa.int32()),
+        ("responses", pa.list_(pa.float32(), n_electrodes)),
+        ("image", pa.list_(pa.uint8(), image_numel)),
+    ])
+
+
+def _samples_to_table(s: Samples, schema: pa.Schema) -> pa.Table:
+    n, e = s.responses.shape
+    return pa.table({
+        "sample_id": pa.array(s.sample_id, pa.int64()),
+        "image_id": pa.array(s.image_id, pa.int64()),
+        "repeat": pa.array(s.repeat, pa.int32()),
+        "responses": pa.FixedSizeListArray.from_arrays(pa.array(s.responses.reshape(-1), pa.float32()), e),
+        "image": pa.FixedSizeListArray.from_arrays(pa.array(s.images.reshape(-1), pa.uint8()), s.images[0].size),
+    }, schema=schema)
+
+
+def _check_chunk(s: Samples, split: str, n_electrodes: int, image_shape: tuple[int, int, int]) -> None:
+    n = len(s)
+    if s.responses.shape != (n, n_electrodes):
+        raise DataError(f"{split}: responses have shape {s.responses.shape}, expected ({n}, {n_electrodes}).")
+    if s.images.shape != (n, *image_shape) or s.images.dtype != np.uint8:
+        raise DataError(f"{split}: images are {s.images.dtype}{s.images.shape}, expected uint8 ({n}, {image_shape}).")
+    bad = ~np.isfinite(s.responses).all(axis=1)
+    if bad.any():
+        raise DataError(f"{split}: responses are NaN or infinite in sample(s) {s.sample_id[bad][:10].tolist()}.")
+
+
+def write_dataset(
+    out: str | os.PathLike,
+    *,
+    rfs: RFTable,
+    fov_deg: float,
+    image_size: tuple[int, int],
+    channels: int,
+    splits: Mapping[str, Iterable[Samples]],
+    source: dict[str, Any],
+    overwrite: bool = False,
+    on_rows: Callable[[int], None] | None = None,
+) -> DatasetInfo:
+    """Write a dataset atomically: everything goes to a hidden sibling directory that is renamed to `out` only when
+    complete, so a failure part-way (bad chunk, full disk, Ctrl-C) leaves nothing behind and loses nothing.
+
+    Each chunk of `splits[name]` becomes one Parquet shard. `on_rows(n)` is called after each shard (progress bars).
+    A URI (`s3://…`) is written locally first, then uploaded with metadata.json last: a dataset without it is not
+    read as one, so a failed upload leaves no half-dataset that looks whole.
+    """
+    if "://" in os.fspath(out):
+        return _write_remote(os.fspath(out), overwrite=overwrite, rfs=rfs, fov_deg=fov_deg, image_size=image_size,
+                             channels=channels, splits=splits, source=source, on_rows=on_rows)
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise DataError(f"{out} already exists and is not empty; choose another --out or pass --overwrite.")
+    unknown = set(splits) - set(SPLITS)
+    if unknown or "train" not in splits or "val" not in splits:
+        raise ValueError(f"splits must include 'train' and 'val' and only {SPLITS}, got {sorted(splits)}")
+    n_electrodes = len(rfs)
+    image_shape = (*image_size, channels)
+    schema = parquet_schema(n_electrodes, int(np.prod(image_shape)))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        counts: dict[str, int] = {}
+        # Float64 running sums: a float32 sum over thousands of rows loses digits.
+        total = np.zeros(n_electrodes)
+        total_sq = np.zeros(n_electrodes)
+        for split, chunks in splits.items():
+            (tmp / split).mkdir()
+            counts[split] = 0
+            for k, chunk in enumerate(chunks):
+                if len(chunk) == 0:
+                    continue
+                _check_chunk(chunk, split, n_electrodes, image_shape)
+                pq.write_table(_samples_to_table(chunk, schema), tmp / split / f"part-{k:05d}.parquet",
+                               compression="zstd")
+                counts[split] += len(chunk)
+                if split == "train":
+                    r = chunk.responses.astype(np.float64)
+                    total += r.sum(axis=0)
+                    total_sq += (r * r).sum(axis=0)
+                if on_rows is not None:
+                    on_rows(len(chunk))
+            if counts[split] == 0:
+                raise DataError(f"the {split!r} split is empty; it needs at least one sample.")
+        mean = total / counts["train"]
+        # A silent electrode (zero variance) gets std 1 so standardising it cannot divide by zero.
+        std = np.sqrt(np.maximum(total_sq / counts["train"] - mean**2, 0.0))
+        std = np.where(std > 1e-8, std, 1.0)
+        info = DatasetInfo(
+            image_size=tuple(image_size), channels=channels, fov_deg=float(fov_deg), n_electrodes=n_electrodes,
+            splits=counts, response_mean=tuple(mean.tolist()), response_std=tuple(std.tolist()), source=source,
+        )
+        rfs.to_csv(tmp / RFS_FILE)
+        (tmp / METADATA_FILE).write_text(json.dumps(info.to_json(), indent=1) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return info
+
+
+def _write_remote(uri: str, overwrite: bool, **dataset: Any) -> DatasetInfo:
+    fs, root = filesystem(uri)
+    existing = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    if existing and not overwrite:
+        raise DataError(f"{uri} already exists and is not empty; choose another --out or pass --overwrite.")
+    with tempfile.TemporaryDirectory(prefix="rfgan-dataset-") as staging:
+        local = Path(staging, "dataset")
+        info = write_dataset(local, **dataset)
+        metadata = (local / METADATA_FILE).read_bytes()
+        (local / METADATA_FILE).unlink()
+        try:
+            if existing:
+                # Object stores cannot swap a folder in one step: the old dataset goes before the new one is up.
+                fs.delete_dir_contents(root)
+            pafs.copy_files(str(local), root, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+            with fs.open_output_stream(f"{root}/{METADATA_FILE}") as f:
+                f.write(metadata)
+        except BaseException:
+            try:
+                fs.delete_dir(root)
+            except OSError:
+                pass  # the upload's own error is the one to report
+            raise
+    return info
+
+
+def read_info(path: str | os.PathLike) -> DatasetInfo:
+    """Read and check metadata.json of the dataset at `path` (a directory or a URI)."""
+    fs, root = filesystem(path)
+    meta_path = f"{root}/{METADATA_FILE}"
+    if fs.get_file_info(meta_path).type != pafs.FileType.File:
+        raise DataError(
+            f"{path} is not an rfgan dataset: {METADATA_FILE} is missing. "
+            "Make one with `rfgan synth --out DIR` or `rfgan ingest ... --out DIR`."
+        )
+    try:
+        meta = json.loads(_read_text(fs, meta_path))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{meta_path}: cannot read it as JSON ({e}).") from e
+    return DatasetInfo.from_json(meta, meta_path)
+
+
+def read_rfs(path: str | os.PathLike, info: DatasetInfo | None = None) -> RFTable:
+    """The dataset's RF table, checked against the metadata's electrode count."""
+    info = info or read_info(path)
+    fs, root = filesystem(path)
+    rfs_path = f"{root}/{RFS_FILE}"
+    try:
+        text = _read_text(fs, rfs_path)
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{rfs_path}: cannot read the RF table ({e}).") from e
+    rfs = RFTable.from_csv_text(text, rfs_path)
+    if len(rfs) != info.n_electrodes:
+        raise DataError(
+            f"{rfs_path} has {len(rfs)} electrodes but {METADATA_FILE} says n_electrodes="
+            f"{info.n_electrodes}; the RF table needs one row per response column."
+        )
+    return rfs
+
+
+def split_files(path: str | os.PathLike, split: str, info: DatasetInfo | None = None) -> list[str]:
+    """The split's Parquet shards, sorted, after checking each one's schema against the metadata."""
+    info = info or read_info(path)
+    fs, root = filesystem(path)
+    folder = f"{root}/{split}"
+    found = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    files = sorted(i.path for i in found if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
+    if not files:
+        raise DataError(f"{folder}: no Parquet files; the dataset has splits {sorted(info.splits)}.")
+    expected = parquet_schema(info.n_electrodes, info.image_numel)
+    for f in files:
+        try:
+            schema = pq.read_schema(f, filesystem=fs)
+        except (OSError, pa.ArrowInvalid) as e:
+            raise DataError(f"{f}: not a readable Parquet file ({e}).") from e
+        for want in expected:
+            if want.name not in schema.names:
+                raise DataError(f"{f}: column {want.name!r} is missing (columns: {schema.names}).")
+            got = schema.field(want.name).type
+            if got != want.type:
+                raise DataError(
+                    f"{f}: column {want.name!r} has type {got}, expected {want.type} "
+                    f"({_describe(want.name, info)})."
+                )
+    return files
+
+
+def _describe(column: str, info: DatasetInfo) -> str:
+    return {
+        "responses": f"{info.n_electrodes} float32 responses, one per electrode of rfs.csv",
+        "image": f"{info.image_size[0]}x{info.image_size[1]}x{info.channels} uint8 pixels, row-major",
+    }.get(column, "see the dataset format in the README")
+
+
+COLUMNS = ("sample_id", "image_id", "repeat", "responses", "image")
+
+
+def decode_table(table: pa.Table, info: DatasetInfo) -> dict[str, np.ndarray]:
+    """Arrow rows → NumPy: responses (n, E) float32, image (n, H, W, C) uint8, ids. Refuses non-finite responses."""
+    n = table.num_rows
+
+    def values(name: str) -> np.ndarray:
+        return table.column(name).combine_chunks().flatten().to_numpy(zero_copy_only=False)
+
+    responses = values("responses").reshape(n, info.n_electrodes)
+    bad = ~np.isfinite(responses).all(axis=1)
+    if bad.any():
+        ids = table.column("sample_id").to_numpy()[bad][:10].tolist()
+        raise DataError(
+            f"responses are NaN or infinite in sample(s) {ids}; fix the source arrays and re-ingest "
+            "(`rfgan ingest --drop-bad-rows` drops such rows)."
+        )
+    batch = {c: table.column(c).to_numpy() for c in ("sample_id", "image_id", "repeat")}
+    batch["responses"] = responses
+    batch["image"] = values("image").reshape(n, *info.image_size, info.channels)
+    return batch
+
+
+def read_split(path: str | os.PathLike, split: str) -> dict[str, np.ndarray]:
+    """A whole split in memory, without Ray (evaluation, tests, small datasets)."""
+    info = read_info(path)
+    fs, _ = filesystem(path)
+    table = pa.concat_tables(pq.read_table(f, columns=list(COLUMNS), filesystem=fs)
+                             for f in split_files(path, split, info))
+    return decode_table(table, info)
+
+
+def open_split(path: str | os.PathLike, split: str) -> ray.data.Dataset:
+    """A split as a Ray Dataset of decoded rows (responses (E,), image (H, W, C)), after checking its schema."""
+    import ray.data
+
+    info = read_info(path)
+    files = split_files(path, split, info)
+    ds = ray.data.read_parquet(files, filesystem=filesystem(path)[0]).select_columns(list(COLUMNS))
+    return ds.map_batches(decode_table, fn_kwargs={"info": info}, batch_format="pyarrow")
+
+
+def to_tensors(batch: Mapping[str, Any], device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A decoded batch → (responses (B, E) float32, images (B, C, H, W) float32 in [0, 1]) on `device`.
+
+    The uint8 image travels to the device before the float conversion: a quarter of the bytes over the bus.
+    """
+    responses = _as_tensor(batch["responses"]).to(device, torch.float32, non_blocking=True)
+    image = _as_tensor(batch["image"]).to(device, non_blocking=True)
+    if image.ndim != 4:
+        raise ValueError(f"image batch must be (B, H, W, C), got shape {tuple(image.shape)}")
+    images = image.permute(0, 3, 1, 2).float().div_(255.0)
+    return responses, images
+
+
+def _as_tensor(a: Any) -> torch.Tensor:
+    # Arrow hands out read-only arrays, which torch can only wrap with a warning: copy those.
+    if isinstance(a, np.ndarray) and not a.flags.writeable:
+        a = a.copy()
+    return torch.as_tensor(a)

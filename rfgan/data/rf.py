@@ -1,0 +1,272 @@
+"""Receptive fields: the RF table, RF maps in image space, the RF projection that builds the generator input,
+and the RF mask.
+
+Geometry (used everywhere in rfgan): the image spans `fov_deg` degrees of visual angle horizontally, pixels are
+square, (0, 0) is the image centre, x grows to the right and y grows *upwards* (visual-field convention), so
+row 0 of the image is the top of the field.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from rfgan.errors import DataError
+
+RF_COLUMNS = ("electrode_id", "x_deg", "y_deg", "sigma_deg")
+# An RF whose centre lies further than this many sigmas outside the window contributes < 1.2% of its mass.
+OUTSIDE_SIGMAS = 3.0
+
+
+@dataclass(frozen=True, eq=False)
+class RFTable:
+    """One row per electrode, in the order of the columns of the responses."""
+
+    electrode_id: np.ndarray  # (E,) int64
+    x_deg: np.ndarray  # (E,) float64
+    y_deg: np.ndarray  # (E,) float64
+    sigma_deg: np.ndarray  # (E,) float64
+    area: np.ndarray | None = None  # (E,) str, e.g. "V1", "V4", "IT"
+
+    def __len__(self) -> int:
+        return len(self.electrode_id)
+
+    def equals(self, other: RFTable) -> bool:
+        same_area = (self.area is None and other.area is None) or (
+            self.area is not None and other.area is not None and np.array_equal(self.area, other.area)
+        )
+        return (
+            np.array_equal(self.electrode_id, other.electrode_id)
+            and np.allclose(self.x_deg, other.x_deg)
+            and np.allclose(self.y_deg, other.y_deg)
+            and np.allclose(self.sigma_deg, other.sigma_deg)
+            and same_area
+        )
+
+    def area_names(self) -> list[str]:
+        """Distinct areas in order of first appearance."""
+        if self.area is None:
+            return []
+        return list(dict.fromkeys(self.area.tolist()))
+
+    def validate(self, source: str) -> None:
+        """Raise DataError naming `source` if ids repeat or a value is not finite or sigma <= 0."""
+        if len(self) == 0:
+            raise DataError(f"{source}: the RF table has no rows; it needs one row per electrode.")
+        for name in ("x_deg", "y_deg", "sigma_deg"):
+            bad = np.flatnonzero(~np.isfinite(getattr(self, name)))
+            if bad.size:
+                raise DataError(
+                    f"{source}: column {name!r} is not finite for electrode(s) {self.electrode_id[bad][:10].tolist()}."
+                )
+        bad = np.flatnonzero(self.sigma_deg <= 0)
+        if bad.size:
+            raise DataError(
+                f"{source}: sigma_deg must be > 0, but electrode(s) {self.electrode_id[bad][:10].tolist()} have "
+                f"{self.sigma_deg[bad][:10].tolist()}. RF sizes are Gaussian standard deviations in degrees."
+            )
+        ids, counts = np.unique(self.electrode_id, return_counts=True)
+        if (counts > 1).any():
+            raise DataError(f"{source}: electrode_id repeats: {ids[counts > 1][:10].tolist()}; ids must be unique.")
+
+    @classmethod
+    def from_csv(cls, path: str | os.PathLike) -> RFTable:
+        """Read `electrode_id,x_deg,y_deg,sigma_deg[,area]` (x/y from the image centre, y up) and validate it."""
+        path = os.fspath(path)
+        try:
+            with open(path, newline="") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"{path}: cannot read the RF table ({e}).") from e
+        return cls.from_csv_text(text, path)
+
+    @classmethod
+    def from_csv_text(cls, text: str, path: str) -> RFTable:
+        """Parse the CSV text of an RF table; `path` names it in errors."""
+        try:
+            reader = csv.DictReader(io.StringIO(text, newline=""))
+            rows = list(reader)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+        except csv.Error as e:
+            raise DataError(f"{path}: cannot read the RF table ({e}).") from e
+        missing = [c for c in RF_COLUMNS if c not in header]
+        if missing:
+            raise DataError(
+                f"{path}: the RF table lacks column(s) {missing}; it has {header}. "
+                f"Expected a CSV header of {','.join(RF_COLUMNS)}[,area]."
+            )
+        columns: dict[str, list] = {c: [] for c in RF_COLUMNS}
+        areas = []
+        for line, row in enumerate(rows, start=2):
+            row = {k.strip(): v for k, v in row.items() if k is not None}
+            for c in RF_COLUMNS:
+                text = (row.get(c) or "").strip()
+                try:
+                    columns[c].append(int(text) if c == "electrode_id" else float(text))
+                except ValueError:
+                    raise DataError(
+                        f"{path}, line {line}: column {c!r} holds {text!r}, which is not "
+                        f"{'an integer' if c == 'electrode_id' else 'a number'}."
+                    ) from None
+            if "area" in header:
+                areas.append((row.get("area") or "").strip())
+        table = cls(
+            electrode_id=np.asarray(columns["electrode_id"], dtype=np.int64),
+            x_deg=np.asarray(columns["x_deg"], dtype=np.float64),
+            y_deg=np.asarray(columns["y_deg"], dtype=np.float64),
+            sigma_deg=np.asarray(columns["sigma_deg"], dtype=np.float64),
+            area=np.asarray(areas, dtype=str) if "area" in header else None,
+        )
+        table.validate(path)
+        return table
+
+    def to_dict(self) -> dict[str, list]:
+        """Plain lists, for configs passed to Ray workers."""
+        d = {c: getattr(self, c).tolist() for c in RF_COLUMNS}
+        if self.area is not None:
+            d["area"] = self.area.tolist()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, list]) -> RFTable:
+        return cls(np.asarray(d["electrode_id"], np.int64), np.asarray(d["x_deg"], np.float64),
+                   np.asarray(d["y_deg"], np.float64), np.asarray(d["sigma_deg"], np.float64),
+                   np.asarray(d["area"], dtype=str) if "area" in d else None)
+
+    def to_csv(self, path: str | os.PathLike) -> None:
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(RF_COLUMNS + (("area",) if self.area is not None else ()))
+            for i in range(len(self)):
+                row = [int(self.electrode_id[i]), repr(float(self.x_deg[i])), repr(float(self.y_deg[i])),
+                       repr(float(self.sigma_deg[i]))]
+                w.writerow(row + ([str(self.area[i])] if self.area is not None else []))
+
+
+def pixel_grid(image_size: tuple[int, int], fov_deg: float) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre coordinates in degrees, each (H, W): x to the right, y upwards, (0, 0) at the image centre."""
+    h, w = image_size
+    deg_per_px = fov_deg / w
+    xs = (np.arange(w) + 0.5 - w / 2) * deg_per_px
+    ys = (h / 2 - np.arange(h) - 0.5) * deg_per_px
+    return np.meshgrid(xs, ys)
+
+
+def rfs_outside_window(rfs: RFTable, image_size: tuple[int, int], fov_deg: float) -> np.ndarray:
+    """(E,) bool: RFs whose centre lies more than OUTSIDE_SIGMAS sigma outside the image window."""
+    h, w = image_size
+    half_w, half_h = fov_deg / 2, fov_deg * h / w / 2
+    dx = np.maximum(np.abs(rfs.x_deg) - half_w, 0.0)
+    dy = np.maximum(np.abs(rfs.y_deg) - half_h, 0.0)
+    return np.hypot(dx, dy) > OUTSIDE_SIGMAS * rfs.sigma_deg
+
+
+def rf_maps(rfs: RFTable, image_size: tuple[int, int], fov_deg: float, norm: str = "sum") -> np.ndarray:
+    """Isotropic Gaussian RF maps, (E, H, W) float32.
+
+    norm="sum": each map sums to 1 over the window, so map·image is the RF-weighted mean luminance (the linear
+    response model). norm="peak": each map peaks at 1, so a channel of the generator input equals the response at
+    the RF centre whatever the RF size (sum-normalised maps would shrink large-RF channels by 1/sigma^2).
+    """
+    if norm not in ("sum", "peak"):
+        raise ValueError(f"norm must be 'sum' or 'peak', not {norm!r}")
+    gx, gy = pixel_grid(image_size, fov_deg)
+    d2 = (gx[None] - rfs.x_deg[:, None, None]) ** 2 + (gy[None] - rfs.y_deg[:, None, None]) ** 2
+    maps = np.exp(-d2 / (2 * rfs.sigma_deg[:, None, None] ** 2))
+    denom = maps.sum(axis=(1, 2), keepdims=True) if norm == "sum" else maps.max(axis=(1, 2), keepdims=True)
+    # An RF far outside the window underflows to all zeros; leave it zero rather than divide by zero.
+    maps = np.divide(maps, denom, out=np.zeros_like(maps), where=denom > 0)
+    return maps.astype(np.float32)
+
+
+def rf_mask(rfs: RFTable, image_size: tuple[int, int], fov_deg: float, radius_sigmas: float = 1.0) -> np.ndarray:
+    """(H, W) float32 in {0, 1}: the union of discs of `radius_sigmas`·sigma around each RF centre (RFmasked)."""
+    gx, gy = pixel_grid(image_size, fov_deg)
+    d2 = (gx[None] - rfs.x_deg[:, None, None]) ** 2 + (gy[None] - rfs.y_deg[:, None, None]) ** 2
+    inside = d2 <= (radius_sigmas * rfs.sigma_deg[:, None, None]) ** 2
+    return inside.any(axis=0).astype(np.float32)
+
+
+class RFProjection(nn.Module):
+    """Responses (B, E) → generator input (B, C, H, W), on whatever device the responses are.
+
+    Per-electrode mode: channel e = response_e × map_e, so C = E. Per-area mode (the reference's V1/V4 mode):
+    channel a = Σ_{e in area a} response_e × map_e, so C = number of areas. `with_noise` appends one channel of
+    standard Gaussian noise (the reference's "withNoise"). Optional per-electrode `mean`/`std` standardise the
+    responses first, since recorded electrodes differ in scale by orders of magnitude.
+    """
+
+    def __init__(
+        self,
+        maps: torch.Tensor | np.ndarray,
+        areas: Sequence[str] | None = None,
+        sum_per_area: bool = False,
+        with_noise: bool = False,
+        mean: torch.Tensor | np.ndarray | None = None,
+        std: torch.Tensor | np.ndarray | None = None,
+    ):
+        super().__init__()
+        maps = torch.as_tensor(maps, dtype=torch.float32)
+        if maps.ndim != 3:
+            raise ValueError(f"maps must be (E, H, W), got shape {tuple(maps.shape)}")
+        n_electrodes = maps.shape[0]
+        self.register_buffer("maps", maps, persistent=False)
+        self.sum_per_area = sum_per_area
+        self.with_noise = with_noise
+        self.area_names: list[str] = []
+        if sum_per_area:
+            if areas is None or len(areas) != n_electrodes:
+                raise ValueError("sum_per_area needs one area label per electrode; the RF table has no 'area' column")
+            self.area_names = list(dict.fromkeys(areas))
+            onehot = torch.tensor([[a == name for a in areas] for name in self.area_names], dtype=torch.float32)
+            self.register_buffer("groups", onehot, persistent=False)  # (A, E)
+        if (mean is None) != (std is None):
+            raise ValueError("give both mean and std to standardise responses, or neither")
+        if mean is not None:
+            std = torch.as_tensor(std, dtype=torch.float32)
+            if (std <= 0).any():
+                raise ValueError("response std must be > 0 for every electrode")
+            self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32), persistent=False)
+            self.register_buffer("std", std, persistent=False)
+        else:
+            self.mean = self.std = None
+
+    @classmethod
+    def from_table(cls, rfs: RFTable, image_size: tuple[int, int], fov_deg: float, norm: str = "peak",
+                   **kwargs) -> RFProjection:
+        areas = rfs.area.tolist() if rfs.area is not None else None
+        return cls(rf_maps(rfs, image_size, fov_deg, norm=norm), areas=areas, **kwargs)
+
+    @property
+    def n_electrodes(self) -> int:
+        return self.maps.shape[0]
+
+    @property
+    def out_channels(self) -> int:
+        base = len(self.area_names) if self.sum_per_area else self.n_electrodes
+        return base + int(self.with_noise)
+
+    def forward(self, responses: torch.Tensor) -> torch.Tensor:
+        if responses.ndim != 2 or responses.shape[1] != self.n_electrodes:
+            raise ValueError(
+                f"responses must be (B, {self.n_electrodes}) to match the RF table, got {tuple(responses.shape)}"
+            )
+        r = responses.to(self.maps.dtype)
+        if self.mean is not None:
+            r = (r - self.mean) / self.std
+        if self.sum_per_area:
+            x = torch.einsum("be,ae,ehw->bahw", r, self.groups, self.maps)  # (B, A, H, W)
+        else:
+            x = r[:, :, None, None] * self.maps  # (B, E, H, W)
+        if self.with_noise:
+            noise = torch.randn(x.shape[0], 1, *x.shape[2:], device=x.device, dtype=x.dtype)
+            x = torch.cat([x, noise], dim=1)
+        return x
+

@@ -1,0 +1,1 @@
+"""Evaluation: reconstruction metrics, and using a trained run (eval, reconstruct). No Ray."""

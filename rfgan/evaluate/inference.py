@@ -1,0 +1,144 @@
+"""Using a trained run: pick its best or last checkpoint, evaluate it on a dataset, reconstruct images from new
+responses. No Ray: a laptop with the run directory, or access to the bucket it was written to, is enough."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.fs as pafs
+import torch
+from PIL import Image
+
+from rfgan.data.format import filesystem, read_info, read_split, to_tensors
+from rfgan.errors import DataError, MissingVGGWeightsError
+from rfgan.evaluate.metrics import evaluate, identification_accuracy
+from rfgan.gan.build import GAN, build_gan
+from rfgan.gan.vgg import VGGFeatures
+from rfgan.run.artifacts import save_grid
+from rfgan.run.checkpoint import SCORE, STATE_FILE, Checkpoint, existing_checkpoints, load_checkpoint
+
+# Pairwise identification compares every reconstruction with every target: the first N images bound its cost.
+IDENTIFICATION_MAX = 2000
+
+
+def _join(base: str, name: str) -> str:
+    return f"{base.rstrip('/')}/{name}"
+
+
+def find_checkpoint(run: str | os.PathLike, which: str = "best") -> str:
+    """`best` (highest validation SSIM), `last` (highest epoch), or a checkpoint directory's path. The run may be a
+    local directory or a URI (`s3://…`, `gs://…`); so is the answer."""
+    if which not in ("best", "last"):
+        fs, path = filesystem(which)
+        if fs.get_file_info(_join(path, STATE_FILE)).type != pafs.FileType.File:
+            raise DataError(f"{which} is not a checkpoint directory (no {STATE_FILE}).")
+        return str(which)
+    run = os.fspath(run)
+    fs, root = filesystem(run)
+    states = {}
+    for name in existing_checkpoints(run):
+        state_file = _join(_join(root, name), STATE_FILE)
+        if fs.get_file_info(state_file).type == pafs.FileType.File:  # an incomplete one has none
+            with fs.open_input_stream(state_file) as f:
+                states[name] = json.loads(f.read())
+    if not states:
+        raise DataError(f"{run} holds no checkpoint; train first (`rfgan train --out {run}`).")
+    if which == "last":
+        name = max(states, key=lambda c: states[c]["epoch"])
+    else:
+        name = max(states, key=lambda c: (states[c]["metrics"].get(SCORE, float("-inf")), states[c]["epoch"]))
+    return _join(run, name)
+
+
+def load_trained(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[GAN, Checkpoint]:
+    """The generator (eval mode) and RF projection of a checkpoint (local or a URI); no D, no VGG."""
+    checkpoint = os.fspath(checkpoint)
+    with tempfile.TemporaryDirectory(prefix="rfgan-checkpoint-") as tmp:
+        if "://" in checkpoint:
+            pafs.copy_files(checkpoint, tmp)  # a few files: G and D weights, optimizer state, config, RF table
+            checkpoint = tmp
+        ckpt = load_checkpoint(checkpoint, map_location=device)
+    gan = build_gan(ckpt.config, ckpt.info, ckpt.rfs, with_vgg=False, with_d=False)
+    ckpt.restore(gan.generator)
+    gan.generator.eval()
+    return gan.to(device), ckpt
+
+
+def feature_net(ckpt: Checkpoint) -> tuple[VGGFeatures, str]:
+    """The VGG19 features for feature_corr: ImageNet weights if present, else seeded random ones (labelled)."""
+    try:
+        return VGGFeatures(weights=ckpt.config.loss.vgg_weights), "vgg19-imagenet"
+    except MissingVGGWeightsError:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return VGGFeatures(random_init=True, seed=0), "vgg19-random-init (no ImageNet weights found)"
+
+
+def evaluate_run(run: str, data: str, split: str = "val", which: str = "best",
+                 device: str = "cpu") -> dict[str, Any]:
+    """Metrics of a checkpoint on a dataset split; they and a grid PNG are written into the run directory."""
+    checkpoint = find_checkpoint(run, which)
+    gan, ckpt = load_trained(checkpoint, device)
+    info = read_info(data)
+    ckpt.check_matches(info, str(data))
+    rows = read_split(data, split)
+    vgg, feature_name = feature_net(ckpt)
+    vgg = vgg.to(device)
+    batches = [to_tensors({k: rows[k][i:i + 64] for k in ("responses", "image")})
+               for i in range(0, len(rows["sample_id"]), 64)]
+    outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+    metrics = evaluate(gan.generator, gan.projection, batches, vgg=vgg, device=device, keep=outputs)
+    fakes, targets = (torch.cat(t) for t in zip(*outputs))
+    n = min(len(fakes), IDENTIFICATION_MAX)
+    ids = torch.from_numpy(np.array(rows["image_id"][:n]))
+    if len(ids.unique()) >= 2:
+        metrics["identification"] = float(identification_accuracy(fakes[:n], targets[:n], ids))
+    grid = _join(os.fspath(run), f"eval_{split}.png")
+    with tempfile.TemporaryDirectory(prefix="rfgan-eval-") as tmp:
+        save_grid(Path(tmp, "grid.png"), targets[:8], fakes[:8])
+        _put(grid, Path(tmp, "grid.png").read_bytes())
+    result = {**metrics, "checkpoint": checkpoint, "epoch": ckpt.epoch, "split": split,
+              "n_images": len(rows["sample_id"]), "feature_net": feature_name, "grid": grid}
+    _put(_join(os.fspath(run), f"eval_{split}.json"), (json.dumps(result, indent=1) + "\n").encode())
+    return result
+
+
+def _put(uri: str, data: bytes) -> None:
+    fs, path = filesystem(uri)
+    with fs.open_output_stream(path) as f:
+        f.write(data)
+
+
+def reconstruct(run: str, responses_path: str, out: str, which: str = "best", device: str = "cpu") -> Path:
+    """Images from new responses (N, E): `out/reconstructions.npy` (N, H, W, C) uint8 and one PNG per row."""
+    gan, ckpt = load_trained(find_checkpoint(run, which), device)
+    try:
+        responses = np.load(responses_path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{responses_path}: cannot read it as a .npy array ({e}).") from e
+    e = ckpt.info.n_electrodes
+    if responses.ndim != 2 or responses.shape[1] != e:
+        raise DataError(f"{responses_path}: responses are {responses.shape}; this model needs (N, {e}), one column "
+                        "per electrode in the order of the run's rfs.csv.")
+    bad = ~np.isfinite(responses).all(axis=1)
+    if bad.any():
+        raise DataError(f"{responses_path}: rows {np.flatnonzero(bad)[:10].tolist()} hold NaN or infinite responses.")
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    images = []
+    with torch.no_grad():
+        for i in range(0, len(responses), 64):
+            r = torch.as_tensor(responses[i:i + 64], dtype=torch.float32, device=device)
+            fake = gan.generator(gan.projection(r))  # (B, C, H, W) in [0, 1]
+            images.append((fake.permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8))
+    images = np.concatenate(images)
+    np.save(out_dir / "reconstructions.npy", images)
+    for i, im in enumerate(images):
+        Image.fromarray(im[..., 0] if im.shape[-1] == 1 else im).save(out_dir / f"{i:05d}.png")
+    return out_dir

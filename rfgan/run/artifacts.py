@@ -1,0 +1,127 @@
+"""What a user looks at during and after a run: sample grids, metrics.csv, training curves, TensorBoard logs.
+
+Written to a local staging folder and mirrored to the run directory, which may be local or remote (`s3://`,
+`gs://`): pyarrow's filesystems do the copying.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+import torch
+from torchvision.utils import make_grid, save_image
+
+from rfgan.data.format import filesystem
+
+METRICS_FILE = "metrics.csv"
+CURVES_FILE = "curves.png"
+SAMPLES_DIR = "samples"
+TENSORBOARD_DIR = "tensorboard"
+
+
+def sample_grid(target: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """Targets in the top row, their reconstructions below: (3, H', W') in [0, 1]."""
+    if target.shape != fake.shape:
+        raise ValueError(f"target {tuple(target.shape)} and reconstruction {tuple(fake.shape)} differ")
+    rows = torch.cat([target, fake]).float().clamp(0, 1).cpu()  # (2B, C, H, W)
+    return make_grid(rows, nrow=len(target), padding=2, pad_value=1.0)
+
+
+def save_grid(path: str | os.PathLike, target: torch.Tensor, fake: torch.Tensor) -> None:
+    save_image(sample_grid(target, fake), path)
+
+
+def read_metrics_csv(text: str) -> list[dict[str, Any]]:
+    rows = []
+    for row in csv.DictReader(io.StringIO(text)):
+        rows.append({k: (float(v) if v not in ("", None) else None) for k, v in row.items()})
+    return rows
+
+
+def metrics_csv(rows: list[Mapping[str, Any]]) -> str:
+    """One row per epoch; columns: `epoch` first, then every key seen in any row (blank where absent)."""
+    columns = ["epoch"] + sorted({k for r in rows for k in r} - {"epoch"})
+    out = io.StringIO()
+    writer = csv.DictWriter(out, columns, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: r.get(k, "") for k in columns})
+    return out.getvalue()
+
+
+def plot_curves(rows: list[Mapping[str, Any]], path: str | os.PathLike) -> None:
+    """Training losses and validation metrics per epoch, one panel each."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on cluster nodes
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in rows[0] if k.startswith(("train_", "val_"))] if rows else []
+    keys = [k for k in keys if any(r.get(k) is not None for r in rows)]
+    n = max(1, len(keys))
+    cols = min(4, n)
+    fig, axes = plt.subplots((n + cols - 1) // cols, cols, figsize=(3.2 * cols, 2.4 * ((n + cols - 1) // cols)),
+                             squeeze=False)
+    epochs = [r["epoch"] for r in rows]
+    for ax, key in zip(axes.flat, keys):
+        ax.plot(epochs, [r.get(key) for r in rows], marker="o", markersize=3)
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+class RunArtifacts:
+    """Rank 0's writer of per-epoch artifacts into `run_dir` (local or remote)."""
+
+    def __init__(self, run_dir: str, resume_epoch: int = 0):
+        self.fs, self.root = filesystem(run_dir)
+        self.fs.create_dir(self.root, recursive=True)
+        self.staging = Path(tempfile.mkdtemp(prefix="rfgan-artifacts-"))
+        (self.staging / SAMPLES_DIR).mkdir()
+        self.rows = [r for r in self._existing_rows() if r["epoch"] <= resume_epoch]
+        self._tb = None
+
+    def _existing_rows(self) -> list[dict[str, Any]]:
+        path = f"{self.root}/{METRICS_FILE}"
+        if self.fs.get_file_info(path).type != pafs.FileType.File:
+            return []
+        with self.fs.open_input_stream(path) as f:
+            return read_metrics_csv(f.read().decode())
+
+    def tensorboard(self):
+        if self._tb is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.staging / TENSORBOARD_DIR))
+        return self._tb
+
+    def epoch(self, metrics: Mapping[str, Any], target: torch.Tensor, fake: torch.Tensor) -> None:
+        epoch = int(metrics["epoch"])
+        self.rows.append(dict(metrics))
+        save_grid(self.staging / SAMPLES_DIR / f"epoch_{epoch:04d}.png", target, fake)
+        (self.staging / METRICS_FILE).write_text(metrics_csv(self.rows))
+        plot_curves(self.rows, self.staging / CURVES_FILE)
+        tb = self.tensorboard()
+        for key, value in metrics.items():
+            if key.startswith(("train_", "val_")) or key == "samples_per_s":
+                tb.add_scalar(key.replace("_", "/", 1), value, epoch)
+        tb.add_image("samples", sample_grid(target, fake), epoch)
+        tb.flush()
+        pafs.copy_files(str(self.staging), self.root, source_filesystem=pafs.LocalFileSystem(),
+                        destination_filesystem=self.fs)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()

@@ -1,0 +1,285 @@
+"""Ray Train: the per-worker training loop and the TorchTrainer driver.
+
+Each worker builds the GAN, wraps G and D separately in DDP (`prepare_model`), streams its shard of the training
+split from Parquet straight onto its device, builds the generator input there with the RF projection, and runs the
+pure-PyTorch step. Validation covers the whole validation split: every worker holds it, evaluates a 1/world share,
+and the metric sums are all-reduced. Rank 0 writes checkpoints and artifacts; every rank reports equally often.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from rfgan.config import Config
+from rfgan.data.format import DatasetInfo, filesystem, open_split, read_info, read_rfs, to_tensors
+from rfgan.data.rf import RFTable
+from rfgan.evaluate.metrics import MetricAccumulator, eval_mode
+from rfgan.gan.build import build_gan, build_optimizers, check_compatible
+from rfgan.gan.step import StepLosses, d_condition, train_step
+from rfgan.run.artifacts import RunArtifacts
+from rfgan.run.checkpoint import SCORE, load_checkpoint, save_checkpoint, unwrap
+
+# Test-only fault hook, read by the driver: "EPOCH:MARKER_FILE" makes rank 0 raise once at the start of EPOCH
+# (the marker file records that it already did), to exercise restarts from the last checkpoint.
+FAULT_ENV = "RFGAN_TEST_FAULT"
+N_SAMPLES = 8  # pairs in each sample grid
+# Workers log rather than print: Ray Train tees a worker's print() to both stdout and its logger, which shows
+# every line twice in the driver's output.
+log = logging.getLogger("rfgan.run.train")
+
+
+class InjectedFault(RuntimeError):
+    pass
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite: the run stops rather than train on garbage."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: str
+    metrics: dict[str, Any]  # the last reported metrics
+    best_checkpoint: str | None
+    error: BaseException | None
+
+
+def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def _broadcast_buffers(module: torch.nn.Module | None) -> None:
+    """Give every rank rank 0's BatchNorm statistics. DDP runs with broadcast_buffers=False (D runs on real and
+    fake before one backward; re-broadcasting buffers between those forwards breaks autograd), so ranks drift
+    apart; evaluation and checkpoints must not depend on which rank computed them."""
+    if module is not None and dist.is_available() and dist.is_initialized():
+        for b in unwrap(module).buffers():
+            dist.broadcast(b, src=0)
+
+
+def _replica_divergence(module: torch.nn.Module | None) -> float:
+    """Largest difference between this rank's parameters and rank 0's, over all ranks: 0 when DDP keeps the
+    replicas in step. One broadcast of the parameters per epoch, so a desync is reported, not silently trained on.
+    """
+    if module is None or not (dist.is_available() and dist.is_initialized()):
+        return 0.0
+    flat = torch.nn.utils.parameters_to_vector(unwrap(module).parameters()).detach()
+    reference = flat.clone()
+    dist.broadcast(reference, src=0)
+    diff = (flat - reference).abs().max()
+    dist.all_reduce(diff, op=dist.ReduceOp.MAX)
+    return float(diff)
+
+
+def train_loop(loop_config: dict[str, Any]) -> None:
+    """The Ray Train worker function."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = Config.from_dict(loop_config["config"])
+    info = DatasetInfo.from_json(loop_config["dataset"], "train_loop_config['dataset']")
+    rfs = RFTable.from_dict(loop_config["rfs"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if loop_config.get("torch_threads"):
+        torch.set_num_threads(loop_config["torch_threads"])
+    device = ray.train.torch.get_device()
+    per_worker = cfg.optim.batch_size // world
+    if per_worker < 1:
+        raise ValueError(f"optim.batch_size={cfg.optim.batch_size} is smaller than the {world} workers")
+
+    # The same seed on every rank: identical initial weights (DDP broadcasts rank 0's anyway) and a known start.
+    torch.manual_seed(cfg.run.seed)
+    gan = build_gan(cfg, info, rfs).to(device)
+    ddp_kwargs = {"broadcast_buffers": False}
+    generator = ray.train.torch.prepare_model(gan.generator, parallel_strategy_kwargs=ddp_kwargs)
+    discriminator = None
+    if gan.discriminator is not None:
+        discriminator = ray.train.torch.prepare_model(gan.discriminator, parallel_strategy_kwargs=ddp_kwargs)
+    opt_g, opt_d = build_optimizers(cfg, generator, discriminator)
+
+    start_epoch, step = 1, 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            ckpt = load_checkpoint(d, map_location=device)
+            ckpt.check_matches(info, "the training data")
+            ckpt.restore(generator, discriminator, opt_g, opt_d)
+        start_epoch, step = ckpt.epoch + 1, ckpt.step
+        if rank == 0:
+            log.info("resumed from epoch %d (step %d)", ckpt.epoch, ckpt.step)
+
+    val_batches = [(b["responses"], b["image"]) for b in
+                   ray.train.get_dataset_shard("val").iter_torch_batches(batch_size=64)]
+    artifacts = RunArtifacts(loop_config["run_dir"], resume_epoch=start_epoch - 1) if rank == 0 else None
+    n_signal = gan.projection.out_channels - int(cfg.data.with_noise)
+    fault = loop_config.get("fault")
+
+    for epoch in range(start_epoch, cfg.run.epochs + 1):
+        # Random streams (dropout, noise channel, shuffling) are a function of (seed, epoch, rank): a resumed or
+        # restarted run draws exactly what an uninterrupted one would, and ranks draw differently.
+        torch.manual_seed(cfg.run.seed * 1_000_003 + epoch * 1009 + rank)
+        if fault and rank == 0 and epoch == fault["epoch"] and not os.path.exists(fault["marker"]):
+            Path(fault["marker"]).write_text("crashed once")
+            raise InjectedFault(f"test fault injected at epoch {epoch}")
+        generator.train()
+        if discriminator is not None:
+            discriminator.train()
+        sums = torch.zeros(len(StepLosses._fields), device=device)
+        n_steps, t0 = 0, time.perf_counter()
+        batches = ray.train.get_dataset_shard("train").iter_torch_batches(
+            batch_size=per_worker, device=device, drop_last=True, local_shuffle_buffer_size=4 * per_worker,
+            local_shuffle_seed=cfg.run.seed * 1_000_003 + epoch * 1009 + rank)
+        for batch in batches:
+            responses, target = to_tensors(batch, device)
+            x = gan.projection(responses)  # (B, E or A [+1 noise], H, W), built on the device
+            cond = d_condition(x, n_signal) if cfg.model.conditional_d else None
+            losses = train_step(generator, discriminator, opt_g, opt_d, x, target, cfg.loss, vgg=gan.vgg,
+                                mask=gan.mask, cond=cond, d_steps=cfg.optim.d_steps, bf16=cfg.optim.bf16)
+            sums += torch.stack(losses)
+            n_steps += 1
+            step += 1
+            if rank == 0 and step % cfg.run.log_every == 0:
+                # One host sync per log line, not per step.
+                line = "  ".join(f"{k}={v:.4f}" for k, v in zip(StepLosses._fields, losses) if v != 0)
+                rate = n_steps * per_worker * world / (time.perf_counter() - t0)
+                log.info("epoch %d step %d  %s  %.1f samples/s", epoch, step, line, rate)
+        if n_steps == 0:
+            raise ValueError(f"no full batch of {per_worker} training rows per worker; lower optim.batch_size")
+        elapsed = time.perf_counter() - t0
+        totals = _all_reduce_sum(torch.cat([sums, torch.tensor([n_steps], device=device, dtype=sums.dtype)]))
+        if not torch.isfinite(totals).all():
+            bad = [k for k, v in zip(StepLosses._fields, totals.tolist()) if not math.isfinite(v)]
+            raise TrainingDiverged(
+                f"training diverged in epoch {epoch}: {', '.join(bad)} became NaN/inf. Lower the learning rates "
+                "(optim.lr_g, optim.lr_d) or loss.lambda_adv, or try optim.bf16=false.")
+        train = {f"train_{k}": v for k, v in zip(StepLosses._fields, (totals[:-1] / totals[-1]).tolist())}
+
+        _broadcast_buffers(generator)
+        _broadcast_buffers(discriminator)
+        val = _validate(generator, gan, val_batches, rank, world, device)
+        metrics = {"epoch": epoch, "step": step, **train, **{f"val_{k}": v for k, v in val.items()},
+                   "samples_per_s": float(totals[-1]) * per_worker / elapsed, "epoch_s": elapsed,
+                   "ddp_divergence_g": _replica_divergence(generator),
+                   "ddp_divergence_d": _replica_divergence(discriminator)}
+        if rank == 0:
+            log.info("epoch %d/%d  %s", epoch, cfg.run.epochs,
+                     "  ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch"))
+        checkpoint_dir = None
+        if rank == 0:
+            target, fake = _samples(generator, gan, val_batches, device)
+            artifacts.epoch(metrics, target, fake)
+            checkpoint_dir = tempfile.mkdtemp(prefix="rfgan-ckpt-")
+            save_checkpoint(checkpoint_dir, config=cfg, info=info, rfs=rfs, generator=generator,
+                            discriminator=discriminator, opt_g=opt_g, opt_d=opt_d, epoch=epoch, step=step,
+                            metrics=metrics)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir)
+                         if checkpoint_dir else None)
+        if checkpoint_dir:
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)  # report (SYNC upload) has copied it to storage
+    if artifacts is not None:
+        artifacts.close()
+
+
+def _validate(generator, gan, val_batches, rank: int, world: int, device) -> dict[str, float]:
+    """Metrics over the whole validation split: this rank's share, summed over ranks."""
+    acc = MetricAccumulator()
+    with eval_mode(generator), torch.no_grad():
+        for responses, image in val_batches[rank::world]:
+            responses, target = to_tensors({"responses": responses, "image": image}, device)
+            acc.update(generator(gan.projection(responses)), target, vgg=gan.vgg)
+    state = acc.state().to(device)
+    return MetricAccumulator.from_state(_all_reduce_sum(state)).compute()
+
+
+def _samples(generator, gan, val_batches, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed first validation images and their reconstructions, for the grid."""
+    responses, image = val_batches[0]
+    responses, target = to_tensors({"responses": responses[:N_SAMPLES], "image": image[:N_SAMPLES]}, device)
+    with eval_mode(generator), torch.no_grad():
+        fake = generator(gan.projection(responses))
+    return target.cpu(), fake.cpu()
+
+
+def run_paths(out: str) -> tuple[str, str]:
+    """(storage_path, name) of a run directory or URI: Ray Train keeps the run in storage_path/name."""
+    out = out.rstrip("/")
+    if "://" in out:
+        parent, _, name = out.rpartition("/")
+        return parent, name
+    path = Path(out).absolute()
+    return str(path.parent), path.name
+
+
+def fit(cfg: Config, data: str, out: str, *, run_config_kwargs: dict[str, Any] | None = None,
+        torch_threads: int | None = None, materialize: bool = False) -> TrainResult:
+    """Train with Ray Train on the connected Ray cluster (call `ray.init` first). Re-running with the same `out`
+    continues from its last checkpoint. `materialize` reads the dataset into Ray's object store first: for sweeps,
+    where a trial stopped early must not leave a streaming read holding a CPU."""
+    import ray.data
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    info, rfs = read_info(data), read_rfs(data)
+    check_compatible(cfg, info)
+    # Per-operator progress bars from every worker drown the training log; epoch lines report progress.
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.enable_operator_progress_bars = False
+    storage_path, name = run_paths(out)
+    loop_config: dict[str, Any] = {"config": cfg.to_dict(), "dataset": info.to_json(), "rfs": rfs.to_dict(),
+                                   "run_dir": out if "://" in out else str(Path(out).absolute()),
+                                   "torch_threads": torch_threads}
+    if os.environ.get(FAULT_ENV):
+        epoch, _, marker = os.environ[FAULT_ENV].partition(":")
+        loop_config["fault"] = {"epoch": int(epoch), "marker": marker}
+    r = cfg.run
+    datasets = {"train": open_split(data, "train"), "val": open_split(data, "val")}
+    if materialize:
+        datasets = {k: v.materialize() for k, v in datasets.items()}
+    resources = {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if r.use_gpu else {})}
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(num_workers=r.workers, use_gpu=r.use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=r.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=r.keep_checkpoints,
+                                                         checkpoint_score_attribute=SCORE,
+                                                         checkpoint_score_order="max"),
+            **(run_config_kwargs or {})),
+        datasets={"train": datasets["train"].randomize_block_order(seed=r.seed), "val": datasets["val"]},
+        # Only the training split is sharded: every worker holds all of val and evaluates its share.
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as e:  # workers failed more often than run.max_failures allows
+        return TrainResult(run_dir=loop_config["run_dir"], metrics={}, best_checkpoint=None, error=e)
+    best = None
+    if result.best_checkpoints:
+        best = max(result.best_checkpoints, key=lambda cm: cm[1].get(SCORE, float("-inf")))[0].path
+    return TrainResult(run_dir=loop_config["run_dir"], metrics=dict(result.metrics or {}), best_checkpoint=best,
+                       error=result.error)
+
+
+def write_resolved_config(cfg: Config, out: str) -> None:
+    fs, root = filesystem(out)
+    fs.create_dir(root, recursive=True)
+    with fs.open_output_stream(f"{root}/config.json") as f:
+        f.write((cfg.to_json() + "\n").encode())

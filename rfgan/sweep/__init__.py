@@ -1,0 +1,1 @@
+"""Sweeps: the search space, the Ray Tune + Optuna runner, and the results table and plots."""

@@ -1,0 +1,157 @@
+"""Hyper-parameter sweeps: Ray Tune + OptunaSearch (TPE) + ASHA over the search space of rfgan.sweep.space.
+
+Each trial is a plain driver function that runs one Ray Train job (`rfgan.run.train.fit`) and forwards its per-epoch
+reports to Tune (`TuneReportCallback`), the Train V2 pattern. Trials are ranked by validation SSIM on the whole
+validation split: the adversarial losses are not comparable across trials.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from rfgan.config import Config, ConfigError
+from rfgan.run.checkpoint import SCORE
+from rfgan.run.train import fit, run_paths
+from rfgan.sweep.space import DefineByRun, Range, overrides_from_trial, start_point, validate_space
+
+PARAM_SECTIONS = ("data", "model", "loss", "optim", "run")
+
+
+class TrialFault(RuntimeError):
+    """Raised by the test-only fault hook."""
+
+
+def trial_config(config: Mapping[str, Any]) -> Config:
+    """The Config a trial trains: the sweep's base with the trial's sampled parameters."""
+    space = {k: Range(**v) for k, v in config["space"].items()}
+    params = {k: v for k, v in config.items() if k in PARAM_SECTIONS}
+    return Config.from_dict(config["base"]).with_overrides(overrides_from_trial(params, space))
+
+
+def trial_driver(config: dict[str, Any]) -> None:
+    """One Tune trial: one Ray Train run, reporting every epoch to Tune."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    marker = config.get("fault_marker")
+    if marker and not os.path.exists(marker):
+        Path(marker).write_text("raised once")
+        raise TrialFault("test fault: this trial raises on purpose")
+    cfg = trial_config(config)
+    trial_id = ray.tune.get_context().get_trial_id()
+    # A name from the trial id, not a timestamp: a restored sweep re-enters the same Train run and resumes it.
+    out = f"{config['trials_dir']}/train-{trial_id}"
+    result = fit(cfg, config["dataset_path"], out, run_config_kwargs={"callbacks": [TuneReportCallback()]},
+                 materialize=True)
+    if result.error is not None:
+        raise result.error
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    data: str
+    out: str  # sweep directory or URI
+    trials: int = 20
+    epochs: int = 10
+    workers_per_trial: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    max_concurrent: int | None = None  # default: as many as the cluster's resources allow
+    seed: int = 0
+
+
+def concurrency(spec: SweepSpec, resources: Mapping[str, float]) -> int:
+    """Trials that fit at once: CPUs (workers + one for Ray Data's reads) and GPUs of the cluster."""
+    per_trial_cpu = spec.workers_per_trial * spec.cpus_per_worker + 1
+    n = max(1, math.floor(resources.get("CPU", 1) / per_trial_cpu))
+    if spec.gpus_per_worker > 0:
+        n = min(n, max(1, math.floor(resources.get("GPU", 0) / (spec.workers_per_trial * spec.gpus_per_worker))))
+    if spec.max_concurrent:
+        n = min(n, spec.max_concurrent)
+    return min(n, spec.trials)
+
+
+def sweep_base(base: Config, spec: SweepSpec) -> Config:
+    # Trials are not retried: a diverged or crashed trial is an answer, and the sweep goes on without it.
+    return base.with_overrides({"run.epochs": spec.epochs, "run.workers": spec.workers_per_trial,
+                                "run.cpus_per_worker": spec.cpus_per_worker,
+                                "run.use_gpu": spec.gpus_per_worker > 0,
+                                "run.gpus_per_worker": spec.gpus_per_worker or 1.0, "run.max_failures": 0,
+                                "run.keep_checkpoints": 1})
+
+
+def _interrupt_after(n: int):
+    """Test-only: a Tune callback that interrupts the sweep (SIGINT, as Ctrl-C does) once n trials completed."""
+    import signal
+
+    from ray.tune import Callback
+
+    class InterruptAfter(Callback):
+        def __init__(self) -> None:
+            self.completed = 0
+
+        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+            self.completed += 1
+            if self.completed == n:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    return InterruptAfter()
+
+
+def run_sweep(base: Config, spec: SweepSpec, space: Mapping[str, Range], resume: bool = False,
+              fault_marker: str | None = None, interrupt_after: int | None = None):
+    """Run (or, with `resume`, continue) a sweep on the connected Ray cluster; returns Tune's ResultGrid.
+    `fault_marker` and `interrupt_after` are test-only hooks (a trial that raises once; an interrupted sweep)."""
+    import optuna
+    import ray
+    import ray.tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    cfg = sweep_base(base, spec)
+    validate_space(space, cfg)
+    storage_path, name = run_paths(spec.out)
+    sweep_dir = spec.out if "://" in spec.out else str(Path(spec.out).absolute())
+    # The driver function only waits on its Train run; its workers hold the real resources.
+    trainable = ray.tune.with_resources(trial_driver, {"CPU": 0.01})
+    if resume:
+        if not ray.tune.Tuner.can_restore(sweep_dir):
+            raise ConfigError(f"{spec.out} holds no sweep to resume; start one without --resume.")
+        # Unfinished trials continue (their Train runs resume from their checkpoints); finished and errored
+        # ones are kept as they are.
+        tuner = ray.tune.Tuner.restore(sweep_dir, trainable=trainable, resume_unfinished=True,
+                                       resume_errored=False)
+        return tuner.fit()
+    # metric/mode go to the searcher and the scheduler themselves: with a define-by-run space, Tune cannot set
+    # them on the searcher from TuneConfig.
+    search = OptunaSearch(space=DefineByRun(space), metric=SCORE, mode="max",
+                          points_to_evaluate=[start_point(space, cfg)],
+                          sampler=optuna.samplers.TPESampler(seed=spec.seed))
+    scheduler = ASHAScheduler(metric=SCORE, mode="max", time_attr="training_iteration", max_t=spec.epochs,
+                              grace_period=1, reduction_factor=2)
+    param_space = {"base": cfg.to_dict(), "space": {k: asdict(v) for k, v in space.items()},
+                   "dataset_path": spec.data,
+                   "trials_dir": f"{sweep_dir}/trials"}
+    if fault_marker:
+        param_space["fault_marker"] = fault_marker
+    tuner = ray.tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=ray.tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=spec.trials,
+                                        max_concurrent_trials=concurrency(spec, ray.cluster_resources()),
+                                        trial_dirname_creator=trial_dirname),
+        run_config=ray.tune.RunConfig(name=name, storage_path=storage_path,
+                                      failure_config=ray.tune.FailureConfig(max_failures=0),
+                                      callbacks=[_interrupt_after(interrupt_after)] if interrupt_after else None),
+    )
+    return tuner.fit()
+
+
+def trial_dirname(trial) -> str:
+    # Tune's default name spells out the whole (large) config.
+    return f"trial_{trial.trial_id}"

@@ -1,0 +1,135 @@
+import json
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import TINY, concat_chunks, make_synth
+
+from rfgan.data.format import open_split, read_info, read_rfs, read_split, split_files, to_tensors
+from rfgan.data.synth import synth_splits
+from rfgan.errors import DataError
+
+
+def test_ray_round_trip_gives_back_what_synth_made(ray_session, tiny_dataset):
+    rfs, splits = synth_splits(TINY)
+    assert read_rfs(tiny_dataset).equals(rfs)
+    for split in ("train", "val"):
+        want = concat_chunks(splits[split])
+        batches = list(open_split(tiny_dataset, split).iter_torch_batches(batch_size=8))
+        got = {k: torch.cat([b[k] for b in batches]).numpy() for k in ("sample_id", "responses", "image")}
+        order = np.argsort(got["sample_id"])
+        np.testing.assert_array_equal(got["sample_id"][order], want["sample_id"])
+        np.testing.assert_array_equal(got["responses"][order], want["responses"])
+        np.testing.assert_array_equal(got["image"][order], want["image"])
+        assert got["responses"].dtype == np.float32 and got["image"].dtype == np.uint8
+
+
+def test_metadata_and_response_stats(tiny_dataset):
+    info = read_info(tiny_dataset)
+    train = read_split(tiny_dataset, "train")
+    assert info.splits == {"train": TINY.n_train, "val": TINY.n_val}
+    assert info.image_size == (32, 32) and info.channels == 3 and info.n_electrodes == 12
+    np.testing.assert_allclose(info.response_mean, train["responses"].mean(0), rtol=1e-5)
+    np.testing.assert_allclose(info.response_std, train["responses"].std(0), rtol=1e-4)
+
+
+def test_to_tensors():
+    batch = {"responses": np.ones((2, 5), np.float32), "image": np.full((2, 4, 6, 3), 255, np.uint8)}
+    r, im = to_tensors(batch)
+    assert r.shape == (2, 5) and im.shape == (2, 3, 4, 6) and im.dtype == torch.float32
+    assert torch.all(im == 1.0)
+
+
+@pytest.fixture
+def copy(tiny_dataset, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(tiny_dataset, out)
+    return out
+
+
+def rewrite_first_shard(path, change):
+    shard = split_files(path, "train")[0]
+    pq.write_table(change(pq.read_table(shard)), shard)
+    return shard
+
+
+def test_wrong_column_type_is_named(copy):
+    def widen(t):
+        col = t.column("responses").combine_chunks()
+        as_list = pa.ListArray.from_arrays(pa.array(np.arange(0, len(t) * 12 + 1, 12, dtype=np.int32)),
+                                           col.flatten().cast(pa.float64()))
+        return t.set_column(t.schema.get_field_index("responses"), "responses", as_list)
+
+    shard = rewrite_first_shard(copy, widen)
+    with pytest.raises(DataError, match=r"column 'responses' has type list<.*double>.*12 float32") as err:
+        read_split(copy, "train")
+    assert shard in str(err.value)
+
+
+def test_missing_column_is_named(copy):
+    rewrite_first_shard(copy, lambda t: t.drop_columns(["image"]))
+    with pytest.raises(DataError, match="column 'image' is missing"):
+        open_split(copy, "train")
+
+
+def test_wrong_image_length_is_refused(copy):
+    meta = json.loads((copy / "metadata.json").read_text())
+    meta["image_height"] = 16
+    (copy / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="'image'.*16x32x3 uint8"):
+        read_split(copy, "val")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.update(schema_version=99), "schema_version 99 is not supported"),
+    (lambda m: m.update(format="other"), "'format'"),
+    (lambda m: m.pop("fov_deg"), "fov_deg"),
+    (lambda m: m.update(channels=4), "channels is 4"),
+])
+def test_bad_metadata(copy, edit, message):
+    meta = json.loads((copy / "metadata.json").read_text())
+    edit(meta)
+    (copy / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=message):
+        read_info(copy)
+
+
+def test_not_a_dataset(tmp_path):
+    with pytest.raises(DataError, match="rfgan synth"):
+        read_info(tmp_path)
+
+
+def test_rf_table_must_match_electrode_count(copy):
+    lines = (copy / "rfs.csv").read_text().splitlines()
+    (copy / "rfs.csv").write_text("\n".join(lines[:-1]) + "\n")
+    with pytest.raises(DataError, match="11 electrodes but metadata.json says n_electrodes=12"):
+        read_rfs(copy)
+
+
+def test_nan_responses_are_refused_when_read(ray_session, copy):
+    def poison(t):
+        r = t.column("responses").combine_chunks().flatten().to_numpy().copy()
+        r[5] = np.nan
+        arr = pa.FixedSizeListArray.from_arrays(pa.array(r, pa.float32()), 12)
+        return t.set_column(t.schema.get_field_index("responses"), "responses", arr)
+
+    rewrite_first_shard(copy, poison)
+    with pytest.raises(DataError, match=r"NaN or infinite in sample\(s\) \[0\]"):
+        read_split(copy, "train")
+    with pytest.raises(Exception, match="NaN or infinite"):
+        open_split(copy, "train").materialize()
+
+
+def test_write_refuses_existing_output_and_leaves_it_alone(tmp_path):
+    out = tmp_path / "ds"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(DataError, match="already exists"):
+        make_synth(out)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    make_synth(out, overwrite=True)
+    assert not (out / "keep.txt").exists() and read_info(out).splits["train"] == TINY.n_train
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"]  # no temporary directory left behind

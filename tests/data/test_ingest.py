@@ -1,0 +1,157 @@
+import dataclasses
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rfgan.data.format import read_info, read_rfs, read_split
+from rfgan.data.ingest import IngestSpec, ingest
+from rfgan.errors import DataError
+
+E, N_IMAGES, REPEATS, SIZE = 6, 10, 3, 16
+RF_CSV = "electrode_id,x_deg,y_deg,sigma_deg,area\n" + "".join(
+    f"{10 + i},{-2 + 0.8 * i},{1 - 0.4 * i},{0.5 + 0.1 * i},{'V1' if i < 4 else 'V4'}\n" for i in range(E))
+
+
+@pytest.fixture
+def lab(tmp_path):
+    """A lab's arrays: 10 distinct images shown 3 times each, in shuffled order."""
+    rng = np.random.default_rng(0)
+    distinct = rng.integers(0, 256, (N_IMAGES, SIZE, SIZE), dtype=np.uint8)
+    order = rng.permutation(np.repeat(np.arange(N_IMAGES), REPEATS))
+    np.save(tmp_path / "images.npy", distinct[order])
+    np.save(tmp_path / "responses.npy", rng.normal(size=(len(order), E)).astype(np.float32))
+    np.save(tmp_path / "order.npy", order)
+    (tmp_path / "rfs.csv").write_text(RF_CSV)
+    return IngestSpec(responses=str(tmp_path / "responses.npy"), images=str(tmp_path / "images.npy"),
+                      rfs=str(tmp_path / "rfs.csv"), fov_deg=8.0, out=str(tmp_path / "out"), val_fraction=0.2,
+                      shard_rows=7)
+
+
+def test_ingest_round_trip_keeps_rows_and_splits_by_image(lab, tmp_path):
+    info, dropped = ingest(lab)
+    assert dropped == 0 and info.channels == 1 and info.image_size == (SIZE, SIZE) and info.n_electrodes == E
+    responses, images = np.load(lab.responses), np.load(lab.images)
+    order = np.load(tmp_path / "order.npy")
+    parts = [read_split(lab.out, s) for s in ("train", "val")]
+    assert len(parts[1]["sample_id"]) == 2 * REPEATS  # 20% of 10 images, all their repeats
+    for part in parts:
+        rows = part["sample_id"]  # the row index in the lab's arrays
+        np.testing.assert_array_equal(part["responses"], responses[rows])
+        np.testing.assert_array_equal(part["image"][..., 0], images[rows])
+        # image_id groups exactly the rows that show the same stimulus
+        for iid in np.unique(part["image_id"]):
+            assert len(set(order[rows[part["image_id"] == iid]])) == 1
+        assert sorted(np.bincount(part["repeat"]).tolist()) == [len(rows) // REPEATS] * REPEATS
+    assert not set(order[parts[0]["sample_id"]]) & set(order[parts[1]["sample_id"]])
+    assert read_rfs(lab.out).area.tolist() == ["V1"] * 4 + ["V4"] * 2
+    assert read_info(lab.out).source["kind"] == "ingest"
+
+
+def test_float_colour_images_and_explicit_image_ids(lab, tmp_path):
+    rng = np.random.default_rng(1)
+    n = N_IMAGES * REPEATS
+    np.save(tmp_path / "rgb.npy", rng.uniform(0, 1, (n, SIZE, SIZE, 3)).astype(np.float32))
+    np.save(tmp_path / "ids.npy", np.arange(n) % 5)
+    info, _ = ingest(dataclasses.replace(lab, images=str(tmp_path / "rgb.npy"), image_ids=str(tmp_path / "ids.npy")))
+    assert info.channels == 3
+    val = read_split(lab.out, "val")
+    assert len(val["sample_id"]) == n // 5  # one of 5 image ids, every row that has it
+    expected = (np.load(tmp_path / "rgb.npy")[val["sample_id"]] * 255 + 0.5).astype(np.uint8)
+    np.testing.assert_array_equal(val["image"], expected)
+
+
+def test_folder_of_images_with_index(lab, tmp_path):
+    folder = tmp_path / "stimuli"
+    folder.mkdir()
+    rng = np.random.default_rng(2)
+    for k in range(4):
+        Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(folder / f"s{k}.png")
+    names = [f"s{k % 4}.png" for k in range(12)]
+    (tmp_path / "index.csv").write_text("filename\n" + "\n".join(names) + "\n")
+    np.save(tmp_path / "r12.npy", rng.normal(size=(12, E)).astype(np.float32))
+    spec = dataclasses.replace(lab, responses=str(tmp_path / "r12.npy"), images=str(folder),
+                               image_index=str(tmp_path / "index.csv"), val_fraction=0.25)
+    info, _ = ingest(spec)
+    assert info.channels == 3 and info.splits == {"train": 9, "val": 3}
+    val = read_split(lab.out, "val")
+    want = np.asarray(Image.open(folder / names[val["sample_id"][0]]))
+    np.testing.assert_array_equal(val["image"][0], want)
+
+
+def test_nan_rows_dropped_on_request(lab):
+    r = np.load(lab.responses)
+    r[[3, 17], 2] = np.nan
+    r[5, 0] = np.inf
+    np.save(lab.responses, r)
+    with pytest.raises(DataError, match=r"3 row\(s\) hold NaN or infinite responses \(rows \[3, 5, 17\]\).*--drop"):
+        ingest(lab)
+    info, dropped = ingest(dataclasses.replace(lab, drop_bad_rows=True))
+    assert dropped == 3 and sum(info.splits.values()) == N_IMAGES * REPEATS - 3
+
+
+def _write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+BAD_INPUTS = {
+    "electrode count": (lambda s, d: dataclasses.replace(s, rfs=_write(d / "r5.csv", "\n".join(
+        RF_CSV.splitlines()[:-1]) + "\n")), "has 6 electrode columns but .*r5.csv has 5 rows"),
+    "row count": (lambda s, d: (np.save(d / "r.npy", np.zeros((29, E), np.float32)),
+                                dataclasses.replace(s, responses=str(d / "r.npy")))[1], "29 rows but .* 30 images"),
+    "nan": (lambda s, d: (np.save(d / "r.npy", np.full((30, E), np.nan, np.float32)),
+                          dataclasses.replace(s, responses=str(d / "r.npy")))[1], "NaN or infinite"),
+    "non-numeric rf": (lambda s, d: dataclasses.replace(s, rfs=_write(d / "x.csv", RF_CSV.replace(",0.5,", ",wide,"))),
+                       "'sigma_deg' holds 'wide'"),
+    "missing rf column": (lambda s, d: dataclasses.replace(s, rfs=_write(d / "x.csv", RF_CSV.replace("y_deg", "y"))),
+                          r"lacks column\(s\) \['y_deg'\]"),
+    "sigma <= 0": (lambda s, d: dataclasses.replace(s, rfs=_write(d / "x.csv", RF_CSV.replace(",0.5,", ",-0.5,"))),
+                   "sigma_deg must be > 0.*electrode.*10"),
+    "rf outside": (lambda s, d: dataclasses.replace(s, rfs=_write(d / "x.csv", RF_CSV.replace("10,-2.0,", "10,-20.0,"))),
+                   r"1 RF\(s\) lie entirely outside .*electrode_id \[10\]"),
+    "unreadable responses": (lambda s, d: dataclasses.replace(s, responses=_write(d / "bad.npy", "not numpy")),
+                             "bad.npy: cannot read the responses"),
+    "3-d responses": (lambda s, d: (np.save(d / "r.npy", np.zeros((30, E, 2))),
+                                    dataclasses.replace(s, responses=str(d / "r.npy")))[1], "expected a numeric"),
+    "float images out of range": (lambda s, d: (np.save(d / "f.npy", np.full((30, SIZE, SIZE), 2.0)),
+                                                dataclasses.replace(s, images=str(d / "f.npy")))[1],
+                                  r"float images must be finite and in \[0, 1\]"),
+    "images shape": (lambda s, d: (np.save(d / "f.npy", np.zeros((30, SIZE, SIZE, 4), np.uint8)),
+                                   dataclasses.replace(s, images=str(d / "f.npy")))[1], r"expected \(N, H, W\)"),
+    "fov": (lambda s, d: dataclasses.replace(s, fov_deg=0.0), "--fov-deg must be > 0"),
+    "too few images": (lambda s, d: dataclasses.replace(s, val_fraction=0.95), "too few"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_raises_and_writes_nothing(lab, tmp_path, case):
+    make_bad, message = BAD_INPUTS[case]
+    spec = make_bad(lab, tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(DataError, match=message):
+        ingest(spec)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no output, no temporary directory
+
+
+def test_mixed_image_sizes_and_unreadable_image(lab, tmp_path):
+    folder = tmp_path / "stimuli"
+    folder.mkdir()
+    Image.fromarray(np.zeros((SIZE, SIZE), np.uint8)).save(folder / "a.png")
+    Image.fromarray(np.zeros((SIZE, SIZE + 2), np.uint8)).save(folder / "b.png")
+    np.save(tmp_path / "r2.npy", np.zeros((2, E), np.float32))
+    spec = dataclasses.replace(lab, responses=str(tmp_path / "r2.npy"), images=str(folder))
+    with pytest.raises(DataError, match=r"a.png is 16x16 but .*b.png is 18x16"):
+        ingest(spec)
+    (folder / "b.png").write_bytes(b"garbage")
+    with pytest.raises(DataError, match="b.png: cannot read this image"):
+        ingest(spec)
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_output_is_not_touched(lab, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "results.txt").write_text("precious")
+    with pytest.raises(DataError, match="already exists"):
+        ingest(lab)
+    assert (tmp_path / "out" / "results.txt").read_text() == "precious"

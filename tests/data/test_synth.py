@@ -1,0 +1,106 @@
+import dataclasses
+
+import numpy as np
+import pytest
+from conftest import TINY, concat_chunks, make_synth
+
+from rfgan.data.format import read_info, read_rfs, read_split
+from rfgan.data.rf import rf_maps, rf_mask
+from rfgan.data.synth import LUMA, SynthSpec, make_rfs, make_tuning, synth_splits
+
+
+def test_same_seed_same_dataset_whatever_the_shard_size(tmp_path):
+    make_synth(tmp_path / "a")
+    make_synth(tmp_path / "b", dataclasses.replace(TINY, shard_rows=7))
+    for split in ("train", "val"):
+        a, b = read_split(tmp_path / "a", split), read_split(tmp_path / "b", split)
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+    assert read_rfs(tmp_path / "a").equals(read_rfs(tmp_path / "b"))
+    assert len(list((tmp_path / "b" / "train").glob("*.parquet"))) == 6  # 40 rows / 7 per shard
+
+
+def test_other_seed_other_dataset():
+    a = concat_chunks(synth_splits(TINY)[1]["train"])
+    b = concat_chunks(synth_splits(dataclasses.replace(TINY, seed=4))[1]["train"])
+    assert not np.array_equal(a["image"], b["image"])
+    assert not np.allclose(a["responses"], b["responses"])
+
+
+def test_rfs_grow_with_eccentricity_cluster_in_arrays_and_cover_the_window():
+    spec = SynthSpec(electrodes=191, n_arrays=8)
+    rfs = make_rfs(spec)
+    assert len(rfs) == 191 and set(rfs.area_names()) == {"V1", "V4", "IT"}
+    ecc = np.hypot(rfs.x_deg, rfs.y_deg)
+    for area in ("V1", "V4"):
+        sel = rfs.area == area
+        assert np.corrcoef(ecc[sel], rfs.sigma_deg[sel])[0, 1] > 0.5
+    assert np.median(rfs.sigma_deg[rfs.area == "V1"]) < np.median(rfs.sigma_deg[rfs.area == "V4"])
+    assert np.all(np.abs(rfs.x_deg) <= spec.fov_deg / 2) and np.all(np.abs(rfs.y_deg) <= spec.fov_deg / 2)
+    assert rf_mask(rfs, (spec.size, spec.size), spec.fov_deg, radius_sigmas=2.0).mean() > 0.9
+
+
+@pytest.mark.parametrize("tuning", ["luminance", "color"])
+def test_responses_follow_the_linear_rf_model(tuning):
+    spec = dataclasses.replace(TINY, noise="none", gain=2.0, tuning=tuning)
+    rfs, splits = synth_splits(spec)
+    got = concat_chunks(splits["val"])
+    maps = rf_maps(rfs, (spec.size, spec.size), spec.fov_deg, norm="sum")
+    weights = make_tuning(spec, rfs)  # (E, 3)
+    if tuning == "luminance":
+        np.testing.assert_array_equal(weights, np.tile(LUMA, (len(rfs), 1)))
+    image = got["image"].astype(np.float32) / 255.0
+    want = 2.0 * np.einsum("nhwc,ehw,ec->ne", image, maps, weights)
+    np.testing.assert_allclose(got["responses"], want, rtol=1e-4, atol=1e-5)
+
+
+def test_color_tuning_tells_isoluminant_colours_apart_and_is_strongest_in_v4():
+    spec = SynthSpec(electrodes=191, n_arrays=8)
+    rfs = make_rfs(spec)
+    weights = make_tuning(spec, rfs)
+    # Isoluminant red and green: luminance-only electrodes could not tell them apart.
+    red, green = np.array([1.0, 0.0, 0.0]), np.array([0.0, LUMA[0] / LUMA[1], 0.0])
+    assert np.isclose(red @ LUMA, green @ LUMA)
+    assert np.median(np.abs(weights @ (red - green))) > 0.05
+    # Weights are luma plus an opponent signal, which sums to zero over R, G, B.
+    chroma = weights - LUMA
+    np.testing.assert_allclose(chroma.sum(1), 0.0, atol=1e-12)
+    strength = np.linalg.norm(chroma, axis=1)
+    assert np.median(strength[rfs.area == "V4"]) > np.median(strength[rfs.area == "V1"])
+    assert not np.allclose(make_tuning(dataclasses.replace(spec, seed=1), rfs), weights)
+    # Gray images: one channel, nothing to tune.
+    np.testing.assert_array_equal(make_tuning(dataclasses.replace(spec, color=False), rfs), np.ones((191, 1)))
+
+
+def test_relu_poisson_and_repeats():
+    spec = dataclasses.replace(TINY, nonlinearity="relu", threshold=0.4, noise="poisson", gain=20.0, repeats=3)
+    got = concat_chunks(synth_splits(spec)[1]["train"])
+    r = got["responses"]
+    assert len(r) == TINY.n_train * 3
+    assert np.all(r >= 0) and np.array_equal(r, np.round(r))
+    # Repeats share the image and its id but not the noise.
+    np.testing.assert_array_equal(got["image"][0::3], got["image"][1::3])
+    np.testing.assert_array_equal(got["image_id"][0::3], got["image_id"][2::3])
+    assert not np.array_equal(r[0::3], r[1::3])
+
+
+def test_gray_images_and_ids_unique_across_splits(tmp_path):
+    info = make_synth(tmp_path / "g", dataclasses.replace(TINY, color=False))
+    assert info.channels == 1
+    train, val = read_split(tmp_path / "g", "train"), read_split(tmp_path / "g", "val")
+    assert train["image"].shape == (TINY.n_train, 32, 32, 1)
+    assert not set(train["sample_id"]) & set(val["sample_id"])
+    assert not set(train["image_id"]) & set(val["image_id"])
+    # Scenes vary: no two training images are the same.
+    assert len({im.tobytes() for im in train["image"]}) == TINY.n_train
+    meta = read_info(tmp_path / "g")
+    assert meta.source["kind"] == "synth" and meta.source["seed"] == TINY.seed
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"n_val": 0}, "n_val"), ({"noise": "laplace"}, "noise"), ({"n_arrays": 20}, "n_arrays"),
+    ({"photo_fraction": 2.0}, "photo_fraction"), ({"tuning": "orientation"}, "tuning"),
+])
+def test_bad_spec_is_refused(change, message):
+    with pytest.raises(ValueError, match=message):
+        synth_splits(dataclasses.replace(TINY, **change))

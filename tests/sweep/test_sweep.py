@@ -1,0 +1,144 @@
+"""Sweeps with the real Ray Tune, OptunaSearch (TPE) and ASHA on a real local Ray."""
+
+import csv
+import json
+
+import pytest
+import yaml
+
+from rfgan.cli import main
+from rfgan.config import ConfigError, preset
+from rfgan.sweep.space import (
+    DEFAULT_SPACE,
+    DefineByRun,
+    Range,
+    load_space,
+    overrides_from_trial,
+    start_point,
+    validate_space,
+)
+
+SMALL = {"model.ngf": 8, "model.n_down": 3, "model.ndf": 8, "model.d_layers": 2, "optim.batch_size": 8,
+         "run.log_every": 1000}
+SPACE = {"loss.lambda_adv": {"low": 0.001, "high": 1.0, "allow_zero": True},
+         "loss.lambda_pix": {"low": 1.0, "high": 30.0},
+         "optim.lr_g": {"low": 1e-4, "high": 3e-3}, "optim.lr_d": {"low": 1e-5, "high": 1e-3},
+         "optim.beta1": {"low": 0.0, "high": 0.9, "log": False}}
+
+
+def test_default_space_fits_every_preset_and_starts_at_its_defaults():
+    for name in ("default", "reference", "rfmasked", "tiny"):
+        validate_space(DEFAULT_SPACE, preset(name))
+    point = start_point(DEFAULT_SPACE, preset("reference"))
+    assert point["loss/lambda_adv_on"] is True and point["loss/lambda_adv"] == 1.0
+    assert point["optim/lr_g"] == 2e-4 and point["optim/beta1"] == 0.8
+    assert start_point(DEFAULT_SPACE, preset("rfmasked"))["loss/lambda_adv_on"] is False
+
+
+def test_optuna_define_by_run_can_switch_the_adversarial_loss_off():
+    import optuna
+
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    seen_off = seen_on = False
+    for _ in range(20):
+        trial = study.ask()
+        DefineByRun(DEFAULT_SPACE)(trial)
+        nested = {}
+        for name, value in trial.params.items():
+            section, key = name.split("/")
+            nested.setdefault(section, {})[key] = value
+        overrides = overrides_from_trial(nested, DEFAULT_SPACE)
+        cfg = preset("default").with_overrides(overrides)
+        seen_off |= cfg.loss.lambda_adv == 0
+        seen_on |= cfg.loss.lambda_adv > 0 and 1e-3 <= cfg.loss.lambda_adv <= 2.0
+        study.tell(trial, 0.0)
+    assert seen_off and seen_on
+
+
+def test_space_from_a_file_and_its_errors(tmp_path):
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(SPACE))
+    assert load_space(tmp_path / "s.yaml")["optim.beta1"] == Range(0.0, 0.9, log=False)
+    with pytest.raises(ConfigError, match="unknown config key 'loss.lambda_gan'"):
+        validate_space({"loss.lambda_gan": Range(0.1, 1.0)}, preset("tiny"))
+    with pytest.raises(ConfigError, match="low > 0 for log"):
+        validate_space({"optim.lr_g": Range(0.0, 1.0)}, preset("tiny"))
+    with pytest.raises(ConfigError, match="lr_d"):  # the range's end is an impossible config
+        validate_space({"optim.lr_d": Range(-1.0, 1.0, log=False)}, preset("tiny"))
+
+
+def sweep_args(data, out, space_file, trials):
+    sets = [a for k, v in SMALL.items() for a in ("--set", f"{k}={v}")]
+    return ["tune", "--data", str(data), "--preset", "tiny", *sets, "--space", str(space_file), "--out", str(out),
+            "--trials", str(trials), "--epochs", "2", "--workers-per-trial", "1", "--max-concurrent", "2"]
+
+
+def test_sweep_of_four_trials_with_one_crash_writes_results_and_a_trainable_best_config(
+        ray_session, tiny_dataset, tmp_path, monkeypatch, capsys):
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
+    out, marker = tmp_path / "sweep", tmp_path / "raised"
+    monkeypatch.setenv("RFGAN_TEST_TRIAL_FAULT", str(marker))  # the first trial to start raises, once
+    assert main(sweep_args(tiny_dataset, out, tmp_path / "space.yaml", 4)) == 0
+    printed = capsys.readouterr().out
+    assert marker.exists()
+    rows = table(out)
+    assert len(rows) == 4 and "loss.lambda_adv" in rows[0] and "best_val_ssim" in rows[0]
+    assert sorted(r["status"] == "ERROR" for r in rows) == [False, False, False, True]
+    errored = next(r for r in rows if r["status"] == "ERROR")
+    assert "raises on purpose" in errored["error"]
+    assert all(float(r["best_val_ssim"]) > 0 for r in rows if r["status"] != "ERROR")
+    assert "trial_id" in printed and "ERROR" in printed
+    for plot in ("trials.png", "param_importances.png"):
+        assert (out / plot).stat().st_size > 1000
+    best = json.loads((out / "best_config.json").read_text())
+    best_ssim = max(float(r["best_val_ssim"]) for r in rows if r["status"] != "ERROR")
+    assert float(rows[0]["best_val_ssim"]) == best_ssim  # the table is sorted best first
+    assert best["loss"]["lambda_pix"] == pytest.approx(float(rows[0]["loss.lambda_pix"]))
+    # `rfgan train --config` accepts the best config as it is.
+    assert main(["train", "--config", str(out / "best_config.json"), "--data", str(tiny_dataset), "--epochs", "1",
+                 "--out", str(tmp_path / "best-run")]) == 0
+    assert (tmp_path / "best-run" / "metrics.csv").exists()
+
+
+def test_an_interrupted_sweep_resumes_without_repeating_finished_trials(ray_session, tiny_dataset, tmp_path,
+                                                                         monkeypatch):
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
+    out = tmp_path / "sweep"
+    # Test-only: the sweep interrupts itself (SIGINT, as Ctrl-C) once 2 trials have completed.
+    monkeypatch.setenv("RFGAN_TEST_INTERRUPT_AFTER_TRIALS", "2")
+    assert main(sweep_args(tiny_dataset, out, tmp_path / "space.yaml", 4)) == 0
+    first = {r["trial_id"]: r for r in table(out)}
+    finished = {tid for tid, row in first.items() if row["status"] == "DONE"}
+    assert 2 <= len(finished) < 4
+    monkeypatch.delenv("RFGAN_TEST_INTERRUPT_AFTER_TRIALS")
+    # The finished trials' Train runs must not run again: remember their files.
+    runs = {p.name: sorted(q.name for q in p.iterdir()) for p in (out / "trials").iterdir()}
+    assert main(sweep_args(tiny_dataset, out, tmp_path / "space.yaml", 4) + ["--resume"]) == 0
+    second = {r["trial_id"]: r for r in table(out)}
+    assert len(second) == 4 and all(r["status"] == "DONE" for r in second.values())
+    for tid in finished:
+        assert second[tid] == first[tid]
+        name = f"train-{tid}"
+        assert sorted(q.name for q in (out / "trials" / name).iterdir()) == runs[name]
+
+
+def table(out):
+    with open(out / "trials.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_the_space_file_in_tune_is_the_default_space():
+    from pathlib import Path
+
+    assert load_space(Path(__file__).resolve().parents[2] / "tune" / "space.yaml") == DEFAULT_SPACE
+
+
+def test_concurrent_trials_follow_from_the_resources():
+    from rfgan.sweep.runner import SweepSpec, concurrency
+
+    spec = SweepSpec(data="d", out="o", trials=20, workers_per_trial=2, cpus_per_worker=1.0)
+    assert concurrency(spec, {"CPU": 8}) == 2  # 2 workers + 1 CPU for Ray Data per trial
+    assert concurrency(spec, {"CPU": 2}) == 1
+    gpu = SweepSpec(data="d", out="o", trials=20, workers_per_trial=1, cpus_per_worker=2.0, gpus_per_worker=0.5)
+    assert concurrency(gpu, {"CPU": 64, "GPU": 2}) == 4  # two trials share each GPU
+    assert concurrency(SweepSpec(data="d", out="o", trials=3), {"CPU": 64}) == 3
+    assert concurrency(SweepSpec(data="d", out="o", trials=20, max_concurrent=2), {"CPU": 64}) == 2
