@@ -47,7 +47,7 @@ def main() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         gan = build_gan(cfg, info, rfs).to(args.device)
-    opt_g, opt_d = build_optimizers(cfg, gan.generator, gan.discriminator)
+    opts = build_optimizers(cfg, gan)
     b = cfg.optim.batch_size
     responses = torch.randn(b, args.electrodes, device=args.device)
     target = torch.rand(b, 3, args.size, args.size, device=args.device)
@@ -58,9 +58,7 @@ def main() -> None:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         for _ in range(n):
-            x = gan.projection(responses)
-            train_step(gan.generator, gan.discriminator, opt_g, opt_d, x, target, cfg.loss, vgg=gan.vgg,
-                       mask=gan.mask, d_steps=cfg.optim.d_steps, bf16=cfg.optim.bf16)
+            train_step(gan, opts, responses, target, cfg)
         if cuda:
             torch.cuda.synchronize()
         return time.perf_counter() - t0

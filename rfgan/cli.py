@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from rfgan.errors import DataError
+from rfgan.errors import DataError, UsageError, user_error
 
 DEFAULT_DATA = "data/synthetic"
 DEMO_PRESET = "tiny"
@@ -93,7 +93,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     try:
         spec.validate()
     except ValueError as e:
-        raise DataError(str(e)) from e
+        raise UsageError(str(e)) from e
     start = time.perf_counter()
     rfs, splits = synth_splits(spec)
     total = (spec.n_train + spec.n_val + spec.n_test) * spec.repeats
@@ -305,7 +305,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = args.out or f"runs/{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     found = existing_checkpoints(out)
     if found and not args.resume:
-        raise DataError(f"{out} already holds {len(found)} checkpoint(s); pass --resume to continue that run, or "
+        raise UsageError(f"{out} already holds {len(found)} checkpoint(s); pass --resume to continue that run, or "
                         "choose another --out.")
     if args.resume and not found:
         print(f"--resume: {out} has no checkpoint yet; starting from epoch 1")
@@ -452,14 +452,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from rfgan.config import ConfigError
-
     try:
         return args.func(args)
-    except (DataError, ConfigError) as e:
-        print(f"rfgan {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        # Unreadable paths, missing buckets, refused credentials: the system's own message says which.
-        print(f"rfgan {args.command}: error: {e}", file=sys.stderr)
+    except Exception as e:
+        # rfgan's own errors, and OSErrors (unreadable paths, missing buckets, refused credentials: the system's
+        # message says which), also when Ray wrapped them in a task's error: one line, exit 2. Anything else is a
+        # bug, and its traceback is the report.
+        shown = user_error(e)
+        if shown is None:
+            raise
+        print(f"rfgan {args.command}: error: {str(shown).strip().replace(chr(10), ' ')}", file=sys.stderr)
         return 2

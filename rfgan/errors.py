@@ -29,3 +29,16 @@ class MissingVGGWeightsError(RfganError, FileNotFoundError):
 
 class TrainingDiverged(RfganError, RuntimeError):
     """A loss became NaN or infinite: the run stops rather than train on garbage."""
+
+
+def user_error(exc: BaseException) -> BaseException | None:
+    """The error to show a user for `exc`: an RfganError or OSError, found also inside the wrappers that Ray puts
+    around a task's exception (RayTaskError's `cause`, Ray Data's UserCodeException as `__cause__`); else None,
+    an internal error whose traceback is the useful report."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (RfganError, OSError)):
+            return exc
+        exc = getattr(exc, "cause", None) or exc.__cause__
+    return None

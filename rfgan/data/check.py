@@ -9,6 +9,7 @@ import numpy as np
 
 from rfgan.data.format import open_split, read_info, read_rfs, split_files, to_tensors
 from rfgan.data.rf import RFProjection, rf_mask
+from rfgan.errors import DataError
 
 
 def check_dataset(path: str | os.PathLike, batch_size: int = 64, address: str | None = None) -> Iterator[str]:
@@ -39,7 +40,9 @@ def check_dataset(path: str | os.PathLike, batch_size: int = 64, address: str | 
             rows += len(responses)
             ids.append(batch["sample_id"].numpy())
         if rows != expected:
-            raise RuntimeError(f"{split}: read {rows} rows but metadata.json says {expected}")
+            raise DataError(f"{path}/{split}: read {rows} rows but metadata.json says {expected}; a shard is "
+                            "missing or was replaced: re-create the dataset (rfgan synth/ingest).")
         if len(np.unique(np.concatenate(ids))) != rows:
-            raise RuntimeError(f"{split}: sample_id values repeat")
+            raise DataError(f"{path}/{split}: sample_id values repeat; a shard was copied twice: re-create the "
+                            "dataset.")
         yield f"{split}: {rows} rows read through Ray Data; first batch: {first}"

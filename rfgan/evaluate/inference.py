@@ -65,7 +65,7 @@ def load_trained(checkpoint: str | os.PathLike, device: str | torch.device = "cp
             checkpoint = tmp
         ckpt = load_checkpoint(checkpoint, map_location=device)
     gan = build_gan(ckpt.config, ckpt.info, ckpt.rfs, with_vgg=False, with_d=False)
-    ckpt.restore(gan.generator)
+    ckpt.restore(gan)
     gan.generator.eval()
     return gan.to(device), ckpt
 
@@ -93,7 +93,7 @@ def evaluate_run(run: str, data: str, split: str = "val", which: str = "best",
     batches = [to_tensors({k: rows[k][i:i + 64] for k in ("responses", "image")})
                for i in range(0, len(rows["sample_id"]), 64)]
     outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
-    metrics = evaluate(gan.generator, gan.projection, batches, vgg=vgg, device=device, keep=outputs)
+    metrics = evaluate(gan, batches, vgg=vgg, device=device, keep=outputs)
     fakes, targets = (torch.cat(t) for t in zip(*outputs))
     n = min(len(fakes), IDENTIFICATION_MAX)
     ids = torch.from_numpy(np.array(rows["image_id"][:n]))
@@ -135,7 +135,7 @@ def reconstruct(run: str, responses_path: str, out: str, which: str = "best", de
     with torch.no_grad():
         for i in range(0, len(responses), 64):
             r = torch.as_tensor(responses[i:i + 64], dtype=torch.float32, device=device)
-            fake = gan.generator(gan.projection(r))  # (B, C, H, W) in [0, 1]
+            fake = gan.reconstruct(r)  # (B, C, H, W) in [0, 1]
             images.append((fake.permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8))
     images = np.concatenate(images)
     np.save(out_dir / "reconstructions.npy", images)

@@ -7,7 +7,7 @@ stalling it; :class:`MetricAccumulator` converts to Python floats only in :meth:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -17,6 +17,7 @@ from torchmetrics.functional.image import (
     structural_similarity_index_measure,
 )
 
+from rfgan.gan.build import GAN
 from rfgan.gan.vgg import VGGFeatures
 
 __all__ = [
@@ -225,28 +226,27 @@ def eval_mode(*modules: nn.Module) -> Iterator[None]:
 
 @torch.no_grad()
 def evaluate(
-    generator: nn.Module,
-    projection: Callable[[Tensor], Tensor],
+    gan: GAN,
     batches: Iterable[tuple[Tensor, Tensor]],
     vgg: VGGFeatures | None = None,
     device: torch.device | str = "cpu",
     keep: list[tuple[Tensor, Tensor]] | None = None,
 ) -> dict[str, float]:
-    """Mean metrics of ``generator(projection(responses))`` against the images over all ``batches``.
+    """Mean metrics of ``gan.reconstruct(responses)`` against the images over all ``batches``.
 
     ``batches`` yields (responses (B, E), images (B, C, H, W) float in [0, 1]); each pair is moved to
-    ``device``, where the models must already be. Generator, projection (if a module) and vgg run in eval
+    ``device``, where the models must already be. The generator, the projection (if a module) and vgg run in eval
     mode, so BatchNorm uses and never updates its running statistics and dropout is off; every module's
     previous mode is restored afterwards. Raises ValueError if ``batches`` is empty. With ``keep``, each batch's
     (fake, image) pair is appended to it, on the CPU.
     """
-    models = [m for m in (generator, projection, vgg) if isinstance(m, nn.Module)]
+    models = [m for m in (gan.generator, gan.projection, vgg) if isinstance(m, nn.Module)]
     acc = MetricAccumulator()
     with eval_mode(*models):
         for responses, images in batches:
             responses = responses.to(device, non_blocking=True)  # (B, E)
             images = images.to(device, non_blocking=True)  # (B, C, H, W)
-            fake = generator(projection(responses))  # (B, C, H, W)
+            fake = gan.reconstruct(responses)  # (B, C, H, W)
             acc.update(fake, images, vgg)
             if keep is not None:
                 keep.append((fake.cpu(), images.cpu()))

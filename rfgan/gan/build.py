@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -17,11 +18,37 @@ from rfgan.gan.vgg import VGGFeatures
 
 @dataclass
 class GAN:
+    """The built parts of one RF-GAN. DDP-wrapped nets are swapped in with `dataclasses.replace(gan, generator=...)`,
+    so the step, validation and checkpoints take the GAN whole, wrapped or not."""
+
     projection: RFProjection  # responses (B, E) → generator input (B, C_in, H, W)
     generator: nn.Module
     discriminator: nn.Module | None  # None when loss.lambda_adv == 0 (non-adversarial)
     vgg: VGGFeatures | None  # frozen; never checkpointed; None when no VGG loss is asked for
     mask: torch.Tensor | None  # (1, 1, H, W) RF mask for RFmasked, else None
+    conditional_d: bool = False  # D also sees the mean RF input (cGAN)
+
+    def inputs(self, responses: torch.Tensor) -> torch.Tensor:
+        """(B, E) responses → (B, C_in, H, W) generator input."""
+        return self.projection(responses)
+
+    def reconstruct(self, responses: torch.Tensor) -> torch.Tensor:
+        """(B, E) responses → (B, C, H, W) images in [0, 1]."""
+        return self.generator(self.inputs(responses))
+
+    def condition(self, x: torch.Tensor) -> torch.Tensor | None:
+        """What a conditional D sees of the input x besides the image: the mean over the response channels,
+        (B, 1, H, W), leaving out the noise channel; None for an unconditional D."""
+        if not self.conditional_d:
+            return None
+        n_signal = self.projection.out_channels - int(self.projection.with_noise)
+        return x[:, :n_signal].mean(dim=1, keepdim=True)
+
+    def train(self, mode: bool = True) -> GAN:
+        for net in (self.generator, self.discriminator):
+            if net is not None:
+                net.train(mode)
+        return self
 
     def to(self, device: torch.device | str) -> GAN:
         for name in ("projection", "generator", "discriminator", "vgg"):
@@ -31,6 +58,11 @@ class GAN:
         if self.mask is not None:
             self.mask = self.mask.to(device)
         return self
+
+
+class Optimizers(NamedTuple):
+    g: torch.optim.Optimizer
+    d: torch.optim.Optimizer | None  # None without a discriminator
 
 
 def check_compatible(cfg: Config, info: DatasetInfo) -> None:
@@ -47,8 +79,8 @@ def check_compatible(cfg: Config, info: DatasetInfo) -> None:
 
 def build_gan(cfg: Config, info: DatasetInfo, rfs: RFTable, with_vgg: bool = True, with_d: bool = True) -> GAN:
     """Build on the CPU; move with `.to(device)`. Weights are DCGAN-initialised from the current torch seed.
-    `with_vgg=False` skips the VGG net (parameter counts, inference); `with_d=False` skips D (inference)."""
-    check_compatible(cfg, info)
+    `with_vgg=False` skips the VGG net (parameter counts, inference); `with_d=False` skips D (inference).
+    The image size is checked once per run, before this (check_compatible, in rfgan.run.train.preflight)."""
     d = cfg.data
     stats = dict(mean=np.asarray(info.response_mean), std=np.asarray(info.response_std)) if d.standardize else {}
     projection = RFProjection.from_table(rfs, info.image_size, info.fov_deg, norm=d.rf_norm,
@@ -77,15 +109,14 @@ def build_gan(cfg: Config, info: DatasetInfo, rfs: RFTable, with_vgg: bool = Tru
     mask = None
     if d.mask:
         mask = torch.from_numpy(rf_mask(rfs, info.image_size, info.fov_deg, d.mask_radius_sigmas))[None, None]
-    return GAN(projection, generator, discriminator, vgg, mask)
+    return GAN(projection, generator, discriminator, vgg, mask, conditional_d=m.conditional_d)
 
 
-def build_optimizers(cfg: Config, generator: nn.Module,
-                     discriminator: nn.Module | None) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer | None]:
+def build_optimizers(cfg: Config, gan: GAN) -> Optimizers:
     """Adam for each net. Build them after any DDP wrapping, so they hold the wrapped parameters."""
     o = cfg.optim
-    opt_g = torch.optim.Adam(generator.parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2))
+    opt_g = torch.optim.Adam(gan.generator.parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2))
     opt_d = None
-    if discriminator is not None:
-        opt_d = torch.optim.Adam(discriminator.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2))
-    return opt_g, opt_d
+    if gan.discriminator is not None:
+        opt_d = torch.optim.Adam(gan.discriminator.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2))
+    return Optimizers(opt_g, opt_d)

@@ -15,11 +15,11 @@ from contextlib import nullcontext
 from typing import NamedTuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from rfgan.config import LossConfig
+from rfgan.config import Config
+from rfgan.gan.build import GAN, Optimizers
 from rfgan.gan.losses import apply_mask, d_fake_loss, d_real_loss, feature_loss, g_adv_loss, pixel_loss
-from rfgan.gan.vgg import VGGFeatures
 
 
 class StepLosses(NamedTuple):
@@ -34,33 +34,23 @@ class StepLosses(NamedTuple):
     g_total: Tensor
 
 
-def d_condition(x: Tensor, n_signal_channels: int) -> Tensor:
-    """The cGAN discriminator's view of the RF input: its mean over the response channels, (B, 1, H, W)."""
-    return x[:, :n_signal_channels].mean(dim=1, keepdim=True)
-
-
-def train_step(
-    generator: nn.Module,
-    discriminator: nn.Module | None,
-    opt_g: torch.optim.Optimizer,
-    opt_d: torch.optim.Optimizer | None,
-    x: Tensor,  # (B, C_in, H, W) generator input from RFProjection
-    target: Tensor,  # (B, C, H, W) in [0, 1]
-    loss: LossConfig,
-    vgg: VGGFeatures | None = None,
-    mask: Tensor | None = None,  # (1, 1, H, W) RF mask (RFmasked) or None
-    cond: Tensor | None = None,  # (B, k, H, W) for a conditional D, else None
-    d_steps: int = 1,
-    bf16: bool = False,
-) -> StepLosses:
-    if x.shape[0] != target.shape[0] or x.shape[-2:] != target.shape[-2:]:
-        raise ValueError(f"input {tuple(x.shape)} and target {tuple(target.shape)} differ in batch or image size")
-    if (discriminator is None) != (opt_d is None):
+def train_step(gan: GAN, opts: Optimizers, responses: Tensor, target: Tensor, cfg: Config) -> StepLosses:
+    """One iteration on a batch: responses (B, E), target (B, C, H, W) in [0, 1]. `gan` may hold DDP-wrapped nets;
+    `opts` must hold their parameters."""
+    loss = cfg.loss
+    generator, discriminator, mask = gan.generator, gan.discriminator, gan.mask
+    if responses.shape[0] != target.shape[0]:
+        raise ValueError(f"responses {tuple(responses.shape)} and target {tuple(target.shape)} differ in batch size")
+    if (discriminator is None) != (opts.d is None):
         raise ValueError("give the discriminator and its optimizer together, or neither")
     if loss.lambda_adv > 0 and discriminator is None:
         raise ValueError("loss.lambda_adv > 0 needs a discriminator")
     # Autocast covers the forwards only; losses are taken in float32.
-    autocast = torch.autocast(target.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    autocast = torch.autocast(target.device.type, dtype=torch.bfloat16) if cfg.optim.bf16 else nullcontext()
+    x = gan.inputs(responses)  # (B, C_in, H, W), built once: G and a conditional D see the same noise channel
+    if x.shape[-2:] != target.shape[-2:]:
+        raise ValueError(f"input {tuple(x.shape)} and target {tuple(target.shape)} differ in image size")
+    cond = gan.condition(x)  # (B, 1, H, W) for a conditional D, else None
     zero = target.new_zeros(())
     err_d_real = err_d_fake = err_d = err_g = zero
     real = apply_mask(target, mask)
@@ -68,7 +58,7 @@ def train_step(
 
     if discriminator is not None:
         discriminator.requires_grad_(True)
-        for _ in range(d_steps):
+        for _ in range(cfg.optim.d_steps):
             # (1) D on real images
             with autocast:
                 err_d_real = d_real_loss(discriminator(real, cond).float(), loss.adversarial)
@@ -82,9 +72,9 @@ def train_step(
                                          loss.adversarial)
             # (4–5) D update
             err_d = err_d_real + err_d_fake
-            opt_d.zero_grad(set_to_none=True)
+            opts.d.zero_grad(set_to_none=True)
             err_d.backward()
-            opt_d.step()
+            opts.d.step()
         # Freeze all of D for the G update: G's loss then leaves no gradient in D, and a DDP-wrapped D
         # has nothing to all-reduce (freezing only some of D would need find_unused_parameters).
         discriminator.requires_grad_(False)
@@ -99,16 +89,16 @@ def train_step(
     # (8–9) feature loss between the same fake and the target (VGG frozen, target features under no_grad)
     vgg_loss = zero
     if loss.lambda_vgg > 0:
-        if vgg is None:
+        if gan.vgg is None:
             raise ValueError("loss.lambda_vgg > 0 needs VGG features")
         with autocast:
-            vgg_loss = feature_loss(vgg, fake, target, loss.vgg_layer_weights, mask=mask).float()
+            vgg_loss = feature_loss(gan.vgg, fake, target, loss.vgg_layer_weights, mask=mask).float()
     pix = pixel_loss(fake, target, loss.pixel, mask=mask) if loss.lambda_pix > 0 else zero
     # (10) weighted sum, G update
     g_total = loss.lambda_adv * err_g + loss.lambda_vgg * vgg_loss + loss.lambda_pix * pix
-    opt_g.zero_grad(set_to_none=True)
+    opts.g.zero_grad(set_to_none=True)
     g_total.backward()
-    opt_g.step()
+    opts.g.step()
     if discriminator is not None:
         discriminator.requires_grad_(True)
     return StepLosses(*(t.detach() for t in (err_d_real, err_d_fake, err_d, err_g, vgg_loss, pix, g_total)))

@@ -30,17 +30,14 @@ def default_vgg19_weights_path() -> str:
 
 
 def _how_to_fix(path: str) -> str:
+    # One line (rfgan prints errors on one line), the CLI's way first, then what to copy where.
     filename = os.path.basename(torchvision.models.VGG19_Weights.IMAGENET1K_V1.url)
     return (
-        "Nothing is downloaded at run time. To fix, either:\n"
-        "  * on a machine with internet run\n"
-        "      python -c \"import torchvision; "
-        "torchvision.models.vgg19(weights='IMAGENET1K_V1')\"\n"
-        f"    and copy ~/.cache/torch/hub/checkpoints/{filename} to {path}\n"
-        f"    (or set TORCH_HOME so that $TORCH_HOME/hub/checkpoints/{filename} exists);\n"
-        "  * pass the weights file's path explicitly: VGGFeatures(weights=PATH);\n"
-        "  * for smoke tests only, use VGGFeatures(random_init=True) (the feature\n"
-        "    loss is then not perceptual)."
+        f"give the file with --set loss.vgg_weights=PATH (in Python VGGFeatures(weights=PATH)), or copy torchvision's "
+        f"{filename} to {path} (on a machine with internet, python -c \"import torchvision; "
+        f"torchvision.models.vgg19(weights='IMAGENET1K_V1')\" saves it in ~/.cache/torch/hub/checkpoints/; "
+        "TORCH_HOME moves that cache); nothing is downloaded at run time. For smoke tests only, "
+        "--set loss.vgg_random_init=true (VGGFeatures(random_init=True)) runs without a perceptual loss."
     )
 
 
@@ -65,18 +62,17 @@ def load_vgg19_state_dict(path: str | os.PathLike | None = None) -> dict[str, Te
     if not os.path.isfile(path):
         where = "in the torch hub cache " if default else ""
         raise MissingVGGWeightsError(
-            f"VGG19 weights not found {where}at {path}.\n{_how_to_fix(path)}"
+            f"VGG19 weights not found {where}at {path}: {_how_to_fix(path)}"
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise MissingVGGWeightsError(
-            f"VGG19 weights file {path} could not be loaded ({exc}).\n{_how_to_fix(path)}"
+            f"VGG19 weights file {path} could not be loaded ({exc}); {_how_to_fix(path)}"
         ) from exc
     if not isinstance(state, Mapping):
         raise MissingVGGWeightsError(
-            f"VGG19 weights file {path} holds a {type(state).__name__}, not a state dict.\n"
-            f"{_how_to_fix(path)}"
+            f"VGG19 weights file {path} holds a {type(state).__name__}, not a state dict; {_how_to_fix(path)}"
         )
     prefix = "features."
     if any(isinstance(k, str) and k.startswith(prefix) for k in state):

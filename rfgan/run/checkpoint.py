@@ -21,6 +21,7 @@ from rfgan.config import Config
 from rfgan.data.format import DatasetInfo, filesystem
 from rfgan.data.rf import RFTable
 from rfgan.errors import DataError
+from rfgan.gan.build import GAN, Optimizers
 
 NETS_FILE, CONFIG_FILE, STATE_FILE, RFS_FILE, DATASET_FILE = (
     "nets.pt", "config.json", "state.json", "rfs.csv", "dataset.json")
@@ -56,31 +57,28 @@ class Checkpoint:
                 "images; use a checkpoint trained on data of this shape, or train a new one."
             )
 
-    def restore(self, generator: nn.Module, discriminator: nn.Module | None = None,
-                opt_g: torch.optim.Optimizer | None = None, opt_d: torch.optim.Optimizer | None = None) -> None:
-        """Load the saved states into (possibly DDP-wrapped) nets and optimizers."""
-        unwrap(generator).load_state_dict(self.nets["generator"])
-        if discriminator is not None:
+    def restore(self, gan: GAN, opts: Optimizers | None = None) -> None:
+        """Load the saved states into the GAN's (possibly DDP-wrapped) nets and, if given, the optimizers."""
+        unwrap(gan.generator).load_state_dict(self.nets["generator"])
+        if gan.discriminator is not None:
             if self.nets["discriminator"] is None:
                 raise DataError("the checkpoint has no discriminator (it was trained without one, lambda_adv=0)")
-            unwrap(discriminator).load_state_dict(self.nets["discriminator"])
-        if opt_g is not None:
-            opt_g.load_state_dict(self.nets["opt_g"])
-        if opt_d is not None and self.nets["opt_d"] is not None:
-            opt_d.load_state_dict(self.nets["opt_d"])
+            unwrap(gan.discriminator).load_state_dict(self.nets["discriminator"])
+        if opts is not None:
+            opts.g.load_state_dict(self.nets["opt_g"])
+            if opts.d is not None and self.nets["opt_d"] is not None:
+                opts.d.load_state_dict(self.nets["opt_d"])
 
 
-def save_checkpoint(directory: str | os.PathLike, *, config: Config, info: DatasetInfo, rfs: RFTable,
-                    generator: nn.Module, discriminator: nn.Module | None, opt_g: torch.optim.Optimizer | None,
-                    opt_d: torch.optim.Optimizer | None, epoch: int, step: int,
-                    metrics: dict[str, float] | None = None) -> Path:
+def save_checkpoint(directory: str | os.PathLike, *, config: Config, info: DatasetInfo, rfs: RFTable, gan: GAN,
+                    opts: Optimizers | None, epoch: int, step: int, metrics: dict[str, float] | None = None) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     nets = {
-        "generator": unwrap(generator).state_dict(),
-        "discriminator": unwrap(discriminator).state_dict() if discriminator is not None else None,
-        "opt_g": opt_g.state_dict() if opt_g is not None else None,
-        "opt_d": opt_d.state_dict() if opt_d is not None else None,
+        "generator": unwrap(gan.generator).state_dict(),
+        "discriminator": unwrap(gan.discriminator).state_dict() if gan.discriminator is not None else None,
+        "opt_g": opts.g.state_dict() if opts is not None else None,
+        "opt_d": opts.d.state_dict() if opts is not None and opts.d is not None else None,
     }
     torch.save(nets, directory / NETS_FILE)
     (directory / CONFIG_FILE).write_text(config.to_json() + "\n")

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,27 +23,18 @@ import torch.distributed as dist
 from rfgan.config import Config
 from rfgan.data.format import DatasetInfo, filesystem, open_split, read_info, read_rfs, to_tensors
 from rfgan.data.rf import RFTable
+from rfgan.errors import TrainingDiverged
 from rfgan.evaluate.metrics import MetricAccumulator, eval_mode
-from rfgan.gan.build import build_gan, build_optimizers, check_compatible
-from rfgan.gan.step import StepLosses, d_condition, train_step
+from rfgan.gan.build import GAN, build_gan, build_optimizers, check_compatible
+from rfgan.gan.step import StepLosses, train_step
+from rfgan.gan.vgg import load_vgg19_state_dict
 from rfgan.run.artifacts import RunArtifacts
 from rfgan.run.checkpoint import SCORE, load_checkpoint, save_checkpoint, unwrap
 
-# Test-only fault hook, read by the driver: "EPOCH:MARKER_FILE" makes rank 0 raise once at the start of EPOCH
-# (the marker file records that it already did), to exercise restarts from the last checkpoint.
-FAULT_ENV = "RFGAN_TEST_FAULT"
 N_SAMPLES = 8  # pairs in each sample grid
 # Workers log rather than print: Ray Train tees a worker's print() to both stdout and its logger, which shows
 # every line twice in the driver's output.
 log = logging.getLogger("rfgan.run.train")
-
-
-class InjectedFault(RuntimeError):
-    pass
-
-
-class TrainingDiverged(RuntimeError):
-    """A loss became NaN or infinite: the run stops rather than train on garbage."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +74,13 @@ def _replica_divergence(module: torch.nn.Module | None) -> float:
     return float(diff)
 
 
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of one rank's random streams in one epoch (dropout, the noise channel, shuffling). A function of
+    (seed, epoch, rank) only: a resumed or restarted run draws exactly what an uninterrupted one would, and ranks
+    draw differently. The multipliers are primes, so distinct triples rarely collide."""
+    return seed * 1_000_003 + epoch * 1009 + rank
+
+
 def train_loop(loop_config: dict[str, Any]) -> None:
     """The Ray Train worker function."""
     import ray.train
@@ -104,12 +101,14 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     # The same seed on every rank: identical initial weights (DDP broadcasts rank 0's anyway) and a known start.
     torch.manual_seed(cfg.run.seed)
     gan = build_gan(cfg, info, rfs).to(device)
+    # G and D wrapped separately (never one parent module); D sees real and fake before one backward, so DDP must
+    # not re-broadcast its buffers between those forwards (rank 0's are broadcast once per epoch instead).
     ddp_kwargs = {"broadcast_buffers": False}
-    generator = ray.train.torch.prepare_model(gan.generator, parallel_strategy_kwargs=ddp_kwargs)
-    discriminator = None
-    if gan.discriminator is not None:
-        discriminator = ray.train.torch.prepare_model(gan.discriminator, parallel_strategy_kwargs=ddp_kwargs)
-    opt_g, opt_d = build_optimizers(cfg, generator, discriminator)
+    gan = replace(
+        gan, generator=ray.train.torch.prepare_model(gan.generator, parallel_strategy_kwargs=ddp_kwargs),
+        discriminator=None if gan.discriminator is None else
+        ray.train.torch.prepare_model(gan.discriminator, parallel_strategy_kwargs=ddp_kwargs))
+    opts = build_optimizers(cfg, gan)
 
     start_epoch, step = 1, 0
     checkpoint = ray.train.get_checkpoint()
@@ -117,7 +116,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as d:
             ckpt = load_checkpoint(d, map_location=device)
             ckpt.check_matches(info, "the training data")
-            ckpt.restore(generator, discriminator, opt_g, opt_d)
+            ckpt.restore(gan, opts)
         start_epoch, step = ckpt.epoch + 1, ckpt.step
         if rank == 0:
             log.info("resumed from epoch %d (step %d)", ckpt.epoch, ckpt.step)
@@ -125,30 +124,19 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     val_batches = [(b["responses"], b["image"]) for b in
                    ray.train.get_dataset_shard("val").iter_torch_batches(batch_size=64)]
     artifacts = RunArtifacts(loop_config["run_dir"], resume_epoch=start_epoch - 1) if rank == 0 else None
-    n_signal = gan.projection.out_channels - int(cfg.data.with_noise)
-    fault = loop_config.get("fault")
 
     for epoch in range(start_epoch, cfg.run.epochs + 1):
-        # Random streams (dropout, noise channel, shuffling) are a function of (seed, epoch, rank): a resumed or
-        # restarted run draws exactly what an uninterrupted one would, and ranks draw differently.
-        torch.manual_seed(cfg.run.seed * 1_000_003 + epoch * 1009 + rank)
-        if fault and rank == 0 and epoch == fault["epoch"] and not os.path.exists(fault["marker"]):
-            Path(fault["marker"]).write_text("crashed once")
-            raise InjectedFault(f"test fault injected at epoch {epoch}")
-        generator.train()
-        if discriminator is not None:
-            discriminator.train()
+        # -- train: one pass over this rank's shard
+        torch.manual_seed(epoch_seed(cfg.run.seed, epoch, rank))
+        gan.train()
         sums = torch.zeros(len(StepLosses._fields), device=device)
         n_steps, t0 = 0, time.perf_counter()
         batches = ray.train.get_dataset_shard("train").iter_torch_batches(
             batch_size=per_worker, device=device, drop_last=True, local_shuffle_buffer_size=4 * per_worker,
-            local_shuffle_seed=cfg.run.seed * 1_000_003 + epoch * 1009 + rank)
+            local_shuffle_seed=epoch_seed(cfg.run.seed, epoch, rank))
         for batch in batches:
             responses, target = to_tensors(batch, device)
-            x = gan.projection(responses)  # (B, E or A [+1 noise], H, W), built on the device
-            cond = d_condition(x, n_signal) if cfg.model.conditional_d else None
-            losses = train_step(generator, discriminator, opt_g, opt_d, x, target, cfg.loss, vgg=gan.vgg,
-                                mask=gan.mask, cond=cond, d_steps=cfg.optim.d_steps, bf16=cfg.optim.bf16)
+            losses = train_step(gan, opts, responses, target, cfg)
             sums += torch.stack(losses)
             n_steps += 1
             step += 1
@@ -160,6 +148,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         if n_steps == 0:
             raise ValueError(f"no full batch of {per_worker} training rows per worker; lower optim.batch_size")
         elapsed = time.perf_counter() - t0
+        # -- losses of the epoch, over all ranks; a NaN stops the run with its reason
         totals = _all_reduce_sum(torch.cat([sums, torch.tensor([n_steps], device=device, dtype=sums.dtype)]))
         if not torch.isfinite(totals).all():
             bad = [k for k, v in zip(StepLosses._fields, totals.tolist()) if not math.isfinite(v)]
@@ -168,24 +157,25 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                 "(optim.lr_g, optim.lr_d) or loss.lambda_adv, or try optim.bf16=false.")
         train = {f"train_{k}": v for k, v in zip(StepLosses._fields, (totals[:-1] / totals[-1]).tolist())}
 
-        _broadcast_buffers(generator)
-        _broadcast_buffers(discriminator)
-        val = _validate(generator, gan, val_batches, rank, world, device)
+        # -- validate on the whole validation split, with rank 0's BatchNorm statistics on every rank
+        _broadcast_buffers(gan.generator)
+        _broadcast_buffers(gan.discriminator)
+        val = _validate(gan, val_batches, rank, world, device)
         metrics = {"epoch": epoch, "step": step, **train, **{f"val_{k}": v for k, v in val.items()},
                    "samples_per_s": float(totals[-1]) * per_worker / elapsed, "epoch_s": elapsed,
-                   "ddp_divergence_g": _replica_divergence(generator),
-                   "ddp_divergence_d": _replica_divergence(discriminator)}
+                   "ddp_divergence_g": _replica_divergence(gan.generator),
+                   "ddp_divergence_d": _replica_divergence(gan.discriminator)}
         if rank == 0:
             log.info("epoch %d/%d  %s", epoch, cfg.run.epochs,
                      "  ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch"))
+        # -- report from every rank (a barrier); rank 0 adds the artifacts and the checkpoint
         checkpoint_dir = None
         if rank == 0:
-            target, fake = _samples(generator, gan, val_batches, device)
+            target, fake = _samples(gan, val_batches, device)
             artifacts.epoch(metrics, target, fake)
             checkpoint_dir = tempfile.mkdtemp(prefix="rfgan-ckpt-")
-            save_checkpoint(checkpoint_dir, config=cfg, info=info, rfs=rfs, generator=generator,
-                            discriminator=discriminator, opt_g=opt_g, opt_d=opt_d, epoch=epoch, step=step,
-                            metrics=metrics)
+            save_checkpoint(checkpoint_dir, config=cfg, info=info, rfs=rfs, gan=gan, opts=opts, epoch=epoch,
+                            step=step, metrics=metrics)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir)
                          if checkpoint_dir else None)
         if checkpoint_dir:
@@ -194,23 +184,23 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         artifacts.close()
 
 
-def _validate(generator, gan, val_batches, rank: int, world: int, device) -> dict[str, float]:
+def _validate(gan: GAN, val_batches, rank: int, world: int, device) -> dict[str, float]:
     """Metrics over the whole validation split: this rank's share, summed over ranks."""
     acc = MetricAccumulator()
-    with eval_mode(generator), torch.no_grad():
+    with eval_mode(gan.generator), torch.no_grad():
         for responses, image in val_batches[rank::world]:
             responses, target = to_tensors({"responses": responses, "image": image}, device)
-            acc.update(generator(gan.projection(responses)), target, vgg=gan.vgg)
+            acc.update(gan.reconstruct(responses), target, vgg=gan.vgg)
     state = acc.state().to(device)
     return MetricAccumulator.from_state(_all_reduce_sum(state)).compute()
 
 
-def _samples(generator, gan, val_batches, device) -> tuple[torch.Tensor, torch.Tensor]:
+def _samples(gan: GAN, val_batches, device) -> tuple[torch.Tensor, torch.Tensor]:
     """The fixed first validation images and their reconstructions, for the grid."""
     responses, image = val_batches[0]
     responses, target = to_tensors({"responses": responses[:N_SAMPLES], "image": image[:N_SAMPLES]}, device)
-    with eval_mode(generator), torch.no_grad():
-        fake = generator(gan.projection(responses))
+    with eval_mode(gan.generator), torch.no_grad():
+        fake = gan.reconstruct(responses)
     return target.cpu(), fake.cpu()
 
 
@@ -224,8 +214,19 @@ def run_paths(out: str) -> tuple[str, str]:
     return str(path.parent), path.name
 
 
-def fit(cfg: Config, data: str, out: str, *, run_config_kwargs: dict[str, Any] | None = None,
-        torch_threads: int | None = None, materialize: bool = False) -> TrainResult:
+def preflight(cfg: Config, data: str) -> tuple[DatasetInfo, RFTable]:
+    """Check, before Ray starts, what would otherwise fail on every worker: the dataset's metadata and RF table,
+    an image size the generator can round-trip, and the VGG weights if the loss needs them."""
+    info, rfs = read_info(data), read_rfs(data)
+    check_compatible(cfg, info)
+    if cfg.loss.lambda_vgg > 0 and not cfg.loss.vgg_random_init:
+        load_vgg19_state_dict(cfg.loss.vgg_weights)
+    return info, rfs
+
+
+def fit(cfg: Config, data: str, out: str, *, dataset: tuple[DatasetInfo, RFTable] | None = None,
+        run_config_kwargs: dict[str, Any] | None = None, torch_threads: int | None = None,
+        materialize: bool = False) -> TrainResult:
     """Train with Ray Train on the connected Ray cluster (call `ray.init` first). Re-running with the same `out`
     continues from its last checkpoint. `materialize` reads the dataset into Ray's object store first: for sweeps,
     where a trial stopped early must not leave a streaming read holding a CPU."""
@@ -233,8 +234,7 @@ def fit(cfg: Config, data: str, out: str, *, run_config_kwargs: dict[str, Any] |
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    info, rfs = read_info(data), read_rfs(data)
-    check_compatible(cfg, info)
+    info, rfs = dataset or preflight(cfg, data)
     # Per-operator progress bars from every worker drown the training log; epoch lines report progress.
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
@@ -243,9 +243,6 @@ def fit(cfg: Config, data: str, out: str, *, run_config_kwargs: dict[str, Any] |
     loop_config: dict[str, Any] = {"config": cfg.to_dict(), "dataset": info.to_json(), "rfs": rfs.to_dict(),
                                    "run_dir": out if "://" in out else str(Path(out).absolute()),
                                    "torch_threads": torch_threads}
-    if os.environ.get(FAULT_ENV):
-        epoch, _, marker = os.environ[FAULT_ENV].partition(":")
-        loop_config["fault"] = {"epoch": int(epoch), "marker": marker}
     r = cfg.run
     datasets = {"train": open_split(data, "train"), "val": open_split(data, "val")}
     if materialize:

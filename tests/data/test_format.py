@@ -1,4 +1,5 @@
 import json
+import os
 import shutil
 
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 import torch
 from conftest import TINY, concat_chunks, make_synth
 
+from rfgan.cli import main
 from rfgan.data.format import open_split, read_info, read_rfs, read_split, split_files, to_tensors
 from rfgan.data.synth import synth_splits
 from rfgan.errors import DataError
@@ -109,7 +111,7 @@ def test_rf_table_must_match_electrode_count(copy):
         read_rfs(copy)
 
 
-def test_nan_responses_are_refused_when_read(ray_session, copy):
+def test_nan_responses_are_refused_when_read(ray_session, copy, capsys):
     def poison(t):
         r = t.column("responses").combine_chunks().flatten().to_numpy().copy()
         r[5] = np.nan
@@ -121,6 +123,18 @@ def test_nan_responses_are_refused_when_read(ray_session, copy):
         read_split(copy, "train")
     with pytest.raises(Exception, match="NaN or infinite"):
         open_split(copy, "train").materialize()
+    # `rfgan check` finds it inside Ray Data's wrapper and shows rfgan's own message: one line, exit 2.
+    assert main(["check", "--data", str(copy)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("rfgan check: error:") and "NaN or infinite in sample(s) [0]" in err
+    assert "Traceback" not in err and "UserCodeException" not in err
+
+
+def test_check_of_a_dataset_with_a_missing_shard_says_so(ray_session, copy, capsys):
+    os.remove(split_files(copy, "train")[0])  # 16 of the 40 training rows
+    assert main(["check", "--data", str(copy)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"read {TINY.n_train - 16} rows but metadata.json says {TINY.n_train}" in err
 
 
 def test_write_refuses_existing_output_and_leaves_it_alone(tmp_path):

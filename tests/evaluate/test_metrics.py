@@ -21,6 +21,7 @@ from rfgan.evaluate.metrics import (
     ssim,
     to_luma,
 )
+from rfgan.gan.build import GAN
 from rfgan.gan.models import UNetGenerator
 from rfgan.gan.vgg import VGGFeatures
 
@@ -278,6 +279,10 @@ def _setup(seed: int = 0):
     return generator, projection, batches
 
 
+def _gan(generator, projection):
+    return GAN(projection=projection, generator=generator, discriminator=None, vgg=None, mask=None)
+
+
 def test_the_bn_check_below_can_fail():
     # Control for the next test: a forward pass in train mode does move the running statistics.
     generator, projection, batches = _setup()
@@ -294,7 +299,7 @@ def test_evaluate_leaves_bn_statistics_and_mode_unchanged(training):
     generator, projection, batches = _setup()
     generator.train(training)
     before = _bn_buffers(generator)
-    metrics = evaluate(generator, projection, batches)
+    metrics = evaluate(_gan(generator, projection), batches)
     after = _bn_buffers(generator)
     for key in before:
         assert torch.equal(before[key], after[key]), key
@@ -305,7 +310,7 @@ def test_evaluate_leaves_bn_statistics_and_mode_unchanged(training):
 def test_evaluate_matches_metrics_of_eval_mode_outputs(vgg):
     generator, projection, batches = _setup()
     generator.train()  # dropout on: evaluate must switch it off to get these exact outputs
-    metrics = evaluate(generator, projection, batches, vgg=vgg)
+    metrics = evaluate(_gan(generator, projection), batches, vgg=vgg)
     generator.eval()
     with torch.no_grad():
         fake = torch.cat([generator(projection(r)) for r, _ in batches])
@@ -321,14 +326,14 @@ def test_evaluate_moves_batches_to_device():
         seen.append(responses.device)
         return projection(responses)
 
-    evaluate(generator, record, batches, device=torch.device("cpu"))
+    evaluate(_gan(generator, record), batches, device=torch.device("cpu"))
     assert seen == [torch.device("cpu")] * len(batches)
 
 
 def test_evaluate_of_no_batches_raises():
     generator, projection, _ = _setup()
     with pytest.raises(ValueError, match="zero images"):
-        evaluate(generator, projection, [])
+        evaluate(_gan(generator, projection), [])
 
 
 def test_eval_mode_restores_mixed_flags_even_on_error():

@@ -8,7 +8,7 @@ import torch
 from rfgan.config import preset
 from rfgan.data.format import read_info, read_rfs, read_split, to_tensors
 from rfgan.gan.build import build_gan, build_optimizers
-from rfgan.gan.step import d_condition, train_step
+from rfgan.gan.step import train_step
 
 
 @pytest.fixture(scope="module")
@@ -27,19 +27,15 @@ def build(problem, **overrides):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "VGGFeatures.random_init")
         gan = build_gan(cfg, info, rfs)
-    return cfg, gan, gan.projection(responses), images
-
-
-def step(cfg, gan, x, target, opt_g, opt_d, **kw):
-    return train_step(gan.generator, gan.discriminator, opt_g, opt_d, x, target, cfg.loss, vgg=gan.vgg,
-                      mask=gan.mask, **kw)
+    return cfg, gan, responses, images
 
 
 @pytest.mark.parametrize("d_steps", [1, 2])
 def test_order_and_isolation_of_the_step(problem, d_steps):
-    cfg, gan, x, target = build(problem)
+    cfg, gan, responses, target = build(problem, **{"optim.d_steps": d_steps})
     G, D = gan.generator, gan.discriminator
-    opt_g, opt_d = build_optimizers(cfg, G, D)
+    opts = build_optimizers(cfg, gan)
+    opt_g, opt_d = opts
     g_calls, d_inputs, seen = [], [], {}
     G.register_forward_hook(lambda m, i, o: g_calls.append(1))
     D.register_forward_hook(lambda m, i, o: d_inputs.append(i[0]))
@@ -57,7 +53,7 @@ def test_order_and_isolation_of_the_step(problem, d_steps):
     opt_g.register_step_pre_hook(lambda opt, a, k: seen.update(
         g_grad_norm=sum(p.grad.norm() for p in G.parameters() if p.grad is not None)))
 
-    out = step(cfg, gan, x, target, opt_g, opt_d, d_steps=d_steps)
+    out = train_step(gan, opts, responses, target, cfg)
 
     assert len(g_calls) == 1  # one G forward per iteration, whatever d_steps is
     assert len(d_inputs) == 2 * d_steps + 1
@@ -80,33 +76,34 @@ def test_generator_gets_gradient_from_both_errg_and_vgg(problem):
     grads = {}
     for name, weights in {"adv": (1.0, 0.0), "vgg": (0.0, 1.0), "both": (1.0, 1.0)}.items():
         # λ_adv = 0 with D present still updates D, so all three runs see the same D: only G's loss differs.
-        cfg, gan, x, target = build(problem, **{"loss.lambda_adv": weights[0], "loss.lambda_vgg": weights[1],
-                                                "loss.lambda_pix": 0.0})
+        cfg, gan, responses, target = build(problem, **{"loss.lambda_adv": weights[0],
+                                                        "loss.lambda_vgg": weights[1], "loss.lambda_pix": 0.0})
         if gan.discriminator is None:
             torch.manual_seed(0)
             gan.discriminator = build(problem)[1].discriminator
-        opt_g, opt_d = build_optimizers(cfg, gan.generator, gan.discriminator)
-        opt_g.register_step_pre_hook(lambda opt, a, k, name=name: grads.__setitem__(
+        opts = build_optimizers(cfg, gan)
+        opts.g.register_step_pre_hook(lambda opt, a, k, name=name, gan=gan: grads.__setitem__(
             name, torch.cat([p.grad.flatten() for p in gan.generator.parameters()])))
-        step(cfg, gan, x, target, opt_g, opt_d)
+        train_step(gan, opts, responses, target, cfg)
     assert grads["adv"].norm() > 0 and grads["vgg"].norm() > 0
     assert not torch.allclose(grads["adv"], grads["vgg"])
     torch.testing.assert_close(grads["both"], grads["adv"] + grads["vgg"], rtol=1e-4, atol=1e-6)
 
 
 def test_non_adversarial_rfmasked_step_ignores_the_target_outside_the_rfs(problem):
-    cfg, gan, x, target = build(problem, **{"loss.lambda_adv": 0.0, "loss.lambda_vgg": 0.2, "data.mask": True})
+    cfg, gan, responses, target = build(problem, **{"loss.lambda_adv": 0.0, "loss.lambda_vgg": 0.2,
+                                                    "data.mask": True})
     assert gan.discriminator is None and gan.mask is not None and 0 < gan.mask.mean() < 1
     twin = copy.deepcopy(gan)
-    opt_g, opt_d = build_optimizers(cfg, gan.generator, None)
-    assert opt_d is None
+    opts = build_optimizers(cfg, gan)
+    assert opts.d is None
     torch.manual_seed(1)
-    out = step(cfg, gan, x, target, opt_g, None)
+    out = train_step(gan, opts, responses, target, cfg)
     assert out.errG == 0 and out.errD == 0 and out.vgg > 0 and out.pix > 0
     # Another target that differs only outside the RF mask gives exactly the same losses.
     other = target * gan.mask + (1 - gan.mask) * torch.rand_like(target)
     torch.manual_seed(1)
-    out_other = step(cfg, twin, x, other, build_optimizers(cfg, twin.generator, None)[0], None)
+    out_other = train_step(twin, build_optimizers(cfg, twin), responses, other, cfg)
     assert torch.equal(out.pix, out_other.pix) and torch.equal(out.vgg, out_other.vgg)
 
 
@@ -122,35 +119,34 @@ def test_reconstruction_loss_goes_well_down_on_a_tiny_problem(problem, generator
     cfg = preset("tiny").with_overrides(overrides)
     info, rfs, responses, target = problem
     gan = build_gan(cfg, info, rfs)
-    x = gan.projection(responses)
-    cond = d_condition(x, gan.projection.out_channels) if conditional else None
-    opt_g, opt_d = build_optimizers(cfg, gan.generator, gan.discriminator)
+    assert gan.conditional_d == conditional
+    opts = build_optimizers(cfg, gan)
 
     def mse():
         gan.generator.eval()
         with torch.no_grad():
-            value = torch.mean((gan.generator(x) - target) ** 2).item()
+            value = torch.mean((gan.reconstruct(responses) - target) ** 2).item()
         gan.generator.train()
         return value
 
     before = mse()
     for _ in range(200):
-        out = step(cfg, gan, x, target, opt_g, opt_d, cond=cond)
+        out = train_step(gan, opts, responses, target, cfg)
     after = mse()
     assert np.isfinite(out.g_total.item())
     assert after < 0.3 * before, (before, after)
 
 
 def test_bf16_autocast_step_runs(problem):
-    cfg, gan, x, target = build(problem)
-    out = step(cfg, gan, x, target, *build_optimizers(cfg, gan.generator, gan.discriminator), bf16=True)
+    cfg, gan, responses, target = build(problem, **{"optim.bf16": True})
+    out = train_step(gan, build_optimizers(cfg, gan), responses, target, cfg)
     assert all(torch.isfinite(t) for t in out) and out.g_total.dtype == torch.float32
 
 
 def test_step_refuses_mismatched_parts(problem):
-    cfg, gan, x, target = build(problem)
-    opt_g, opt_d = build_optimizers(cfg, gan.generator, gan.discriminator)
+    cfg, gan, responses, target = build(problem)
+    opts = build_optimizers(cfg, gan)
     with pytest.raises(ValueError, match="differ"):
-        step(cfg, gan, x[:3], target, opt_g, opt_d)
+        train_step(gan, opts, responses[:3], target, cfg)
     with pytest.raises(ValueError, match="together"):
-        train_step(gan.generator, gan.discriminator, opt_g, None, x, target, cfg.loss, vgg=gan.vgg)
+        train_step(gan, opts._replace(d=None), responses, target, cfg)

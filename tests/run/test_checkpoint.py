@@ -20,44 +20,42 @@ def trained(tiny_dataset, seed=0, steps=3):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "VGGFeatures.random_init")
         gan = build_gan(cfg, info, rfs)
-    opt_g, opt_d = build_optimizers(cfg, gan.generator, gan.discriminator)
+    opts = build_optimizers(cfg, gan)
     batch = read_split(tiny_dataset, "train")
     responses, images = to_tensors({k: batch[k][:8] for k in ("responses", "image")})
     for _ in range(steps):
-        train_step(gan.generator, gan.discriminator, opt_g, opt_d, gan.projection(responses), images, cfg.loss,
-                   vgg=gan.vgg)
-    return cfg, info, rfs, gan, opt_g, opt_d, responses
+        train_step(gan, opts, responses, images, cfg)
+    return cfg, info, rfs, gan, opts, responses
 
 
 def test_saved_and_loaded_generator_reproduces_outputs_bit_for_bit(tiny_dataset, tmp_path):
-    cfg, info, rfs, gan, opt_g, opt_d, responses = trained(tiny_dataset)
-    save_checkpoint(tmp_path / "ckpt", config=cfg, info=info, rfs=rfs, generator=gan.generator,
-                    discriminator=gan.discriminator, opt_g=opt_g, opt_d=opt_d, epoch=2, step=3,
+    cfg, info, rfs, gan, opts, responses = trained(tiny_dataset)
+    save_checkpoint(tmp_path / "ckpt", config=cfg, info=info, rfs=rfs, gan=gan, opts=opts, epoch=2, step=3,
                     metrics={"ssim": 0.5})
     ckpt = load_checkpoint(tmp_path / "ckpt")
     assert (ckpt.epoch, ckpt.step, ckpt.metrics) == (2, 3, {"ssim": 0.5})
     assert ckpt.config == cfg and ckpt.rfs.equals(rfs) and ckpt.info.image_size == info.image_size
     # A fresh, differently initialised model takes the saved state.
-    _, _, _, fresh, fresh_opt_g, fresh_opt_d, _ = trained(tiny_dataset, seed=1, steps=0)
+    _, _, _, fresh, fresh_opts, _ = trained(tiny_dataset, seed=1, steps=0)
     x = gan.projection(responses)
     gan.generator.eval()
     fresh.generator.eval()
     assert not torch.equal(gan.generator(x), fresh.generator(x))
-    ckpt.restore(fresh.generator, fresh.discriminator, fresh_opt_g, fresh_opt_d)
+    ckpt.restore(fresh, fresh_opts)
     assert torch.equal(gan.generator(x), fresh.generator(x))
     for a, b in zip(gan.discriminator.state_dict().values(), fresh.discriminator.state_dict().values()):
         assert torch.equal(a, b)
-    assert fresh_opt_g.state_dict()["state"][0]["step"] == 3
-    torch.testing.assert_close(fresh_opt_d.state_dict()["state"][0]["exp_avg"], opt_d.state_dict()["state"][0]["exp_avg"])
+    assert fresh_opts.g.state_dict()["state"][0]["step"] == 3
+    torch.testing.assert_close(fresh_opts.d.state_dict()["state"][0]["exp_avg"],
+                               opts.d.state_dict()["state"][0]["exp_avg"])
     # The frozen VGG net is not in the checkpoint.
     assert not any("vgg" in k or "features" in k for k in ckpt.nets["generator"])
     assert (tmp_path / "ckpt" / "nets.pt").stat().st_size < 10e6
 
 
 def test_checkpoint_for_other_data_is_refused(tiny_dataset, tmp_path):
-    cfg, info, rfs, gan, opt_g, opt_d, _ = trained(tiny_dataset, steps=0)
-    save_checkpoint(tmp_path / "c", config=cfg, info=info, rfs=rfs, generator=gan.generator,
-                    discriminator=gan.discriminator, opt_g=opt_g, opt_d=opt_d, epoch=0, step=0)
+    cfg, info, rfs, gan, opts, _ = trained(tiny_dataset, steps=0)
+    save_checkpoint(tmp_path / "c", config=cfg, info=info, rfs=rfs, gan=gan, opts=opts, epoch=0, step=0)
     ckpt = load_checkpoint(tmp_path / "c")
     ckpt.check_matches(info)
     other = dataclasses.replace(info, n_electrodes=191, image_size=(96, 96))

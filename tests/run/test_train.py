@@ -1,6 +1,9 @@
 """Ray Train on a real local Ray: DDP of both nets, resume, restart after a crash, and the `rfgan train` CLI."""
 
 import json
+import os
+import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,9 +11,10 @@ import torch
 from rfgan.cli import main
 from rfgan.config import preset
 from rfgan.evaluate.inference import find_checkpoint
+from rfgan.run import train
 from rfgan.run.artifacts import read_metrics_csv
 from rfgan.run.checkpoint import load_checkpoint
-from rfgan.run.train import FAULT_ENV, fit
+from rfgan.run.train import fit
 
 SMALL = {"model.ngf": 8, "model.n_down": 3, "model.ndf": 8, "model.d_layers": 2, "optim.batch_size": 8,
          "optim.lr_g": 1e-3, "run.cpus_per_worker": 1, "run.log_every": 1000}
@@ -65,10 +69,34 @@ def test_a_stopped_run_continues_where_it_stopped(ray_session, tiny_dataset, tmp
     assert adam_steps(find_checkpoint(run, "last")) == 4 * steps_per_epoch
 
 
+def killed_once_before_reporting(epoch: int, marker: str):
+    """A worker function that runs rfgan's own, except that rank 0's process is SIGKILLed when it is about to report
+    `epoch`, the first time only: a real crash of one worker of the group, one epoch after the last checkpoint.
+    It wraps ray.train.report inside the worker process, so production code carries no test hook."""
+    real_loop = train.train_loop
+
+    def loop(loop_config):
+        import ray.train
+
+        real_report = ray.train.report
+
+        def report(metrics, checkpoint=None, **kwargs):
+            if (metrics["epoch"] == epoch and ray.train.get_context().get_world_rank() == 0
+                    and not os.path.exists(marker)):
+                Path(marker).write_text("killed once")
+                os.kill(os.getpid(), signal.SIGKILL)
+            real_report(metrics, checkpoint=checkpoint, **kwargs)
+
+        ray.train.report = report
+        real_loop(loop_config)
+
+    return loop
+
+
 def test_a_crashed_worker_group_restarts_from_the_last_checkpoint(ray_session, tiny_dataset, tmp_path,
                                                                    monkeypatch):
     run, marker = tmp_path / "crash", tmp_path / "crashed"
-    monkeypatch.setenv(FAULT_ENV, f"2:{marker}")  # rank 0 raises once, at the start of epoch 2
+    monkeypatch.setattr(train, "train_loop", killed_once_before_reporting(2, str(marker)))
     cfg = small(**{"run.workers": 2, "run.epochs": 3, "run.max_failures": 1, "run.keep_checkpoints": 10})
     result = fit(cfg, str(tiny_dataset), str(run), torch_threads=1)
     assert marker.exists()  # the fault did happen
