@@ -23,7 +23,7 @@ import torch.distributed as dist
 from rfgan.config import Config
 from rfgan.data.format import DatasetInfo, filesystem, open_split, read_info, read_rfs, to_tensors
 from rfgan.data.rf import RFTable
-from rfgan.errors import TrainingDiverged
+from rfgan.errors import ConfigError, TrainingDiverged
 from rfgan.evaluate.metrics import MetricAccumulator, eval_mode
 from rfgan.gan.build import GAN, build_gan, build_optimizers, check_compatible
 from rfgan.gan.step import StepLosses, train_step
@@ -219,6 +219,14 @@ def preflight(cfg: Config, data: str) -> tuple[DatasetInfo, RFTable]:
     an image size the generator can round-trip, and the VGG weights if the loss needs them."""
     info, rfs = read_info(data), read_rfs(data)
     check_compatible(cfg, info)
+    # Ray Data splits the training rows evenly over the workers, and each drops its last partial batch: every
+    # worker needs one full batch, or its epoch has no step.
+    batch, workers, rows = cfg.optim.batch_size, cfg.run.workers, info.splits["train"]
+    if batch < workers or rows // workers < batch // workers:
+        raise ConfigError(
+            f"optim.batch_size={batch} over {workers} worker(s) needs at least {max(batch, workers)} training rows "
+            f"and a batch of at least one row per worker, but {data} has {rows} training rows; lower --batch-size "
+            f"(at most {rows // workers * workers}) or --workers.")
     if cfg.loss.lambda_vgg > 0 and not cfg.loss.vgg_random_init:
         load_vgg19_state_dict(cfg.loss.vgg_weights)
     return info, rfs

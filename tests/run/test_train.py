@@ -10,11 +10,12 @@ import torch
 
 from rfgan.cli import main
 from rfgan.config import preset
+from rfgan.errors import ConfigError
 from rfgan.evaluate.inference import find_checkpoint
 from rfgan.run import train
 from rfgan.run.artifacts import read_metrics_csv
 from rfgan.run.checkpoint import load_checkpoint
-from rfgan.run.train import fit
+from rfgan.run.train import fit, preflight
 
 SMALL = {"model.ngf": 8, "model.n_down": 3, "model.ndf": 8, "model.d_layers": 2, "optim.batch_size": 8,
          "optim.lr_g": 1e-3, "run.cpus_per_worker": 1, "run.log_every": 1000}
@@ -164,3 +165,16 @@ def test_a_diverging_run_stops_with_a_clear_reason(ray_session, tiny_dataset, tm
     assert result.error is not None
     assert "training diverged in epoch 1" in str(result.error) and "NaN/inf" in str(result.error)
     assert not (tmp_path / "nan" / "metrics.csv").exists()  # nothing was reported from the diverged epoch
+
+
+def test_preflight_refuses_a_batch_no_worker_can_fill_before_ray_starts(tiny_dataset):
+    data = str(tiny_dataset)  # 40 training rows
+    with pytest.raises(ConfigError, match=r"batch_size=64 over 1 worker\(s\).* has 40 training rows.*at most 40"):
+        preflight(small(**{"optim.batch_size": 64}), data)
+    with pytest.raises(ConfigError, match=r"batch_size=48 over 2 worker.*at most 40"):
+        preflight(small(**{"optim.batch_size": 48, "run.workers": 2}), data)  # 24 a worker, 20 rows each
+    with pytest.raises(ConfigError, match="one row per worker"):
+        preflight(small(**{"optim.batch_size": 1, "run.workers": 2}), data)
+    for batch, workers in ((40, 1), (40, 2), (2, 2)):  # these fit exactly
+        info, rfs = preflight(small(**{"optim.batch_size": batch, "run.workers": workers}), data)
+        assert info.splits["train"] == 40 and len(rfs) == info.n_electrodes
