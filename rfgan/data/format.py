@@ -34,6 +34,7 @@ import torch
 
 from rfgan.data.rf import RFTable
 from rfgan.errors import DataError
+from rfgan.storage import filesystem
 
 if TYPE_CHECKING:
     import ray.data
@@ -43,15 +44,6 @@ SCHEMA_VERSION = 1
 SPLITS = ("train", "val", "test")
 METADATA_FILE = "metadata.json"
 RFS_FILE = "rfs.csv"
-
-
-def filesystem(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path) for a local path or a URI such as s3://bucket/datasets/x: datasets are read, and runs
-    written, through pyarrow's filesystems."""
-    uri = os.fspath(uri)
-    if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), os.path.abspath(uri)
 
 
 def _read_text(fs: pafs.FileSystem, path: str) -> str:

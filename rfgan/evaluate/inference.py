@@ -15,13 +15,14 @@ import pyarrow.fs as pafs
 import torch
 from PIL import Image
 
-from rfgan.data.format import filesystem, read_info, read_split, to_tensors
+from rfgan.data.format import read_info, read_split, to_tensors
 from rfgan.errors import DataError, MissingVGGWeightsError
 from rfgan.evaluate.metrics import evaluate, identification_accuracy
 from rfgan.gan.build import GAN, build_gan
 from rfgan.gan.vgg import VGGFeatures
 from rfgan.run.artifacts import save_grid
 from rfgan.run.checkpoint import SCORE, STATE_FILE, Checkpoint, existing_checkpoints, load_checkpoint
+from rfgan.storage import filesystem
 
 # Pairwise identification compares every reconstruction with every target: the first N images bound its cost.
 IDENTIFICATION_MAX = 2000

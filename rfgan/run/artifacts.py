@@ -18,7 +18,7 @@ import pyarrow.fs as pafs
 import torch
 from torchvision.utils import make_grid, save_image
 
-from rfgan.data.format import filesystem
+from rfgan.storage import filesystem
 
 METRICS_FILE = "metrics.csv"
 CURVES_FILE = "curves.png"

@@ -18,9 +18,10 @@ from torch import nn
 
 from rfgan import __version__
 from rfgan.config import Config
-from rfgan.data.format import DatasetInfo, filesystem
+from rfgan.data.format import DatasetInfo
 from rfgan.data.rf import RFTable
 from rfgan.errors import DataError
+from rfgan.storage import filesystem
 
 NETS_FILE, CONFIG_FILE, STATE_FILE, RFS_FILE, DATASET_FILE = (
     "nets.pt", "config.json", "state.json", "rfs.csv", "dataset.json")

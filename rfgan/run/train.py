@@ -22,13 +22,14 @@ import torch
 import torch.distributed as dist
 
 from rfgan.config import Config
-from rfgan.data.format import DatasetInfo, filesystem, open_split, read_info, read_rfs, to_tensors
+from rfgan.data.format import DatasetInfo, open_split, read_info, read_rfs, to_tensors
 from rfgan.data.rf import RFTable
 from rfgan.evaluate.metrics import MetricAccumulator, eval_mode
 from rfgan.gan.build import build_gan, build_optimizers, check_compatible
 from rfgan.gan.step import StepLosses, d_condition, train_step
 from rfgan.run.artifacts import RunArtifacts
 from rfgan.run.checkpoint import SCORE, load_checkpoint, save_checkpoint, unwrap
+from rfgan.storage import filesystem
 
 # Test-only fault hook, read by the driver: "EPOCH:MARKER_FILE" makes rank 0 raise once at the start of EPOCH
 # (the marker file records that it already did), to exercise restarts from the last checkpoint.

@@ -15,8 +15,8 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from rfgan.config import Config
-from rfgan.data.format import filesystem
 from rfgan.run.checkpoint import SCORE
+from rfgan.storage import filesystem
 from rfgan.sweep.runner import PARAM_SECTIONS, trial_config
 from rfgan.sweep.space import SEP, SWITCH_SUFFIX, Range
 
