@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from rfgan import storage
 from rfgan.config import Config
 from rfgan.data.format import DatasetInfo, open_split, read_info, read_rfs, to_tensors
 from rfgan.data.rf import RFTable
@@ -29,7 +30,6 @@ from rfgan.gan.build import build_gan, build_optimizers, check_compatible
 from rfgan.gan.step import StepLosses, d_condition, train_step
 from rfgan.run.artifacts import RunArtifacts
 from rfgan.run.checkpoint import SCORE, load_checkpoint, save_checkpoint, unwrap
-from rfgan.storage import filesystem
 
 # Test-only fault hook, read by the driver: "EPOCH:MARKER_FILE" makes rank 0 raise once at the start of EPOCH
 # (the marker file records that it already did), to exercise restarts from the last checkpoint.
@@ -217,12 +217,7 @@ def _samples(generator, gan, val_batches, device) -> tuple[torch.Tensor, torch.T
 
 def run_paths(out: str) -> tuple[str, str]:
     """(storage_path, name) of a run directory or URI: Ray Train keeps the run in storage_path/name."""
-    out = out.rstrip("/")
-    if "://" in out:
-        parent, _, name = out.rpartition("/")
-        return parent, name
-    path = Path(out).absolute()
-    return str(path.parent), path.name
+    return storage.split(out)
 
 
 def fit(cfg: Config, data: str, out: str, *, run_config_kwargs: dict[str, Any] | None = None,
@@ -242,7 +237,7 @@ def fit(cfg: Config, data: str, out: str, *, run_config_kwargs: dict[str, Any] |
     ctx.enable_operator_progress_bars = False
     storage_path, name = run_paths(out)
     loop_config: dict[str, Any] = {"config": cfg.to_dict(), "dataset": info.to_json(), "rfs": rfs.to_dict(),
-                                   "run_dir": out if "://" in out else str(Path(out).absolute()),
+                                   "run_dir": storage.absolute(out),
                                    "torch_threads": torch_threads}
     if os.environ.get(FAULT_ENV):
         epoch, _, marker = os.environ[FAULT_ENV].partition(":")
@@ -280,7 +275,4 @@ def fit(cfg: Config, data: str, out: str, *, run_config_kwargs: dict[str, Any] |
 
 
 def write_resolved_config(cfg: Config, out: str) -> None:
-    fs, root = filesystem(out)
-    fs.create_dir(root, recursive=True)
-    with fs.open_output_stream(f"{root}/config.json") as f:
-        f.write((cfg.to_json() + "\n").encode())
+    storage.write_bytes(storage.join(out, "config.json"), (cfg.to_json() + "\n").encode())
