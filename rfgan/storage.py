@@ -84,16 +84,20 @@ def upload(local: PathLike, dest: PathLike, names: Iterable[str] | None = None) 
     """Copy a local file or folder to `dest`; with `names`, only those files (relative to the folder `local`)."""
     fs, root = filesystem(dest)
     src = os.path.abspath(local)
-    pairs = [(src, root)] if names is None else [(join(src, n), join(root, n)) for n in names]
-    for _, b in pairs:
-        _make_parent(fs, b)  # copy_files makes the folders a folder's copy needs, not a single file's
-    for a, b in pairs:
-        pafs.copy_files(a, b, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    for a, b in [(src, root)] if names is None else [(join(src, n), join(root, n)) for n in names]:
+        _copy(pafs.LocalFileSystem(), a, fs, b)
 
 
 def download(src: PathLike, local: PathLike) -> None:
     """Copy a file or folder at `src` to the local path `local`."""
     fs, path = filesystem(src)
-    local_fs, dest = pafs.LocalFileSystem(), os.path.abspath(local)
-    _make_parent(local_fs, dest)
-    pafs.copy_files(path, dest, source_filesystem=fs, destination_filesystem=local_fs)
+    _copy(fs, path, pafs.LocalFileSystem(), os.path.abspath(local))
+
+
+def _copy(src_fs: pafs.FileSystem, src: str, fs: pafs.FileSystem, dest: str) -> None:
+    # pyarrow's copy_files makes the folders inside a copied folder, not the destination's own folder.
+    if src_fs.get_file_info(src).type == pafs.FileType.Directory:
+        fs.create_dir(dest, recursive=True)
+    else:
+        _make_parent(fs, dest)
+    pafs.copy_files(src, dest, source_filesystem=src_fs, destination_filesystem=fs)

@@ -66,9 +66,13 @@ def test_upload_and_download(where, tmp_path):
         "sub/deep.txt", "top.txt"]
     storage.upload(local / "top.txt", storage.join(root, "one", "copy.txt"))
     assert (path / "one" / "copy.txt").read_text() == "top"
+    storage.upload(local / "sub", storage.join(root, "flat", "x"))  # a folder without folders, to a new place
+    assert [p.name for p in (path / "flat" / "x").iterdir()] == ["deep.txt"]
 
     storage.download(storage.join(root, "all"), tmp_path / "back")
     assert (tmp_path / "back" / "sub" / "deep.txt").read_text() == "deep"
+    storage.download(storage.join(root, "flat", "x"), tmp_path / "back2" / "x")
+    assert (tmp_path / "back2" / "x" / "deep.txt").read_text() == "deep"
     storage.download(storage.join(root, "one", "copy.txt"), tmp_path / "new" / "copy.txt")
     assert (tmp_path / "new" / "copy.txt").read_text() == "top"
 
