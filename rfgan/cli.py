@@ -30,7 +30,7 @@ def _progress(total: int, desc: str, quiet: bool) -> Iterator:
 def _dir_size_mb(path: str) -> float:
     import pyarrow.fs as pafs
 
-    from rfgan.data.format import filesystem
+    from rfgan.storage import filesystem
 
     fs, root = filesystem(path)
     entries = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))

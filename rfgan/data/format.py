@@ -32,6 +32,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
 
+from rfgan import storage
 from rfgan.data.rf import RFTable
 from rfgan.errors import DataError
 
@@ -43,20 +44,6 @@ SCHEMA_VERSION = 1
 SPLITS = ("train", "val", "test")
 METADATA_FILE = "metadata.json"
 RFS_FILE = "rfs.csv"
-
-
-def filesystem(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path) for a local path or a URI such as s3://bucket/datasets/x: datasets are read, and runs
-    written, through pyarrow's filesystems."""
-    uri = os.fspath(uri)
-    if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), os.path.abspath(uri)
-
-
-def _read_text(fs: pafs.FileSystem, path: str) -> str:
-    with fs.open_input_stream(path) as f:
-        return f.read().decode()
 
 
 @dataclass(frozen=True)
@@ -191,7 +178,7 @@ def write_dataset(
     A URI (`s3://…`) is written locally first, then uploaded with metadata.json last: a dataset without it is not
     read as one, so a failed upload leaves no half-dataset that looks whole.
     """
-    if "://" in os.fspath(out):
+    if storage.is_remote(out):
         return _write_remote(os.fspath(out), overwrite=overwrite, rfs=rfs, fov_deg=fov_deg, image_size=image_size,
                              channels=channels, splits=splits, source=source, on_rows=on_rows)
     out = Path(out)
@@ -249,7 +236,7 @@ def write_dataset(
 
 
 def _write_remote(uri: str, overwrite: bool, **dataset: Any) -> DatasetInfo:
-    fs, root = filesystem(uri)
+    fs, root = storage.filesystem(uri)
     existing = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
     if existing and not overwrite:
         raise DataError(f"{uri} already exists and is not empty; choose another --out or pass --overwrite.")
@@ -262,9 +249,8 @@ def _write_remote(uri: str, overwrite: bool, **dataset: Any) -> DatasetInfo:
             if existing:
                 # Object stores cannot swap a folder in one step: the old dataset goes before the new one is up.
                 fs.delete_dir_contents(root)
-            pafs.copy_files(str(local), root, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
-            with fs.open_output_stream(f"{root}/{METADATA_FILE}") as f:
-                f.write(metadata)
+            storage.upload(local, uri)
+            storage.write_bytes(storage.join(uri, METADATA_FILE), metadata)
         except BaseException:
             try:
                 fs.delete_dir(root)
@@ -276,15 +262,14 @@ def _write_remote(uri: str, overwrite: bool, **dataset: Any) -> DatasetInfo:
 
 def read_info(path: str | os.PathLike) -> DatasetInfo:
     """Read and check metadata.json of the dataset at `path` (a directory or a URI)."""
-    fs, root = filesystem(path)
-    meta_path = f"{root}/{METADATA_FILE}"
-    if fs.get_file_info(meta_path).type != pafs.FileType.File:
+    meta_path = storage.join(path, METADATA_FILE)
+    if not storage.is_file(meta_path):
         raise DataError(
             f"{path} is not an rfgan dataset: {METADATA_FILE} is missing. "
             "Make one with `rfgan synth --out DIR` or `rfgan ingest ... --out DIR`."
         )
     try:
-        meta = json.loads(_read_text(fs, meta_path))
+        meta = json.loads(storage.read_text(meta_path))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DataError(f"{meta_path}: cannot read it as JSON ({e}).") from e
     return DatasetInfo.from_json(meta, meta_path)
@@ -293,10 +278,9 @@ def read_info(path: str | os.PathLike) -> DatasetInfo:
 def read_rfs(path: str | os.PathLike, info: DatasetInfo | None = None) -> RFTable:
     """The dataset's RF table, checked against the metadata's electrode count."""
     info = info or read_info(path)
-    fs, root = filesystem(path)
-    rfs_path = f"{root}/{RFS_FILE}"
+    rfs_path = storage.join(path, RFS_FILE)
     try:
-        text = _read_text(fs, rfs_path)
+        text = storage.read_text(rfs_path)
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{rfs_path}: cannot read the RF table ({e}).") from e
     rfs = RFTable.from_csv_text(text, rfs_path)
@@ -311,7 +295,7 @@ def read_rfs(path: str | os.PathLike, info: DatasetInfo | None = None) -> RFTabl
 def split_files(path: str | os.PathLike, split: str, info: DatasetInfo | None = None) -> list[str]:
     """The split's Parquet shards, sorted, after checking each one's schema against the metadata."""
     info = info or read_info(path)
-    fs, root = filesystem(path)
+    fs, root = storage.filesystem(path)
     folder = f"{root}/{split}"
     found = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
     files = sorted(i.path for i in found if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
@@ -369,7 +353,7 @@ def decode_table(table: pa.Table, info: DatasetInfo) -> dict[str, np.ndarray]:
 def read_split(path: str | os.PathLike, split: str) -> dict[str, np.ndarray]:
     """A whole split in memory, without Ray (evaluation, tests, small datasets)."""
     info = read_info(path)
-    fs, _ = filesystem(path)
+    fs, _ = storage.filesystem(path)
     table = pa.concat_tables(pq.read_table(f, columns=list(COLUMNS), filesystem=fs)
                              for f in split_files(path, split, info))
     return decode_table(table, info)
@@ -381,7 +365,7 @@ def open_split(path: str | os.PathLike, split: str) -> ray.data.Dataset:
 
     info = read_info(path)
     files = split_files(path, split, info)
-    ds = ray.data.read_parquet(files, filesystem=filesystem(path)[0]).select_columns(list(COLUMNS))
+    ds = ray.data.read_parquet(files, filesystem=storage.filesystem(path)[0]).select_columns(list(COLUMNS))
     return ds.map_batches(decode_table, fn_kwargs={"info": info}, batch_format="pyarrow")
 
 

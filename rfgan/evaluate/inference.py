@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.fs as pafs
 import torch
 from PIL import Image
 
-from rfgan.data.format import filesystem, read_info, read_split, to_tensors
+from rfgan import storage
+from rfgan.data.format import read_info, read_split, to_tensors
 from rfgan.errors import DataError, MissingVGGWeightsError
 from rfgan.evaluate.metrics import evaluate, identification_accuracy
 from rfgan.gan.build import GAN, build_gan
@@ -27,41 +27,34 @@ from rfgan.run.checkpoint import SCORE, STATE_FILE, Checkpoint, existing_checkpo
 IDENTIFICATION_MAX = 2000
 
 
-def _join(base: str, name: str) -> str:
-    return f"{base.rstrip('/')}/{name}"
-
-
 def find_checkpoint(run: str | os.PathLike, which: str = "best") -> str:
     """`best` (highest validation SSIM), `last` (highest epoch), or a checkpoint directory's path. The run may be a
     local directory or a URI (`s3://…`, `gs://…`); so is the answer."""
     if which not in ("best", "last"):
-        fs, path = filesystem(which)
-        if fs.get_file_info(_join(path, STATE_FILE)).type != pafs.FileType.File:
+        if not storage.is_file(storage.join(which, STATE_FILE)):
             raise DataError(f"{which} is not a checkpoint directory (no {STATE_FILE}).")
         return str(which)
     run = os.fspath(run)
-    fs, root = filesystem(run)
     states = {}
     for name in existing_checkpoints(run):
-        state_file = _join(_join(root, name), STATE_FILE)
-        if fs.get_file_info(state_file).type == pafs.FileType.File:  # an incomplete one has none
-            with fs.open_input_stream(state_file) as f:
-                states[name] = json.loads(f.read())
+        state_file = storage.join(run, name, STATE_FILE)
+        if storage.is_file(state_file):  # an incomplete one has none
+            states[name] = json.loads(storage.read_bytes(state_file))
     if not states:
         raise DataError(f"{run} holds no checkpoint; train first (`rfgan train --out {run}`).")
     if which == "last":
         name = max(states, key=lambda c: states[c]["epoch"])
     else:
         name = max(states, key=lambda c: (states[c]["metrics"].get(SCORE, float("-inf")), states[c]["epoch"]))
-    return _join(run, name)
+    return storage.join(run, name)
 
 
 def load_trained(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[GAN, Checkpoint]:
     """The generator (eval mode) and RF projection of a checkpoint (local or a URI); no D, no VGG."""
     checkpoint = os.fspath(checkpoint)
     with tempfile.TemporaryDirectory(prefix="rfgan-checkpoint-") as tmp:
-        if "://" in checkpoint:
-            pafs.copy_files(checkpoint, tmp)  # a few files: G and D weights, optimizer state, config, RF table
+        if storage.is_remote(checkpoint):
+            storage.download(checkpoint, tmp)  # a few files: G and D weights, optimizer state, config, RF table
             checkpoint = tmp
         ckpt = load_checkpoint(checkpoint, map_location=device)
     gan = build_gan(ckpt.config, ckpt.info, ckpt.rfs, with_vgg=False, with_d=False)
@@ -99,20 +92,14 @@ def evaluate_run(run: str, data: str, split: str = "val", which: str = "best",
     ids = torch.from_numpy(np.array(rows["image_id"][:n]))
     if len(ids.unique()) >= 2:
         metrics["identification"] = float(identification_accuracy(fakes[:n], targets[:n], ids))
-    grid = _join(os.fspath(run), f"eval_{split}.png")
+    grid = storage.join(run, f"eval_{split}.png")
     with tempfile.TemporaryDirectory(prefix="rfgan-eval-") as tmp:
         save_grid(Path(tmp, "grid.png"), targets[:8], fakes[:8])
-        _put(grid, Path(tmp, "grid.png").read_bytes())
+        storage.upload(Path(tmp, "grid.png"), grid)
     result = {**metrics, "checkpoint": checkpoint, "epoch": ckpt.epoch, "split": split,
               "n_images": len(rows["sample_id"]), "feature_net": feature_name, "grid": grid}
-    _put(_join(os.fspath(run), f"eval_{split}.json"), (json.dumps(result, indent=1) + "\n").encode())
+    storage.write_bytes(storage.join(run, f"eval_{split}.json"), (json.dumps(result, indent=1) + "\n").encode())
     return result
-
-
-def _put(uri: str, data: bytes) -> None:
-    fs, path = filesystem(uri)
-    with fs.open_output_stream(path) as f:
-        f.write(data)
 
 
 def reconstruct(run: str, responses_path: str, out: str, which: str = "best", device: str = "cpu") -> Path:

@@ -1,7 +1,7 @@
 """What a user looks at during and after a run: sample grids, metrics.csv, training curves, TensorBoard logs.
 
-Written to a local staging folder and mirrored to the run directory, which may be local or remote (`s3://`,
-`gs://`): pyarrow's filesystems do the copying.
+Written to a local staging folder; each epoch, what it changed is copied to the run directory, which may be local
+or remote (`s3://`, `gs://`).
 """
 
 from __future__ import annotations
@@ -9,16 +9,16 @@ from __future__ import annotations
 import csv
 import io
 import os
+import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import pyarrow.fs as pafs
 import torch
 from torchvision.utils import make_grid, save_image
 
-from rfgan.data.format import filesystem
+from rfgan import storage
 
 METRICS_FILE = "metrics.csv"
 CURVES_FILE = "curves.png"
@@ -85,20 +85,18 @@ def plot_curves(rows: list[Mapping[str, Any]], path: str | os.PathLike) -> None:
 class RunArtifacts:
     """Rank 0's writer of per-epoch artifacts into `run_dir` (local or remote)."""
 
+    # A local run directory takes the same path as a bucket: staging, then copying a few files, costs little,
+    # and every local run and test then exercises what remote runs do.
     def __init__(self, run_dir: str, resume_epoch: int = 0):
-        self.fs, self.root = filesystem(run_dir)
-        self.fs.create_dir(self.root, recursive=True)
+        self.run_dir = run_dir
         self.staging = Path(tempfile.mkdtemp(prefix="rfgan-artifacts-"))
         (self.staging / SAMPLES_DIR).mkdir()
         self.rows = [r for r in self._existing_rows() if r["epoch"] <= resume_epoch]
         self._tb = None
 
     def _existing_rows(self) -> list[dict[str, Any]]:
-        path = f"{self.root}/{METRICS_FILE}"
-        if self.fs.get_file_info(path).type != pafs.FileType.File:
-            return []
-        with self.fs.open_input_stream(path) as f:
-            return read_metrics_csv(f.read().decode())
+        path = storage.join(self.run_dir, METRICS_FILE)
+        return read_metrics_csv(storage.read_text(path)) if storage.is_file(path) else []
 
     def tensorboard(self):
         if self._tb is None:
@@ -107,10 +105,12 @@ class RunArtifacts:
             self._tb = SummaryWriter(str(self.staging / TENSORBOARD_DIR))
         return self._tb
 
-    def epoch(self, metrics: Mapping[str, Any], target: torch.Tensor, fake: torch.Tensor) -> None:
+    def epoch(self, metrics: Mapping[str, Any], target: torch.Tensor, fake: torch.Tensor) -> list[str]:
+        """Write this epoch's artifacts; returns the names (relative to the run directory) it copied there."""
         epoch = int(metrics["epoch"])
         self.rows.append(dict(metrics))
-        save_grid(self.staging / SAMPLES_DIR / f"epoch_{epoch:04d}.png", target, fake)
+        grid = f"{SAMPLES_DIR}/epoch_{epoch:04d}.png"
+        save_grid(self.staging / grid, target, fake)
         (self.staging / METRICS_FILE).write_text(metrics_csv(self.rows))
         plot_curves(self.rows, self.staging / CURVES_FILE)
         tb = self.tensorboard()
@@ -119,9 +119,16 @@ class RunArtifacts:
                 tb.add_scalar(key.replace("_", "/", 1), value, epoch)
         tb.add_image("samples", sample_grid(target, fake), epoch)
         tb.flush()
-        pafs.copy_files(str(self.staging), self.root, source_filesystem=pafs.LocalFileSystem(),
-                        destination_filesystem=self.fs)
+        # Only what this epoch changed: earlier grids are already there, and copying them again would make the
+        # writes per epoch grow with the epoch count. This writer's event file(s) are appended to every epoch.
+        events = sorted(p.relative_to(self.staging).as_posix()
+                        for p in (self.staging / TENSORBOARD_DIR).rglob("*") if p.is_file())
+        names = [grid, METRICS_FILE, CURVES_FILE, *events]
+        storage.upload(self.staging, self.run_dir, names)
+        (self.staging / grid).unlink()  # never needed again
+        return names
 
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+        shutil.rmtree(self.staging, ignore_errors=True)

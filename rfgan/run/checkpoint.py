@@ -12,13 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow.fs as pafs
 import torch
 from torch import nn
 
-from rfgan import __version__
+from rfgan import __version__, storage
 from rfgan.config import Config
-from rfgan.data.format import DatasetInfo, filesystem
+from rfgan.data.format import DatasetInfo
 from rfgan.data.rf import RFTable
 from rfgan.errors import DataError
 from rfgan.gan.build import GAN, Optimizers
@@ -108,7 +107,4 @@ def load_checkpoint(directory: str | os.PathLike, map_location: str | torch.devi
 
 def existing_checkpoints(run: str | os.PathLike) -> list[str]:
     """Names of the checkpoint directories in a run directory (local or a URI), sorted; [] if there is none."""
-    fs, root = filesystem(run)
-    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-    return sorted(i.base_name for i in infos
-                  if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint"))
+    return [name for name in storage.list_dirs(run) if name.startswith("checkpoint")]

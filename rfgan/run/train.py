@@ -20,8 +20,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from rfgan import storage
 from rfgan.config import Config
-from rfgan.data.format import DatasetInfo, filesystem, open_split, read_info, read_rfs, to_tensors
+from rfgan.data.format import DatasetInfo, open_split, read_info, read_rfs, to_tensors
 from rfgan.data.rf import RFTable
 from rfgan.errors import ConfigError, TrainingDiverged
 from rfgan.evaluate.metrics import MetricAccumulator, eval_mode
@@ -206,12 +207,7 @@ def _samples(gan: GAN, val_batches, device) -> tuple[torch.Tensor, torch.Tensor]
 
 def run_paths(out: str) -> tuple[str, str]:
     """(storage_path, name) of a run directory or URI: Ray Train keeps the run in storage_path/name."""
-    out = out.rstrip("/")
-    if "://" in out:
-        parent, _, name = out.rpartition("/")
-        return parent, name
-    path = Path(out).absolute()
-    return str(path.parent), path.name
+    return storage.split(out)
 
 
 def preflight(cfg: Config, data: str) -> tuple[DatasetInfo, RFTable]:
@@ -249,7 +245,7 @@ def fit(cfg: Config, data: str, out: str, *, dataset: tuple[DatasetInfo, RFTable
     ctx.enable_operator_progress_bars = False
     storage_path, name = run_paths(out)
     loop_config: dict[str, Any] = {"config": cfg.to_dict(), "dataset": info.to_json(), "rfs": rfs.to_dict(),
-                                   "run_dir": out if "://" in out else str(Path(out).absolute()),
+                                   "run_dir": storage.absolute(out),
                                    "torch_threads": torch_threads}
     r = cfg.run
     datasets = {"train": open_split(data, "train"), "val": open_split(data, "val")}
@@ -284,7 +280,4 @@ def fit(cfg: Config, data: str, out: str, *, dataset: tuple[DatasetInfo, RFTable
 
 
 def write_resolved_config(cfg: Config, out: str) -> None:
-    fs, root = filesystem(out)
-    fs.create_dir(root, recursive=True)
-    with fs.open_output_stream(f"{root}/config.json") as f:
-        f.write((cfg.to_json() + "\n").encode())
+    storage.write_bytes(storage.join(out, "config.json"), (cfg.to_json() + "\n").encode())

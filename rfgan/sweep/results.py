@@ -12,10 +12,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import pyarrow.fs as pafs
-
+from rfgan import storage
 from rfgan.config import Config
-from rfgan.data.format import filesystem
 from rfgan.run.checkpoint import SCORE
 from rfgan.sweep.runner import PARAM_SECTIONS, trial_config
 from rfgan.sweep.space import SEP, SWITCH_SUFFIX, Range
@@ -62,9 +60,7 @@ def summarize(results, space: Mapping[str, Range], out: str) -> list[dict[str, A
         (root / BEST_FILE).write_text(best_cfg.to_json() + "\n")
     plot_trials(results, root / SCORE_PLOT)
     plot_importances(results, space, root / IMPORTANCE_PLOT)
-    fs, dest = filesystem(out)
-    fs.create_dir(dest, recursive=True)
-    pafs.copy_files(str(root), dest, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    storage.upload(root, out)
     shutil.rmtree(root, ignore_errors=True)
     return rows
 

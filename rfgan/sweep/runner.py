@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from rfgan import storage
 from rfgan.config import Config, ConfigError
 from rfgan.run.checkpoint import SCORE
 from rfgan.run.train import fit, run_paths
@@ -116,7 +117,7 @@ def run_sweep(base: Config, spec: SweepSpec, space: Mapping[str, Range], resume:
     cfg = sweep_base(base, spec)
     validate_space(space, cfg)
     storage_path, name = run_paths(spec.out)
-    sweep_dir = spec.out if "://" in spec.out else str(Path(spec.out).absolute())
+    sweep_dir = storage.absolute(spec.out)
     # The driver function only waits on its Train run; its workers hold the real resources.
     trainable = ray.tune.with_resources(trial_driver, {"CPU": 0.01})
     if resume:

@@ -1,0 +1,103 @@
+"""Where rfgan reads and writes: a local path or a URI (`s3://`, `gs://`, `file://`, anything
+pyarrow.fs.FileSystem.from_uri knows). This is the one module that tells the two apart; pyarrow's filesystems do
+the work.
+
+Paths come back in the form they were given (a URI stays a URI), except `absolute`, which anchors local ones.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+import pyarrow.fs as pafs
+
+PathLike = str | os.PathLike
+
+
+def is_remote(path: PathLike) -> bool:
+    return "://" in os.fspath(path)
+
+
+def filesystem(path: PathLike) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, the path within it); a local path comes back absolute."""
+    path = os.fspath(path)
+    if is_remote(path):
+        return pafs.FileSystem.from_uri(path)
+    return pafs.LocalFileSystem(), os.path.abspath(path)
+
+
+def absolute(path: PathLike) -> str:
+    """A local path made absolute (Ray workers do not share the driver's working directory); a URI unchanged."""
+    path = os.fspath(path)
+    return path if is_remote(path) else os.path.abspath(path)
+
+
+def join(base: PathLike, *names: str) -> str:
+    return "/".join([os.fspath(base).rstrip("/"), *names])
+
+
+def split(path: PathLike) -> tuple[str, str]:
+    """(parent, name), the parent absolute if local."""
+    parent, _, name = absolute(path).rstrip("/").rpartition("/")
+    return parent or "/", name
+
+
+def is_file(path: PathLike) -> bool:
+    fs, p = filesystem(path)
+    return fs.get_file_info(p).type == pafs.FileType.File
+
+
+def read_bytes(path: PathLike) -> bytes:
+    fs, p = filesystem(path)
+    with fs.open_input_stream(p) as f:
+        return f.read()
+
+
+def read_text(path: PathLike) -> str:
+    return read_bytes(path).decode()
+
+
+def write_bytes(path: PathLike, data: bytes) -> None:
+    """One file, its folder created if missing."""
+    fs, p = filesystem(path)
+    _make_parent(fs, p)
+    with fs.open_output_stream(p) as f:
+        f.write(data)
+
+
+def _make_parent(fs: pafs.FileSystem, path: str) -> None:
+    # Local writes need the folder; object stores do not, but pyarrow's create_dir is harmless there.
+    parent = path.rpartition("/")[0]
+    if parent:
+        fs.create_dir(parent, recursive=True)
+
+
+def list_dirs(path: PathLike) -> list[str]:
+    """Names of the folders directly in `path`, sorted; [] if it does not exist."""
+    fs, p = filesystem(path)
+    infos = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+
+
+def upload(local: PathLike, dest: PathLike, names: Iterable[str] | None = None) -> None:
+    """Copy a local file or folder to `dest`; with `names`, only those files (relative to the folder `local`)."""
+    fs, root = filesystem(dest)
+    src = os.path.abspath(local)
+    for a, b in [(src, root)] if names is None else [(join(src, n), join(root, n)) for n in names]:
+        _copy(pafs.LocalFileSystem(), a, fs, b)
+
+
+def download(src: PathLike, local: PathLike) -> None:
+    """Copy a file or folder at `src` to the local path `local`."""
+    fs, path = filesystem(src)
+    _copy(fs, path, pafs.LocalFileSystem(), os.path.abspath(local))
+
+
+def _copy(src_fs: pafs.FileSystem, src: str, fs: pafs.FileSystem, dest: str) -> None:
+    # pyarrow's copy_files makes the folders inside a copied folder, not the destination's own folder.
+    if src_fs.get_file_info(src).type == pafs.FileType.Directory:
+        fs.create_dir(dest, recursive=True)
+    else:
+        _make_parent(fs, dest)
+    pafs.copy_files(src, dest, source_filesystem=src_fs, destination_filesystem=fs)
