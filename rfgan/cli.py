@@ -346,13 +346,17 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="dataset directory or URI")
     p.add_argument("--split", default="val", help="dataset split")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--allow-other-rfs", action="store_true",
+                   help="evaluate on a dataset whose RF table differs from the training data's (refused otherwise; "
+                        "the JSON then carries a warning)")
     p.set_defaults(func=cmd_eval)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from rfgan.evaluate.inference import evaluate_run
 
-    result = evaluate_run(args.run, args.data, args.split, args.checkpoint, args.device)
+    result = evaluate_run(args.run, args.data, args.split, args.checkpoint, args.device,
+                          allow_other_rfs=args.allow_other_rfs)
     if args.json:
         print(json.dumps(result, indent=1))
     else:

@@ -73,11 +73,24 @@ def _make_parent(fs: pafs.FileSystem, path: str) -> None:
         fs.create_dir(parent, recursive=True)
 
 
+def move(src: PathLike, dest: PathLike) -> None:
+    """Rename a file within one filesystem (a copy and a delete on object stores)."""
+    fs, a = filesystem(src)
+    fs.move(a, filesystem(dest)[1])
+
+
 def list_dirs(path: PathLike) -> list[str]:
     """Names of the folders directly in `path`, sorted; [] if it does not exist."""
     fs, p = filesystem(path)
     infos = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
     return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+
+
+def file_sizes(path: PathLike) -> dict[str, int]:
+    """{name: bytes} of the files directly in the folder `path`; {} if it does not exist."""
+    fs, p = filesystem(path)
+    infos = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
+    return {i.base_name: i.size for i in infos if i.type == pafs.FileType.File}
 
 
 def upload(local: PathLike, dest: PathLike, names: Iterable[str] | None = None) -> None:

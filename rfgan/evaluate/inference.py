@@ -15,48 +15,21 @@ import torch
 from PIL import Image
 
 from rfgan import storage
-from rfgan.data.format import read_info, read_split, to_tensors
+from rfgan.data.format import read_info, read_rfs, read_split, to_tensors
 from rfgan.errors import DataError, MissingVGGWeightsError
 from rfgan.evaluate.metrics import evaluate, identification_accuracy
 from rfgan.gan.build import GAN, build_gan
 from rfgan.gan.vgg import VGGFeatures
 from rfgan.run.artifacts import save_grid
-from rfgan.run.checkpoint import SCORE, STATE_FILE, Checkpoint, existing_checkpoints, load_checkpoint
+from rfgan.run.checkpoint import Checkpoint, find_checkpoint, open_checkpoint
 
 # Pairwise identification compares every reconstruction with every target: the first N images bound its cost.
 IDENTIFICATION_MAX = 2000
 
 
-def find_checkpoint(run: str | os.PathLike, which: str = "best") -> str:
-    """`best` (highest validation SSIM), `last` (highest epoch), or a checkpoint directory's path. The run may be a
-    local directory or a URI (`s3://…`, `gs://…`); so is the answer."""
-    if which not in ("best", "last"):
-        if not storage.is_file(storage.join(which, STATE_FILE)):
-            raise DataError(f"{which} is not a checkpoint directory (no {STATE_FILE}).")
-        return str(which)
-    run = os.fspath(run)
-    states = {}
-    for name in existing_checkpoints(run):
-        state_file = storage.join(run, name, STATE_FILE)
-        if storage.is_file(state_file):  # an incomplete one has none
-            states[name] = json.loads(storage.read_bytes(state_file))
-    if not states:
-        raise DataError(f"{run} holds no checkpoint; train first (`rfgan train --out {run}`).")
-    if which == "last":
-        name = max(states, key=lambda c: states[c]["epoch"])
-    else:
-        name = max(states, key=lambda c: (states[c]["metrics"].get(SCORE, float("-inf")), states[c]["epoch"]))
-    return storage.join(run, name)
-
-
 def load_trained(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[GAN, Checkpoint]:
     """The generator (eval mode) and RF projection of a checkpoint (local or a URI); no D, no VGG."""
-    checkpoint = os.fspath(checkpoint)
-    with tempfile.TemporaryDirectory(prefix="rfgan-checkpoint-") as tmp:
-        if storage.is_remote(checkpoint):
-            storage.download(checkpoint, tmp)  # a few files: G and D weights, optimizer state, config, RF table
-            checkpoint = tmp
-        ckpt = load_checkpoint(checkpoint, map_location=device)
+    ckpt = open_checkpoint(checkpoint, map_location=device)
     gan = build_gan(ckpt.config, ckpt.info, ckpt.rfs, with_vgg=False, with_d=False)
     ckpt.restore(gan)
     gan.generator.eval()
@@ -73,13 +46,13 @@ def feature_net(ckpt: Checkpoint) -> tuple[VGGFeatures, str]:
             return VGGFeatures(random_init=True, seed=0), "vgg19-random-init (no ImageNet weights found)"
 
 
-def evaluate_run(run: str, data: str, split: str = "val", which: str = "best",
-                 device: str = "cpu") -> dict[str, Any]:
-    """Metrics of a checkpoint on a dataset split; they and a grid PNG are written into the run directory."""
+def evaluate_run(run: str, data: str, split: str = "val", which: str = "best", device: str = "cpu",
+                 allow_other_rfs: bool = False) -> dict[str, Any]:
+    """Metrics of a checkpoint on a dataset split; they and a grid PNG are written into the run directory.
+    A dataset with other RFs than the training data is refused unless `allow_other_rfs` (then the JSON says so)."""
     checkpoint = find_checkpoint(run, which)
     gan, ckpt = load_trained(checkpoint, device)
-    info = read_info(data)
-    ckpt.check_matches(info, str(data))
+    same_rfs = ckpt.check_matches(read_info(data), read_rfs(data), str(data), allow_other_rfs=allow_other_rfs)
     rows = read_split(data, split)
     vgg, feature_name = feature_net(ckpt)
     vgg = vgg.to(device)
@@ -98,6 +71,9 @@ def evaluate_run(run: str, data: str, split: str = "val", which: str = "best",
         storage.upload(Path(tmp, "grid.png"), grid)
     result = {**metrics, "checkpoint": checkpoint, "epoch": ckpt.epoch, "split": split,
               "n_images": len(rows["sample_id"]), "feature_net": feature_name, "grid": grid}
+    if not same_rfs:
+        result["warning"] = ("evaluated on a dataset whose RF table differs from the training data's "
+                             "(--allow-other-rfs)")
     storage.write_bytes(storage.join(run, f"eval_{split}.json"), (json.dumps(result, indent=1) + "\n").encode())
     return result
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ from rfgan.gan.build import GAN, Optimizers
 
 NETS_FILE, CONFIG_FILE, STATE_FILE, RFS_FILE, DATASET_FILE = (
     "nets.pt", "config.json", "state.json", "rfs.csv", "dataset.json")
+CONTENT_FILES = (NETS_FILE, CONFIG_FILE, RFS_FILE, DATASET_FILE)  # all but state.json, which lists their sizes
 CHECKPOINT_VERSION = 1
 # Checkpoints are ranked by validation SSIM: a reconstruction metric, comparable across runs and configs (the
 # adversarial losses are not).
@@ -45,8 +49,11 @@ class Checkpoint:
     nets: dict[str, Any]  # state dicts: generator, discriminator, opt_g, opt_d (the last three may be None)
     metrics: dict[str, float]
 
-    def check_matches(self, info: DatasetInfo, where: str = "this dataset") -> None:
-        """Refuse data the checkpoint was not trained for (electrode count, image size, channels)."""
+    def check_matches(self, info: DatasetInfo, rfs: RFTable, where: str = "this dataset",
+                      allow_other_rfs: bool = False) -> bool:
+        """Refuse data the checkpoint was not trained for: electrode count, image size, channels, and the RF table
+        (a recording of the same shape with other RFs would be decoded through the wrong maps). With
+        `allow_other_rfs` a different RF table is accepted; returns whether the RF tables are the same."""
         mine = (self.info.n_electrodes, self.info.image_size, self.info.channels)
         theirs = (info.n_electrodes, info.image_size, info.channels)
         if mine != theirs:
@@ -55,6 +62,14 @@ class Checkpoint:
                 f"images, but {where} has {theirs[0]} electrodes and {theirs[1][0]}x{theirs[1][1]}x{theirs[2]} "
                 "images; use a checkpoint trained on data of this shape, or train a new one."
             )
+        same = self.rfs.equals(rfs)
+        if not same and not allow_other_rfs:
+            raise DataError(
+                f"{where} has other receptive fields than the data the checkpoint was trained on (its rfs.csv "
+                "differs from the checkpoint's): it is another recording, which this generator would decode through "
+                "the wrong RF maps. Use the training recording, or pass --allow-other-rfs to evaluate anyway."
+            )
+        return same
 
     def restore(self, gan: GAN, opts: Optimizers | None = None) -> None:
         """Load the saved states into the GAN's (possibly DDP-wrapped) nets and, if given, the optimizers."""
@@ -83,26 +98,100 @@ def save_checkpoint(directory: str | os.PathLike, *, config: Config, info: Datas
     (directory / CONFIG_FILE).write_text(config.to_json() + "\n")
     (directory / DATASET_FILE).write_text(json.dumps(info.to_json(), indent=1) + "\n")
     rfs.to_csv(directory / RFS_FILE)
+    # state.json last, with every other file's size: a checkpoint cut short (a crash while writing, an interrupted
+    # upload, a truncated copy) is told from a complete one without loading it.
+    sizes = {name: (directory / name).stat().st_size for name in CONTENT_FILES}
     (directory / STATE_FILE).write_text(json.dumps({
         "checkpoint_version": CHECKPOINT_VERSION, "rfgan_version": __version__, "epoch": epoch, "step": step,
-        "metrics": metrics or {}}, indent=1) + "\n")
+        "metrics": metrics or {}, "files": sizes}, indent=1) + "\n")
     return directory
 
 
-def load_checkpoint(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:
-    directory = Path(directory)
-    missing = [f for f in (NETS_FILE, CONFIG_FILE, STATE_FILE, RFS_FILE, DATASET_FILE) if not (directory / f).exists()]
-    if missing:
-        raise DataError(f"{directory} is not an rfgan checkpoint: {missing} missing.")
-    state = json.loads((directory / STATE_FILE).read_text())
+def read_state(directory: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint's state.json (local or a URI), checked to be complete: every file present with the size
+    recorded when it was written. Raises DataError naming the file that is missing, short or unreadable."""
+    directory = os.fspath(directory)
+    state_file = storage.join(directory, STATE_FILE)
+    if not storage.is_file(state_file):
+        raise DataError(f"{directory} is not an rfgan checkpoint, or not a complete one: {STATE_FILE} is missing.")
+    try:
+        state = json.loads(storage.read_bytes(state_file))
+        if not isinstance(state, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DataError(f"{state_file}: cannot read it ({e}); the checkpoint is damaged.") from e
     if state.get("checkpoint_version") != CHECKPOINT_VERSION:
         raise DataError(f"{directory}: checkpoint_version {state.get('checkpoint_version')} is not supported "
                         f"(this rfgan reads version {CHECKPOINT_VERSION}).")
-    config = Config.from_dict(json.loads((directory / CONFIG_FILE).read_text()))
-    info = DatasetInfo.from_json(json.loads((directory / DATASET_FILE).read_text()), str(directory / DATASET_FILE))
+    sizes = storage.file_sizes(directory)
+    for name in CONTENT_FILES:
+        if name not in sizes:
+            raise DataError(f"{storage.join(directory, name)} is missing; the checkpoint is incomplete.")
+        expected = state.get("files", {}).get(name)  # checkpoints of rfgan 0.1.0 record no sizes
+        if expected is not None and sizes[name] != expected:
+            raise DataError(f"{storage.join(directory, name)} has {sizes[name]} bytes, {expected} were written; "
+                            "the checkpoint is damaged (cut short).")
+    return state
+
+
+def load_checkpoint(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """A local checkpoint directory, verified (read_state) before anything is loaded."""
+    directory = Path(directory)
+    state = read_state(directory)
+    try:
+        config = Config.from_dict(json.loads((directory / CONFIG_FILE).read_text()))
+        info = DatasetInfo.from_json(json.loads((directory / DATASET_FILE).read_text()),
+                                     str(directory / DATASET_FILE))
+    except ValueError as e:  # JSONDecodeError, ConfigError, DataError
+        raise DataError(f"{directory}: cannot read its config or dataset facts ({e}); the checkpoint is damaged.") \
+            from e
     rfs = RFTable.from_csv(directory / RFS_FILE)
-    nets = torch.load(directory / NETS_FILE, map_location=map_location, weights_only=True)
+    try:
+        nets = torch.load(directory / NETS_FILE, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        raise DataError(f"{directory / NETS_FILE}: cannot load it ({str(e).splitlines()[0]}); the checkpoint is "
+                        "damaged.") from e
     return Checkpoint(config, info, rfs, int(state["epoch"]), int(state["step"]), nets, state.get("metrics", {}))
+
+
+def open_checkpoint(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """load_checkpoint of a local directory or a URI (fetched to a temporary folder first: a few files)."""
+    directory = os.fspath(directory)
+    if not storage.is_remote(directory):
+        return load_checkpoint(directory, map_location)
+    with tempfile.TemporaryDirectory(prefix="rfgan-checkpoint-") as tmp:
+        storage.download(directory, tmp)
+        return load_checkpoint(tmp, map_location)
+
+
+def intact_checkpoints(run: str | os.PathLike) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """The run's checkpoints that are complete ({name: state}) and those that are not ({name: why})."""
+    intact, damaged = {}, {}
+    for name in existing_checkpoints(run):
+        try:
+            intact[name] = read_state(storage.join(run, name))
+        except DataError as e:
+            damaged[name] = str(e)
+    return intact, damaged
+
+
+def find_checkpoint(run: str | os.PathLike, which: str = "best") -> str:
+    """`best` (highest validation SSIM), `last` (highest epoch), or a checkpoint directory's path, among the
+    complete checkpoints of a run (local or a URI; so is the answer). Damaged ones are skipped with a note."""
+    if which not in ("best", "last"):
+        read_state(which)
+        return os.fspath(which)
+    run = os.fspath(run)
+    states, damaged = intact_checkpoints(run)
+    for why in damaged.values():
+        print(f"note: skipping a damaged checkpoint: {why}", file=sys.stderr)
+    if not states:
+        raise DataError(f"{run} holds no complete checkpoint; train first (`rfgan train --out {run}`).")
+    if which == "last":
+        name = max(states, key=lambda c: states[c]["epoch"])
+    else:
+        name = max(states, key=lambda c: (states[c]["metrics"].get(SCORE, float("-inf")), states[c]["epoch"]))
+    return storage.join(run, name)
 
 
 def existing_checkpoints(run: str | os.PathLike) -> list[str]:

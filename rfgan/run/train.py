@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,8 +31,10 @@ from rfgan.gan.build import GAN, build_gan, build_optimizers, check_compatible
 from rfgan.gan.step import StepLosses, train_step
 from rfgan.gan.vgg import load_vgg19_state_dict
 from rfgan.run.artifacts import RunArtifacts
-from rfgan.run.checkpoint import SCORE, load_checkpoint, save_checkpoint, unwrap
+from rfgan.run.checkpoint import SCORE, intact_checkpoints, load_checkpoint, open_checkpoint, save_checkpoint, unwrap
 
+# Ray Train's record of a run's checkpoints, in the run directory (ray.train.v2 constants).
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
 N_SAMPLES = 8  # pairs in each sample grid
 # Workers log rather than print: Ray Train tees a worker's print() to both stdout and its logger, which shows
 # every line twice in the driver's output.
@@ -112,12 +115,17 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     opts = build_optimizers(cfg, gan)
 
     start_epoch, step = 1, 0
-    checkpoint = ray.train.get_checkpoint()
+    # Ray's own checkpoint (a restart within this run, or a resumed run); else the one rfgan chose on --resume when
+    # Ray's record of the run was damaged (resume_point).
+    checkpoint, ckpt = ray.train.get_checkpoint(), None
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             ckpt = load_checkpoint(d, map_location=device)
-            ckpt.check_matches(info, "the training data")
-            ckpt.restore(gan, opts)
+    elif loop_config.get("resume_from"):
+        ckpt = open_checkpoint(loop_config["resume_from"], map_location=device)
+    if ckpt is not None:
+        ckpt.check_matches(info, rfs, "the training data")
+        ckpt.restore(gan, opts)
         start_epoch, step = ckpt.epoch + 1, ckpt.step
         if rank == 0:
             log.info("resumed from epoch %d (step %d)", ckpt.epoch, ckpt.step)
@@ -228,6 +236,35 @@ def preflight(cfg: Config, data: str) -> tuple[DatasetInfo, RFTable]:
     return info, rfs
 
 
+def resume_point(out: str) -> str | None:
+    """Where a re-run of `out` continues when Ray cannot: Ray Train restores a run from its snapshot
+    (checkpoint_manager_snapshot.json), and refuses to start when a checkpoint folder it names is gone; nor does it
+    know one that was cut short. Then the snapshot is set aside (kept as .damaged) and the newest complete
+    checkpoint is returned, from which the workers resume; None when Ray's own restore will do (or nothing exists)."""
+    snapshot = storage.join(out, RAY_SNAPSHOT)
+    intact, damaged = intact_checkpoints(out)
+    named = re.findall(r'"checkpoint_dir_name":\s*"([^"]+)"', storage.read_text(snapshot)) \
+        if storage.is_file(snapshot) else []
+    gone = [n for n in named if n not in intact and n not in damaged]
+    newest = max(intact, key=lambda n: intact[n]["epoch"]) if intact else None
+    # Ray's restore is right when every checkpoint it names is there and complete, and the newest complete one
+    # is among them (a worker killed right after writing one can leave it unrecorded).
+    if not gone and not set(named) & set(damaged) and (newest is None or newest in named):
+        return None
+    for name in gone:
+        print(f"note: checkpoint {storage.join(out, name)} is gone", file=sys.stderr)
+    for why in damaged.values():
+        print(f"note: skipping a damaged checkpoint: {why}", file=sys.stderr)
+    if storage.is_file(snapshot):
+        storage.move(snapshot, snapshot + ".damaged")
+    if newest is None:
+        print(f"note: {out} has no complete checkpoint left; training starts from epoch 1", file=sys.stderr)
+        return None
+    print(f"note: resuming from {storage.join(out, newest)} (epoch {intact[newest]['epoch']}), the newest complete "
+          "checkpoint", file=sys.stderr)
+    return storage.join(storage.absolute(out), newest)
+
+
 def fit(cfg: Config, data: str, out: str, *, dataset: tuple[DatasetInfo, RFTable] | None = None,
         run_config_kwargs: dict[str, Any] | None = None, torch_threads: int | None = None,
         materialize: bool = False) -> TrainResult:
@@ -246,7 +283,7 @@ def fit(cfg: Config, data: str, out: str, *, dataset: tuple[DatasetInfo, RFTable
     storage_path, name = run_paths(out)
     loop_config: dict[str, Any] = {"config": cfg.to_dict(), "dataset": info.to_json(), "rfs": rfs.to_dict(),
                                    "run_dir": storage.absolute(out),
-                                   "torch_threads": torch_threads}
+                                   "torch_threads": torch_threads, "resume_from": resume_point(out)}
     r = cfg.run
     datasets = {"train": open_split(data, "train"), "val": open_split(data, "val")}
     if materialize:

@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import shutil
 import warnings
 
 import pytest
@@ -10,7 +11,8 @@ from rfgan.data.format import read_info, read_rfs, read_split, to_tensors
 from rfgan.errors import DataError
 from rfgan.gan.build import build_gan, build_optimizers
 from rfgan.gan.step import train_step
-from rfgan.run.checkpoint import load_checkpoint, save_checkpoint
+from rfgan.run.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from rfgan.run.train import RAY_SNAPSHOT, resume_point
 
 
 def trained(tiny_dataset, seed=0, steps=3):
@@ -57,13 +59,86 @@ def test_checkpoint_for_other_data_is_refused(tiny_dataset, tmp_path):
     cfg, info, rfs, gan, opts, _ = trained(tiny_dataset, steps=0)
     save_checkpoint(tmp_path / "c", config=cfg, info=info, rfs=rfs, gan=gan, opts=opts, epoch=0, step=0)
     ckpt = load_checkpoint(tmp_path / "c")
-    ckpt.check_matches(info)
+    ckpt.check_matches(info, rfs)
     other = dataclasses.replace(info, n_electrodes=191, image_size=(96, 96))
     with pytest.raises(DataError, match=r"trained for 12 electrodes and 32x32x3 .* has 191 electrodes and 96x96x3"):
-        ckpt.check_matches(other)
+        ckpt.check_matches(other, rfs)
     state = json.loads((tmp_path / "c" / "state.json").read_text())
     (tmp_path / "c" / "state.json").write_text(json.dumps({**state, "checkpoint_version": 99}))
     with pytest.raises(DataError, match="checkpoint_version 99"):
         load_checkpoint(tmp_path / "c")
     with pytest.raises(DataError, match="not an rfgan checkpoint"):
         load_checkpoint(tmp_path)
+
+
+@pytest.fixture
+def run_with_two_checkpoints(tiny_dataset, tmp_path):
+    """A run directory as Ray Train leaves it: checkpoints of epochs 1 (val_ssim 0.6) and 2 (0.5), and Ray's
+    snapshot naming both."""
+    cfg, info, rfs, gan, opts, _ = trained(tiny_dataset, steps=1)
+    run = tmp_path / "run"
+    for name, epoch, ssim in (("checkpoint_a", 1, 0.6), ("checkpoint_b", 2, 0.5)):
+        save_checkpoint(run / name, config=cfg, info=info, rfs=rfs, gan=gan, opts=opts, epoch=epoch, step=epoch,
+                        metrics={"val_ssim": ssim})
+    (run / RAY_SNAPSHOT).write_text(json.dumps({"checkpoint_results": [
+        {"checkpoint_dir_name": "checkpoint_a"}, {"checkpoint_dir_name": "checkpoint_b"}]}))
+    return run
+
+
+def test_a_checkpoint_cut_short_or_garbled_is_named_not_loaded(run_with_two_checkpoints):
+    ckpt = run_with_two_checkpoints / "checkpoint_b"
+    nets = (ckpt / "nets.pt").read_bytes()
+    (ckpt / "nets.pt").write_bytes(nets[: len(nets) // 2])
+    with pytest.raises(DataError, match=r"checkpoint_b/nets.pt has \d+ bytes, \d+ were written.*cut short"):
+        load_checkpoint(ckpt)
+    (ckpt / "nets.pt").write_bytes(b"\0" * len(nets))  # the right size, but not a torch file
+    with pytest.raises(DataError, match=r"checkpoint_b/nets.pt: cannot load it .*damaged"):
+        load_checkpoint(ckpt)
+    (ckpt / "state.json").write_text('{"epoch": 2, "st')
+    with pytest.raises(DataError, match=r"checkpoint_b/state.json: cannot read it"):
+        load_checkpoint(ckpt)
+
+
+def test_find_checkpoint_skips_a_damaged_one_and_says_so(run_with_two_checkpoints, capsys):
+    run = run_with_two_checkpoints
+    assert find_checkpoint(run, "best").endswith("checkpoint_a") and find_checkpoint(run, "last").endswith("_b")
+    (run / "checkpoint_a" / "rfs.csv").write_text("electrode_id\n")  # another size than was written
+    assert find_checkpoint(run, "best").endswith("checkpoint_b")
+    assert "skipping a damaged checkpoint" in capsys.readouterr().err
+    (run / "checkpoint_b" / "state.json").unlink()
+    with pytest.raises(DataError, match="no complete checkpoint"):
+        find_checkpoint(run, "last")
+
+
+def test_resume_point_leaves_a_sound_run_to_ray(run_with_two_checkpoints):
+    assert resume_point(str(run_with_two_checkpoints)) is None
+    assert resume_point(str(run_with_two_checkpoints.parent / "new-run")) is None
+
+
+@pytest.mark.parametrize("damage", ["deleted", "cut short", "no snapshot"])
+def test_resume_point_falls_back_to_the_newest_complete_checkpoint(run_with_two_checkpoints, damage, capsys):
+    run = run_with_two_checkpoints
+    if damage == "deleted":
+        shutil.rmtree(run / "checkpoint_b")
+    elif damage == "cut short":
+        (run / "checkpoint_b" / "nets.pt").write_bytes(b"short")
+    else:
+        (run / RAY_SNAPSHOT).unlink()
+    expected = "checkpoint_b" if damage == "no snapshot" else "checkpoint_a"
+    assert resume_point(str(run)) == str(run / expected)
+    err = capsys.readouterr().err
+    assert f"resuming from {run / expected}" in err
+    # Ray's snapshot, which would refuse to start or resume from the damaged one, is set aside, not deleted.
+    assert not (run / RAY_SNAPSHOT).exists()
+    assert (run / (RAY_SNAPSHOT + ".damaged")).exists() == (damage != "no snapshot")
+
+
+def test_checkpoint_of_another_recording_of_the_same_shape_is_refused(tiny_dataset, tmp_path):
+    cfg, info, rfs, gan, opts, _ = trained(tiny_dataset, steps=0)
+    save_checkpoint(tmp_path / "c", config=cfg, info=info, rfs=rfs, gan=gan, opts=opts, epoch=0, step=0)
+    ckpt = load_checkpoint(tmp_path / "c")
+    assert ckpt.check_matches(info, rfs) is True
+    moved = dataclasses.replace(rfs, x_deg=rfs.x_deg + 0.5)  # same electrodes, RFs elsewhere
+    with pytest.raises(DataError, match="other receptive fields.*--allow-other-rfs"):
+        ckpt.check_matches(info, moved)
+    assert ckpt.check_matches(info, moved, allow_other_rfs=True) is False

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -11,10 +12,9 @@ import torch
 from rfgan.cli import main
 from rfgan.config import preset
 from rfgan.errors import ConfigError
-from rfgan.evaluate.inference import find_checkpoint
 from rfgan.run import train
 from rfgan.run.artifacts import read_metrics_csv
-from rfgan.run.checkpoint import load_checkpoint
+from rfgan.run.checkpoint import find_checkpoint, load_checkpoint
 from rfgan.run.train import fit, preflight
 
 SMALL = {"model.ngf": 8, "model.n_down": 3, "model.ndf": 8, "model.d_layers": 2, "optim.batch_size": 8,
@@ -178,3 +178,29 @@ def test_preflight_refuses_a_batch_no_worker_can_fill_before_ray_starts(tiny_dat
     for batch, workers in ((40, 1), (40, 2), (2, 2)):  # these fit exactly
         info, rfs = preflight(small(**{"optim.batch_size": batch, "run.workers": workers}), data)
         assert info.splits["train"] == 40 and len(rfs) == info.n_electrodes
+
+
+def epochs_of_checkpoints(run):
+    return {json.loads((p / "state.json").read_text())["epoch"]: p for p in run.glob("checkpoint_*") if p.is_dir()}
+
+
+def test_resume_after_the_newest_checkpoint_was_deleted_or_cut_short(ray_session, tiny_dataset, tmp_path, capsys):
+    run, data = tmp_path / "damaged", str(tiny_dataset)
+    cfg = small(**{"run.workers": 1, "run.keep_checkpoints": 10})
+    assert fit(replace_epochs(cfg, 3), data, str(run), torch_threads=1).error is None
+    steps_per_epoch = int(rows(run)[0]["step"])
+    shutil.rmtree(epochs_of_checkpoints(run)[3])  # Ray's snapshot still names it: Ray alone would refuse to start
+    result = fit(replace_epochs(cfg, 4), data, str(run), torch_threads=1)
+    assert result.error is None and result.metrics["epoch"] == 4
+    assert "(epoch 2), the newest complete checkpoint" in capsys.readouterr().err
+    assert [r["epoch"] for r in rows(run)] == [1, 2, 3, 4] and rows(run)[2]["step"] == 3 * steps_per_epoch
+    nets = epochs_of_checkpoints(run)[4] / "nets.pt"
+    nets.write_bytes(nets.read_bytes()[:1000])  # cut short, as by an interrupted upload
+    result = fit(replace_epochs(cfg, 5), data, str(run), torch_threads=1)
+    assert result.error is None and result.metrics["epoch"] == 5
+    assert "(epoch 3), the newest complete checkpoint" in capsys.readouterr().err
+    assert adam_steps(find_checkpoint(run, "last")) == 5 * steps_per_epoch
+
+
+def replace_epochs(cfg, epochs):
+    return cfg.with_overrides({"run.epochs": epochs})
