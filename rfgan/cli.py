@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from rfgan.errors import DataError
+from rfgan.errors import DataError, UsageError
 
 DEFAULT_DATA = "data/synthetic"
 DEMO_PRESET = "tiny"
@@ -225,35 +225,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def resolve_config(args: argparse.Namespace):
-    """Preset → config file → --set overrides → explicit flags; validated at each step."""
-    from rfgan.config import load_config, preset
+    """The config of `rfgan train` (and `rfgan tune`): rfgan.config.resolve of its flags."""
+    from rfgan.config import resolve
 
-    if args.config:
-        cfg = load_config(args.config)
-        if args.preset:
-            raise DataError("give --preset or --config, not both (a config file names its preset inside)")
-    else:
-        cfg = preset(args.preset or ("default" if args.data else DEMO_PRESET))
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise DataError(f"--set needs KEY=VALUE, got {item!r}")
-        overrides[key.strip()] = _parse_value(value.strip())
-    flags = {"run.workers": args.workers, "run.use_gpu": args.gpu, "run.epochs": args.epochs,
-             "optim.batch_size": args.batch_size}
-    overrides.update({k: v for k, v in flags.items() if v is not None})
-    if args.data:
-        overrides["data.path"] = args.data
-    return cfg.with_overrides(overrides) if overrides else cfg
-
-
-def _parse_value(text: str):
-    """JSON values (numbers, true/false, null, lists) as such; anything else stays a string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
+    return resolve(preset=args.preset, config_file=args.config, sets=args.set,
+                   overrides={"data.path": args.data, "run.workers": args.workers, "run.use_gpu": args.gpu,
+                              "run.epochs": args.epochs, "optim.batch_size": args.batch_size},
+                   default_preset="default" if args.data else DEMO_PRESET)
 
 
 def _init_ray(address: str | None, min_cpus: int) -> None:
@@ -456,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (DataError, ConfigError) as e:
+    except (UsageError, DataError, ConfigError) as e:
         print(f"rfgan {args.command}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
