@@ -401,8 +401,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
                      workers_per_trial=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker,
                      gpus_per_worker=args.gpus_per_worker, max_concurrent=args.max_concurrent, seed=args.seed)
     _init_ray(args.address, math.ceil(args.workers_per_trial * args.cpus_per_worker) + 2)
-    results = run_sweep(cfg, spec, space, resume=args.resume, fault_marker=os.environ.get("RFGAN_TEST_TRIAL_FAULT"),
-                        interrupt_after=int(os.environ.get("RFGAN_TEST_INTERRUPT_AFTER_TRIALS", 0)) or None)
+    results = run_sweep(cfg, spec, space, resume=args.resume)
     rows = summarize(results, space, out)
     print(table_text(rows, space))
     print(f"sweep directory: {out}\nbest config: {out}/best_config.json  (rfgan train --config "

@@ -8,8 +8,7 @@ validation split: the adversarial losses are not comparable across trials.
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,10 +19,6 @@ from rfgan.run.train import fit, run_paths
 from rfgan.sweep.space import DefineByRun, Range, overrides_from_trial, start_point, validate_space
 
 PARAM_SECTIONS = ("data", "model", "loss", "optim", "run")
-
-
-class TrialFault(RuntimeError):
-    """Raised by the test-only fault hook."""
 
 
 def trial_config(config: Mapping[str, Any]) -> Config:
@@ -38,10 +33,6 @@ def trial_driver(config: dict[str, Any]) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    marker = config.get("fault_marker")
-    if marker and not os.path.exists(marker):
-        Path(marker).write_text("raised once")
-        raise TrialFault("test fault: this trial raises on purpose")
     cfg = trial_config(config)
     trial_id = ray.tune.get_context().get_trial_id()
     # A name from the trial id, not a timestamp: a restored sweep re-enters the same Train run and resumes it.
@@ -85,28 +76,11 @@ def sweep_base(base: Config, spec: SweepSpec) -> Config:
                                 "run.keep_checkpoints": 1})
 
 
-def _interrupt_after(n: int):
-    """Test-only: a Tune callback that interrupts the sweep (SIGINT, as Ctrl-C does) once n trials completed."""
-    import signal
-
-    from ray.tune import Callback
-
-    class InterruptAfter(Callback):
-        def __init__(self) -> None:
-            self.completed = 0
-
-        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-            self.completed += 1
-            if self.completed == n:
-                os.kill(os.getpid(), signal.SIGINT)
-
-    return InterruptAfter()
-
-
 def run_sweep(base: Config, spec: SweepSpec, space: Mapping[str, Range], resume: bool = False,
-              fault_marker: str | None = None, interrupt_after: int | None = None):
+              callbacks: Sequence[Any] | None = None):
     """Run (or, with `resume`, continue) a sweep on the connected Ray cluster; returns Tune's ResultGrid.
-    `fault_marker` and `interrupt_after` are test-only hooks (a trial that raises once; an interrupted sweep)."""
+    `callbacks` are Ray Tune callbacks for a new sweep: a resumed one runs with those it started with, which Tune
+    keeps in the sweep's state."""
     import optuna
     import ray
     import ray.tune
@@ -120,6 +94,8 @@ def run_sweep(base: Config, spec: SweepSpec, space: Mapping[str, Range], resume:
     # The driver function only waits on its Train run; its workers hold the real resources.
     trainable = ray.tune.with_resources(trial_driver, {"CPU": 0.01})
     if resume:
+        if callbacks:
+            raise ValueError("callbacks are for a new sweep; Tune restores a resumed sweep with its own")
         if not ray.tune.Tuner.can_restore(sweep_dir):
             raise ConfigError(f"{spec.out} holds no sweep to resume; start one without --resume.")
         # Unfinished trials continue (their Train runs resume from their checkpoints); finished and errored
@@ -134,20 +110,16 @@ def run_sweep(base: Config, spec: SweepSpec, space: Mapping[str, Range], resume:
                           sampler=optuna.samplers.TPESampler(seed=spec.seed))
     scheduler = ASHAScheduler(metric=SCORE, mode="max", time_attr="training_iteration", max_t=spec.epochs,
                               grace_period=1, reduction_factor=2)
-    param_space = {"base": cfg.to_dict(), "space": {k: asdict(v) for k, v in space.items()},
-                   "dataset_path": spec.data,
-                   "trials_dir": f"{sweep_dir}/trials"}
-    if fault_marker:
-        param_space["fault_marker"] = fault_marker
     tuner = ray.tune.Tuner(
         trainable,
-        param_space=param_space,
+        param_space={"base": cfg.to_dict(), "space": {k: asdict(v) for k, v in space.items()},
+                     "dataset_path": spec.data, "trials_dir": f"{sweep_dir}/trials"},
         tune_config=ray.tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=spec.trials,
                                         max_concurrent_trials=concurrency(spec, ray.cluster_resources()),
                                         trial_dirname_creator=trial_dirname),
         run_config=ray.tune.RunConfig(name=name, storage_path=storage_path,
                                       failure_config=ray.tune.FailureConfig(max_failures=0),
-                                      callbacks=[_interrupt_after(interrupt_after)] if interrupt_after else None),
+                                      callbacks=list(callbacks or [])),
     )
     return tuner.fit()
 

@@ -72,14 +72,48 @@ def sweep_args(data, out, space_file, trials):
             "--trials", str(trials), "--epochs", "2", "--workers-per-trial", "1", "--max-concurrent", "2"]
 
 
+@pytest.fixture
+def trial_fault(monkeypatch, tmp_path):
+    """The first trial of a sweep to start raises, once; yields the file that says it did."""
+    import ray.cloudpickle
+    import sweep_faults
+
+    from rfgan.sweep import runner
+
+    marker = tmp_path / "raised"
+    # The wrapper runs in a Ray actor, which cannot import the test folder: what it uses of sweep_faults must travel
+    # by value (the closure itself would anyway; the module's globals would not).
+    ray.cloudpickle.register_pickle_by_value(sweep_faults)
+    monkeypatch.setattr(runner, "trial_driver", sweep_faults.raise_once(marker, runner.trial_driver))
+    yield marker
+    ray.cloudpickle.unregister_pickle_by_value(sweep_faults)
+
+
+@pytest.fixture
+def interrupt_after_two_trials(monkeypatch, tmp_path):
+    """A new sweep interrupts itself (SIGINT, as Ctrl-C) once 2 trials have completed; yields the file that says
+    it did. A resumed sweep brings the callback back from its state, not from here."""
+    import sweep_faults
+
+    from rfgan.sweep import runner
+
+    marker, run_sweep = tmp_path / "interrupted", runner.run_sweep
+
+    def interrupted(*args, resume=False, **kwargs):
+        callbacks = None if resume else [sweep_faults.InterruptAfter(2, marker)]
+        return run_sweep(*args, resume=resume, callbacks=callbacks, **kwargs)
+
+    monkeypatch.setattr(runner, "run_sweep", interrupted)
+    return marker
+
+
 def test_sweep_of_four_trials_with_one_crash_writes_results_and_a_trainable_best_config(
-        ray_session, tiny_dataset, tmp_path, monkeypatch, capsys):
+        ray_session, tiny_dataset, tmp_path, trial_fault, capsys):
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
-    out, marker = tmp_path / "sweep", tmp_path / "raised"
-    monkeypatch.setenv("RFGAN_TEST_TRIAL_FAULT", str(marker))  # the first trial to start raises, once
+    out = tmp_path / "sweep"
     assert main(sweep_args(tiny_dataset, out, tmp_path / "space.yaml", 4)) == 0
     printed = capsys.readouterr().out
-    assert marker.exists()
+    assert trial_fault.read_text() == "raised"
     rows = table(out)
     assert len(rows) == 4 and "loss.lambda_adv" in rows[0] and "best_val_ssim" in rows[0]
     assert sorted(r["status"] == "ERROR" for r in rows) == [False, False, False, True]
@@ -100,16 +134,14 @@ def test_sweep_of_four_trials_with_one_crash_writes_results_and_a_trainable_best
 
 
 def test_an_interrupted_sweep_resumes_without_repeating_finished_trials(ray_session, tiny_dataset, tmp_path,
-                                                                         monkeypatch):
+                                                                         interrupt_after_two_trials):
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
     out = tmp_path / "sweep"
-    # Test-only: the sweep interrupts itself (SIGINT, as Ctrl-C) once 2 trials have completed.
-    monkeypatch.setenv("RFGAN_TEST_INTERRUPT_AFTER_TRIALS", "2")
     assert main(sweep_args(tiny_dataset, out, tmp_path / "space.yaml", 4)) == 0
+    assert interrupt_after_two_trials.exists()
     first = {r["trial_id"]: r for r in table(out)}
     finished = {tid for tid, row in first.items() if row["status"] == "DONE"}
     assert 2 <= len(finished) < 4
-    monkeypatch.delenv("RFGAN_TEST_INTERRUPT_AFTER_TRIALS")
     # The finished trials' Train runs must not run again: remember their files.
     runs = {p.name: sorted(q.name for q in p.iterdir()) for p in (out / "trials").iterdir()}
     assert main(sweep_args(tiny_dataset, out, tmp_path / "space.yaml", 4) + ["--resume"]) == 0
