@@ -17,8 +17,8 @@ import pyarrow.fs as pafs
 from rfgan.config import Config
 from rfgan.data.format import filesystem
 from rfgan.run.checkpoint import SCORE
-from rfgan.sweep.runner import PARAM_SECTIONS, trial_config
-from rfgan.sweep.space import SEP, SWITCH_SUFFIX, Range
+from rfgan.sweep.runner import trial_config, trial_params
+from rfgan.sweep.space import SWITCH_SUFFIX, Range
 
 TRIALS_FILE, BEST_FILE = "trials.csv", "best_config.json"
 SCORE_PLOT, IMPORTANCE_PLOT = "trials.png", "param_importances.png"
@@ -42,7 +42,7 @@ def summarize(results, space: Mapping[str, Range], out: str) -> list[dict[str, A
         rows.append({
             "trial_id": _trial_id(r),
             "status": "ERROR" if r.error else ("DONE" if last.get("done") else "UNFINISHED"),
-            **{k: cfg_value(cfg, k) for k in space},
+            **{k: cfg.get(k) for k in space},
             "epochs": len(scores), "best_" + SCORE: max(scores) if scores else None,
             **{k: last.get(k) for k in ("val_psnr", SCORE, "val_pixel_corr", "val_feature_corr")},
             "error": _first_line(r.error)})
@@ -67,11 +67,6 @@ def summarize(results, space: Mapping[str, Range], out: str) -> list[dict[str, A
     pafs.copy_files(str(root), dest, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
     shutil.rmtree(root, ignore_errors=True)
     return rows
-
-
-def cfg_value(cfg: Config, key: str) -> Any:
-    section, field = key.split(".", 1)
-    return getattr(getattr(cfg, section), field)
 
 
 def _first_line(error: BaseException | None) -> str:
@@ -119,7 +114,7 @@ def plot_importances(results, space: Mapping[str, Range], path: Path) -> None:
         if r.error or history is None or SCORE not in history:
             continue
         params, distributions = {}, {}
-        flat = {k.replace(SEP, "."): v for k, v in _flatten_params(r.config).items()}
+        flat = trial_params(r.config)
         for key, rng in space.items():
             if rng.allow_zero:
                 on = flat.get(key + SWITCH_SUFFIX, True)
@@ -143,14 +138,6 @@ def plot_importances(results, space: Mapping[str, Range], path: Path) -> None:
         ax.axis("off")
         fig.savefig(path, dpi=100)
     plt.close("all")
-
-
-def _flatten_params(config: Mapping[str, Any]) -> dict[str, Any]:
-    out = {}
-    for section in PARAM_SECTIONS:
-        for k, v in (config.get(section) or {}).items():
-            out[f"{section}.{k}"] = v
-    return out
 
 
 def table_text(rows: list[dict[str, Any]], space: Mapping[str, Range]) -> str:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from rfgan.config import Config, ConfigError
+from rfgan.config import Config, ConfigError, flatten
 from rfgan.run.checkpoint import SCORE
 from rfgan.run.train import fit, run_paths
 from rfgan.sweep.space import DefineByRun, Range, overrides_from_trial, start_point, validate_space
@@ -21,11 +21,15 @@ from rfgan.sweep.space import DefineByRun, Range, overrides_from_trial, start_po
 PARAM_SECTIONS = ("data", "model", "loss", "optim", "run")
 
 
+def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial's sampled parameters (Tune's config holds them beside the sweep's own entries), as dotted keys."""
+    return flatten({k: v for k, v in config.items() if k in PARAM_SECTIONS})
+
+
 def trial_config(config: Mapping[str, Any]) -> Config:
     """The Config a trial trains: the sweep's base with the trial's sampled parameters."""
     space = {k: Range(**v) for k, v in config["space"].items()}
-    params = {k: v for k, v in config.items() if k in PARAM_SECTIONS}
-    return Config.from_dict(config["base"]).with_overrides(overrides_from_trial(params, space))
+    return Config.from_dict(config["base"]).with_overrides(overrides_from_trial(trial_params(config), space))
 
 
 def trial_driver(config: dict[str, Any]) -> None:
