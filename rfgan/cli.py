@@ -224,13 +224,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_train)
 
 
-def resolve_config(args: argparse.Namespace):
-    """The config of `rfgan train` (and `rfgan tune`): rfgan.config.resolve of its flags."""
+def _config(args: argparse.Namespace, flags: dict):
+    """The config of train and tune: their shared --preset/--config/--set/--data, then `flags`, the command's own
+    flags as dotted keys (None: not given)."""
     from rfgan.config import resolve
 
     return resolve(preset=args.preset, config_file=args.config, sets=args.set,
-                   overrides={"data.path": args.data, "run.workers": args.workers, "run.use_gpu": args.gpu,
-                              "run.epochs": args.epochs, "optim.batch_size": args.batch_size},
+                   overrides={"data.path": args.data, **flags},
                    default_preset="default" if args.data else DEMO_PRESET)
 
 
@@ -263,7 +263,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from rfgan.gan.build import build_gan, check_compatible
     from rfgan.gan.models import count_parameters
 
-    cfg = resolve_config(args)
+    cfg = _config(args, {"run.workers": args.workers, "run.use_gpu": args.gpu, "run.epochs": args.epochs,
+                         "optim.batch_size": args.batch_size})
     data = dataset_or_synth(cfg.data.path)
     info = read_info(data)
     rfs = read_rfs(data, info)
@@ -376,15 +377,17 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
                                    "(rfgan.sweep.space.DEFAULT_SPACE; see tune/space.yaml)")
     p.add_argument("--out", help="sweep directory or storage URI (s3://...); default sweeps/PRESET-TIME")
     p.add_argument("--trials", type=int, default=20, help="number of trials")
-    p.add_argument("--epochs", type=int, default=10, help="epochs per trial (ASHA stops weak trials earlier)")
-    p.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers per trial")
-    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per Train worker")
-    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per Train worker (fractions share)")
+    p.add_argument("--epochs", type=int, default=10, help="epochs per trial (run.epochs; ASHA stops weak trials "
+                                                          "earlier)")
+    p.add_argument("--workers-per-trial", type=int, help="Ray Train workers per trial (run.workers)")
+    p.add_argument("--cpus-per-worker", type=float, help="CPUs per Train worker (run.cpus_per_worker)")
+    p.add_argument("--gpus-per-worker", type=float, help="GPUs per Train worker, fractions share a GPU, 0 none "
+                                                         "(run.gpus_per_worker, run.use_gpu)")
     p.add_argument("--max-concurrent", type=int, help="cap on trials at once (default: what the resources allow)")
     p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep in --out")
-    p.set_defaults(func=cmd_tune, workers=None, gpu=None, batch_size=None)
+    p.set_defaults(func=cmd_tune)
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -392,15 +395,16 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from rfgan.sweep.runner import SweepSpec, run_sweep
     from rfgan.sweep.space import load_space
 
-    cfg = resolve_config(argparse.Namespace(**{**vars(args), "epochs": None}))
+    gpus = args.gpus_per_worker
+    cfg = _config(args, {"run.epochs": args.epochs, "run.workers": args.workers_per_trial,
+                         "run.cpus_per_worker": args.cpus_per_worker,
+                         "run.use_gpu": None if gpus is None else gpus > 0, "run.gpus_per_worker": gpus or None})
     data = dataset_or_synth(cfg.data.path)
     _preflight(cfg)
     out = args.out or f"sweeps/{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     space = load_space(args.space)
-    spec = SweepSpec(data=data, out=out, trials=args.trials, epochs=args.epochs,
-                     workers_per_trial=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker,
-                     gpus_per_worker=args.gpus_per_worker, max_concurrent=args.max_concurrent, seed=args.seed)
-    _init_ray(args.address, math.ceil(args.workers_per_trial * args.cpus_per_worker) + 2)
+    spec = SweepSpec(data=data, out=out, trials=args.trials, max_concurrent=args.max_concurrent, seed=args.seed)
+    _init_ray(args.address, math.ceil(cfg.run.workers * cfg.run.cpus_per_worker) + 2)
     results = run_sweep(cfg, spec, space, resume=args.resume)
     rows = summarize(results, space, out)
     print(table_text(rows, space))

@@ -8,13 +8,11 @@ import math
 import shutil
 import tempfile
 from collections.abc import Mapping
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pyarrow.fs as pafs
 
-from rfgan.config import Config
 from rfgan.data.format import filesystem
 from rfgan.run.checkpoint import SCORE
 from rfgan.sweep.runner import trial_config, trial_params
@@ -56,10 +54,9 @@ def summarize(results, space: Mapping[str, Range], out: str) -> list[dict[str, A
         writer.writeheader()
         writer.writerows(rows)
     if best is not None:
-        # What was trained, minus the sweep's own settings (no retries, one checkpoint kept).
-        best_cfg = replace(best[1], run=replace(best[1].run, max_failures=Config().run.max_failures,
-                                                keep_checkpoints=Config().run.keep_checkpoints))
-        (root / BEST_FILE).write_text(best_cfg.to_json() + "\n")
+        # The user's base config with the best trial's parameters: trials' own settings (runner.TRIAL_ONLY) are
+        # not in it, so `rfgan train --config` trains the winner as the user configured everything else.
+        (root / BEST_FILE).write_text(best[1].to_json() + "\n")
     plot_trials(results, root / SCORE_PLOT)
     plot_importances(results, space, root / IMPORTANCE_PLOT)
     fs, dest = filesystem(out)
