@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from rfgan.errors import DataError, UsageError, user_error
+from rfgan.errors import UsageError, user_error
 
 DEFAULT_DATA = "data/synthetic"
 DEMO_PRESET = "tiny"
@@ -224,36 +224,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_train)
 
 
-def resolve_config(args: argparse.Namespace):
-    """Preset → config file → --set overrides → explicit flags; validated at each step."""
-    from rfgan.config import load_config, preset
+def _config(args: argparse.Namespace, flags: dict):
+    """The config of train and tune: their shared --preset/--config/--set/--data, then `flags`, the command's own
+    flags as dotted keys (None: not given)."""
+    from rfgan.config import resolve
 
-    if args.config:
-        cfg = load_config(args.config)
-        if args.preset:
-            raise DataError("give --preset or --config, not both (a config file names its preset inside)")
-    else:
-        cfg = preset(args.preset or ("default" if args.data else DEMO_PRESET))
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise DataError(f"--set needs KEY=VALUE, got {item!r}")
-        overrides[key.strip()] = _parse_value(value.strip())
-    flags = {"run.workers": args.workers, "run.use_gpu": args.gpu, "run.epochs": args.epochs,
-             "optim.batch_size": args.batch_size}
-    overrides.update({k: v for k, v in flags.items() if v is not None})
-    if args.data:
-        overrides["data.path"] = args.data
-    return cfg.with_overrides(overrides) if overrides else cfg
-
-
-def _parse_value(text: str):
-    """JSON values (numbers, true/false, null, lists) as such; anything else stays a string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
+    return resolve(preset=args.preset, config_file=args.config, sets=args.set,
+                   overrides={"data.path": args.data, **flags},
+                   default_preset="default" if args.data else DEMO_PRESET)
 
 
 def _init_ray(address: str | None, min_cpus: int) -> None:
@@ -268,28 +246,17 @@ def _init_ray(address: str | None, min_cpus: int) -> None:
     ray.init(num_cpus=max(os.cpu_count() or 1, min_cpus))
 
 
-def _preflight(cfg) -> None:
-    """Fail before Ray starts on what would otherwise fail on every worker."""
-    if cfg.loss.lambda_vgg > 0 and not cfg.loss.vgg_random_init:
-        from rfgan.gan.vgg import MissingVGGWeightsError, load_vgg19_state_dict
-
-        try:
-            load_vgg19_state_dict(cfg.loss.vgg_weights)
-        except MissingVGGWeightsError as e:
-            raise DataError(f"{e}\nWith rfgan: --set loss.vgg_weights=PATH, or for a demo without a perceptual "
-                            f"loss --set loss.vgg_random_init=true (or --preset {DEMO_PRESET}).") from None
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    from rfgan.data.format import read_info, read_rfs
-    from rfgan.gan.build import build_gan, check_compatible
+    from rfgan.gan.build import build_gan
     from rfgan.gan.models import count_parameters
+    from rfgan.run.checkpoint import existing_checkpoints
+    from rfgan.run.train import fit, preflight, write_resolved_config
 
-    cfg = resolve_config(args)
+    cfg = _config(args, {"run.workers": args.workers, "run.use_gpu": args.gpu, "run.epochs": args.epochs,
+                         "optim.batch_size": args.batch_size})
     data = dataset_or_synth(cfg.data.path)
-    info = read_info(data)
-    rfs = read_rfs(data, info)
-    check_compatible(cfg, info)
+    # A dry run needs no VGG weights: it builds no VGG.
+    info, rfs = preflight(cfg, data, check_weights=not args.dry_run)
     print(f"config (preset {cfg.preset!r}, data {data}):\n{cfg.to_json()}")
     if args.dry_run:
         gan = build_gan(cfg, info, rfs, with_vgg=False)
@@ -298,10 +265,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"discriminator: {count_parameters(gan.discriminator):,} parameters" if gan.discriminator is not None
               else "discriminator: none (loss.lambda_adv = 0)")
         return 0
-    _preflight(cfg)
-    from rfgan.run.checkpoint import existing_checkpoints
-    from rfgan.run.train import fit, write_resolved_config
-
     out = args.out or f"runs/{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     found = existing_checkpoints(out)
     if found and not args.resume:
@@ -314,7 +277,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     local = not (args.address or os.environ.get("RAY_ADDRESS"))
     threads = max(1, (os.cpu_count() or 1) // cfg.run.workers) if local else None
     start = time.perf_counter()
-    result = fit(cfg, data, out, torch_threads=threads)
+    result = fit(cfg, data, out, dataset=(info, rfs), torch_threads=threads)
     wall = time.perf_counter() - start
     if result.error is not None:
         print(f"rfgan train: training failed after {wall:.0f} s: {result.error}", file=sys.stderr)
@@ -402,33 +365,36 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
                                    "(rfgan.sweep.space.DEFAULT_SPACE; see tune/space.yaml)")
     p.add_argument("--out", help="sweep directory or storage URI (s3://...); default sweeps/PRESET-TIME")
     p.add_argument("--trials", type=int, default=20, help="number of trials")
-    p.add_argument("--epochs", type=int, default=10, help="epochs per trial (ASHA stops weak trials earlier)")
-    p.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers per trial")
-    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per Train worker")
-    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per Train worker (fractions share)")
+    p.add_argument("--epochs", type=int, default=10, help="epochs per trial (run.epochs; ASHA stops weak trials "
+                                                          "earlier)")
+    p.add_argument("--workers-per-trial", type=int, help="Ray Train workers per trial (run.workers)")
+    p.add_argument("--cpus-per-worker", type=float, help="CPUs per Train worker (run.cpus_per_worker)")
+    p.add_argument("--gpus-per-worker", type=float, help="GPUs per Train worker, fractions share a GPU, 0 none "
+                                                         "(run.gpus_per_worker, run.use_gpu)")
     p.add_argument("--max-concurrent", type=int, help="cap on trials at once (default: what the resources allow)")
     p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep in --out")
-    p.set_defaults(func=cmd_tune, workers=None, gpu=None, batch_size=None)
+    p.set_defaults(func=cmd_tune)
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    from rfgan.run.train import preflight
     from rfgan.sweep.results import summarize, table_text
     from rfgan.sweep.runner import SweepSpec, run_sweep
     from rfgan.sweep.space import load_space
 
-    cfg = resolve_config(argparse.Namespace(**{**vars(args), "epochs": None}))
+    gpus = args.gpus_per_worker
+    cfg = _config(args, {"run.epochs": args.epochs, "run.workers": args.workers_per_trial,
+                         "run.cpus_per_worker": args.cpus_per_worker,
+                         "run.use_gpu": None if gpus is None else gpus > 0, "run.gpus_per_worker": gpus or None})
     data = dataset_or_synth(cfg.data.path)
-    _preflight(cfg)
+    preflight(cfg, data)
     out = args.out or f"sweeps/{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     space = load_space(args.space)
-    spec = SweepSpec(data=data, out=out, trials=args.trials, epochs=args.epochs,
-                     workers_per_trial=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker,
-                     gpus_per_worker=args.gpus_per_worker, max_concurrent=args.max_concurrent, seed=args.seed)
-    _init_ray(args.address, math.ceil(args.workers_per_trial * args.cpus_per_worker) + 2)
-    results = run_sweep(cfg, spec, space, resume=args.resume, fault_marker=os.environ.get("RFGAN_TEST_TRIAL_FAULT"),
-                        interrupt_after=int(os.environ.get("RFGAN_TEST_INTERRUPT_AFTER_TRIALS", 0)) or None)
+    spec = SweepSpec(data=data, out=out, trials=args.trials, max_concurrent=args.max_concurrent, seed=args.seed)
+    _init_ray(args.address, math.ceil(cfg.run.workers * cfg.run.cpus_per_worker) + 2)
+    results = run_sweep(cfg, spec, space, resume=args.resume)
     rows = summarize(results, space, out)
     print(table_text(rows, space))
     print(f"sweep directory: {out}\nbest config: {out}/best_config.json  (rfgan train --config "

@@ -1,5 +1,7 @@
 """The one configuration of rfgan: a frozen, nested dataclass with every default, named presets, validation and
-(de)serialisation. The CLI, the Ray Train worker and the Tune search space are all derived from it.
+(de)serialisation. The CLI, the Ray Train worker and the Tune search space are all derived from it; `resolve` is
+how a command line (`rfgan train`, `rfgan tune`) becomes one, and `flatten` / `Config.get` / `Config.with_overrides`
+are the one way to address a field by its dotted key ("loss.lambda_adv").
 
 Every value is checked when a Config is built (including by `dataclasses.replace`), so an impossible config can
 not exist; unknown keys in a file or an override are errors that list the valid keys.
@@ -11,11 +13,11 @@ import dataclasses
 import json
 import os
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from rfgan.errors import ConfigError
+from rfgan.errors import ConfigError, UsageError
 
 # The valid values of the loss settings live here, with the config that is checked against them, so that reading a
 # config needs no torch: rfgan.gan.losses implements exactly these.
@@ -166,20 +168,61 @@ class Config:
     def from_dict(cls, d: Mapping[str, Any]) -> Config:
         return _build(cls, d, "")
 
+    def get(self, key: str) -> Any:
+        """One field by its dotted key, e.g. "loss.lambda_adv"."""
+        flat = flatten(self.to_dict())
+        if key not in flat:
+            raise _unknown_key(key, flat)
+        return flat[key]
+
     def with_overrides(self, overrides: Mapping[str, Any]) -> Config:
         """Apply dotted-key overrides, e.g. {"loss.lambda_adv": 0.5, "optim.lr_g": 1e-4}."""
-        d = self.to_dict()
-        for key, value in overrides.items():
-            *parents, leaf = key.split(".")
-            node = d
-            for i, part in enumerate(parents):
-                if not isinstance(node.get(part), dict):
-                    raise ConfigError(f"unknown config key {'.'.join(parents[:i + 1])!r} in {key!r}")
-                node = node[part]
-            if leaf not in node:
-                raise ConfigError(f"unknown config key {key!r}; valid keys here: {sorted(node)}")
-            node[leaf] = value
-        return Config.from_dict(d)
+        flat = flatten(self.to_dict())
+        for key, value in flatten(overrides).items():
+            if key not in flat:
+                raise _unknown_key(key, flat)
+            flat[key] = value
+        return Config.from_dict(_nest(flat))
+
+
+def flatten(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    """A nested mapping as dotted keys: {"loss": {"lambda_adv": 1.0}} → {"loss.lambda_adv": 1.0}. Keys that are
+    dotted already stay as they are, so a mix of both flattens too."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if isinstance(value, Mapping):
+            flat.update({f"{key}.{k}": v for k, v in flatten(value).items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def _unknown_key(key: str, valid: Mapping[str, Any]) -> ConfigError:
+    """The error for a dotted key that is not a config field: it names the first unknown part, and the valid keys
+    where the known part ends."""
+    if any(k.startswith(key + ".") for k in valid):
+        return ConfigError(f"config key {key!r} is a section: set its fields, e.g. "
+                           f"{next(k for k in valid if k.startswith(key + '.'))!r}")
+    parts = key.split(".")
+    for i in range(1, len(parts)):
+        section = ".".join(parts[:i])
+        if not any(k.startswith(section + ".") for k in valid):
+            return ConfigError(f"unknown config key {section!r} in {key!r}")
+    parent = ".".join(parts[:-1])
+    prefix = parent + "." if parent else ""
+    here = sorted({k[len(prefix):].split(".")[0] for k in valid if k.startswith(prefix)})
+    return ConfigError(f"unknown config key {key!r}; valid keys here: {here}")
 
 
 def _build(cls: type, d: Mapping[str, Any], prefix: str) -> Any:
@@ -269,6 +312,37 @@ def preset(name: str) -> Config:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; presets: {sorted(PRESETS)}")
     return PRESETS[name]
+
+
+_preset = preset  # resolve() has a `preset` argument, named like the flag, which hides this function
+
+
+def resolve(preset: str | None = None, config_file: str | os.PathLike | None = None, sets: Iterable[str] = (),
+            overrides: Mapping[str, Any] | None = None, default_preset: str = "default") -> Config:
+    """The config of a command line: a preset (`default_preset` if none) or a config file, then the `--set KEY=VALUE`
+    strings in `sets`, then `overrides` (dotted keys from the command's own flags; None values are flags not given).
+    Later steps win; the result is validated."""
+    if preset and config_file:
+        raise UsageError("give --preset or --config, not both (a config file names its preset inside)")
+    changes = _parse_sets(sets)
+    changes.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    cfg = load_config(config_file) if config_file else _preset(preset or default_preset)
+    return cfg.with_overrides(changes) if changes else cfg
+
+
+def _parse_sets(sets: Iterable[str]) -> dict[str, Any]:
+    """`--set KEY=VALUE` strings as overrides: JSON values (numbers, true/false, null, lists) as such, anything else
+    as a string."""
+    overrides = {}
+    for item in sets:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise UsageError(f"--set needs KEY=VALUE, got {item!r}")
+        try:
+            overrides[key.strip()] = json.loads(text.strip())
+        except json.JSONDecodeError:
+            overrides[key.strip()] = text.strip()
+    return overrides
 
 
 def load_config(path: str | os.PathLike) -> Config:

@@ -71,3 +71,13 @@ def test_an_unwritable_output_is_a_one_line_error(tmp_path, capsys):
     code = main(["synth", "--out", str(tmp_path / "a-file" / "ds"), "--n-train", "4", "--n-val", "2", "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("rfgan synth: error:") and "a-file" in err and "Traceback" not in err
+
+
+def test_usage_mistakes_are_one_line_errors(tmp_path, capsys):
+    (tmp_path / "c.json").write_text("{}")
+    assert main(["train", "--preset", "tiny", "--config", str(tmp_path / "c.json"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rfgan train: error: give --preset or --config, not both") and "Traceback" not in err
+    assert main(["tune", "--set", "loss.lambda_adv", "--out", str(tmp_path / "sweep")]) == 2
+    assert capsys.readouterr().err.startswith("rfgan tune: error: --set needs KEY=VALUE, got 'loss.lambda_adv'")
+    assert not (tmp_path / "sweep").exists()

@@ -1,9 +1,12 @@
 import dataclasses
 import json
+import subprocess
+import sys
 
 import pytest
 
-from rfgan.config import PRESETS, Config, ConfigError, load_config, preset
+from rfgan.config import PRESETS, Config, ConfigError, flatten, load_config, preset, resolve
+from rfgan.errors import UsageError
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -71,3 +74,66 @@ def test_load_yaml_and_json_on_top_of_a_preset(tmp_path):
     (tmp_path / "bad.json").write_text('{"loss": {"lambda": 1}}')
     with pytest.raises(ConfigError, match="bad.json: unknown config key"):
         load_config(tmp_path / "bad.json")
+
+
+def test_config_needs_no_torch():
+    # The CLI resolves and prints configs, and the sweep builds its space, before anything trains.
+    code = "import sys, rfgan.config; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_flatten_and_get_address_fields_by_dotted_key():
+    cfg = preset("reference")
+    flat = flatten(cfg.to_dict())
+    assert flat["loss.lambda_vgg"] == 2.0 and flat["model.g_widths"] == (64, 128, 256, 512, 512)
+    assert flat["preset"] == "reference" and "loss" not in flat
+    assert flatten({"loss": {"lambda_adv": 0.5}, "optim.lr_g": 1e-4}) == {"loss.lambda_adv": 0.5, "optim.lr_g": 1e-4}
+    assert cfg.get("optim.beta1") == 0.8 and cfg.get("data.path") is None
+    with pytest.raises(ConfigError, match="unknown config key 'optim.lr'; valid keys here: .*'lr_d'"):
+        cfg.get("optim.lr")
+
+
+def test_overrides_may_be_nested_but_not_replace_a_section():
+    cfg = preset("reference").with_overrides({"loss": {"lambda_adv": 0.5}})
+    assert cfg.loss.lambda_adv == 0.5 and cfg.loss.lambda_vgg == 2.0  # the rest of the section is kept
+    with pytest.raises(ConfigError, match="'loss' is a section"):
+        preset("reference").with_overrides({"loss": 0.5})
+    with pytest.raises(ConfigError, match="unknown config key 'loss.lambda_adv' in 'loss.lambda_adv.x'"):
+        preset("reference").with_overrides({"loss.lambda_adv.x": 0.5})
+
+
+def test_resolve_applies_preset_then_sets_then_flag_overrides():
+    assert resolve() == preset("default")
+    assert resolve(default_preset="tiny") == preset("tiny")
+    cfg = resolve(preset="reference", sets=["loss.lambda_adv=0.5", "model.g_widths=[8, 8, 8, 8, 8]",
+                                            " data.path = some/dir ", "loss.vgg_weights=null", "run.epochs=3"],
+                  overrides={"run.epochs": 4, "run.workers": None, "optim.batch_size": 16})
+    assert cfg.preset == "reference" and cfg.model.generator == "reference"
+    assert cfg.loss.lambda_adv == 0.5 and cfg.model.g_widths == (8, 8, 8, 8, 8)
+    assert cfg.data.path == "some/dir" and cfg.loss.vgg_weights is None
+    assert cfg.run.epochs == 4  # a flag beats --set
+    assert cfg.run.workers == 1 and cfg.optim.batch_size == 16  # None: a flag not given
+
+
+def test_resolve_starts_from_a_config_file(tmp_path):
+    (tmp_path / "c.yaml").write_text("preset: rfmasked\noptim:\n  lr_g: 1.0e-3\n")
+    cfg = resolve(config_file=tmp_path / "c.yaml", sets=["optim.lr_d=5e-4"], default_preset="tiny")
+    assert cfg.preset == "rfmasked" and cfg.data.mask and (cfg.optim.lr_g, cfg.optim.lr_d) == (1e-3, 5e-4)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"preset": "tiny", "config_file": "c.json"}, "--preset or --config, not both"),
+    ({"sets": ["loss.lambda_adv"]}, "--set needs KEY=VALUE, got 'loss.lambda_adv'"),
+])
+def test_command_line_mistakes_are_usage_errors(kwargs, message):
+    with pytest.raises(UsageError, match=message):
+        resolve(**kwargs)
+
+
+def test_resolve_reports_bad_keys_and_values_as_config_errors():
+    with pytest.raises(ConfigError, match="unknown config key 'loss.lambda'"):
+        resolve(sets=["loss.lambda=1"])
+    with pytest.raises(ConfigError, match="optim.batch_size must be an integer"):
+        resolve(sets=["optim.batch_size=many"])
+    with pytest.raises(ConfigError, match="unknown preset 'nope'"):
+        resolve(preset="nope")

@@ -218,9 +218,10 @@ def run_paths(out: str) -> tuple[str, str]:
     return storage.split(out)
 
 
-def preflight(cfg: Config, data: str) -> tuple[DatasetInfo, RFTable]:
+def preflight(cfg: Config, data: str, check_weights: bool = True) -> tuple[DatasetInfo, RFTable]:
     """Check, before Ray starts, what would otherwise fail on every worker: the dataset's metadata and RF table,
-    an image size the generator can round-trip, and the VGG weights if the loss needs them."""
+    an image size the generator can round-trip, a batch every worker can fill, and (`check_weights`) the VGG
+    weights if the loss needs them."""
     info, rfs = read_info(data), read_rfs(data)
     check_compatible(cfg, info)
     # Ray Data splits the training rows evenly over the workers, and each drops its last partial batch: every
@@ -231,7 +232,7 @@ def preflight(cfg: Config, data: str) -> tuple[DatasetInfo, RFTable]:
             f"optim.batch_size={batch} over {workers} worker(s) needs at least {max(batch, workers)} training rows "
             f"and a batch of at least one row per worker, but {data} has {rows} training rows; lower --batch-size "
             f"(at most {rows // workers * workers}) or --workers.")
-    if cfg.loss.lambda_vgg > 0 and not cfg.loss.vgg_random_init:
+    if check_weights and cfg.loss.lambda_vgg > 0 and not cfg.loss.vgg_random_init:
         load_vgg19_state_dict(cfg.loss.vgg_weights)
     return info, rfs
 

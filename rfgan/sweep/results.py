@@ -8,15 +8,13 @@ import math
 import shutil
 import tempfile
 from collections.abc import Mapping
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from rfgan import storage
-from rfgan.config import Config
 from rfgan.run.checkpoint import SCORE
-from rfgan.sweep.runner import PARAM_SECTIONS, trial_config
-from rfgan.sweep.space import SEP, SWITCH_SUFFIX, Range
+from rfgan.sweep.runner import trial_config, trial_params
+from rfgan.sweep.space import SWITCH_SUFFIX, Range
 
 TRIALS_FILE, BEST_FILE = "trials.csv", "best_config.json"
 SCORE_PLOT, IMPORTANCE_PLOT = "trials.png", "param_importances.png"
@@ -40,7 +38,7 @@ def summarize(results, space: Mapping[str, Range], out: str) -> list[dict[str, A
         rows.append({
             "trial_id": _trial_id(r),
             "status": "ERROR" if r.error else ("DONE" if last.get("done") else "UNFINISHED"),
-            **{k: cfg_value(cfg, k) for k in space},
+            **{k: cfg.get(k) for k in space},
             "epochs": len(scores), "best_" + SCORE: max(scores) if scores else None,
             **{k: last.get(k) for k in ("val_psnr", SCORE, "val_pixel_corr", "val_feature_corr")},
             "error": _first_line(r.error)})
@@ -54,20 +52,14 @@ def summarize(results, space: Mapping[str, Range], out: str) -> list[dict[str, A
         writer.writeheader()
         writer.writerows(rows)
     if best is not None:
-        # What was trained, minus the sweep's own settings (no retries, one checkpoint kept).
-        best_cfg = replace(best[1], run=replace(best[1].run, max_failures=Config().run.max_failures,
-                                                keep_checkpoints=Config().run.keep_checkpoints))
-        (root / BEST_FILE).write_text(best_cfg.to_json() + "\n")
+        # The user's base config with the best trial's parameters: trials' own settings (runner.TRIAL_ONLY) are
+        # not in it, so `rfgan train --config` trains the winner as the user configured everything else.
+        (root / BEST_FILE).write_text(best[1].to_json() + "\n")
     plot_trials(results, root / SCORE_PLOT)
     plot_importances(results, space, root / IMPORTANCE_PLOT)
     storage.upload(root, out)
     shutil.rmtree(root, ignore_errors=True)
     return rows
-
-
-def cfg_value(cfg: Config, key: str) -> Any:
-    section, field = key.split(".", 1)
-    return getattr(getattr(cfg, section), field)
 
 
 def _first_line(error: BaseException | None) -> str:
@@ -115,7 +107,7 @@ def plot_importances(results, space: Mapping[str, Range], path: Path) -> None:
         if r.error or history is None or SCORE not in history:
             continue
         params, distributions = {}, {}
-        flat = {k.replace(SEP, "."): v for k, v in _flatten_params(r.config).items()}
+        flat = trial_params(r.config)
         for key, rng in space.items():
             if rng.allow_zero:
                 on = flat.get(key + SWITCH_SUFFIX, True)
@@ -139,14 +131,6 @@ def plot_importances(results, space: Mapping[str, Range], path: Path) -> None:
         ax.axis("off")
         fig.savefig(path, dpi=100)
     plt.close("all")
-
-
-def _flatten_params(config: Mapping[str, Any]) -> dict[str, Any]:
-    out = {}
-    for section in PARAM_SECTIONS:
-        for k, v in (config.get(section) or {}).items():
-            out[f"{section}.{k}"] = v
-    return out
 
 
 def table_text(rows: list[dict[str, Any]], space: Mapping[str, Range]) -> str:

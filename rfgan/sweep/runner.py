@@ -8,30 +8,31 @@ validation split: the adversarial losses are not comparable across trials.
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from rfgan import storage
-from rfgan.config import Config, ConfigError
+from rfgan.config import Config, ConfigError, flatten
 from rfgan.run.checkpoint import SCORE
 from rfgan.run.train import fit, run_paths
 from rfgan.sweep.space import DefineByRun, Range, overrides_from_trial, start_point, validate_space
 
 PARAM_SECTIONS = ("data", "model", "loss", "optim", "run")
+# Settings of the sweep, not of the config it finds, so they are applied to trials only: a diverged or crashed trial
+# is an answer and is not retried (the sweep goes on without it), and a trial needs only its best checkpoint.
+TRIAL_ONLY: dict[str, Any] = {"run.max_failures": 0, "run.keep_checkpoints": 1}
 
 
-class TrialFault(RuntimeError):
-    """Raised by the test-only fault hook."""
+def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial's sampled parameters (Tune's config holds them beside the sweep's own entries), as dotted keys."""
+    return flatten({k: v for k, v in config.items() if k in PARAM_SECTIONS})
 
 
 def trial_config(config: Mapping[str, Any]) -> Config:
-    """The Config a trial trains: the sweep's base with the trial's sampled parameters."""
+    """The sweep's base config with a trial's sampled parameters (what best_config.json holds for the best)."""
     space = {k: Range(**v) for k, v in config["space"].items()}
-    params = {k: v for k, v in config.items() if k in PARAM_SECTIONS}
-    return Config.from_dict(config["base"]).with_overrides(overrides_from_trial(params, space))
+    return Config.from_dict(config["base"]).with_overrides(overrides_from_trial(trial_params(config), space))
 
 
 def trial_driver(config: dict[str, Any]) -> None:
@@ -39,11 +40,7 @@ def trial_driver(config: dict[str, Any]) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    marker = config.get("fault_marker")
-    if marker and not os.path.exists(marker):
-        Path(marker).write_text("raised once")
-        raise TrialFault("test fault: this trial raises on purpose")
-    cfg = trial_config(config)
+    cfg = trial_config(config).with_overrides(TRIAL_ONLY)
     trial_id = ray.tune.get_context().get_trial_id()
     # A name from the trial id, not a timestamp: a restored sweep re-enters the same Train run and resumes it.
     out = f"{config['trials_dir']}/train-{trial_id}"
@@ -55,72 +52,46 @@ def trial_driver(config: dict[str, Any]) -> None:
 
 @dataclass(frozen=True)
 class SweepSpec:
+    """The sweep's own settings; what each trial trains (epochs, workers, their CPUs and GPUs) is the base config."""
+
     data: str
     out: str  # sweep directory or URI
     trials: int = 20
-    epochs: int = 10
-    workers_per_trial: int = 1
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
     max_concurrent: int | None = None  # default: as many as the cluster's resources allow
     seed: int = 0
 
 
-def concurrency(spec: SweepSpec, resources: Mapping[str, float]) -> int:
+def concurrency(base: Config, spec: SweepSpec, resources: Mapping[str, float]) -> int:
     """Trials that fit at once: CPUs (workers + one for Ray Data's reads) and GPUs of the cluster."""
-    per_trial_cpu = spec.workers_per_trial * spec.cpus_per_worker + 1
+    run = base.run
+    per_trial_cpu = run.workers * run.cpus_per_worker + 1
     n = max(1, math.floor(resources.get("CPU", 1) / per_trial_cpu))
-    if spec.gpus_per_worker > 0:
-        n = min(n, max(1, math.floor(resources.get("GPU", 0) / (spec.workers_per_trial * spec.gpus_per_worker))))
+    if run.use_gpu:
+        n = min(n, max(1, math.floor(resources.get("GPU", 0) / (run.workers * run.gpus_per_worker))))
     if spec.max_concurrent:
         n = min(n, spec.max_concurrent)
     return min(n, spec.trials)
 
 
-def sweep_base(base: Config, spec: SweepSpec) -> Config:
-    # Trials are not retried: a diverged or crashed trial is an answer, and the sweep goes on without it.
-    return base.with_overrides({"run.epochs": spec.epochs, "run.workers": spec.workers_per_trial,
-                                "run.cpus_per_worker": spec.cpus_per_worker,
-                                "run.use_gpu": spec.gpus_per_worker > 0,
-                                "run.gpus_per_worker": spec.gpus_per_worker or 1.0, "run.max_failures": 0,
-                                "run.keep_checkpoints": 1})
-
-
-def _interrupt_after(n: int):
-    """Test-only: a Tune callback that interrupts the sweep (SIGINT, as Ctrl-C does) once n trials completed."""
-    import signal
-
-    from ray.tune import Callback
-
-    class InterruptAfter(Callback):
-        def __init__(self) -> None:
-            self.completed = 0
-
-        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-            self.completed += 1
-            if self.completed == n:
-                os.kill(os.getpid(), signal.SIGINT)
-
-    return InterruptAfter()
-
-
 def run_sweep(base: Config, spec: SweepSpec, space: Mapping[str, Range], resume: bool = False,
-              fault_marker: str | None = None, interrupt_after: int | None = None):
-    """Run (or, with `resume`, continue) a sweep on the connected Ray cluster; returns Tune's ResultGrid.
-    `fault_marker` and `interrupt_after` are test-only hooks (a trial that raises once; an interrupted sweep)."""
+              callbacks: Sequence[Any] | None = None):
+    """Run (or, with `resume`, continue) a sweep of `base` on the connected Ray cluster; returns Tune's ResultGrid.
+    `callbacks` are Ray Tune callbacks for a new sweep: a resumed one runs with those it started with, which Tune
+    keeps in the sweep's state."""
     import optuna
     import ray
     import ray.tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    cfg = sweep_base(base, spec)
-    validate_space(space, cfg)
+    validate_space(space, base)
     storage_path, name = run_paths(spec.out)
     sweep_dir = storage.absolute(spec.out)
     # The driver function only waits on its Train run; its workers hold the real resources.
     trainable = ray.tune.with_resources(trial_driver, {"CPU": 0.01})
     if resume:
+        if callbacks:
+            raise ValueError("callbacks are for a new sweep; Tune restores a resumed sweep with its own")
         if not ray.tune.Tuner.can_restore(sweep_dir):
             raise ConfigError(f"{spec.out} holds no sweep to resume; start one without --resume.")
         # Unfinished trials continue (their Train runs resume from their checkpoints); finished and errored
@@ -131,24 +102,20 @@ def run_sweep(base: Config, spec: SweepSpec, space: Mapping[str, Range], resume:
     # metric/mode go to the searcher and the scheduler themselves: with a define-by-run space, Tune cannot set
     # them on the searcher from TuneConfig.
     search = OptunaSearch(space=DefineByRun(space), metric=SCORE, mode="max",
-                          points_to_evaluate=[start_point(space, cfg)],
+                          points_to_evaluate=[start_point(space, base)],
                           sampler=optuna.samplers.TPESampler(seed=spec.seed))
-    scheduler = ASHAScheduler(metric=SCORE, mode="max", time_attr="training_iteration", max_t=spec.epochs,
+    scheduler = ASHAScheduler(metric=SCORE, mode="max", time_attr="training_iteration", max_t=base.run.epochs,
                               grace_period=1, reduction_factor=2)
-    param_space = {"base": cfg.to_dict(), "space": {k: asdict(v) for k, v in space.items()},
-                   "dataset_path": spec.data,
-                   "trials_dir": f"{sweep_dir}/trials"}
-    if fault_marker:
-        param_space["fault_marker"] = fault_marker
     tuner = ray.tune.Tuner(
         trainable,
-        param_space=param_space,
+        param_space={"base": base.to_dict(), "space": {k: asdict(v) for k, v in space.items()},
+                     "dataset_path": spec.data, "trials_dir": f"{sweep_dir}/trials"},
         tune_config=ray.tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=spec.trials,
-                                        max_concurrent_trials=concurrency(spec, ray.cluster_resources()),
+                                        max_concurrent_trials=concurrency(base, spec, ray.cluster_resources()),
                                         trial_dirname_creator=trial_dirname),
         run_config=ray.tune.RunConfig(name=name, storage_path=storage_path,
                                       failure_config=ray.tune.FailureConfig(max_failures=0),
-                                      callbacks=[_interrupt_after(interrupt_after)] if interrupt_after else None),
+                                      callbacks=list(callbacks or [])),
     )
     return tuner.fit()
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from rfgan.config import Config, ConfigError
+from rfgan.config import Config, ConfigError, flatten
 
 SEP = "/"  # Ray Tune unflattens "/"-separated names into nested dicts: "loss/lambda_adv" → {"loss": {...}}
 SWITCH_SUFFIX = "_on"
@@ -61,7 +61,8 @@ def load_space(path: str | os.PathLike | None) -> dict[str, Range]:
         try:
             space[key] = Range(**spec)
         except TypeError as e:
-            raise ConfigError(f"{path}: {key}: {e}; a range has low, high and optionally log, type, allow_zero")
+            raise ConfigError(f"{path}: {key}: {e}; a range has low, high and optionally log, type, "
+                              "allow_zero") from None
     return space
 
 
@@ -97,10 +98,9 @@ class DefineByRun:
 
 def start_point(space: Mapping[str, Range], base: Config) -> dict[str, Any]:
     """The preset's own values as Optuna parameters (clipped into the ranges): the sweep's first trial."""
-    flat = _flatten(base.to_dict())
     point: dict[str, Any] = {}
     for key, r in space.items():
-        name, value = key.replace(".", SEP), flat[key]
+        name, value = key.replace(".", SEP), base.get(key)
         if r.allow_zero:
             point[name + SWITCH_SUFFIX] = value != 0
             if value == 0:
@@ -111,8 +111,8 @@ def start_point(space: Mapping[str, Range], base: Config) -> dict[str, Any]:
 
 
 def overrides_from_trial(params: Mapping[str, Any], space: Mapping[str, Range]) -> dict[str, Any]:
-    """A trial's (nested, as Tune hands it over) parameters → dotted config overrides."""
-    flat = _flatten(params)
+    """A trial's parameters (nested, as Tune hands them over, or dotted) → dotted config overrides."""
+    flat = flatten(params)
     overrides = {}
     for key, r in space.items():
         if r.allow_zero and not flat.get(key + SWITCH_SUFFIX, True):
@@ -121,12 +121,3 @@ def overrides_from_trial(params: Mapping[str, Any], space: Mapping[str, Range]) 
             overrides[key] = flat[key]
     return overrides
 
-
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out

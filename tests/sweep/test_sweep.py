@@ -66,20 +66,57 @@ def test_space_from_a_file_and_its_errors(tmp_path):
         validate_space({"optim.lr_d": Range(-1.0, 1.0, log=False)}, preset("tiny"))
 
 
-def sweep_args(data, out, space_file, trials):
-    sets = [a for k, v in SMALL.items() for a in ("--set", f"{k}={v}")]
+def sweep_args(data, out, space_file, trials, **settings):
+    sets = [a for k, v in {**SMALL, **settings}.items() for a in ("--set", f"{k}={v}")]
     return ["tune", "--data", str(data), "--preset", "tiny", *sets, "--space", str(space_file), "--out", str(out),
             "--trials", str(trials), "--epochs", "2", "--workers-per-trial", "1", "--max-concurrent", "2"]
 
 
+@pytest.fixture
+def trial_fault(monkeypatch, tmp_path):
+    """The first trial of a sweep to start raises, once; yields the file that says it did."""
+    import ray.cloudpickle
+    import sweep_faults
+
+    from rfgan.sweep import runner
+
+    marker = tmp_path / "raised"
+    # The wrapper runs in a Ray actor, which cannot import the test folder: what it uses of sweep_faults must travel
+    # by value (the closure itself would anyway; the module's globals would not).
+    ray.cloudpickle.register_pickle_by_value(sweep_faults)
+    monkeypatch.setattr(runner, "trial_driver", sweep_faults.raise_once(marker, runner.trial_driver))
+    yield marker
+    ray.cloudpickle.unregister_pickle_by_value(sweep_faults)
+
+
+@pytest.fixture
+def interrupt_after_two_trials(monkeypatch, tmp_path):
+    """A new sweep interrupts itself (SIGINT, as Ctrl-C) once 2 trials have completed; yields the file that says
+    it did. A resumed sweep brings the callback back from its state, not from here."""
+    import sweep_faults
+
+    from rfgan.sweep import runner
+
+    marker, run_sweep = tmp_path / "interrupted", runner.run_sweep
+
+    def interrupted(*args, resume=False, **kwargs):
+        callbacks = None if resume else [sweep_faults.InterruptAfter(2, marker)]
+        return run_sweep(*args, resume=resume, callbacks=callbacks, **kwargs)
+
+    monkeypatch.setattr(runner, "run_sweep", interrupted)
+    return marker
+
+
 def test_sweep_of_four_trials_with_one_crash_writes_results_and_a_trainable_best_config(
-        ray_session, tiny_dataset, tmp_path, monkeypatch, capsys):
+        ray_session, tiny_dataset, tmp_path, trial_fault, capsys):
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
-    out, marker = tmp_path / "sweep", tmp_path / "raised"
-    monkeypatch.setenv("RFGAN_TEST_TRIAL_FAULT", str(marker))  # the first trial to start raises, once
-    assert main(sweep_args(tiny_dataset, out, tmp_path / "space.yaml", 4)) == 0
+    out = tmp_path / "sweep"
+    # Run settings of the user's own, which trials replace with the sweep's (no retries, one checkpoint kept) but
+    # best_config.json keeps.
+    user = {"run.max_failures": 2, "run.keep_checkpoints": 2}
+    assert main(sweep_args(tiny_dataset, out, tmp_path / "space.yaml", 4, **user)) == 0
     printed = capsys.readouterr().out
-    assert marker.exists()
+    assert trial_fault.read_text() == "raised"
     rows = table(out)
     assert len(rows) == 4 and "loss.lambda_adv" in rows[0] and "best_val_ssim" in rows[0]
     assert sorted(r["status"] == "ERROR" for r in rows) == [False, False, False, True]
@@ -93,6 +130,12 @@ def test_sweep_of_four_trials_with_one_crash_writes_results_and_a_trainable_best
     best_ssim = max(float(r["best_val_ssim"]) for r in rows if r["status"] != "ERROR")
     assert float(rows[0]["best_val_ssim"]) == best_ssim  # the table is sorted best first
     assert best["loss"]["lambda_pix"] == pytest.approx(float(rows[0]["loss.lambda_pix"]))
+    assert best["run"]["max_failures"] == 2 and best["run"]["keep_checkpoints"] == 2 and best["run"]["epochs"] == 2
+    assert best["model"]["ngf"] == SMALL["model.ngf"] and best["preset"] == "tiny"
+    for row in rows:
+        if row["status"] != "ERROR":  # trials keep one checkpoint, whatever the base config keeps
+            run = out / "trials" / f"train-{row['trial_id']}"
+            assert len([p for p in run.glob("checkpoint_*") if p.is_dir()]) == 1
     # `rfgan train --config` accepts the best config as it is.
     assert main(["train", "--config", str(out / "best_config.json"), "--data", str(tiny_dataset), "--epochs", "1",
                  "--out", str(tmp_path / "best-run")]) == 0
@@ -100,16 +143,14 @@ def test_sweep_of_four_trials_with_one_crash_writes_results_and_a_trainable_best
 
 
 def test_an_interrupted_sweep_resumes_without_repeating_finished_trials(ray_session, tiny_dataset, tmp_path,
-                                                                         monkeypatch):
+                                                                         interrupt_after_two_trials):
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
     out = tmp_path / "sweep"
-    # Test-only: the sweep interrupts itself (SIGINT, as Ctrl-C) once 2 trials have completed.
-    monkeypatch.setenv("RFGAN_TEST_INTERRUPT_AFTER_TRIALS", "2")
     assert main(sweep_args(tiny_dataset, out, tmp_path / "space.yaml", 4)) == 0
+    assert interrupt_after_two_trials.exists()
     first = {r["trial_id"]: r for r in table(out)}
     finished = {tid for tid, row in first.items() if row["status"] == "DONE"}
     assert 2 <= len(finished) < 4
-    monkeypatch.delenv("RFGAN_TEST_INTERRUPT_AFTER_TRIALS")
     # The finished trials' Train runs must not run again: remember their files.
     runs = {p.name: sorted(q.name for q in p.iterdir()) for p in (out / "trials").iterdir()}
     assert main(sweep_args(tiny_dataset, out, tmp_path / "space.yaml", 4) + ["--resume"]) == 0
@@ -135,10 +176,45 @@ def test_the_space_file_in_tune_is_the_default_space():
 def test_concurrent_trials_follow_from_the_resources():
     from rfgan.sweep.runner import SweepSpec, concurrency
 
-    spec = SweepSpec(data="d", out="o", trials=20, workers_per_trial=2, cpus_per_worker=1.0)
-    assert concurrency(spec, {"CPU": 8}) == 2  # 2 workers + 1 CPU for Ray Data per trial
-    assert concurrency(spec, {"CPU": 2}) == 1
-    gpu = SweepSpec(data="d", out="o", trials=20, workers_per_trial=1, cpus_per_worker=2.0, gpus_per_worker=0.5)
-    assert concurrency(gpu, {"CPU": 64, "GPU": 2}) == 4  # two trials share each GPU
-    assert concurrency(SweepSpec(data="d", out="o", trials=3), {"CPU": 64}) == 3
-    assert concurrency(SweepSpec(data="d", out="o", trials=20, max_concurrent=2), {"CPU": 64}) == 2
+    def base(**run):
+        return preset("default").with_overrides({"run": run})
+
+    spec = SweepSpec(data="d", out="o", trials=20)
+    two_workers = base(workers=2, cpus_per_worker=1.0)
+    assert concurrency(two_workers, spec, {"CPU": 8}) == 2  # 2 workers + 1 CPU for Ray Data per trial
+    assert concurrency(two_workers, spec, {"CPU": 2}) == 1
+    gpu = base(workers=1, cpus_per_worker=2.0, use_gpu=True, gpus_per_worker=0.5)
+    assert concurrency(gpu, spec, {"CPU": 64, "GPU": 2}) == 4  # two trials share each GPU
+    assert concurrency(base(), SweepSpec(data="d", out="o", trials=3), {"CPU": 64}) == 3
+    assert concurrency(base(), SweepSpec(data="d", out="o", trials=20, max_concurrent=2), {"CPU": 64}) == 2
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("flags, run", [
+    ([], {"epochs": 10}),
+    (["--epochs", "3", "--workers-per-trial", "2", "--cpus-per-worker", "0.5", "--gpus-per-worker", "0.25"],
+     {"epochs": 3, "workers": 2, "cpus_per_worker": 0.5, "use_gpu": True, "gpus_per_worker": 0.25}),
+    (["--set", "run.use_gpu=true"], {"epochs": 10, "use_gpu": True}),
+    (["--set", "run.use_gpu=true", "--gpus-per-worker", "0"], {"epochs": 10, "use_gpu": False}),
+    (["--set", "run.workers=3", "--set", "run.max_failures=2"], {"epochs": 10, "workers": 3, "max_failures": 2}),
+])
+def test_tune_flags_are_run_settings_of_the_base_config(tiny_dataset, tmp_path, monkeypatch, flags, run):
+    from rfgan import cli
+    from rfgan.sweep import runner
+
+    seen = {}
+
+    def run_sweep(base, spec, space, resume=False):
+        seen.update(base=base, spec=spec)
+        raise _Stop
+
+    monkeypatch.setattr(runner, "run_sweep", run_sweep)
+    monkeypatch.setattr(cli, "_init_ray", lambda *args: None)
+    with pytest.raises(_Stop):
+        main(["tune", "--data", str(tiny_dataset), "--preset", "tiny", "--out", str(tmp_path), "--trials", "3",
+              "--seed", "5", *flags])
+    assert seen["base"] == preset("tiny").with_overrides({"data.path": str(tiny_dataset), "run": run})
+    assert seen["spec"] == runner.SweepSpec(data=str(tiny_dataset), out=str(tmp_path), trials=3, seed=5)
