@@ -1,14 +1,21 @@
 """The cluster files are what Ray and KubeRay expect, and name an entrypoint that exists."""
 
+import functools
 import json
 import os
+import re
 from pathlib import Path
 
 import jsonschema
+import pytest
 import ray
 import yaml
+from packaging.requirements import Requirement
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parent.parent
+# KubeRay's own CRD file (ray.io_rayjobs.yaml), when at hand: see tests/cluster/rayjob.schema.yaml.
+KUBERAY_CRD = os.environ.get("RFGAN_KUBERAY_RAYJOB_CRD")
 
 
 def load(path):
@@ -40,16 +47,158 @@ def test_runtime_env_is_valid_and_uploads_the_repository():
 
 def test_kuberay_rayjob_names_an_existing_entrypoint():
     job = load("cluster/rayjob.yaml")
-    assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
+    assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob" and job["metadata"]["name"]
     spec = job["spec"]
-    script = spec["entrypoint"].split()[1]
-    assert (ROOT / script).is_file()
-    assert "--resume" in spec["entrypoint"]  # a restarted job continues its fixed-name run
+    args = spec["entrypoint"].split()
+    assert (ROOT / args[1]).is_file()
+    assert "--resume" in args  # a restarted job continues its fixed-name run
+    ray.runtime_env.RuntimeEnv(**yaml.safe_load(spec["runtimeEnvYAML"]))  # Ray's own validation of the fields
+    # What KubeRay's operator checks beyond the CRD (ray-operator/controllers/ray/utils/validation.go, v1.7.0).
+    assert spec.get("submissionMode", "K8sJobMode") in {"K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode"}
+    assert spec.get("ttlSecondsAfterFinished", 0) == 0 or spec["shutdownAfterJobFinishes"]
     cluster = spec["rayClusterSpec"]
-    assert cluster["headGroupSpec"]["rayStartParams"]["dashboard-host"] == "127.0.0.1"
-    worker = cluster["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+    (group,) = cluster["workerGroupSpecs"]
+    assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+    assert group["replicas"] == int(args[args.index("--workers") + 1])  # a GPU pod per Ray Train worker; no autoscaler
+    worker = group["template"]["spec"]["containers"][0]
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    yaml.safe_load(spec["runtimeEnvYAML"])
+
+
+def test_kuberay_rayjob_is_reachable_by_the_operator_and_private_to_people():
+    cluster = load("cluster/rayjob.yaml")["spec"]["rayClusterSpec"]
+    head = cluster["headGroupSpec"]
+    # The operator submits and polls the job through the head Service, so the dashboard listens beyond localhost
+    # (KubeRay's default is 0.0.0.0)...
+    assert head["rayStartParams"].get("dashboard-host", "0.0.0.0") == "0.0.0.0"
+    # ...and stays private: a ClusterIP Service (no LoadBalancer/NodePort, no ingress) and Ray's token auth, whose
+    # token KubeRay generates into a Secret (K8s-delegated auth is unsupported for RayJobs in KubeRay 1.7).
+    assert head.get("serviceType", "ClusterIP") == "ClusterIP" and not head.get("enableIngress")
+    assert head.get("headService", {}).get("spec", {}).get("type", "ClusterIP") == "ClusterIP"
+    assert cluster["authOptions"]["mode"] == "token" and not cluster["authOptions"].get("enableK8sTokenAuth")
+    # Token auth needs Ray >= 2.52.0 (KubeRay's check); the images run that Ray, one rfgan accepts.
+    ray_version = Version(cluster["rayVersion"])
+    assert ray_version >= Version("2.52.0")
+    (ray_requirement,) = re.findall(r'"(ray\[.*?)"', (ROOT / "pyproject.toml").read_text())
+    assert ray_version in Requirement(ray_requirement).specifier
+    pods = [head["template"], *(group["template"] for group in cluster["workerGroupSpecs"])]
+    images = {container["image"] for pod in pods for container in pod["spec"]["containers"]}
+    assert all(image.startswith(f"rayproject/ray:{cluster['rayVersion']}-") for image in images)
+
+
+def strict(schema):
+    """A Kubernetes structural schema that rejects unknown fields, as `kubectl apply` does by default
+    (--validate=strict; the API server alone would drop them). int-or-string is already an anyOf there; the other
+    x-kubernetes-* extensions (list keys, CEL rules) are not checked here."""
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    if "properties" in out:
+        out["properties"] = {name: strict(s) for name, s in out["properties"].items()}
+        if "additionalProperties" not in out and not out.get("x-kubernetes-preserve-unknown-fields"):
+            out["additionalProperties"] = False
+    for key in ("items", "additionalProperties"):
+        if isinstance(out.get(key), dict):
+            out[key] = strict(out[key])
+    for key in ("anyOf", "allOf", "oneOf"):
+        if key in out:
+            out[key] = [strict(s) for s in out[key]]
+    if "$defs" in out:
+        out["$defs"] = {name: strict(s) for name, s in out["$defs"].items()}
+    return out
+
+
+def kuberay_crd_schema():
+    crd = yaml.load(Path(KUBERAY_CRD).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # 1.4 MB
+    (v1,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    return v1["schema"]["openAPIV3Schema"]
+
+
+@functools.cache
+def rayjob_schemas():
+    schemas = {"subset": load("tests/cluster/rayjob.schema.yaml")}
+    if KUBERAY_CRD:
+        schemas["kuberay"] = kuberay_crd_schema()
+    return schemas
+
+
+def schema_errors(job, schema):
+    validator = jsonschema.Draft202012Validator(strict(schema))  # the CRD's compiles in milliseconds
+    return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(job)]
+
+
+def test_kuberay_rayjob_follows_kuberays_schema():
+    job = load("cluster/rayjob.yaml")
+    for name, schema in rayjob_schemas().items():
+        jsonschema.Draft202012Validator.check_schema(schema)
+        assert schema_errors(job, schema) == [], name
+
+
+def set_in(job, path, value):
+    *parents, last = path
+    node = job
+    for key in parents:
+        node = node[key]
+    node[last] = value
+
+
+CLUSTER = ("spec", "rayClusterSpec")
+HEAD_CONTAINER = (*CLUSTER, "headGroupSpec", "template", "spec", "containers", 0)
+
+
+@pytest.mark.parametrize(
+    "path, value, error",
+    [
+        ((*CLUSTER, "workerGroupSpecs", 0, "replicas"), "two", "'two' is not of type 'integer'"),
+        (("spec", "shutdownAfterJobFinishes"), "yes", "'yes' is not of type 'boolean'"),
+        ((*CLUSTER, "authOptions", "mode"), "on", "'on' is not one of ['disabled', 'token']"),
+        ((*CLUSTER, "authOption"), {"mode": "token"}, "'authOption' was unexpected"),  # a misspelt field
+        ((*HEAD_CONTAINER, "resources", "limits", "memory"), "16GB", "'16GB' does not match"),  # not a quantity
+        ((*HEAD_CONTAINER, "name"), None, "None is not of type 'string'"),
+    ],
+)
+def test_kuberay_schema_rejects_a_broken_rayjob(path, value, error):
+    job = load("cluster/rayjob.yaml")
+    set_in(job, path, value)
+    for name, schema in rayjob_schemas().items():
+        errors = schema_errors(job, schema)
+        assert len(errors) == 1 and error in errors[0], (name, errors)
+
+
+def test_kuberay_schema_rejects_a_rayjob_without_what_it_requires():
+    job = load("cluster/rayjob.yaml")
+    del job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["minReplicas"]
+    del job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"]
+    for name, schema in rayjob_schemas().items():
+        assert sorted(schema_errors(job, schema)) == [
+            "spec.rayClusterSpec.headGroupSpec.template.spec: 'containers' is a required property",
+            "spec.rayClusterSpec.workerGroupSpecs.0: 'minReplicas' is a required property",
+        ], name
+
+
+def resolve(schema, root):
+    ref = schema.get("$ref")
+    return resolve(root["$defs"][ref.removeprefix("#/$defs/")], root) if ref else schema
+
+
+def agrees(subset, crd, root, path="openAPIV3Schema"):
+    """Whether each field of the subset is in KubeRay's CRD with the same type, enum, pattern and required list."""
+    subset = resolve(subset, root)
+    for key in ("type", "enum", "pattern", "format", "required"):
+        assert subset.get(key) == crd.get(key), (path, key)
+    if "anyOf" in subset:
+        assert subset["anyOf"] == crd["anyOf"] and crd.get("x-kubernetes-int-or-string"), path
+    for name, field in subset.get("properties", {}).items():
+        assert name in crd.get("properties", {}), f"{path}.{name} is not in KubeRay's CRD"
+        agrees(field, crd["properties"][name], root, f"{path}.{name}")
+    for key in ("items", "additionalProperties"):
+        if isinstance(subset.get(key), dict):
+            agrees(subset[key], crd[key], root, f"{path}.{key}")
+
+
+@pytest.mark.skipif(not KUBERAY_CRD, reason="set RFGAN_KUBERAY_RAYJOB_CRD to KubeRay's ray.io_rayjobs.yaml")
+def test_subset_schema_is_the_one_in_kuberays_crd():
+    schemas = rayjob_schemas()
+    agrees(schemas["subset"], schemas["kuberay"], schemas["subset"])
 
 
 def test_entrypoint_sends_runs_to_shared_storage(monkeypatch):
