@@ -255,8 +255,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _config(args, {"run.workers": args.workers, "run.use_gpu": args.gpu, "run.epochs": args.epochs,
                          "optim.batch_size": args.batch_size})
     data = dataset_or_synth(cfg.data.path)
-    # A dry run needs no VGG weights: it builds no VGG.
-    info, rfs = preflight(cfg, data, check_weights=not args.dry_run)
+    # A dry run builds no VGG and trains on no batch: it checks only that the nets fit the data.
+    info, rfs = preflight(cfg, data, training=not args.dry_run)
     print(f"config (preset {cfg.preset!r}, data {data}):\n{cfg.to_json()}")
     if args.dry_run:
         gan = build_gan(cfg, info, rfs, with_vgg=False)

@@ -218,12 +218,14 @@ def run_paths(out: str) -> tuple[str, str]:
     return storage.split(out)
 
 
-def preflight(cfg: Config, data: str, check_weights: bool = True) -> tuple[DatasetInfo, RFTable]:
-    """Check, before Ray starts, what would otherwise fail on every worker: the dataset's metadata and RF table,
-    an image size the generator can round-trip, a batch every worker can fill, and (`check_weights`) the VGG
-    weights if the loss needs them."""
+def preflight(cfg: Config, data: str, training: bool = True) -> tuple[DatasetInfo, RFTable]:
+    """Check, before Ray starts, what would otherwise fail on every worker: the dataset's metadata and RF table and
+    an image size the generator can round-trip; for `training` (not a dry run) also a batch every worker can fill
+    and the VGG weights if the loss needs them."""
     info, rfs = read_info(data), read_rfs(data)
     check_compatible(cfg, info)
+    if not training:
+        return info, rfs
     # Ray Data splits the training rows evenly over the workers, and each drops its last partial batch: every
     # worker needs one full batch, or its epoch has no step.
     batch, workers, rows = cfg.optim.batch_size, cfg.run.workers, info.splits["train"]
@@ -232,7 +234,7 @@ def preflight(cfg: Config, data: str, check_weights: bool = True) -> tuple[Datas
             f"optim.batch_size={batch} over {workers} worker(s) needs at least {max(batch, workers)} training rows "
             f"and a batch of at least one row per worker, but {data} has {rows} training rows; lower --batch-size "
             f"(at most {rows // workers * workers}) or --workers.")
-    if check_weights and cfg.loss.lambda_vgg > 0 and not cfg.loss.vgg_random_init:
+    if cfg.loss.lambda_vgg > 0 and not cfg.loss.vgg_random_init:
         load_vgg19_state_dict(cfg.loss.vgg_weights)
     return info, rfs
 
