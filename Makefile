@@ -1,9 +1,10 @@
-# The README's two Quickstart commands: `make run` and `make test`. Each installs what it needs first.
+# The README's two Quickstart commands: `make run` and `make test` (lint, then every test). Each installs what it
+# needs first.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test
+.PHONY: install run test lint
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,5 +17,9 @@ install: $(VENV)/.installed
 run: install
 	$(BIN)/rfgan train
 
-test: install
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: install lint
 	$(BIN)/python -m pytest

@@ -217,7 +217,8 @@ def ingest(spec: IngestSpec, on_rows=None) -> tuple[DatasetInfo, int]:
     if spec.image_ids is not None:
         ids = _load_npy(spec.image_ids, "image ids")
         if ids.shape != (len(responses),) or not np.issubdtype(ids.dtype, np.integer):
-            raise DataError(f"{spec.image_ids}: expected {len(responses)} integer image ids, got {ids.dtype}{ids.shape}.")
+            raise DataError(
+                f"{spec.image_ids}: expected {len(responses)} integer image ids, got {ids.dtype}{ids.shape}.")
         keys = ids.tolist()
     else:
         keys = images.keys()

@@ -317,7 +317,7 @@ class PatchDiscriminator(nn.Module):
         self.min_size = _min_input_size(m for m in self.model if isinstance(m, nn.Conv2d))
 
     def forward(self, image: Tensor, cond: Tensor | None = None) -> Tensor:
-        """Score (B, C, H, W) images (with (B, cond_channels, H, W) cond if conditional); returns (B, 1, h, w) logits."""
+        """Score (B, C, H, W) images (with a (B, cond_channels, H, W) cond if conditional): (B, 1, h, w) logits."""
         name = type(self).__name__
         if self.cond_channels == 0:
             if cond is not None:

@@ -108,7 +108,8 @@ BAD_INPUTS = {
                           r"lacks column\(s\) \['y_deg'\]"),
     "sigma <= 0": (lambda s, d: dataclasses.replace(s, rfs=_write(d / "x.csv", RF_CSV.replace(",0.5,", ",-0.5,"))),
                    "sigma_deg must be > 0.*electrode.*10"),
-    "rf outside": (lambda s, d: dataclasses.replace(s, rfs=_write(d / "x.csv", RF_CSV.replace("10,-2.0,", "10,-20.0,"))),
+    "rf outside": (lambda s, d: dataclasses.replace(
+        s, rfs=_write(d / "x.csv", RF_CSV.replace("10,-2.0,", "10,-20.0,"))),
                    r"1 RF\(s\) lie entirely outside .*electrode_id \[10\]"),
     "unreadable responses": (lambda s, d: dataclasses.replace(s, responses=_write(d / "bad.npy", "not numpy")),
                              "bad.npy: cannot read the responses"),
