@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import typing
 from collections.abc import Iterable, Mapping
@@ -262,10 +263,12 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key} must be a number, got {value!r}")
         try:
             number = hint(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"{key} must be {'an integer' if hint is int else 'a number'}, got {value!r}") from None
         if hint is int and isinstance(value, float) and number != value:
             raise ConfigError(f"{key} must be an integer, got {value!r}")
+        if not math.isfinite(number):  # "Infinity"/"nan" parse as floats, and no setting can take them
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
         return number
     if hint is str:
         if not isinstance(value, str):
@@ -359,7 +362,10 @@ def load_config(path: str | os.PathLike) -> Config:
         raise ConfigError(f"{path}: cannot parse it ({e})") from e
     if not isinstance(d, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    base = preset(d.get("preset", "default"))
+    try:
+        base = preset(d.get("preset", "default"))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e
     merged = base.to_dict()
     for section, values in d.items():
         if isinstance(values, Mapping) and isinstance(merged.get(section), dict):

@@ -137,3 +137,17 @@ def test_resolve_reports_bad_keys_and_values_as_config_errors():
         resolve(sets=["optim.batch_size=many"])
     with pytest.raises(ConfigError, match="unknown preset 'nope'"):
         resolve(preset="nope")
+
+
+@pytest.mark.parametrize("key, value", [("optim.lr_g", "Infinity"), ("optim.lr_d", float("nan")),
+                                        ("loss.lambda_adv", float("inf")), ("run.epochs", float("inf"))])
+def test_impossible_numbers_are_refused(key, value):
+    with pytest.raises(ConfigError, match=rf"{key} must be (a finite number|an integer)"):
+        preset("default").with_overrides({key: value})
+
+
+def test_an_unknown_preset_in_a_config_file_names_the_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("preset: nope\n")
+    with pytest.raises(ConfigError, match=r"run.yaml: unknown preset 'nope'"):
+        load_config(path)

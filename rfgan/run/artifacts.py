@@ -39,10 +39,17 @@ def save_grid(path: str | os.PathLike, target: torch.Tensor, fake: torch.Tensor)
 
 
 def read_metrics_csv(text: str) -> list[dict[str, Any]]:
-    rows = []
-    for row in csv.DictReader(io.StringIO(text)):
-        rows.append({k: (float(v) if v not in ("", None) else None) for k, v in row.items()})
-    return rows
+    """metrics.csv's rows; integers (epoch, step) stay integers, so rows written again after a resume read the same."""
+    return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(io.StringIO(text))]
+
+
+def _number(text: str | None) -> int | float | None:
+    if text in ("", None):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
 
 
 def metrics_csv(rows: list[Mapping[str, Any]]) -> str:

@@ -78,6 +78,9 @@ def test_a_resumed_run_keeps_the_rows_up_to_its_checkpoint(run_dir):
     second.close()
     after = read_metrics_csv((path / "metrics.csv").read_text())
     assert after[:2] == before[:2] and epochs(path) == [1, 2, 3] and after[2]["val_ssim"] == 0.9
+    # Rows written again keep their integers: "1,16", not "1.0,16.0".
+    assert (path / "metrics.csv").read_text().splitlines()[1].startswith("1,")
+    assert all(isinstance(r["epoch"], int) and isinstance(r["step"], int) for r in after)
     # The earlier writer's event file stays; the new writer adds its own.
     assert len(list((path / "tensorboard").glob("events.out.tfevents.*"))) == 2
     assert RunArtifacts(where, resume_epoch=0).rows == []
