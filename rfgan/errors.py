@@ -6,6 +6,8 @@ bases (ValueError, FileNotFoundError, RuntimeError) keep each error catchable by
 
 from __future__ import annotations
 
+import re
+
 
 class RfganError(Exception):
     """The root of rfgan's user-facing errors."""
@@ -36,9 +38,15 @@ def user_error(exc: BaseException) -> BaseException | None:
     around a task's exception (RayTaskError's `cause`, Ray Data's UserCodeException as `__cause__`); else None,
     an internal error whose traceback is the useful report."""
     seen: set[int] = set()
+    text = str(exc)
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, (RfganError, OSError)):
             return exc
         exc = getattr(exc, "cause", None) or exc.__cause__
+    # A chain that crossed processes keeps only its text (pickling drops __cause__: Ray Data's UserCodeException
+    # arrives without the error it wraps), and the text ends with the worker's traceback: its last line of ours.
+    found = re.findall(r"^rfgan\.errors\.(\w+): (.+)$", text, flags=re.M)
+    if found and isinstance(globals().get(found[-1][0]), type) and issubclass(globals()[found[-1][0]], RfganError):
+        return globals()[found[-1][0]](found[-1][1])
     return None
