@@ -3,7 +3,8 @@
 A dataset is a directory::
 
     metadata.json          format, schema_version, image size/channels, field of view, electrode count, splits,
-                           per-electrode response mean/std of the training split, provenance
+                           per-electrode response mean/std of the training split, provenance, and each split's
+                           shards with their row counts (readers refuse a missing, extra or short shard)
     rfs.csv                one row per electrode, in response-column order: electrode_id,x_deg,y_deg,sigma_deg[,area]
     train/part-00000.parquet ...   one row per stimulus presentation
     val/part-00000.parquet ...
@@ -59,6 +60,9 @@ class DatasetInfo:
     response_std: tuple[float, ...]  # (E,)
     source: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    # Per split, its Parquet files (relative to the dataset) and their rows, as written. None for datasets written
+    # before rfgan recorded them: those are checked by the total of the files' rows only.
+    shards: dict[str, tuple[tuple[str, int], ...]] | None = None
 
     @property
     def image_numel(self) -> int:
@@ -77,6 +81,8 @@ class DatasetInfo:
             "response_mean": list(self.response_mean),
             "response_std": list(self.response_std),
             "source": self.source,
+            **({} if self.shards is None else {"shards": {
+                split: [{"file": f, "rows": n} for f, n in files] for split, files in self.shards.items()}}),
         }
 
     @classmethod
@@ -105,12 +111,26 @@ class DatasetInfo:
             response_std=tuple(float(v) for v in meta["response_std"]),
             source=meta.get("source", {}),
             schema_version=version,
+            shards=_parse_shards(meta["shards"], where) if "shards" in meta else None,
         )
         if info.channels not in (1, 3):
             raise DataError(f"{where}: channels is {info.channels}; rfgan reads grayscale (1) or RGB (3) images.")
         if len(info.response_mean) != info.n_electrodes or len(info.response_std) != info.n_electrodes:
             raise DataError(f"{where}: response_mean/response_std must have n_electrodes={info.n_electrodes} values.")
+        if info.shards is not None:
+            listed = {split: sum(n for _, n in files) for split, files in info.shards.items()}
+            if listed != info.splits:
+                raise DataError(f"{where}: 'shards' lists {listed} rows per split but 'splits' says {info.splits}; "
+                                "it contradicts itself: re-create the dataset (rfgan synth/ingest).")
         return info
+
+
+def _parse_shards(value: Any, where: str) -> dict[str, tuple[tuple[str, int], ...]]:
+    try:
+        return {str(split): tuple((str(f["file"]), int(f["rows"])) for f in files) for split, files in value.items()}
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise DataError(f"{where}: 'shards' is not a mapping of split to a list of {{'file': ..., 'rows': ...}} "
+                        f"({type(e).__name__}: {e}); re-create the dataset (rfgan synth/ingest).") from e
 
 
 @dataclass(frozen=True)
@@ -195,19 +215,22 @@ def write_dataset(
     tmp.mkdir()
     try:
         counts: dict[str, int] = {}
+        shards: dict[str, list[tuple[str, int]]] = {}
         # Float64 running sums: a float32 sum over thousands of rows loses digits.
         total = np.zeros(n_electrodes)
         total_sq = np.zeros(n_electrodes)
         for split, chunks in splits.items():
             (tmp / split).mkdir()
             counts[split] = 0
+            shards[split] = []
             for k, chunk in enumerate(chunks):
                 if len(chunk) == 0:
                     continue
                 _check_chunk(chunk, split, n_electrodes, image_shape)
-                pq.write_table(_samples_to_table(chunk, schema), tmp / split / f"part-{k:05d}.parquet",
-                               compression="zstd")
+                name = f"{split}/part-{k:05d}.parquet"
+                pq.write_table(_samples_to_table(chunk, schema), tmp / name, compression="zstd")
                 counts[split] += len(chunk)
+                shards[split].append((name, len(chunk)))
                 if split == "train":
                     r = chunk.responses.astype(np.float64)
                     total += r.sum(axis=0)
@@ -223,6 +246,7 @@ def write_dataset(
         info = DatasetInfo(
             image_size=tuple(image_size), channels=channels, fov_deg=float(fov_deg), n_electrodes=n_electrodes,
             splits=counts, response_mean=tuple(mean.tolist()), response_std=tuple(std.tolist()), source=source,
+            shards={split: tuple(files) for split, files in shards.items()},
         )
         rfs.to_csv(tmp / RFS_FILE)
         (tmp / METADATA_FILE).write_text(json.dumps(info.to_json(), indent=1) + "\n")
@@ -293,20 +317,29 @@ def read_rfs(path: str | os.PathLike, info: DatasetInfo | None = None) -> RFTabl
 
 
 def split_files(path: str | os.PathLike, split: str, info: DatasetInfo | None = None) -> list[str]:
-    """The split's Parquet shards, sorted, after checking each one's schema against the metadata."""
+    """The split's Parquet shards, sorted, after checking that they are the ones metadata.json lists, with the rows
+    it lists (from the Parquet footers, without reading the data), and that each one's schema fits the metadata."""
     info = info or read_info(path)
     fs, root = storage.filesystem(path)
     folder = f"{root}/{split}"
     found = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
     files = sorted(i.path for i in found if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
+    if split not in info.splits:
+        what = f"not a split in {METADATA_FILE}" if files else "no Parquet files"
+        raise DataError(f"{folder}: {what}; the dataset has splits {sorted(info.splits)}.")
     if not files:
-        raise DataError(f"{folder}: no Parquet files; the dataset has splits {sorted(info.splits)}.")
-    expected = parquet_schema(info.n_electrodes, info.image_numel)
+        raise DataError(f"{folder}: no Parquet files, but {METADATA_FILE} says the split has {info.splits[split]} "
+                        "rows; re-create the dataset (rfgan synth/ingest).")
+    footers = {}
     for f in files:
         try:
-            schema = pq.read_schema(f, filesystem=fs)
+            footers[f] = pq.read_metadata(f, filesystem=fs)
         except (OSError, pa.ArrowInvalid) as e:
             raise DataError(f"{f}: not a readable Parquet file ({e}).") from e
+    _check_shards(path, root, split, info, {f: m.num_rows for f, m in footers.items()})
+    expected = parquet_schema(info.n_electrodes, info.image_numel)
+    for f in files:
+        schema = footers[f].schema.to_arrow_schema()
         for want in expected:
             if want.name not in schema.names:
                 raise DataError(f"{f}: column {want.name!r} is missing (columns: {schema.names}).")
@@ -317,6 +350,31 @@ def split_files(path: str | os.PathLike, split: str, info: DatasetInfo | None = 
                     f"({_describe(want.name, info)})."
                 )
     return files
+
+
+def _check_shards(path: str | os.PathLike, root: str, split: str, info: DatasetInfo, rows: dict[str, int]) -> None:
+    """Refuse a split whose files are not the ones written: a lost or extra shard would otherwise train on part of
+    the data, or twice on some of it, without a word."""
+    remake = "re-create the dataset (rfgan synth/ingest)"
+    if info.shards is None:  # written before rfgan listed the shards: only their total can be checked
+        if sum(rows.values()) != info.splits[split]:
+            raise DataError(f"{root}/{split}: its Parquet files hold {sum(rows.values())} rows but {METADATA_FILE} "
+                            f"says {info.splits[split]}; a shard is missing, extra or cut short: {remake}.")
+        return
+    listed = {f"{root}/{name}": n for name, n in info.shards.get(split, ())}
+    missing = [f for f in listed if f not in rows]
+    if missing:
+        raise DataError(f"{missing[0]} is missing: {len(missing)} of the {len(listed)} '{split}' shards that "
+                        f"{METADATA_FILE} lists are gone ({sum(listed[f] for f in missing)} of {info.splits[split]} "
+                        f"rows); {remake}.")
+    extra = [f for f in rows if f not in listed]
+    if extra:
+        raise DataError(f"{extra[0]} is not one of the '{split}' shards listed in {METADATA_FILE} ({len(extra)} "
+                        f"such file(s)); it would be read as part of the dataset: remove it, or {remake}.")
+    for f, n in listed.items():
+        if rows[f] != n:
+            raise DataError(f"{f} holds {rows[f]} rows but {METADATA_FILE} lists {n}; it was cut short or replaced: "
+                            f"{remake}.")
 
 
 def _describe(column: str, info: DatasetInfo) -> str:

@@ -130,11 +130,80 @@ def test_nan_responses_are_refused_when_read(ray_session, copy, capsys):
     assert "Traceback" not in err and "UserCodeException" not in err
 
 
-def test_check_of_a_dataset_with_a_missing_shard_says_so(ray_session, copy, capsys):
-    os.remove(split_files(copy, "train")[0])  # 16 of the 40 training rows
+def test_check_of_a_dataset_with_a_missing_shard_says_so(ray_session, copy, capsys, monkeypatch):
+    first = split_files(copy, "train")[0]
+    os.remove(first)  # 16 of the 40 training rows
+    assert main(["check", "--data", str(copy)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"{first} is missing" in err and f"16 of {TINY.n_train} rows" in err
+    # Before Ray reads anything; the count of rows read stays as a second line of defence.
+    monkeypatch.setattr("rfgan.data.format._check_shards", lambda *args: None)
     assert main(["check", "--data", str(copy)]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and f"read {TINY.n_train - 16} rows but metadata.json says {TINY.n_train}" in err
+
+
+def test_metadata_lists_every_shard_with_its_rows(tiny_dataset):
+    meta = json.loads((tiny_dataset / "metadata.json").read_text())
+    assert meta["schema_version"] == 1
+    assert meta["shards"] == {split: [{"file": f"{split}/part-{k:05d}.parquet", "rows": n} for k, n in enumerate(rows)]
+                              for split, rows in (("train", [16, 16, 8]), ("val", [12]))}
+    for split, files in meta["shards"].items():
+        on_disk = sorted(p.relative_to(tiny_dataset).as_posix() for p in (tiny_dataset / split).iterdir())
+        assert on_disk == [f["file"] for f in files]
+        assert [pq.read_metadata(tiny_dataset / f["file"]).num_rows for f in files] == [f["rows"] for f in files]
+
+
+def test_a_missing_shard_is_refused_before_reading(copy):
+    shard = copy / "train" / "part-00001.parquet"
+    shard.unlink()
+    for read in (read_split, open_split, split_files):
+        with pytest.raises(DataError, match=rf"{shard} is missing: .*16 of 40 rows.*re-create the dataset"):
+            read(copy, "train")
+    read_split(copy, "val")  # the other split is whole
+
+
+def test_an_extra_shard_is_refused(copy):
+    extra = copy / "train" / "part-00000 (copy).parquet"
+    shutil.copy(copy / "train" / "part-00000.parquet", extra)
+    with pytest.raises(DataError, match=r"part-00000 \(copy\).parquet is not one of the 'train' shards listed in "
+                                        "metadata.json.*remove it, or re-create the dataset"):
+        read_split(copy, "train")
+
+
+def test_a_shard_with_fewer_rows_is_refused(copy):
+    shard = rewrite_first_shard(copy, lambda t: t.slice(0, 5))
+    with pytest.raises(DataError, match=f"{shard} holds 5 rows but metadata.json lists 16.*re-create the dataset"):
+        read_split(copy, "train")
+
+
+def test_a_dataset_written_before_shards_were_listed_is_read_and_checked_by_its_total(copy):
+    meta = json.loads((copy / "metadata.json").read_text())
+    del meta["shards"]
+    (copy / "metadata.json").write_text(json.dumps(meta))
+    assert read_info(copy).shards is None
+    assert len(read_split(copy, "train")["sample_id"]) == TINY.n_train
+    (copy / "train" / "part-00002.parquet").unlink()  # the last 8 rows
+    with pytest.raises(DataError, match="hold 32 rows but metadata.json says 40; a shard is missing.*re-create"):
+        read_split(copy, "train")
+
+
+def test_shards_that_contradict_the_splits_are_refused(copy):
+    meta = json.loads((copy / "metadata.json").read_text())
+    meta["shards"]["val"][0]["rows"] = 11
+    (copy / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"'shards' lists .*'val': 11.* but 'splits' says"):
+        read_info(copy)
+
+
+def test_train_refuses_a_dataset_with_a_missing_shard_before_training(ray_session, copy, tmp_path, capsys):
+    shard = copy / "train" / "part-00000.parquet"
+    shard.unlink()
+    code = main(["train", "--data", str(copy), "--preset", "tiny", "--epochs", "1", "--batch-size", "8",
+                 "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and f"{shard} is missing" in err
+    assert not list((tmp_path / "run").glob("checkpoint*"))
 
 
 def test_write_refuses_existing_output_and_leaves_it_alone(tmp_path):
