@@ -17,6 +17,8 @@ from rfgan.errors import DataError, UsageError, user_error
 
 DEFAULT_DATA = "data/synthetic"
 DEMO_PRESET = "tiny"
+OVERWRITE_HELP = ("replace --out if it holds an rfgan dataset (any other folder, the current folder, a parent of it "
+                  "or a home folder is refused)")
 
 
 @contextmanager
@@ -79,7 +81,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
                    help="presentations of each image, each with independent noise")
     p.add_argument("--seed", type=int, default=d.seed, help="random seed; the same seed gives the same dataset")
     p.add_argument("--shard-rows", type=int, default=d.shard_rows, help="rows per Parquet file")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_synth)
 
@@ -131,7 +133,7 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--drop-bad-rows", action="store_true",
                    help="drop rows with NaN/inf responses (and say how many) instead of refusing the input")
     p.add_argument("--shard-rows", type=int, default=1000, help="rows per Parquet file")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_ingest)
 

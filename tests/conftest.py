@@ -52,3 +52,14 @@ def concat_chunks(chunks) -> dict[str, np.ndarray]:
         "responses": np.concatenate([c.responses for c in chunks]),
         "image": np.concatenate([c.images for c in chunks]),
     }
+
+
+def tree(folder) -> dict[str, bytes | None]:
+    """Every path under `folder` (hidden ones too) with its bytes (None for a folder): what a test asserts survives."""
+    return {p.relative_to(folder).as_posix(): None if p.is_dir() else p.read_bytes() for p in folder.rglob("*")}
+
+
+def one_line_error(capsys, command: str) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith(f"rfgan {command}: error:") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err

@@ -194,25 +194,36 @@ def write_dataset(
     """Write a dataset atomically: everything goes to a hidden sibling directory that is renamed to `out` only when
     complete, so a failure part-way (bad chunk, full disk, Ctrl-C) leaves nothing behind and loses nothing.
 
-    Each chunk of `splits[name]` becomes one Parquet shard. `on_rows(n)` is called after each shard (progress bars).
-    A URI (`s3://…`) is written locally first, then uploaded with metadata.json last: a dataset without it is not
-    read as one, so a failed upload leaves no half-dataset that looks whole.
+    `overwrite` replaces only an existing rfgan dataset (see `check_output`). Each chunk of `splits[name]` becomes
+    one Parquet shard. `on_rows(n)` is called after each shard (progress bars). A URI (`s3://…`) is written locally
+    first, then uploaded with metadata.json last: a dataset without it is not read as one, so a failed upload
+    leaves no half-dataset that looks whole.
     """
+    check_output(out, overwrite)
     if storage.is_remote(out):
         return _write_remote(os.fspath(out), overwrite=overwrite, rfs=rfs, fov_deg=fov_deg, image_size=image_size,
                              channels=channels, splits=splits, source=source, on_rows=on_rows)
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise DataError(f"{out} already exists and is not empty; choose another --out or pass --overwrite.")
+    given = os.fspath(out)
+    # Symlinks resolved: the staging folder must sit on the same filesystem as the folder it is renamed to.
+    out = Path(os.path.realpath(given))
     unknown = set(splits) - set(SPLITS)
     if unknown or "train" not in splits or "val" not in splits:
         raise ValueError(f"splits must include 'train' and 'val' and only {SPLITS}, got {sorted(splits)}")
     n_electrodes = len(rfs)
     image_shape = (*image_size, channels)
     schema = parquet_schema(n_electrodes, int(np.prod(image_shape)))
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot write {given}: cannot create its folder {out.parent} ({e.strerror}); choose "
+                        "another --out.") from e
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    try:
+        tmp.mkdir()
+    except OSError as e:
+        raise DataError(f"cannot write {given}: cannot create anything in {out.parent} ({e.strerror}); choose "
+                        f"another --out, or make {out.parent} writable.") from e
+    old = None
     try:
         counts: dict[str, int] = {}
         shards: dict[str, list[tuple[str, int]]] = {}
@@ -251,19 +262,27 @@ def write_dataset(
         rfs.to_csv(tmp / RFS_FILE)
         (tmp / METADATA_FILE).write_text(json.dumps(info.to_json(), indent=1) + "\n")
         if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+            # The old dataset (or empty folder) is moved aside, not deleted, until the new one is in its place:
+            # a failure in between puts it back.
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            out.rename(old)
+        try:
+            tmp.rename(out)
+        except BaseException:
+            if old is not None:
+                old.rename(out)
+            raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return info
 
 
 def _write_remote(uri: str, overwrite: bool, **dataset: Any) -> DatasetInfo:
     fs, root = storage.filesystem(uri)
     existing = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-    if existing and not overwrite:
-        raise DataError(f"{uri} already exists and is not empty; choose another --out or pass --overwrite.")
     with tempfile.TemporaryDirectory(prefix="rfgan-dataset-") as staging:
         local = Path(staging, "dataset")
         info = write_dataset(local, **dataset)
@@ -282,6 +301,76 @@ def _write_remote(uri: str, overwrite: bool, **dataset: Any) -> DatasetInfo:
                 pass  # the upload's own error is the one to report
             raise
     return info
+
+
+def check_output(out: str | os.PathLike, overwrite: bool = False) -> None:
+    """Refuse an --out that `write_dataset` must not write, before any work: one that holds something other than
+    an rfgan dataset (even with `overwrite`, which replaces only a dataset: its metadata.json says format
+    rfgan-dataset), an existing dataset without `overwrite`, the current folder, a parent of it or a home folder
+    (a dataset replaces its folder whole), or a path through a regular file."""
+    given = os.fspath(out)
+    fs, path = storage.filesystem(given)
+    if isinstance(fs, pafs.LocalFileSystem):  # also file:// URIs
+        path = os.path.realpath(path)
+        place = _protected_place(path)
+        if place is not None:
+            raise DataError(f"{given} is {place}; rfgan writes a dataset as a folder of its own and replaces that "
+                            "folder whole, so it will not write there: give a new folder, e.g. --out "
+                            f"{storage.join(given, 'dataset')}.")
+        for p in (path, *(str(a) for a in Path(path).parents)):
+            kind = fs.get_file_info(p).type
+            if kind == pafs.FileType.Directory:
+                break
+            if kind != pafs.FileType.NotFound:
+                where = "it" if p == path else f"{p}, a folder on its path,"
+                raise DataError(f"cannot write {given}: {where} is a file, not a folder; choose another --out.")
+    elif fs.get_file_info(path).type == pafs.FileType.File:
+        raise DataError(f"cannot write {given}: it is a file, not a folder; choose another --out.")
+    if not fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
+        return  # nothing there, or an empty folder: nothing to lose
+    problem = _not_a_dataset(given)
+    if problem is not None:
+        hint = " (--overwrite replaces only an rfgan dataset)" if overwrite else ""
+        raise DataError(f"{given} already exists and is not an rfgan dataset ({problem}); choose another --out, or "
+                        f"empty or remove it yourself if you mean to replace it{hint}.")
+    if not overwrite:
+        raise DataError(f"{given} already exists and is not empty; choose another --out or pass --overwrite.")
+
+
+def _not_a_dataset(path: str) -> str | None:
+    """Why the existing folder `path` is not recognisably an rfgan dataset; None if it is one."""
+    meta = storage.join(path, METADATA_FILE)
+    if not storage.is_file(meta):
+        # A dataset's upload sends metadata.json last: one cut off part-way has none.
+        cut_off = ", which a dataset whose upload was cut off also lacks" if storage.is_remote(path) else ""
+        return f"it has no {METADATA_FILE}{cut_off}"
+    try:
+        fmt = json.loads(storage.read_text(meta)).get("format")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return f"its {METADATA_FILE} cannot be read as rfgan's"
+    return None if fmt == FORMAT else f"its {METADATA_FILE} has format {fmt!r}, not {FORMAT!r}"
+
+
+def _protected_place(real: str) -> str | None:
+    """What `real` (a resolved local path) is, if it is a folder no dataset may replace."""
+    try:
+        cwd = os.path.realpath(os.getcwd())
+    except OSError:  # the current folder was deleted
+        cwd = None
+    if real == cwd:
+        return "the current folder"
+    if cwd is not None and cwd.startswith(real.rstrip("/") + "/"):
+        return f"a parent of the current folder ({cwd})"
+    homes = {os.path.realpath(os.path.expanduser("~"))}
+    try:
+        import pwd
+
+        homes.add(os.path.realpath(pwd.getpwuid(os.getuid()).pw_dir))
+    except (ImportError, KeyError):
+        pass
+    if real in homes:
+        return "a home folder"
+    return None
 
 
 def read_info(path: str | os.PathLike) -> DatasetInfo:

@@ -17,7 +17,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from rfgan.data.format import DatasetInfo, Samples, write_dataset
+from rfgan.data.format import DatasetInfo, Samples, check_output, write_dataset
 from rfgan.data.rf import RFTable, rfs_outside_window
 from rfgan.errors import DataError
 
@@ -184,6 +184,7 @@ def ingest(spec: IngestSpec, on_rows=None) -> tuple[DatasetInfo, int]:
         raise DataError(f"--fov-deg must be > 0, got {spec.fov_deg}.")
     if not (0 < spec.val_fraction < 1 and 0 <= spec.test_fraction < 1):
         raise DataError("--val-fraction must be in (0, 1) and --test-fraction in [0, 1).")
+    check_output(spec.out, spec.overwrite)  # before the inputs, which may take long to read
     responses = _load_npy(spec.responses, "responses")
     if responses.ndim != 2 or not (np.issubdtype(responses.dtype, np.number) or responses.dtype == bool):
         raise DataError(

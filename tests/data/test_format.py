@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import shutil
@@ -213,6 +214,13 @@ def test_write_refuses_existing_output_and_leaves_it_alone(tmp_path):
     with pytest.raises(DataError, match="already exists"):
         make_synth(out)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    # Not a dataset, so --overwrite leaves it alone too.
+    with pytest.raises(DataError, match="already exists and is not an rfgan dataset"):
+        make_synth(out, overwrite=True)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
+    # A dataset is replaced.
+    (out / "keep.txt").unlink()
+    make_synth(out, dataclasses.replace(TINY, n_train=20))
     make_synth(out, overwrite=True)
-    assert not (out / "keep.txt").exists() and read_info(out).splits["train"] == TINY.n_train
+    assert read_info(out).splits["train"] == TINY.n_train
     assert [p.name for p in tmp_path.iterdir()] == ["ds"]  # no temporary directory left behind

@@ -1,9 +1,12 @@
 import dataclasses
+import os
 
 import numpy as np
 import pytest
+from conftest import make_synth, one_line_error, tree
 from PIL import Image
 
+from rfgan.cli import main
 from rfgan.data.format import read_info, read_rfs, read_split
 from rfgan.data.ingest import IngestSpec, ingest
 from rfgan.errors import DataError
@@ -155,3 +158,35 @@ def test_existing_output_is_not_touched(lab, tmp_path):
     with pytest.raises(DataError, match="already exists"):
         ingest(lab)
     assert (tmp_path / "out" / "results.txt").read_text() == "precious"
+
+
+def ingest_argv(spec: IngestSpec, out: str) -> list[str]:
+    return ["ingest", "--responses", spec.responses, "--images", spec.images, "--rfs", spec.rfs, "--fov-deg",
+            str(spec.fov_deg), "--val-fraction", str(spec.val_fraction), "--shard-rows", str(spec.shard_rows),
+            "--out", out, "--quiet"]
+
+
+def test_ingest_out_dot_overwrite_refuses_the_current_folder(lab, tmp_path, monkeypatch, capsys):
+    here = tmp_path / "s"
+    here.mkdir()
+    (here / "keep").write_text("mine")
+    monkeypatch.chdir(here)
+    before = tree(tmp_path)
+    assert main(ingest_argv(lab, ".") + ["--overwrite"]) == 2
+    assert "is the current folder" in one_line_error(capsys, "ingest")
+    assert tree(tmp_path) == before
+
+
+def test_ingest_overwrite_leaves_a_folder_that_is_not_a_dataset_alone(lab, tmp_path, capsys):
+    folder = tmp_path / "E"
+    folder.mkdir()
+    (folder / "precious.txt").write_text("x")
+    before = tree(tmp_path)
+    assert main(ingest_argv(lab, str(folder)) + ["--overwrite"]) == 2
+    assert f"{folder} already exists and is not an rfgan dataset (it has no metadata.json)" in one_line_error(
+        capsys, "ingest")
+    assert tree(tmp_path) == before
+    make_synth(tmp_path / "D")  # a dataset is replaced
+    assert main(ingest_argv(lab, str(tmp_path / "D")) + ["--overwrite"]) == 0
+    assert read_info(tmp_path / "D").source["kind"] == "ingest"
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]
