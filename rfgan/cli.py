@@ -29,6 +29,18 @@ def _progress(total: int, desc: str, quiet: bool) -> Iterator:
         yield bar.update
 
 
+@contextmanager
+def _nothing_written_if_interrupted() -> Iterator[None]:
+    # The dataset writer removes what it staged before a Ctrl-C leaves it; it says so in the interrupt itself when
+    # something was written after all (an old copy replaced).
+    try:
+        yield
+    except KeyboardInterrupt as e:
+        if str(e):
+            raise
+        raise KeyboardInterrupt("nothing was written") from None
+
+
 def _dir_size_mb(path: str) -> float:
     import pyarrow.fs as pafs
 
@@ -99,7 +111,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     rfs, splits = synth_splits(spec)
     total = (spec.n_train + spec.n_val + spec.n_test) * spec.repeats
-    with _progress(total, "synth", args.quiet) as update:
+    with _progress(total, "synth", args.quiet) as update, _nothing_written_if_interrupted():
         info = write_dataset(args.out, rfs=rfs, fov_deg=spec.fov_deg, image_size=(spec.size, spec.size),
                              channels=spec.channels, splits=splits, source=source_of(spec),
                              overwrite=args.overwrite, on_rows=update)
@@ -147,7 +159,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         test_fraction=args.test_fraction, seed=args.seed, drop_bad_rows=args.drop_bad_rows,
         shard_rows=args.shard_rows, overwrite=args.overwrite,
     )
-    with _progress(None, "ingest", args.quiet) as update:
+    with _progress(None, "ingest", args.quiet) as update, _nothing_written_if_interrupted():
         info, dropped = ingest(spec, on_rows=update)
     if dropped:
         print(f"dropped {dropped} row(s) with NaN/inf responses")
@@ -456,6 +468,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except KeyboardInterrupt as e:
+        # Ctrl-C is the user's own doing: one line, with what the command knows about what it left (the
+        # interrupt's message), and 130, what a shell reports for a command stopped by SIGINT.
+        print(f"rfgan {args.command}: interrupted{f'; {e}' if str(e) else ''}", file=sys.stderr)
+        return 130
     except Exception as e:
         # rfgan's own errors, and OSErrors (unreadable paths, missing buckets, refused credentials: the system's
         # message says which), also when Ray wrapped them in a task's error: one line, exit 2. Anything else is a

@@ -63,3 +63,28 @@ def one_line_error(capsys, command: str) -> str:
     err = capsys.readouterr().err
     assert err.startswith(f"rfgan {command}: error:") and err.count("\n") == 1 and "Traceback" not in err, err
     return err
+
+
+def interrupt_on_shard(monkeypatch, n: int) -> None:
+    """Ctrl-C arriving while the dataset writer writes its n-th shard."""
+    from rfgan.data import format as fmt
+
+    write_table, calls = fmt.pq.write_table, []
+
+    def write(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return write_table(*args, **kwargs)
+
+    monkeypatch.setattr(fmt.pq, "write_table", write)
+
+
+def run_interrupted(argv) -> int:
+    """rfgan's main(argv), failing the test (not ending the session) if a KeyboardInterrupt gets out of it."""
+    from rfgan.cli import main
+
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        pytest.fail("the KeyboardInterrupt left main() as a traceback")

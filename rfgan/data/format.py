@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -45,6 +48,9 @@ SCHEMA_VERSION = 1
 SPLITS = ("train", "val", "test")
 METADATA_FILE = "metadata.json"
 RFS_FILE = "rfs.csv"
+# A staging folder left by a writer that was killed is removed by the next write to the same --out once nothing in
+# it has changed for this long (a live writer adds a shard every few seconds), or at once if its writer is known dead.
+STALE_AFTER_S = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -217,7 +223,8 @@ def write_dataset(
     except OSError as e:
         raise DataError(f"cannot write {given}: cannot create its folder {out.parent} ({e.strerror}); choose "
                         "another --out.") from e
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    _remove_stale_staging(out)
+    tmp = out.parent / f".{out.name}.tmp-{_owner_tag()}"
     try:
         tmp.mkdir()
     except OSError as e:
@@ -264,7 +271,7 @@ def write_dataset(
         if out.exists():
             # The old dataset (or empty folder) is moved aside, not deleted, until the new one is in its place:
             # a failure in between puts it back.
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            old = out.parent / f".{out.name}.old-{_owner_tag()}"
             out.rename(old)
         try:
             tmp.rename(out)
@@ -276,7 +283,11 @@ def write_dataset(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        try:
+            shutil.rmtree(old, ignore_errors=True)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(f"{given} was written; what is left of the dataset it replaced ({old.name}) goes "
+                                    "at the next write to it") from None
     return info
 
 
@@ -288,17 +299,22 @@ def _write_remote(uri: str, overwrite: bool, **dataset: Any) -> DatasetInfo:
         info = write_dataset(local, **dataset)
         metadata = (local / METADATA_FILE).read_bytes()
         (local / METADATA_FILE).unlink()
+        deleted = False
         try:
             if existing:
                 # Object stores cannot swap a folder in one step: the old dataset goes before the new one is up.
                 fs.delete_dir_contents(root)
+                deleted = True
             storage.upload(local, uri)
             storage.write_bytes(storage.join(uri, METADATA_FILE), metadata)
-        except BaseException:
+        except BaseException as e:
             try:
                 fs.delete_dir(root)
             except OSError:
                 pass  # the upload's own error is the one to report
+            if deleted and isinstance(e, KeyboardInterrupt):
+                raise KeyboardInterrupt(f"{uri} was being replaced: the old dataset is deleted and the new one was "
+                                        "not finished") from None
             raise
     return info
 
@@ -371,6 +387,57 @@ def _protected_place(real: str) -> str | None:
     if real in homes:
         return "a home folder"
     return None
+
+
+def _owner_tag() -> str:
+    """host-pid-random: which process a staging folder belongs to, so a later write can tell a dead one's."""
+    return f"{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _host() -> str:
+    # Cut short: the staging folder's name must stay within the 255 bytes a file name may have.
+    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())[:32] or "host"
+
+
+def _remove_stale_staging(out: Path) -> None:
+    """Remove what killed writes to `out` left beside it (`.NAME.tmp-*` staging folders, `.NAME.old-*` datasets
+    being replaced), when that is safe: the writer ran on this host and its process is gone (a live process keeps
+    its id; a reused id only delays the removal), or, for one from another host sharing the filesystem or from an
+    rfgan that did not record its writer, nothing in it has changed for STALE_AFTER_S (a live writer adds a shard
+    every few seconds)."""
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(?:tmp|old)-(?:(?P<host>[\w.]+)-(?P<pid>\d+)-)?[0-9a-f]{{8}}")
+    try:
+        candidates = [p for p in out.parent.iterdir() if pattern.fullmatch(p.name)]
+    except OSError:
+        return
+    for p in candidates:
+        if p.is_symlink() or not p.is_dir():
+            continue
+        m = pattern.fullmatch(p.name)
+        dead = m["host"] == _host() and not _process_exists(int(m["pid"]))
+        if dead or time.time() - _last_change(p) > STALE_AFTER_S:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists but is another user's
+        return True
+    return True
+
+
+def _last_change(folder: Path) -> float:
+    latest = folder.lstat().st_mtime
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            try:
+                latest = max(latest, os.lstat(os.path.join(root, name)).st_mtime)
+            except OSError:
+                pass
+    return latest
 
 
 def read_info(path: str | os.PathLike) -> DatasetInfo:

@@ -3,7 +3,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import make_synth, one_line_error, tree
+from conftest import interrupt_on_shard, make_synth, one_line_error, run_interrupted, tree
 from PIL import Image
 
 from rfgan.cli import main
@@ -190,3 +190,11 @@ def test_ingest_overwrite_leaves_a_folder_that_is_not_a_dataset_alone(lab, tmp_p
     assert main(ingest_argv(lab, str(tmp_path / "D")) + ["--overwrite"]) == 0
     assert read_info(tmp_path / "D").source["kind"] == "ingest"
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]
+
+
+def test_ctrl_c_on_ingest_is_one_line_exit_130_and_leaves_nothing(lab, tmp_path, monkeypatch, capsys):
+    before = tree(tmp_path)
+    interrupt_on_shard(monkeypatch, 2)
+    assert run_interrupted(ingest_argv(lab, lab.out)) == 130
+    assert capsys.readouterr().err == "rfgan ingest: interrupted; nothing was written\n"
+    assert tree(tmp_path) == before

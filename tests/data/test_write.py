@@ -1,13 +1,20 @@
-"""Where a dataset may be written, what --overwrite may replace, and what a failed write leaves: real folders under
-tmp_path."""
+"""Where a dataset may be written, what --overwrite may replace, and what a failed, killed or interrupted write
+leaves: real folders under tmp_path, and for Ctrl-C and kill -9 a real `rfgan synth` process."""
 
 import dataclasses
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
-from conftest import TINY, make_synth, one_line_error, tree
+from conftest import TINY, interrupt_on_shard, make_synth, one_line_error, run_interrupted, tree
 
+import rfgan
 from rfgan.cli import main
+from rfgan.data import format as fmt
 from rfgan.data.format import read_info, read_split
 from rfgan.errors import DataError
 
@@ -118,3 +125,99 @@ def test_overwrite_swaps_in_the_new_dataset_and_leaves_nothing_beside_it(tmp_pat
     assert read_info(out) == info and info.source["seed"] == 4
     assert not (read_split(out, "val")["responses"] == first).all()
     assert sorted(os.listdir(tmp_path)) == ["ds"]
+
+
+def dead_pid() -> int:
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+def test_stale_staging_beside_out_is_removed_on_the_next_write(tmp_path):
+    def leftover(name: str, age_s: float = 0.0) -> Path:
+        folder = tmp_path / name
+        (folder / "train").mkdir(parents=True)
+        (folder / "train" / "part-00000.parquet").write_bytes(b"half a shard")
+        when = time.time() - age_s
+        for p in (folder / "train" / "part-00000.parquet", folder / "train", folder):
+            os.utime(p, (when, when))
+        return folder
+
+    host, day = fmt._host(), fmt.STALE_AFTER_S
+    stale = [
+        leftover(f".ds.tmp-{host}-{dead_pid()}-0123abcd"),  # its writer is gone
+        leftover(f".ds.old-{host}-{dead_pid()}-0123abce"),  # a replaced dataset a killed write had moved aside
+        leftover(".ds.tmp-89abcdef", age_s=day + 60),  # an older rfgan's, untouched for over a day
+        leftover(f".ds.tmp-otherhost-{os.getpid()}-0123abcf", age_s=day + 60),
+    ]
+    live = [
+        leftover(f".ds.tmp-{host}-{os.getpid()}-456789ab"),  # a writer still running here
+        leftover(".ds.tmp-456789ac", age_s=day - 600),  # recent: maybe a live writer on another host
+        leftover(f".ds.tmp-otherhost-{dead_pid()}-456789ad"),  # another host's ids say nothing here
+        leftover(f".other.tmp-{host}-{dead_pid()}-456789ae"),  # another --out's
+    ]
+    make_synth(tmp_path / "ds")
+    assert not any(p.exists() for p in stale)
+    assert all((p / "train" / "part-00000.parquet").exists() for p in live)
+
+
+def rfgan_synth(out: Path, *extra: str) -> subprocess.Popen:
+    """A real `rfgan synth` writing one small shard after another for minutes, in its own process group."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(rfgan.__file__).parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen([sys.executable, "-m", "rfgan", "synth", "--out", str(out), "--n-train", "1000000",
+                             "--n-val", "4", "--size", "16", "--electrodes", "6", "--arrays", "2", "--shard-rows",
+                             "8", "--quiet", *extra], cwd=out.parent, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def wait_for_staging(proc: subprocess.Popen, out: Path) -> Path:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        staged = list(out.parent.glob(f".{out.name}.tmp-*/train/part-00001.parquet"))
+        if staged:
+            return staged[0].parents[1]
+        time.sleep(0.2)
+    proc.kill()
+    pytest.fail(f"no shard staged (exit {proc.poll()}): {proc.communicate()[1][-2000:]}")
+
+
+def test_ctrl_c_on_synth_is_one_line_exit_130_and_leaves_nothing(tmp_path):
+    make_synth(tmp_path / "ds")  # what --overwrite would replace: it must survive the interrupted write
+    before = tree(tmp_path)
+    proc = rfgan_synth(tmp_path / "ds", "--overwrite")
+    wait_for_staging(proc, tmp_path / "ds")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err == "rfgan synth: interrupted; nothing was written\n"
+    assert tree(tmp_path) == before
+
+
+def test_a_killed_synth_leaves_staging_that_the_next_write_removes(tmp_path):
+    proc = rfgan_synth(tmp_path / "ds")
+    staging = wait_for_staging(proc, tmp_path / "ds")
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert staging.exists() and not (tmp_path / "ds").exists()
+    make_synth(tmp_path / "ds")
+    assert sorted(os.listdir(tmp_path)) == ["ds"]
+
+
+def test_interrupted_overwrite_keeps_the_old_dataset(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "ds"
+    make_synth(out)
+    before = tree(tmp_path)
+    interrupt_on_shard(monkeypatch, 2)
+    assert run_interrupted(["synth", "--out", str(out), "--overwrite", *SMALL]) == 130
+    assert capsys.readouterr().err == "rfgan synth: interrupted; nothing was written\n"
+    assert tree(tmp_path) == before
+    assert read_info(out).splits == {"train": TINY.n_train, "val": TINY.n_val}
+
+
+def test_any_interrupted_command_is_one_line_and_exit_130(monkeypatch, capsys):
+    def stopped(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("rfgan.cli.cmd_check", stopped)
+    assert run_interrupted(["check"]) == 130
+    assert capsys.readouterr().err == "rfgan check: interrupted\n"
