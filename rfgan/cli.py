@@ -29,6 +29,15 @@ def _progress(total: int, desc: str, quiet: bool) -> Iterator:
         yield bar.update
 
 
+class _DefaultsInWords(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where its help already says it in words ("default: ...")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if "default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 @contextmanager
 def _nothing_written_if_interrupted() -> Iterator[None]:
     # The dataset writer removes what it staged before a Ctrl-C leaves it; it says so in the interrupt itself when
@@ -63,16 +72,18 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
                     "sum-normalised RF map times the electrode's colour tuning: luminance plus a colour-opponent "
                     "signal), then write it in the rfgan dataset format. "
                     "Deterministic for a seed.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_DefaultsInWords)
     p.add_argument("--out", default=DEFAULT_DATA, help="dataset directory to write")
     p.add_argument("--n-train", type=int, default=d.n_train, help="training images (rows = images x repeats)")
     p.add_argument("--n-val", type=int, default=d.n_val, help="validation images")
     p.add_argument("--n-test", type=int, default=d.n_test, help="test images (0: no test split)")
     p.add_argument("--electrodes", type=int, default=d.electrodes, help="number of electrodes")
     p.add_argument("--size", type=int, default=d.size, help="images are SIZE x SIZE pixels")
+    # Said in words: both flags share the `color` default, which the formatter would print as True on each.
     colour = p.add_mutually_exclusive_group()
-    colour.add_argument("--color", dest="color", action="store_true", default=d.color, help="RGB images")
-    colour.add_argument("--gray", dest="color", action="store_false", help="grayscale images")
+    default = f"default: {'colour' if d.color else 'gray'}"
+    colour.add_argument("--color", dest="color", action="store_true", default=d.color, help=f"RGB images ({default})")
+    colour.add_argument("--gray", dest="color", action="store_false", help=f"grayscale images ({default})")
     p.add_argument("--fov-deg", type=float, default=d.fov_deg, help="degrees of visual angle the image width spans")
     p.add_argument("--arrays", type=int, default=d.n_arrays, dest="n_arrays",
                    help="electrode arrays (about half V1, a third V4, the rest IT)")

@@ -1,7 +1,8 @@
 """A lab's own arrays → an rfgan dataset, after checking everything that can be wrong with them.
 
-Every check runs before anything is written, and the writer is atomic (rfgan.data.format.write_dataset), so bad input
-leaves no output behind.
+Every check runs before anything is written, except that image files are decoded in full only as their rows are
+written (a truncated file shows then); the writer is atomic (rfgan.data.format.write_dataset), so bad input leaves no
+output behind either way.
 """
 
 from __future__ import annotations
@@ -50,11 +51,33 @@ class ImageSource(Protocol):
     def get(self, rows: np.ndarray) -> np.ndarray: ...  # (n, H, W, C) uint8
 
 
+NPY_MAGIC = b"\x93NUMPY"
+
+
 def _load_npy(path: str, what: str, mmap: bool = False) -> np.ndarray:
+    # NumPy's own errors for a file that is not a .npy array advise allow_pickle=True, which would run code from
+    # the file: look at the header first.
     try:
-        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
+        with open(path, "rb") as f:
+            head = f.read(len(NPY_MAGIC))
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the {what} ({e.strerror}).") from e
+    if head.startswith(b"PK"):
+        raise DataError(f"{path}: cannot read the {what}: it is a .npz archive, not a .npy array file; save the "
+                        "array alone with numpy.save.")
+    if head != NPY_MAGIC:
+        raise DataError(f"{path}: cannot read the {what}: it is not a .npy array file (no .npy header: a text or "
+                        "other file under a .npy name?); save the array with numpy.save.")
+    try:
+        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except ValueError as e:
+        if "allow_pickle" not in str(e):
+            raise DataError(f"{path}: cannot read the {what} as a .npy array ({e}).") from e
+        raise DataError(f"{path}: cannot read the {what}: it holds Python objects (an object array), not numbers; "
+                        "save a numeric array with numpy.save.") from e
+    except (OSError, EOFError) as e:
         raise DataError(f"{path}: cannot read the {what} as a .npy array ({e}).") from e
+    return array
 
 
 class NpyImages:
@@ -146,8 +169,12 @@ class FolderImages:
     def get(self, rows: np.ndarray) -> np.ndarray:
         out = np.empty((len(rows), *self.shape), np.uint8)
         for k, i in enumerate(rows):
-            with Image.open(self.files[i]) as im:
-                out[k] = np.asarray(im.convert("L" if self.gray else "RGB")).reshape(self.shape)
+            # Opening a file reads its header only; pixels are decoded here, where a truncated file fails.
+            try:
+                with Image.open(self.files[i]) as im:
+                    out[k] = np.asarray(im.convert("L" if self.gray else "RGB")).reshape(self.shape)
+            except (OSError, UnidentifiedImageError) as e:
+                raise DataError(f"{self.files[i]}: cannot read this image ({e}); replace or remove it.") from e
         return out
 
 
@@ -191,6 +218,9 @@ def ingest(spec: IngestSpec, on_rows=None) -> tuple[DatasetInfo, int]:
             f"{spec.responses}: responses are {responses.dtype}{responses.shape}; expected a numeric (N, E) array, "
             "one row per stimulus presentation and one column per electrode."
         )
+    if len(responses) == 0:
+        raise DataError(f"{spec.responses}: the input is empty (responses {responses.shape}, no rows); there is "
+                        "nothing to make a dataset of.")
     rfs = RFTable.from_csv(spec.rfs)
     if responses.shape[1] != len(rfs):
         raise DataError(
@@ -218,7 +248,8 @@ def ingest(spec: IngestSpec, on_rows=None) -> tuple[DatasetInfo, int]:
     if spec.image_ids is not None:
         ids = _load_npy(spec.image_ids, "image ids")
         if ids.shape != (len(responses),) or not np.issubdtype(ids.dtype, np.integer):
-            raise DataError(f"{spec.image_ids}: expected {len(responses)} integer image ids, got {ids.dtype}{ids.shape}.")
+            raise DataError(f"{spec.image_ids}: expected {len(responses)} integer image ids, got "
+                            f"{ids.dtype}{ids.shape}.")
         keys = ids.tolist()
     else:
         keys = images.keys()

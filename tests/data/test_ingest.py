@@ -111,10 +111,21 @@ BAD_INPUTS = {
                           r"lacks column\(s\) \['y_deg'\]"),
     "sigma <= 0": (lambda s, d: dataclasses.replace(s, rfs=_write(d / "x.csv", RF_CSV.replace(",0.5,", ",-0.5,"))),
                    "sigma_deg must be > 0.*electrode.*10"),
-    "rf outside": (lambda s, d: dataclasses.replace(s, rfs=_write(d / "x.csv", RF_CSV.replace("10,-2.0,", "10,-20.0,"))),
+    "rf outside": (lambda s, d: dataclasses.replace(s, rfs=_write(d / "x.csv",
+                                                                  RF_CSV.replace("10,-2.0,", "10,-20.0,"))),
                    r"1 RF\(s\) lie entirely outside .*electrode_id \[10\]"),
     "unreadable responses": (lambda s, d: dataclasses.replace(s, responses=_write(d / "bad.npy", "not numpy")),
-                             "bad.npy: cannot read the responses"),
+                             "bad.npy: cannot read the responses: it is not a .npy array file"),
+    "object array responses": (lambda s, d: (np.save(d / "o.npy", np.array([{"a": 1}] * 30), allow_pickle=True),
+                                             dataclasses.replace(s, responses=str(d / "o.npy")))[1],
+                               "o.npy: cannot read the responses: it holds Python objects"),
+    "npz images": (lambda s, d: (np.savez(d / "i.npz", images=np.zeros((30, SIZE, SIZE), np.uint8)),
+                                 dataclasses.replace(s, images=str(d / "i.npz")))[1],
+                   "i.npz: cannot read the images: it is a .npz archive"),
+    "empty input": (lambda s, d: (np.save(d / "r.npy", np.zeros((0, E), np.float32)),
+                                  np.save(d / "i.npy", np.zeros((0, SIZE, SIZE), np.uint8)),
+                                  dataclasses.replace(s, responses=str(d / "r.npy"), images=str(d / "i.npy")))[2],
+                    r"r.npy: the input is empty \(responses \(0, 6\), no rows\)"),
     "3-d responses": (lambda s, d: (np.save(d / "r.npy", np.zeros((30, E, 2))),
                                     dataclasses.replace(s, responses=str(d / "r.npy")))[1], "expected a numeric"),
     "float images out of range": (lambda s, d: (np.save(d / "f.npy", np.full((30, SIZE, SIZE), 2.0)),
@@ -132,9 +143,10 @@ def test_bad_input_raises_and_writes_nothing(lab, tmp_path, case):
     make_bad, message = BAD_INPUTS[case]
     spec = make_bad(lab, tmp_path)
     before = sorted(p.name for p in tmp_path.iterdir())
-    with pytest.raises(DataError, match=message):
+    with pytest.raises(DataError, match=message) as err:
         ingest(spec)
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no output, no temporary directory
+    assert "\n" not in str(err.value) and "allow_pickle" not in str(err.value)
 
 
 def test_mixed_image_sizes_and_unreadable_image(lab, tmp_path):
@@ -158,6 +170,23 @@ def test_existing_output_is_not_touched(lab, tmp_path):
     with pytest.raises(DataError, match="already exists"):
         ingest(lab)
     assert (tmp_path / "out" / "results.txt").read_text() == "precious"
+
+
+def test_a_truncated_image_file_is_named(lab, tmp_path):
+    folder = tmp_path / "stimuli"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for k in range(3):
+        Image.fromarray(rng.integers(0, 256, (SIZE, SIZE), dtype=np.uint8)).save(folder / f"s{k}.png")
+    whole = (folder / "s1.png").read_bytes()
+    (folder / "s1.png").write_bytes(whole[:len(whole) * 2 // 3])  # the header intact, the pixels cut off
+    np.save(tmp_path / "r3.npy", np.zeros((3, E), np.float32))
+    spec = dataclasses.replace(lab, responses=str(tmp_path / "r3.npy"), images=str(folder), val_fraction=0.34)
+    before = tree(tmp_path)
+    with pytest.raises(DataError, match=r"s1.png: cannot read this image \(image file is truncated") as err:
+        ingest(spec)
+    assert str(folder / "s1.png") in str(err.value) and "\n" not in str(err.value)
+    assert tree(tmp_path) == before
 
 
 def ingest_argv(spec: IngestSpec, out: str) -> list[str]:
