@@ -492,7 +492,7 @@ def split_files(path: str | os.PathLike, split: str, info: DatasetInfo | None = 
             footers[f] = pq.read_metadata(f, filesystem=fs)
         except (OSError, pa.ArrowInvalid) as e:
             raise DataError(f"{f}: not a readable Parquet file ({e}).") from e
-    _check_shards(path, root, split, info, {f: m.num_rows for f, m in footers.items()})
+    _check_shards(root, split, info, {f: m.num_rows for f, m in footers.items()})
     expected = parquet_schema(info.n_electrodes, info.image_numel)
     for f in files:
         schema = footers[f].schema.to_arrow_schema()
@@ -508,7 +508,7 @@ def split_files(path: str | os.PathLike, split: str, info: DatasetInfo | None = 
     return files
 
 
-def _check_shards(path: str | os.PathLike, root: str, split: str, info: DatasetInfo, rows: dict[str, int]) -> None:
+def _check_shards(root: str, split: str, info: DatasetInfo, rows: dict[str, int]) -> None:
     """Refuse a split whose files are not the ones written: a lost or extra shard would otherwise train on part of
     the data, or twice on some of it, without a word."""
     remake = "re-create the dataset (rfgan synth/ingest)"
