@@ -34,15 +34,24 @@ def main() -> None:
     p.add_argument("--vgg-weights", help="VGG19 weights file (default: random-init features)")
     args = p.parse_args()
 
-    overrides = {"loss.vgg_random_init": args.vgg_weights is None, "loss.vgg_weights": args.vgg_weights,
-                 "optim.bf16": args.bf16}
+    overrides = {
+        "loss.vgg_random_init": args.vgg_weights is None,
+        "loss.vgg_weights": args.vgg_weights,
+        "optim.bf16": args.bf16,
+    }
     if args.batch_size:
         overrides["optim.batch_size"] = args.batch_size
     cfg = preset(args.preset).with_overrides(overrides)
     rfs = make_rfs(SynthSpec(electrodes=args.electrodes, size=args.size))
-    info = DatasetInfo(image_size=(args.size, args.size), channels=3, fov_deg=10.0, n_electrodes=args.electrodes,
-                       splits={"train": 1, "val": 1}, response_mean=(0.0,) * args.electrodes,
-                       response_std=(1.0,) * args.electrodes)
+    info = DatasetInfo(
+        image_size=(args.size, args.size),
+        channels=3,
+        fov_deg=10.0,
+        n_electrodes=args.electrodes,
+        splits={"train": 1, "val": 1},
+        response_mean=(0.0,) * args.electrodes,
+        response_std=(1.0,) * args.electrodes,
+    )
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -67,8 +76,10 @@ def main() -> None:
     times = [run(max(1, args.steps // 5)) / max(1, args.steps // 5) for _ in range(5)]
     rate = b / np.median(times)
     device = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"preset={args.preset} batch={b} electrodes={args.electrodes} size={args.size} bf16={args.bf16} "
-          f"device={device}: {rate:.1f} samples/s (median of 5 x {max(1, args.steps // 5)} steps)")
+    print(
+        f"preset={args.preset} batch={b} electrodes={args.electrodes} size={args.size} bf16={args.bf16} "
+        f"device={device}: {rate:.1f} samples/s (median of 5 x {max(1, args.steps // 5)} steps)"
+    )
     if cuda:
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
 

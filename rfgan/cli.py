@@ -17,6 +17,10 @@ from rfgan.errors import UsageError, user_error
 
 DEFAULT_DATA = "data/synthetic"
 DEMO_PRESET = "tiny"
+OVERWRITE_HELP = (
+    "replace --out if it holds an rfgan dataset (any other folder, the current folder, a parent of it "
+    "or a home folder is refused)"
+)
 
 
 @contextmanager
@@ -25,6 +29,27 @@ def _progress(total: int, desc: str, quiet: bool) -> Iterator:
 
     with tqdm(total=total, desc=desc, unit="rows", disable=quiet) as bar:
         yield bar.update
+
+
+class _DefaultsInWords(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where its help already says it in words ("default: ...")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if "default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+@contextmanager
+def _nothing_written_if_interrupted() -> Iterator[None]:
+    # The dataset writer removes what it staged before a Ctrl-C leaves it; it says so in the interrupt itself when
+    # something was written after all (an old copy replaced).
+    try:
+        yield
+    except KeyboardInterrupt as e:
+        if str(e):
+            raise
+        raise KeyboardInterrupt("nothing was written") from None
 
 
 def _dir_size_mb(path: str) -> float:
@@ -42,44 +67,71 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 
     d = SynthSpec()
     p = sub.add_parser(
-        "synth", help="write a dataset from a simulated recording",
+        "synth",
+        help="write a dataset from a simulated recording",
         description="Simulate a recording: electrode arrays with Gaussian RFs (size growing with eccentricity), "
-                    "natural-like images (1/f noise, shapes, edges, textures, crops of photographs shipped with "
-                    "scikit-image) and responses from the linear RF model (response = sum over pixels of the "
-                    "sum-normalised RF map times the electrode's colour tuning: luminance plus a colour-opponent "
-                    "signal), then write it in the rfgan dataset format. "
-                    "Deterministic for a seed.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "natural-like images (1/f noise, shapes, edges, textures, crops of photographs shipped with "
+        "scikit-image) and responses from the linear RF model (response = sum over pixels of the "
+        "sum-normalised RF map times the electrode's colour tuning: luminance plus a colour-opponent "
+        "signal), then write it in the rfgan dataset format. "
+        "Deterministic for a seed.",
+        formatter_class=_DefaultsInWords,
+    )
     p.add_argument("--out", default=DEFAULT_DATA, help="dataset directory to write")
     p.add_argument("--n-train", type=int, default=d.n_train, help="training images (rows = images x repeats)")
     p.add_argument("--n-val", type=int, default=d.n_val, help="validation images")
     p.add_argument("--n-test", type=int, default=d.n_test, help="test images (0: no test split)")
     p.add_argument("--electrodes", type=int, default=d.electrodes, help="number of electrodes")
     p.add_argument("--size", type=int, default=d.size, help="images are SIZE x SIZE pixels")
+    # Said in words: both flags share the `color` default, which the formatter would print as True on each.
     colour = p.add_mutually_exclusive_group()
-    colour.add_argument("--color", dest="color", action="store_true", default=d.color, help="RGB images")
-    colour.add_argument("--gray", dest="color", action="store_false", help="grayscale images")
+    default = f"default: {'colour' if d.color else 'gray'}"
+    colour.add_argument("--color", dest="color", action="store_true", default=d.color, help=f"RGB images ({default})")
+    colour.add_argument("--gray", dest="color", action="store_false", help=f"grayscale images ({default})")
     p.add_argument("--fov-deg", type=float, default=d.fov_deg, help="degrees of visual angle the image width spans")
-    p.add_argument("--arrays", type=int, default=d.n_arrays, dest="n_arrays",
-                   help="electrode arrays (about half V1, a third V4, the rest IT)")
-    p.add_argument("--photo-fraction", type=float, default=d.photo_fraction,
-                   help="share of images cropped from photographs; the rest are generated scenes")
-    p.add_argument("--tuning", choices=("color", "luminance"), default=d.tuning,
-                   help="color: each electrode weighs luminance plus a red-green/blue-yellow signal of its own hue "
-                        "(stronger in V4); luminance: every electrode sees luma only")
-    p.add_argument("--nonlinearity", choices=("linear", "relu"), default=d.nonlinearity,
-                   help="relu rectifies the drive after subtracting --threshold")
-    p.add_argument("--threshold", type=float, default=d.threshold, help="subtracted from the drive before the "
-                   "nonlinearity")
-    p.add_argument("--gain", type=float, default=d.gain, help="response units per unit drive (for Poisson noise: "
-                   "expected spike count per unit drive)")
+    p.add_argument(
+        "--arrays",
+        type=int,
+        default=d.n_arrays,
+        dest="n_arrays",
+        help="electrode arrays (about half V1, a third V4, the rest IT)",
+    )
+    p.add_argument(
+        "--photo-fraction",
+        type=float,
+        default=d.photo_fraction,
+        help="share of images cropped from photographs; the rest are generated scenes",
+    )
+    p.add_argument(
+        "--tuning",
+        choices=("color", "luminance"),
+        default=d.tuning,
+        help="color: each electrode weighs luminance plus a red-green/blue-yellow signal of its own hue "
+        "(stronger in V4); luminance: every electrode sees luma only",
+    )
+    p.add_argument(
+        "--nonlinearity",
+        choices=("linear", "relu"),
+        default=d.nonlinearity,
+        help="relu rectifies the drive after subtracting --threshold",
+    )
+    p.add_argument(
+        "--threshold", type=float, default=d.threshold, help="subtracted from the drive before the nonlinearity"
+    )
+    p.add_argument(
+        "--gain",
+        type=float,
+        default=d.gain,
+        help="response units per unit drive (for Poisson noise: expected spike count per unit drive)",
+    )
     p.add_argument("--noise", choices=("gaussian", "poisson", "none"), default=d.noise, help="response noise")
     p.add_argument("--noise-sd", type=float, default=d.noise_sd, help="sd of Gaussian noise, in response units")
-    p.add_argument("--repeats", type=int, default=d.repeats,
-                   help="presentations of each image, each with independent noise")
+    p.add_argument(
+        "--repeats", type=int, default=d.repeats, help="presentations of each image, each with independent noise"
+    )
     p.add_argument("--seed", type=int, default=d.seed, help="random seed; the same seed gives the same dataset")
     p.add_argument("--shard-rows", type=int, default=d.shard_rows, help="rows per Parquet file")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_synth)
 
@@ -97,41 +149,74 @@ def cmd_synth(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     rfs, splits = synth_splits(spec)
     total = (spec.n_train + spec.n_val + spec.n_test) * spec.repeats
-    with _progress(total, "synth", args.quiet) as update:
-        info = write_dataset(args.out, rfs=rfs, fov_deg=spec.fov_deg, image_size=(spec.size, spec.size),
-                             channels=spec.channels, splits=splits, source=source_of(spec),
-                             overwrite=args.overwrite, on_rows=update)
-    print(f"wrote {args.out}: {info.splits} rows, {info.n_electrodes} electrodes, "
-          f"{info.image_size[0]}x{info.image_size[1]}x{info.channels} images, "
-          f"{_dir_size_mb(args.out):.1f} MB, in {time.perf_counter() - start:.1f} s")
+    with _progress(total, "synth", args.quiet) as update, _nothing_written_if_interrupted():
+        info = write_dataset(
+            args.out,
+            rfs=rfs,
+            fov_deg=spec.fov_deg,
+            image_size=(spec.size, spec.size),
+            channels=spec.channels,
+            splits=splits,
+            source=source_of(spec),
+            overwrite=args.overwrite,
+            on_rows=update,
+        )
+    print(
+        f"wrote {args.out}: {info.splits} rows, {info.n_electrodes} electrodes, "
+        f"{info.image_size[0]}x{info.image_size[1]}x{info.channels} images, "
+        f"{_dir_size_mb(args.out):.1f} MB, in {time.perf_counter() - start:.1f} s"
+    )
     return 0
 
 
 def _add_ingest(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "ingest", help="build a dataset from a lab's own arrays",
+        "ingest",
+        help="build a dataset from a lab's own arrays",
         description="Build an rfgan dataset from responses, images and an RF table. Everything is checked before "
-                    "anything is written; on any error nothing is left behind.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--responses", required=True, help=".npy of shape (N, E): one row per stimulus presentation, "
-                   "one column per electrode, in the order of the RF table's rows")
-    p.add_argument("--images", required=True, help=".npy of shape (N, H, W) or (N, H, W, 3), uint8 or float in "
-                   "[0, 1]; or a folder of image files (one per row, sorted by name, unless --image-index is given)")
-    p.add_argument("--rfs", required=True, help="RF table CSV: electrode_id,x_deg,y_deg,sigma_deg[,area]; x/y in "
-                   "degrees from the image centre (y up), sigma the Gaussian sd in degrees")
+        "anything is written; on any error nothing is left behind.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--responses",
+        required=True,
+        help=".npy of shape (N, E): one row per stimulus presentation, "
+        "one column per electrode, in the order of the RF table's rows",
+    )
+    p.add_argument(
+        "--images",
+        required=True,
+        help=".npy of shape (N, H, W) or (N, H, W, 3), uint8 or float in "
+        "[0, 1]; or a folder of image files (one per row, sorted by name, unless --image-index is given)",
+    )
+    p.add_argument(
+        "--rfs",
+        required=True,
+        help="RF table CSV: electrode_id,x_deg,y_deg,sigma_deg[,area]; x/y in "
+        "degrees from the image centre (y up), sigma the Gaussian sd in degrees",
+    )
     p.add_argument("--fov-deg", type=float, required=True, help="degrees of visual angle the image width spans")
     p.add_argument("--out", required=True, help="dataset directory to write")
-    p.add_argument("--image-index", help="CSV with a 'filename' column naming each row's image file in --images "
-                   "(a file may repeat: repeats of one image)")
-    p.add_argument("--image-ids", help=".npy of N integers: rows with equal ids show the same image (default: "
-                   "rows with identical pixels, or the same file, are one image)")
+    p.add_argument(
+        "--image-index",
+        help="CSV with a 'filename' column naming each row's image file in --images "
+        "(a file may repeat: repeats of one image)",
+    )
+    p.add_argument(
+        "--image-ids",
+        help=".npy of N integers: rows with equal ids show the same image (default: "
+        "rows with identical pixels, or the same file, are one image)",
+    )
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of distinct images for validation")
     p.add_argument("--test-fraction", type=float, default=0.0, help="share of distinct images for a test split")
     p.add_argument("--seed", type=int, default=0, help="seed of the split")
-    p.add_argument("--drop-bad-rows", action="store_true",
-                   help="drop rows with NaN/inf responses (and say how many) instead of refusing the input")
+    p.add_argument(
+        "--drop-bad-rows",
+        action="store_true",
+        help="drop rows with NaN/inf responses (and say how many) instead of refusing the input",
+    )
     p.add_argument("--shard-rows", type=int, default=1000, help="rows per Parquet file")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_ingest)
 
@@ -140,17 +225,28 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from rfgan.data.ingest import IngestSpec, ingest
 
     spec = IngestSpec(
-        responses=args.responses, images=args.images, rfs=args.rfs, fov_deg=args.fov_deg, out=args.out,
-        image_index=args.image_index, image_ids=args.image_ids, val_fraction=args.val_fraction,
-        test_fraction=args.test_fraction, seed=args.seed, drop_bad_rows=args.drop_bad_rows,
-        shard_rows=args.shard_rows, overwrite=args.overwrite,
+        responses=args.responses,
+        images=args.images,
+        rfs=args.rfs,
+        fov_deg=args.fov_deg,
+        out=args.out,
+        image_index=args.image_index,
+        image_ids=args.image_ids,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        drop_bad_rows=args.drop_bad_rows,
+        shard_rows=args.shard_rows,
+        overwrite=args.overwrite,
     )
-    with _progress(None, "ingest", args.quiet) as update:
+    with _progress(None, "ingest", args.quiet) as update, _nothing_written_if_interrupted():
         info, dropped = ingest(spec, on_rows=update)
     if dropped:
         print(f"dropped {dropped} row(s) with NaN/inf responses")
-    print(f"wrote {args.out}: {info.splits} rows, {info.n_electrodes} electrodes, "
-          f"{info.image_size[0]}x{info.image_size[1]}x{info.channels} images")
+    print(
+        f"wrote {args.out}: {info.splits} rows, {info.n_electrodes} electrodes, "
+        f"{info.image_size[0]}x{info.image_size[1]}x{info.channels} images"
+    )
     return 0
 
 
@@ -169,18 +265,23 @@ def dataset_or_synth(path: str | None) -> str:
     source, default = read_info(DEFAULT_DATA).source, source_of(SynthSpec())
     differ = sorted(k for k in default.keys() | source.keys() if source.get(k) != default.get(k))
     if differ:
-        print(f"note: {DEFAULT_DATA} is not the default synthetic dataset (it differs in {', '.join(differ)}); "
-              f"using it as it is. To remake the default one: rfgan synth --overwrite", file=sys.stderr)
+        print(
+            f"note: {DEFAULT_DATA} is not the default synthetic dataset (it differs in {', '.join(differ)}); "
+            f"using it as it is. To remake the default one: rfgan synth --overwrite",
+            file=sys.stderr,
+        )
     return DEFAULT_DATA
 
 
 def _add_check(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "check", help="validate a dataset and read it end to end through Ray Data",
+        "check",
+        help="validate a dataset and read it end to end through Ray Data",
         description="Check a dataset's metadata, RF table and Parquet schema, then stream every split through Ray "
-                    "Data and the RF projection, as training reads it. With no --data, makes the built-in "
-                    f"synthetic dataset at {DEFAULT_DATA} first (if it is not there yet).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "Data and the RF projection, as training reads it. With no --data, makes the built-in "
+        f"synthetic dataset at {DEFAULT_DATA} first (if it is not there yet).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--data", help="dataset directory (default: the built-in synthetic dataset)")
     p.add_argument("--batch-size", type=int, default=64, help="rows per batch")
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
@@ -198,28 +299,43 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "train", help="train an RF-GAN with Ray Train (local Ray, or a cluster)",
+        "train",
+        help="train an RF-GAN with Ray Train (local Ray, or a cluster)",
         description="Train on a dataset with Ray Train: DDP across --workers (CPU or GPU), data sharded from "
-                    "Parquet by Ray Data, a checkpoint every epoch (best N kept by validation SSIM), sample grids, "
-                    "TensorBoard logs, metrics.csv and curves.png in the run directory. With no --data it trains "
-                    f"on the built-in synthetic dataset ({DEFAULT_DATA}, made first if absent) with the "
-                    f"'{DEMO_PRESET}' preset unless --preset is given.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "Parquet by Ray Data, a checkpoint every epoch (best N kept by validation SSIM), sample grids, "
+        "TensorBoard logs, metrics.csv and curves.png in the run directory. With no --data it trains "
+        f"on the built-in synthetic dataset ({DEFAULT_DATA}, made first if absent) with the "
+        f"'{DEMO_PRESET}' preset unless --preset is given.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--data", help="dataset directory (default: the built-in synthetic dataset)")
-    p.add_argument("--preset", help="starting config: default, reference, reference-noise, rfmasked, tiny "
-                                    f"(default: 'default' with --data, '{DEMO_PRESET}' without)")
-    p.add_argument("--config", help="JSON/YAML config file (e.g. a sweep's best_config.json); its 'preset' key, "
-                                    "if any, picks the base")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config field, e.g. --set loss.lambda_adv=0.5 (repeatable)")
+    p.add_argument(
+        "--preset",
+        help="starting config: default, reference, reference-noise, rfmasked, tiny "
+        f"(default: 'default' with --data, '{DEMO_PRESET}' without)",
+    )
+    p.add_argument(
+        "--config",
+        help="JSON/YAML config file (e.g. a sweep's best_config.json); its 'preset' key, if any, picks the base",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config field, e.g. --set loss.lambda_adv=0.5 (repeatable)",
+    )
     p.add_argument("--workers", type=int, help="Ray Train workers (run.workers)")
     p.add_argument("--gpu", action="store_true", default=None, help="one GPU per worker (run.use_gpu)")
     p.add_argument("--epochs", type=int, help="run.epochs")
     p.add_argument("--batch-size", type=int, help="global batch size, split across workers (optim.batch_size)")
     p.add_argument("--out", help="run directory or storage URI (s3://bucket/runs/NAME); default runs/PRESET-TIME")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its last checkpoint (epoch, optimizers, RNG)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last checkpoint (epoch, optimizers, RNG)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and parameter counts, exit")
     p.set_defaults(func=cmd_train)
 
@@ -229,9 +345,13 @@ def _config(args: argparse.Namespace, flags: dict):
     flags as dotted keys (None: not given)."""
     from rfgan.config import resolve
 
-    return resolve(preset=args.preset, config_file=args.config, sets=args.set,
-                   overrides={"data.path": args.data, **flags},
-                   default_preset="default" if args.data else DEMO_PRESET)
+    return resolve(
+        preset=args.preset,
+        config_file=args.config,
+        sets=args.set,
+        overrides={"data.path": args.data, **flags},
+        default_preset="default" if args.data else DEMO_PRESET,
+    )
 
 
 def _init_ray(address: str | None, min_cpus: int) -> None:
@@ -252,24 +372,38 @@ def cmd_train(args: argparse.Namespace) -> int:
     from rfgan.run.checkpoint import existing_checkpoints
     from rfgan.run.train import fit, preflight, write_resolved_config
 
-    cfg = _config(args, {"run.workers": args.workers, "run.use_gpu": args.gpu, "run.epochs": args.epochs,
-                         "optim.batch_size": args.batch_size})
+    cfg = _config(
+        args,
+        {
+            "run.workers": args.workers,
+            "run.use_gpu": args.gpu,
+            "run.epochs": args.epochs,
+            "optim.batch_size": args.batch_size,
+        },
+    )
     data = dataset_or_synth(cfg.data.path)
     # A dry run builds no VGG and trains on no batch: it checks only that the nets fit the data.
     info, rfs = preflight(cfg, data, training=not args.dry_run)
     print(f"config (preset {cfg.preset!r}, data {data}):\n{cfg.to_json()}")
     if args.dry_run:
         gan = build_gan(cfg, info, rfs, with_vgg=False)
-        print(f"generator: {count_parameters(gan.generator):,} parameters, {gan.projection.out_channels} input "
-              f"channels -> {info.channels}x{info.image_size[0]}x{info.image_size[1]}")
-        print(f"discriminator: {count_parameters(gan.discriminator):,} parameters" if gan.discriminator is not None
-              else "discriminator: none (loss.lambda_adv = 0)")
+        print(
+            f"generator: {count_parameters(gan.generator):,} parameters, {gan.projection.out_channels} input "
+            f"channels -> {info.channels}x{info.image_size[0]}x{info.image_size[1]}"
+        )
+        print(
+            f"discriminator: {count_parameters(gan.discriminator):,} parameters"
+            if gan.discriminator is not None
+            else "discriminator: none (loss.lambda_adv = 0)"
+        )
         return 0
     out = args.out or f"runs/{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     found = existing_checkpoints(out)
     if found and not args.resume:
-        raise UsageError(f"{out} already holds {len(found)} checkpoint(s); pass --resume to continue that run, or "
-                        "choose another --out.")
+        raise UsageError(
+            f"{out} already holds {len(found)} checkpoint(s); pass --resume to continue that run, or "
+            "choose another --out."
+        )
     if args.resume and not found:
         print(f"--resume: {out} has no checkpoint yet; starting from epoch 1")
     write_resolved_config(cfg, out)
@@ -283,12 +417,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"rfgan train: training failed after {wall:.0f} s: {result.error}", file=sys.stderr)
         return 1
     metrics = result.metrics
-    summary = ", ".join(f"{k}={metrics[k]:.4g}" for k in ("val_psnr", "val_ssim", "val_pixel_corr",
-                                                          "val_feature_corr") if k in metrics)
-    print(f"done in {wall:.0f} s: {metrics.get('epoch')} epochs, {summary}\n"
-          f"run directory: {result.run_dir}\nbest checkpoint: {result.best_checkpoint}\n"
-          f"samples: {result.run_dir}/samples/  curves: {result.run_dir}/curves.png  "
-          f"tensorboard --logdir {result.run_dir}/tensorboard")
+    summary = ", ".join(
+        f"{k}={metrics[k]:.4g}" for k in ("val_psnr", "val_ssim", "val_pixel_corr", "val_feature_corr") if k in metrics
+    )
+    print(
+        f"done in {wall:.0f} s: {metrics.get('epoch')} epochs, {summary}\n"
+        f"run directory: {result.run_dir}\nbest checkpoint: {result.best_checkpoint}\n"
+        f"samples: {result.run_dir}/samples/  curves: {result.run_dir}/curves.png  "
+        f"tensorboard --logdir {result.run_dir}/tensorboard"
+    )
     return 0
 
 
@@ -300,40 +437,52 @@ def _add_checkpoint_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="metrics of a trained run on a dataset",
-                       description="PSNR and SSIM (on luma for colour), pixel correlation, VGG-feature "
-                                   "correlation and pairwise identification accuracy of a run's best or last "
-                                   "checkpoint, with a grid PNG.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser(
+        "eval",
+        help="metrics of a trained run on a dataset",
+        description="PSNR and SSIM (on luma for colour), pixel correlation, VGG-feature "
+        "correlation and pairwise identification accuracy of a run's best or last "
+        "checkpoint, with a grid PNG.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     _add_checkpoint_args(p)
     p.add_argument("--data", required=True, help="dataset directory or URI")
     p.add_argument("--split", default="val", help="dataset split")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    p.add_argument("--allow-other-rfs", action="store_true",
-                   help="evaluate on a dataset whose RF table differs from the training data's (refused otherwise; "
-                        "the JSON then carries a warning)")
+    p.add_argument(
+        "--allow-other-rfs",
+        action="store_true",
+        help="evaluate on a dataset whose RF table differs from the training data's (refused otherwise; "
+        "the JSON then carries a warning)",
+    )
     p.set_defaults(func=cmd_eval)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from rfgan.evaluate.inference import evaluate_run
 
-    result = evaluate_run(args.run, args.data, args.split, args.checkpoint, args.device,
-                          allow_other_rfs=args.allow_other_rfs)
+    result = evaluate_run(
+        args.run, args.data, args.split, args.checkpoint, args.device, allow_other_rfs=args.allow_other_rfs
+    )
     if args.json:
         print(json.dumps(result, indent=1))
     else:
-        print(f"{result['checkpoint']} (epoch {result['epoch']}) on {args.data}/{args.split} "
-              f"({result['n_images']} images): psnr={result['psnr']:.2f} dB ssim={result['ssim']:.3f} "
-              f"pixel_corr={result['pixel_corr']:.3f} feature_corr={result['feature_corr']:.3f} "
-              f"identification={result.get('identification', float('nan')):.3f} "
-              f"[{result['feature_net']}]\ngrid: {result['grid']}")
+        print(
+            f"{result['checkpoint']} (epoch {result['epoch']}) on {args.data}/{args.split} "
+            f"({result['n_images']} images): psnr={result['psnr']:.2f} dB ssim={result['ssim']:.3f} "
+            f"pixel_corr={result['pixel_corr']:.3f} feature_corr={result['feature_corr']:.3f} "
+            f"identification={result.get('identification', float('nan')):.3f} "
+            f"[{result['feature_net']}]\ngrid: {result['grid']}"
+        )
     return 0
 
 
 def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("reconstruct", help="images from new responses with a trained run",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser(
+        "reconstruct",
+        help="images from new responses with a trained run",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     _add_checkpoint_args(p)
     p.add_argument("--responses", required=True, help=".npy (N, E), electrodes in the run's rfs.csv order")
     p.add_argument("--out", required=True, help="folder for reconstructions.npy and one PNG per row")
@@ -350,27 +499,35 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 def _add_tune(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "tune", help="search loss weights and learning rates with Ray Tune + Optuna",
+        "tune",
+        help="search loss weights and learning rates with Ray Tune + Optuna",
         description="A Ray Tune sweep: OptunaSearch (TPE, seeded, the preset's values as the first trial) and ASHA "
-                    "early stopping on validation SSIM, each trial a Ray Train run. Writes trials.csv (also "
-                    "printed), best_config.json (for rfgan train --config), trials.png and "
-                    "param_importances.png to --out.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "early stopping on validation SSIM, each trial a Ray Train run. Writes trials.csv (also "
+        "printed), best_config.json (for rfgan train --config), trials.png and "
+        "param_importances.png to --out.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--data", help="dataset directory or URI (default: the built-in synthetic dataset)")
-    p.add_argument("--preset", help="base config (default: 'default' with --data, "
-                                    f"'{DEMO_PRESET}' without)")
+    p.add_argument("--preset", help=f"base config (default: 'default' with --data, '{DEMO_PRESET}' without)")
     p.add_argument("--config", help="base config file instead of a preset")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the base config")
-    p.add_argument("--space", help="search space file (YAML/JSON) replacing the default space "
-                                   "(rfgan.sweep.space.DEFAULT_SPACE; see tune/space.yaml)")
+    p.add_argument(
+        "--space",
+        help="search space file (YAML/JSON) replacing the default space "
+        "(rfgan.sweep.space.DEFAULT_SPACE; see tune/space.yaml)",
+    )
     p.add_argument("--out", help="sweep directory or storage URI (s3://...); default sweeps/PRESET-TIME")
     p.add_argument("--trials", type=int, default=20, help="number of trials")
-    p.add_argument("--epochs", type=int, default=10, help="epochs per trial (run.epochs; ASHA stops weak trials "
-                                                          "earlier)")
+    p.add_argument(
+        "--epochs", type=int, default=10, help="epochs per trial (run.epochs; ASHA stops weak trials earlier)"
+    )
     p.add_argument("--workers-per-trial", type=int, help="Ray Train workers per trial (run.workers)")
     p.add_argument("--cpus-per-worker", type=float, help="CPUs per Train worker (run.cpus_per_worker)")
-    p.add_argument("--gpus-per-worker", type=float, help="GPUs per Train worker, fractions share a GPU, 0 none "
-                                                         "(run.gpus_per_worker, run.use_gpu)")
+    p.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        help="GPUs per Train worker, fractions share a GPU, 0 none (run.gpus_per_worker, run.use_gpu)",
+    )
     p.add_argument("--max-concurrent", type=int, help="cap on trials at once (default: what the resources allow)")
     p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray)")
@@ -385,9 +542,16 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from rfgan.sweep.space import load_space
 
     gpus = args.gpus_per_worker
-    cfg = _config(args, {"run.epochs": args.epochs, "run.workers": args.workers_per_trial,
-                         "run.cpus_per_worker": args.cpus_per_worker,
-                         "run.use_gpu": None if gpus is None else gpus > 0, "run.gpus_per_worker": gpus or None})
+    cfg = _config(
+        args,
+        {
+            "run.epochs": args.epochs,
+            "run.workers": args.workers_per_trial,
+            "run.cpus_per_worker": args.cpus_per_worker,
+            "run.use_gpu": None if gpus is None else gpus > 0,
+            "run.gpus_per_worker": gpus or None,
+        },
+    )
     data = dataset_or_synth(cfg.data.path)
     preflight(cfg, data)
     out = args.out or f"sweeps/{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -397,8 +561,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     results = run_sweep(cfg, spec, space, resume=args.resume)
     rows = summarize(results, space, out)
     print(table_text(rows, space))
-    print(f"sweep directory: {out}\nbest config: {out}/best_config.json  (rfgan train --config "
-          f"{out}/best_config.json)\nplots: {out}/trials.png {out}/param_importances.png")
+    print(
+        f"sweep directory: {out}\nbest config: {out}/best_config.json  (rfgan train --config "
+        f"{out}/best_config.json)\nplots: {out}/trials.png {out}/param_importances.png"
+    )
     return 0
 
 
@@ -406,8 +572,10 @@ def build_parser() -> argparse.ArgumentParser:
     from rfgan import __version__
 
     parser = argparse.ArgumentParser(
-        prog="rfgan", description="Reconstruct seen images from electrode responses through their receptive "
-                                  "fields, with a GAN, on a laptop or a Ray cluster.")
+        prog="rfgan",
+        description="Reconstruct seen images from electrode responses through their receptive "
+        "fields, with a GAN, on a laptop or a Ray cluster.",
+    )
     parser.add_argument("--version", action="version", version=f"rfgan {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_synth(sub)
@@ -424,6 +592,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except KeyboardInterrupt as e:
+        # Ctrl-C is the user's own doing: one line, with what the command knows about what it left (the
+        # interrupt's message), and 130, what a shell reports for a command stopped by SIGINT.
+        print(f"rfgan {args.command}: interrupted{f'; {e}' if str(e) else ''}", file=sys.stderr)
+        return 130
     except Exception as e:
         # rfgan's own errors, and OSErrors (unreadable paths, missing buckets, refused credentials: the system's
         # message says which), also when Ray wrapped them in a task's error: one line, exit 2. Anything else is a

@@ -66,19 +66,28 @@ class ModelConfig:
     init_std: float = 0.02  # DCGAN init N(0, init_std)
 
     def __post_init__(self) -> None:
-        _require(self.generator in ("unet", "reference"), f"model.generator must be 'unet' or 'reference', "
-                                                          f"not {self.generator!r}")
-        _require(self.discriminator in ("patch", "reference"), f"model.discriminator must be 'patch' or "
-                                                                f"'reference', not {self.discriminator!r}")
-        _require(self.norm in ("batch", "instance", "none"), f"model.norm must be batch|instance|none, "
-                                                              f"not {self.norm!r}")
+        _require(
+            self.generator in ("unet", "reference"),
+            f"model.generator must be 'unet' or 'reference', not {self.generator!r}",
+        )
+        _require(
+            self.discriminator in ("patch", "reference"),
+            f"model.discriminator must be 'patch' or 'reference', not {self.discriminator!r}",
+        )
+        _require(
+            self.norm in ("batch", "instance", "none"), f"model.norm must be batch|instance|none, not {self.norm!r}"
+        )
         _require(min(self.ngf, self.ndf, self.n_down, self.d_layers) >= 1, "model widths and depths must be >= 1")
-        _require(len(self.g_widths) == len(self.g_convs_per_block) and len(self.g_widths) >= 1,
-                 "model.g_widths and model.g_convs_per_block must have the same, non-zero length")
+        _require(
+            len(self.g_widths) == len(self.g_convs_per_block) and len(self.g_widths) >= 1,
+            "model.g_widths and model.g_convs_per_block must have the same, non-zero length",
+        )
         _require(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
         _require(self.init_std > 0, "model.init_std must be > 0")
-        _require(not (self.conditional_d and self.discriminator == "reference"),
-                 "model.conditional_d needs model.discriminator='patch' (the reference D is unconditional)")
+        _require(
+            not (self.conditional_d and self.discriminator == "reference"),
+            "model.conditional_d needs model.discriminator='patch' (the reference D is unconditional)",
+        )
 
     def size_divisor(self) -> int:
         """Image sides must be a multiple of this for the generator's down/up-sampling to round-trip."""
@@ -98,8 +107,9 @@ class LossConfig:
     vgg_layer_weights: tuple[float, ...] = REFERENCE_VGG_WEIGHTS  # relu1_1 … relu5_1
 
     def __post_init__(self) -> None:
-        _require(self.adversarial in ADV_KINDS, f"loss.adversarial must be one of {ADV_KINDS}, "
-                                                f"not {self.adversarial!r}")
+        _require(
+            self.adversarial in ADV_KINDS, f"loss.adversarial must be one of {ADV_KINDS}, not {self.adversarial!r}"
+        )
         _require(self.pixel in PIXEL_KINDS, f"loss.pixel must be one of {PIXEL_KINDS}, not {self.pixel!r}")
         for name in ("lambda_adv", "lambda_vgg", "lambda_pix"):
             _require(getattr(self, name) >= 0, f"loss.{name} must be >= 0, got {getattr(self, name)}")
@@ -213,8 +223,10 @@ def _unknown_key(key: str, valid: Mapping[str, Any]) -> ConfigError:
     """The error for a dotted key that is not a config field: it names the first unknown part, and the valid keys
     where the known part ends."""
     if any(k.startswith(key + ".") for k in valid):
-        return ConfigError(f"config key {key!r} is a section: set its fields, e.g. "
-                           f"{next(k for k in valid if k.startswith(key + '.'))!r}")
+        return ConfigError(
+            f"config key {key!r} is a section: set its fields, e.g. "
+            f"{next(k for k in valid if k.startswith(key + '.'))!r}"
+        )
     parts = key.split(".")
     for i in range(1, len(parts)):
         section = ".".join(parts[:i])
@@ -222,7 +234,7 @@ def _unknown_key(key: str, valid: Mapping[str, Any]) -> ConfigError:
             return ConfigError(f"unknown config key {section!r} in {key!r}")
     parent = ".".join(parts[:-1])
     prefix = parent + "." if parent else ""
-    here = sorted({k[len(prefix):].split(".")[0] for k in valid if k.startswith(prefix)})
+    here = sorted({k[len(prefix) :].split(".")[0] for k in valid if k.startswith(prefix)})
     return ConfigError(f"unknown config key {key!r}; valid keys here: {here}")
 
 
@@ -234,8 +246,10 @@ def _build(cls: type, d: Mapping[str, Any], prefix: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(d) - names
     if unknown:
-        raise ConfigError(f"unknown config key(s) {sorted(prefix + k for k in unknown)}; "
-                          f"valid keys{' in ' + prefix.rstrip('.') if prefix else ''}: {sorted(names)}")
+        raise ConfigError(
+            f"unknown config key(s) {sorted(prefix + k for k in unknown)}; "
+            f"valid keys{' in ' + prefix.rstrip('.') if prefix else ''}: {sorted(names)}"
+        )
     kwargs = {}
     for name, value in d.items():
         kwargs[name] = _coerce(hints[name], value, prefix + name)
@@ -293,21 +307,31 @@ PRESETS: dict[str, Config] = {
     "reference": _preset("reference", **_REFERENCE),
     # withNoise: one extra noise channel, 0.05·errG + 1·vgg, batch 32.
     "reference-noise": _preset(
-        "reference-noise", data={"with_noise": True}, model=_REFERENCE["model"],
+        "reference-noise",
+        data={"with_noise": True},
+        model=_REFERENCE["model"],
         loss={**_REFERENCE["loss"], "lambda_adv": 0.05, "lambda_vgg": 1.0},
-        optim={**_REFERENCE["optim"], "batch_size": 32}),
+        optim={**_REFERENCE["optim"], "batch_size": 32},
+    ),
     # The non-adversarial RFmasked objective: output and target masked to the RFs, vgg + 0.1·MSE, no D.
     "rfmasked": _preset(
-        "rfmasked", data={"mask": True}, model=_REFERENCE["model"],
-        loss={"lambda_adv": 0.0, "lambda_vgg": 1.0, "lambda_pix": 0.1, "pixel": "mse"}, optim=_REFERENCE["optim"]),
+        "rfmasked",
+        data={"mask": True},
+        model=_REFERENCE["model"],
+        loss={"lambda_adv": 0.0, "lambda_vgg": 1.0, "lambda_pix": 0.1, "pixel": "mse"},
+        optim=_REFERENCE["optim"],
+    ),
     # Small nets and random VGG features: tests and laptop demos, no downloaded weights needed.
     # Small nets, no VGG loss (random VGG features cost most of the compute and are not perceptual), a light
     # adversarial weight and a fast G learning rate: tests and the laptop demo, which trains on the built-in
     # synthetic dataset in a few minutes on 2 CPU cores.
     "tiny": _preset(
-        "tiny", model={"ngf": 16, "n_down": 4, "ndf": 16, "d_layers": 3},
+        "tiny",
+        model={"ngf": 16, "n_down": 4, "ndf": 16, "d_layers": 3},
         loss={"vgg_random_init": True, "lambda_vgg": 0.0, "lambda_pix": 10.0, "lambda_adv": 0.02},
-        optim={"batch_size": 32, "lr_g": 1e-3}, run={"epochs": 6}),
+        optim={"batch_size": 32, "lr_g": 1e-3},
+        run={"epochs": 6},
+    ),
 }
 
 
@@ -320,8 +344,13 @@ def preset(name: str) -> Config:
 _preset = preset  # resolve() has a `preset` argument, named like the flag, which hides this function
 
 
-def resolve(preset: str | None = None, config_file: str | os.PathLike | None = None, sets: Iterable[str] = (),
-            overrides: Mapping[str, Any] | None = None, default_preset: str = "default") -> Config:
+def resolve(
+    preset: str | None = None,
+    config_file: str | os.PathLike | None = None,
+    sets: Iterable[str] = (),
+    overrides: Mapping[str, Any] | None = None,
+    default_preset: str = "default",
+) -> Config:
     """The config of a command line: a preset (`default_preset` if none) or a config file, then the `--set KEY=VALUE`
     strings in `sets`, then `overrides` (dotted keys from the command's own flags; None values are flags not given).
     Later steps win; the result is validated."""

@@ -13,8 +13,16 @@ TINY = SynthSpec(n_train=40, n_val=12, electrodes=12, size=32, n_arrays=3, shard
 
 def make_synth(out, spec: SynthSpec = TINY, **kwargs):
     rfs, splits = synth_splits(spec)
-    return write_dataset(out, rfs=rfs, fov_deg=spec.fov_deg, image_size=(spec.size, spec.size),
-                         channels=spec.channels, splits=splits, source=source_of(spec), **kwargs)
+    return write_dataset(
+        out,
+        rfs=rfs,
+        fov_deg=spec.fov_deg,
+        image_size=(spec.size, spec.size),
+        channels=spec.channels,
+        splits=splits,
+        source=source_of(spec),
+        **kwargs,
+    )
 
 
 # Fixtures that start Ray: a test using one is in the slow lane (marker `ray`); the rest is pure PyTorch/NumPy.
@@ -52,3 +60,39 @@ def concat_chunks(chunks) -> dict[str, np.ndarray]:
         "responses": np.concatenate([c.responses for c in chunks]),
         "image": np.concatenate([c.images for c in chunks]),
     }
+
+
+def tree(folder) -> dict[str, bytes | None]:
+    """Every path under `folder` (hidden ones too) with its bytes (None for a folder): what a test asserts survives."""
+    return {p.relative_to(folder).as_posix(): None if p.is_dir() else p.read_bytes() for p in folder.rglob("*")}
+
+
+def one_line_error(capsys, command: str) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith(f"rfgan {command}: error:") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def interrupt_on_shard(monkeypatch, n: int) -> None:
+    """Ctrl-C arriving while the dataset writer writes its n-th shard."""
+    from rfgan.data import format as fmt
+
+    write_table, calls = fmt.pq.write_table, []
+
+    def write(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return write_table(*args, **kwargs)
+
+    monkeypatch.setattr(fmt.pq, "write_table", write)
+
+
+def run_interrupted(argv) -> int:
+    """rfgan's main(argv), failing the test (not ending the session) if a KeyboardInterrupt gets out of it."""
+    from rfgan.cli import main
+
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        pytest.fail("the KeyboardInterrupt left main() as a traceback")

@@ -8,22 +8,48 @@ from rfgan.cli import main
 from rfgan.data.format import read_info, read_split
 
 
-@pytest.mark.parametrize("command, options", [
-    ("synth", ["--out", "--n-train", "--n-val", "--electrodes", "--size", "--color", "--gray", "--seed", "--noise"]),
-    ("ingest", ["--responses", "--images", "--rfs", "--fov-deg", "--out", "--drop-bad-rows", "--val-fraction"]),
-    ("check", ["--data"]),
-])
+@pytest.mark.parametrize(
+    "command, options",
+    [
+        (
+            "synth",
+            ["--out", "--n-train", "--n-val", "--electrodes", "--size", "--color", "--gray", "--seed", "--noise"],
+        ),
+        ("ingest", ["--responses", "--images", "--rfs", "--fov-deg", "--out", "--drop-bad-rows", "--val-fraction"]),
+        ("check", ["--data"]),
+    ],
+)
 def test_help_explains_the_options(command, options):
-    out = subprocess.run([sys.executable, "-m", "rfgan", command, "--help"], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "rfgan", command, "--help"], capture_output=True, text=True, check=True
+    ).stdout
     for option in options:
         assert option in out
 
 
 def test_synth_command_writes_a_dataset(tmp_path, capsys):
     out = tmp_path / "ds"
-    code = main(["synth", "--out", str(out), "--n-train", "20", "--n-val", "5", "--electrodes", "9",
-                 "--arrays", "3", "--size", "32", "--gray", "--seed", "7", "--quiet"])
+    code = main(
+        [
+            "synth",
+            "--out",
+            str(out),
+            "--n-train",
+            "20",
+            "--n-val",
+            "5",
+            "--electrodes",
+            "9",
+            "--arrays",
+            "3",
+            "--size",
+            "32",
+            "--gray",
+            "--seed",
+            "7",
+            "--quiet",
+        ]
+    )
     assert code == 0
     info = read_info(out)
     assert info.splits == {"train": 20, "val": 5} and info.channels == 1 and info.n_electrodes == 9
@@ -52,8 +78,22 @@ def test_ingest_command_reports_bad_input_without_traceback(tmp_path, capsys):
     np.save(tmp_path / "r.npy", np.zeros((4, 3), np.float32))
     np.save(tmp_path / "i.npy", np.zeros((4, 8, 8), np.uint8))
     (tmp_path / "rfs.csv").write_text("electrode_id,x_deg,y_deg,sigma_deg\n0,0,0,1\n1,0,0,1\n")
-    code = main(["ingest", "--responses", str(tmp_path / "r.npy"), "--images", str(tmp_path / "i.npy"),
-                 "--rfs", str(tmp_path / "rfs.csv"), "--fov-deg", "4", "--out", str(tmp_path / "o"), "--quiet"])
+    code = main(
+        [
+            "ingest",
+            "--responses",
+            str(tmp_path / "r.npy"),
+            "--images",
+            str(tmp_path / "i.npy"),
+            "--rfs",
+            str(tmp_path / "rfs.csv"),
+            "--fov-deg",
+            "4",
+            "--out",
+            str(tmp_path / "o"),
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("rfgan ingest: error:") and "3 electrode columns" in err
     assert not (tmp_path / "o").exists()

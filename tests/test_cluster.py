@@ -209,7 +209,13 @@ def test_entrypoint_sends_runs_to_shared_storage(monkeypatch):
     spec.loader.exec_module(entrypoint)
     monkeypatch.setenv("RFGAN_STORAGE", "s3://bucket/runs/")
     monkeypatch.setenv("RAY_JOB_SUBMISSION_ID", "raysubmit_abc")
-    assert entrypoint.job_args(["--epochs", "2"]) == ["train", "--epochs", "2", "--out", "s3://bucket/runs/raysubmit_abc"]
+    assert entrypoint.job_args(["--epochs", "2"]) == [
+        "train",
+        "--epochs",
+        "2",
+        "--out",
+        "s3://bucket/runs/raysubmit_abc",
+    ]
     assert entrypoint.job_args(["--out", "/mnt/x"]) == ["train", "--out", "/mnt/x"]
     monkeypatch.delenv("RFGAN_STORAGE")
     assert entrypoint.job_args([]) == ["train"]

@@ -38,17 +38,20 @@ def test_unknown_keys_are_errors_that_list_valid_keys():
         preset("tiny").with_overrides({"trainer.lr": 1e-3})
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"optim.lr_g": -1.0}, "lr_g"),
-    ({"loss.lambda_adv": 0, "loss.lambda_vgg": 0, "loss.lambda_pix": 0}, "at least one loss weight"),
-    ({"model.generator": "resnet"}, "model.generator"),
-    ({"loss.adversarial": "hinge"}, "loss.adversarial"),
-    ({"model.dropout": 1.5}, "dropout"),
-    ({"optim.batch_size": 2.5}, "must be an integer"),
-    ({"optim.batch_size": "many"}, "must be an integer"),
-    ({"data.mask": "yes"}, "true or false"),
-    ({"model.conditional_d": True, "model.discriminator": "reference"}, "conditional_d"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"optim.lr_g": -1.0}, "lr_g"),
+        ({"loss.lambda_adv": 0, "loss.lambda_vgg": 0, "loss.lambda_pix": 0}, "at least one loss weight"),
+        ({"model.generator": "resnet"}, "model.generator"),
+        ({"loss.adversarial": "hinge"}, "loss.adversarial"),
+        ({"model.dropout": 1.5}, "dropout"),
+        ({"optim.batch_size": 2.5}, "must be an integer"),
+        ({"optim.batch_size": "many"}, "must be an integer"),
+        ({"data.mask": "yes"}, "true or false"),
+        ({"model.conditional_d": True, "model.discriminator": "reference"}, "conditional_d"),
+    ],
+)
 def test_impossible_values_are_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):
         preset("default").with_overrides(overrides)
@@ -105,9 +108,17 @@ def test_overrides_may_be_nested_but_not_replace_a_section():
 def test_resolve_applies_preset_then_sets_then_flag_overrides():
     assert resolve() == preset("default")
     assert resolve(default_preset="tiny") == preset("tiny")
-    cfg = resolve(preset="reference", sets=["loss.lambda_adv=0.5", "model.g_widths=[8, 8, 8, 8, 8]",
-                                            " data.path = some/dir ", "loss.vgg_weights=null", "run.epochs=3"],
-                  overrides={"run.epochs": 4, "run.workers": None, "optim.batch_size": 16})
+    cfg = resolve(
+        preset="reference",
+        sets=[
+            "loss.lambda_adv=0.5",
+            "model.g_widths=[8, 8, 8, 8, 8]",
+            " data.path = some/dir ",
+            "loss.vgg_weights=null",
+            "run.epochs=3",
+        ],
+        overrides={"run.epochs": 4, "run.workers": None, "optim.batch_size": 16},
+    )
     assert cfg.preset == "reference" and cfg.model.generator == "reference"
     assert cfg.loss.lambda_adv == 0.5 and cfg.model.g_widths == (8, 8, 8, 8, 8)
     assert cfg.data.path == "some/dir" and cfg.loss.vgg_weights is None
@@ -121,10 +132,13 @@ def test_resolve_starts_from_a_config_file(tmp_path):
     assert cfg.preset == "rfmasked" and cfg.data.mask and (cfg.optim.lr_g, cfg.optim.lr_d) == (1e-3, 5e-4)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"preset": "tiny", "config_file": "c.json"}, "--preset or --config, not both"),
-    ({"sets": ["loss.lambda_adv"]}, "--set needs KEY=VALUE, got 'loss.lambda_adv'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"preset": "tiny", "config_file": "c.json"}, "--preset or --config, not both"),
+        ({"sets": ["loss.lambda_adv"]}, "--set needs KEY=VALUE, got 'loss.lambda_adv'"),
+    ],
+)
 def test_command_line_mistakes_are_usage_errors(kwargs, message):
     with pytest.raises(UsageError, match=message):
         resolve(**kwargs)
@@ -139,8 +153,15 @@ def test_resolve_reports_bad_keys_and_values_as_config_errors():
         resolve(preset="nope")
 
 
-@pytest.mark.parametrize("key, value", [("optim.lr_g", "Infinity"), ("optim.lr_d", float("nan")),
-                                        ("loss.lambda_adv", float("inf")), ("run.epochs", float("inf"))])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("optim.lr_g", "Infinity"),
+        ("optim.lr_d", float("nan")),
+        ("loss.lambda_adv", float("inf")),
+        ("run.epochs", float("inf")),
+    ],
+)
 def test_impossible_numbers_are_refused(key, value):
     with pytest.raises(ConfigError, match=rf"{key} must be (a finite number|an integer)"):
         preset("default").with_overrides({key: value})

@@ -29,21 +29,42 @@ def head_node(tmp_path):
     dashboard = free_port()
     temp_dir = Path("/tmp") / f"rfgan-head-{os.getpid()}"  # short: Ray's socket paths have a length limit
     proc = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", f"--port={free_port()}", "--num-cpus=6",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--temp-dir={temp_dir}",
-         "--include-dashboard=true",
-         # Ports of its own: the test session's Ray already holds the defaults (agent 52365, metrics, client).
-         f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-         f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
-         f"--ray-client-server-port={free_port()}"],
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={free_port()}",
+            "--num-cpus=6",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}",
+            f"--temp-dir={temp_dir}",
+            "--include-dashboard=true",
+            # Ports of its own: the test session's Ray already holds the defaults (agent 52365, metrics, client).
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+            f"--ray-client-server-port={free_port()}",
+        ],
         # The venv first on PATH, as after `. .venv/bin/activate`: the job's `python` is the cluster's.
-        start_new_session=True, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT, env=job_env())
+        start_new_session=True,
+        stdout=open(tmp_path / "head.log", "w"),
+        stderr=subprocess.STDOUT,
+        env=job_env(),
+    )
     address = f"http://127.0.0.1:{dashboard}"
     try:
         # Ready when it runs a job: the job API answers before the node's agent can take jobs.
         deadline = time.time() + 180
-        while subprocess.run([str(BIN / "ray"), "job", "submit", "--address", address, "--", "python", "-c",
-                              "print('ready')"], capture_output=True, env=job_env()).returncode != 0:
+        while (
+            subprocess.run(
+                [str(BIN / "ray"), "job", "submit", "--address", address, "--", "python", "-c", "print('ready')"],
+                capture_output=True,
+                env=job_env(),
+            ).returncode
+            != 0
+        ):
             assert proc.poll() is None, (tmp_path / "head.log").read_text()
             assert time.time() < deadline, "the Ray head did not take a job within 180 s"
             time.sleep(3)
@@ -68,18 +89,53 @@ def job_env():
 def test_job_submit_trains_a_tiny_run(head_node, tiny_dataset, tmp_path):
     out = tmp_path / "job-run"
     # The README's command, with a tiny run's flags after the entrypoint.
-    command = [str(BIN / "ray"), "job", "submit", "--address", head_node, "--working-dir", str(ROOT),
-               "--", "python", "cluster/entrypoint.py", "--data", str(tiny_dataset), "--preset", "tiny",
-               "--set", "model.ngf=8", "--set", "model.n_down=3", "--set", "model.ndf=8", "--set",
-               "model.d_layers=2", "--batch-size", "8", "--epochs", "1", "--out", str(out)]
+    command = [
+        str(BIN / "ray"),
+        "job",
+        "submit",
+        "--address",
+        head_node,
+        "--working-dir",
+        str(ROOT),
+        "--",
+        "python",
+        "cluster/entrypoint.py",
+        "--data",
+        str(tiny_dataset),
+        "--preset",
+        "tiny",
+        "--set",
+        "model.ngf=8",
+        "--set",
+        "model.n_down=3",
+        "--set",
+        "model.ndf=8",
+        "--set",
+        "model.d_layers=2",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+    ]
     submitted = subprocess.run(command, capture_output=True, text=True, env=job_env(), timeout=600, cwd=ROOT)
     log = submitted.stdout + submitted.stderr
     assert submitted.returncode == 0, log[-4000:]
     job_id = re.search(r"raysubmit_\w+", log).group(0)
     # Ray's job SDK reads the auth mode when Ray is imported, so ask from a process started with job_env().
     status = subprocess.run(
-        [sys.executable, "-c", "import sys; from ray.job_submission import JobSubmissionClient as C; "
-                               "print(C(sys.argv[1]).get_job_status(sys.argv[2]).value)", head_node, job_id],
-        capture_output=True, text=True, env=job_env())
+        [
+            sys.executable,
+            "-c",
+            "import sys; from ray.job_submission import JobSubmissionClient as C; "
+            "print(C(sys.argv[1]).get_job_status(sys.argv[2]).value)",
+            head_node,
+            job_id,
+        ],
+        capture_output=True,
+        text=True,
+        env=job_env(),
+    )
     assert status.stdout.strip() == "SUCCEEDED", status.stderr[-2000:]
     assert (out / "metrics.csv").exists() and list(out.glob("checkpoint_*"))

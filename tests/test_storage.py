@@ -60,10 +60,15 @@ def test_upload_and_download(where, tmp_path):
 
     storage.upload(local, storage.join(root, "all"))
     assert sorted(p.relative_to(path / "all").as_posix() for p in (path / "all").rglob("*") if p.is_file()) == [
-        "other.txt", "sub/deep.txt", "top.txt"]
+        "other.txt",
+        "sub/deep.txt",
+        "top.txt",
+    ]
     storage.upload(local, storage.join(root, "some"), ["sub/deep.txt", "top.txt"])  # into folders not yet made
     assert sorted(p.relative_to(path / "some").as_posix() for p in (path / "some").rglob("*") if p.is_file()) == [
-        "sub/deep.txt", "top.txt"]
+        "sub/deep.txt",
+        "top.txt",
+    ]
     storage.upload(local / "top.txt", storage.join(root, "one", "copy.txt"))
     assert (path / "one" / "copy.txt").read_text() == "top"
     storage.upload(local / "sub", storage.join(root, "flat", "x"))  # a folder without folders, to a new place
@@ -80,6 +85,7 @@ def test_upload_and_download(where, tmp_path):
 def uri_tests(source: str) -> list[int]:
     """Lines of `source` that tell URIs from paths by their text: the string "://" itself, or a comparison or
     startswith/find-style call with a string holding "://" (such as `path.startswith("s3://")`)."""
+
     def has_scheme(node) -> bool:
         return isinstance(node, ast.Constant) and isinstance(node.value, str) and "://" in node.value
 
@@ -89,17 +95,23 @@ def uri_tests(source: str) -> list[int]:
             lines.append(node.lineno)
         elif isinstance(node, ast.Compare) and any(has_scheme(n) for n in [node.left, *node.comparators]):
             lines.append(node.lineno)
-        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-              and node.func.attr in ("startswith", "find", "index", "split", "partition", "rpartition", "count")
-              and any(has_scheme(a) for a in node.args)):
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("startswith", "find", "index", "split", "partition", "rpartition", "count")
+            and any(has_scheme(a) for a in node.args)
+        ):
             lines.append(node.lineno)
     return sorted(set(lines))
 
 
 def test_only_storage_tells_uris_from_local_paths():
     package = Path(rfgan.__file__).parent
-    found = {p.relative_to(package.parent).as_posix(): lines for p in sorted(package.rglob("*.py"))
-             if (lines := uri_tests(p.read_text()))}
+    found = {
+        p.relative_to(package.parent).as_posix(): lines
+        for p in sorted(package.rglob("*.py"))
+        if (lines := uri_tests(p.read_text()))
+    }
     assert list(found) == ["rfgan/storage.py"], found
     assert uri_tests('if "://" in out: pass') == [1] and uri_tests("x = out.startswith('gs://')") == [1]
     assert uri_tests('"""Reads s3://bucket/x."""\nhelp = "a URI (s3://...)"') == []  # prose is not a test

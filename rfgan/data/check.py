@@ -23,10 +23,13 @@ def check_dataset(path: str | os.PathLike, batch_size: int = 64, address: str | 
         split_files(path, split, info)
     areas = ", ".join(f"{a}: {int((rfs.area == a).sum())}" for a in rfs.area_names()) if rfs.area is not None else "-"
     coverage = rf_mask(rfs, info.image_size, info.fov_deg, radius_sigmas=2.0).mean()
-    yield (f"{path}: {info.n_electrodes} electrodes ({areas}), images {info.image_size[0]}x{info.image_size[1]}x"
-           f"{info.channels} spanning {info.fov_deg}°, RFs (2σ discs) cover {coverage:.0%} of the image")
-    projection = RFProjection.from_table(rfs, info.image_size, info.fov_deg, mean=np.asarray(info.response_mean),
-                                         std=np.asarray(info.response_std))
+    yield (
+        f"{path}: {info.n_electrodes} electrodes ({areas}), images {info.image_size[0]}x{info.image_size[1]}x"
+        f"{info.channels} spanning {info.fov_deg}°, RFs (2σ discs) cover {coverage:.0%} of the image"
+    )
+    projection = RFProjection.from_table(
+        rfs, info.image_size, info.fov_deg, mean=np.asarray(info.response_mean), std=np.asarray(info.response_std)
+    )
     if not ray.is_initialized():
         ray.init(address=address)
     for split, expected in info.splits.items():
@@ -35,14 +38,19 @@ def check_dataset(path: str | os.PathLike, batch_size: int = 64, address: str | 
             responses, images = to_tensors(batch)
             if rows == 0:
                 x = projection(responses)
-                first = (f"generator input {tuple(x.shape)}, target {tuple(images.shape)} in "
-                         f"[{images.min():.2f}, {images.max():.2f}]")
+                first = (
+                    f"generator input {tuple(x.shape)}, target {tuple(images.shape)} in "
+                    f"[{images.min():.2f}, {images.max():.2f}]"
+                )
             rows += len(responses)
             ids.append(batch["sample_id"].numpy())
         if rows != expected:
-            raise DataError(f"{path}/{split}: read {rows} rows but metadata.json says {expected}; a shard is "
-                            "missing or was replaced: re-create the dataset (rfgan synth/ingest).")
+            raise DataError(
+                f"{path}/{split}: read {rows} rows but metadata.json says {expected}; a shard is "
+                "missing or was replaced: re-create the dataset (rfgan synth/ingest)."
+            )
         if len(np.unique(np.concatenate(ids))) != rows:
-            raise DataError(f"{path}/{split}: sample_id values repeat; a shard was copied twice: re-create the "
-                            "dataset.")
+            raise DataError(
+                f"{path}/{split}: sample_id values repeat; a shard was copied twice: re-create the dataset."
+            )
         yield f"{split}: {rows} rows read through Ray Data; first batch: {first}"

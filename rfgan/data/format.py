@@ -3,7 +3,8 @@
 A dataset is a directory::
 
     metadata.json          format, schema_version, image size/channels, field of view, electrode count, splits,
-                           per-electrode response mean/std of the training split, provenance
+                           per-electrode response mean/std of the training split, provenance, and each split's
+                           shards with their row counts (readers refuse a missing, extra or short shard)
     rfs.csv                one row per electrode, in response-column order: electrode_id,x_deg,y_deg,sigma_deg[,area]
     train/part-00000.parquet ...   one row per stimulus presentation
     val/part-00000.parquet ...
@@ -18,8 +19,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -44,6 +48,9 @@ SCHEMA_VERSION = 1
 SPLITS = ("train", "val", "test")
 METADATA_FILE = "metadata.json"
 RFS_FILE = "rfs.csv"
+# A staging folder left by a writer that was killed is removed by the next write to the same --out once nothing in
+# it has changed for this long (a live writer adds a shard every few seconds), or at once if its writer is known dead.
+STALE_AFTER_S = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,9 @@ class DatasetInfo:
     response_std: tuple[float, ...]  # (E,)
     source: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    # Per split, its Parquet files (relative to the dataset) and their rows, as written. None for datasets written
+    # before rfgan recorded them: those are checked by the total of the files' rows only.
+    shards: dict[str, tuple[tuple[str, int], ...]] | None = None
 
     @property
     def image_numel(self) -> int:
@@ -77,6 +87,15 @@ class DatasetInfo:
             "response_mean": list(self.response_mean),
             "response_std": list(self.response_std),
             "source": self.source,
+            **(
+                {}
+                if self.shards is None
+                else {
+                    "shards": {
+                        split: [{"file": f, "rows": n} for f, n in files] for split, files in self.shards.items()
+                    }
+                }
+            ),
         }
 
     @classmethod
@@ -90,8 +109,16 @@ class DatasetInfo:
                 f"{where}: schema_version {version!r} is not supported by this rfgan (it reads version "
                 f"{SCHEMA_VERSION}); re-create the dataset with this rfgan or install the matching rfgan version."
             )
-        required = ("image_height", "image_width", "channels", "fov_deg", "n_electrodes", "splits",
-                    "response_mean", "response_std")
+        required = (
+            "image_height",
+            "image_width",
+            "channels",
+            "fov_deg",
+            "n_electrodes",
+            "splits",
+            "response_mean",
+            "response_std",
+        )
         missing = [k for k in required if k not in meta]
         if missing:
             raise DataError(f"{where}: missing key(s) {missing}.")
@@ -105,12 +132,30 @@ class DatasetInfo:
             response_std=tuple(float(v) for v in meta["response_std"]),
             source=meta.get("source", {}),
             schema_version=version,
+            shards=_parse_shards(meta["shards"], where) if "shards" in meta else None,
         )
         if info.channels not in (1, 3):
             raise DataError(f"{where}: channels is {info.channels}; rfgan reads grayscale (1) or RGB (3) images.")
         if len(info.response_mean) != info.n_electrodes or len(info.response_std) != info.n_electrodes:
             raise DataError(f"{where}: response_mean/response_std must have n_electrodes={info.n_electrodes} values.")
+        if info.shards is not None:
+            listed = {split: sum(n for _, n in files) for split, files in info.shards.items()}
+            if listed != info.splits:
+                raise DataError(
+                    f"{where}: 'shards' lists {listed} rows per split but 'splits' says {info.splits}; "
+                    "it contradicts itself: re-create the dataset (rfgan synth/ingest)."
+                )
         return info
+
+
+def _parse_shards(value: Any, where: str) -> dict[str, tuple[tuple[str, int], ...]]:
+    try:
+        return {str(split): tuple((str(f["file"]), int(f["rows"])) for f in files) for split, files in value.items()}
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise DataError(
+            f"{where}: 'shards' is not a mapping of split to a list of {{'file': ..., 'rows': ...}} "
+            f"({type(e).__name__}: {e}); re-create the dataset (rfgan synth/ingest)."
+        ) from e
 
 
 @dataclass(frozen=True)
@@ -128,24 +173,29 @@ class Samples:
 
 
 def parquet_schema(n_electrodes: int, image_numel: int) -> pa.Schema:
-    return pa.schema([
-        ("sample_id", pa.int64()),
-        ("image_id", pa.int64()),
-        ("repeat", pa.int32()),
-        ("responses", pa.list_(pa.float32(), n_electrodes)),
-        ("image", pa.list_(pa.uint8(), image_numel)),
-    ])
+    return pa.schema(
+        [
+            ("sample_id", pa.int64()),
+            ("image_id", pa.int64()),
+            ("repeat", pa.int32()),
+            ("responses", pa.list_(pa.float32(), n_electrodes)),
+            ("image", pa.list_(pa.uint8(), image_numel)),
+        ]
+    )
 
 
 def _samples_to_table(s: Samples, schema: pa.Schema) -> pa.Table:
     n, e = s.responses.shape
-    return pa.table({
-        "sample_id": pa.array(s.sample_id, pa.int64()),
-        "image_id": pa.array(s.image_id, pa.int64()),
-        "repeat": pa.array(s.repeat, pa.int32()),
-        "responses": pa.FixedSizeListArray.from_arrays(pa.array(s.responses.reshape(-1), pa.float32()), e),
-        "image": pa.FixedSizeListArray.from_arrays(pa.array(s.images.reshape(-1), pa.uint8()), s.images[0].size),
-    }, schema=schema)
+    return pa.table(
+        {
+            "sample_id": pa.array(s.sample_id, pa.int64()),
+            "image_id": pa.array(s.image_id, pa.int64()),
+            "repeat": pa.array(s.repeat, pa.int32()),
+            "responses": pa.FixedSizeListArray.from_arrays(pa.array(s.responses.reshape(-1), pa.float32()), e),
+            "image": pa.FixedSizeListArray.from_arrays(pa.array(s.images.reshape(-1), pa.uint8()), s.images[0].size),
+        },
+        schema=schema,
+    )
 
 
 def _check_chunk(s: Samples, split: str, n_electrodes: int, image_shape: tuple[int, int, int]) -> None:
@@ -174,40 +224,67 @@ def write_dataset(
     """Write a dataset atomically: everything goes to a hidden sibling directory that is renamed to `out` only when
     complete, so a failure part-way (bad chunk, full disk, Ctrl-C) leaves nothing behind and loses nothing.
 
-    Each chunk of `splits[name]` becomes one Parquet shard. `on_rows(n)` is called after each shard (progress bars).
-    A URI (`s3://…`) is written locally first, then uploaded with metadata.json last: a dataset without it is not
-    read as one, so a failed upload leaves no half-dataset that looks whole.
+    `overwrite` replaces only an existing rfgan dataset (see `check_output`). Each chunk of `splits[name]` becomes
+    one Parquet shard. `on_rows(n)` is called after each shard (progress bars). A URI (`s3://…`) is written locally
+    first, then uploaded with metadata.json last: a dataset without it is not read as one, so a failed upload
+    leaves no half-dataset that looks whole.
     """
+    check_output(out, overwrite)
     if storage.is_remote(out):
-        return _write_remote(os.fspath(out), overwrite=overwrite, rfs=rfs, fov_deg=fov_deg, image_size=image_size,
-                             channels=channels, splits=splits, source=source, on_rows=on_rows)
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise DataError(f"{out} already exists and is not empty; choose another --out or pass --overwrite.")
+        return _write_remote(
+            os.fspath(out),
+            overwrite=overwrite,
+            rfs=rfs,
+            fov_deg=fov_deg,
+            image_size=image_size,
+            channels=channels,
+            splits=splits,
+            source=source,
+            on_rows=on_rows,
+        )
+    given = os.fspath(out)
+    # Symlinks resolved: the staging folder must sit on the same filesystem as the folder it is renamed to.
+    out = Path(os.path.realpath(given))
     unknown = set(splits) - set(SPLITS)
     if unknown or "train" not in splits or "val" not in splits:
         raise ValueError(f"splits must include 'train' and 'val' and only {SPLITS}, got {sorted(splits)}")
     n_electrodes = len(rfs)
     image_shape = (*image_size, channels)
     schema = parquet_schema(n_electrodes, int(np.prod(image_shape)))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(
+            f"cannot write {given}: cannot create its folder {out.parent} ({e.strerror}); choose another --out."
+        ) from e
+    _remove_stale_staging(out)
+    tmp = out.parent / f".{out.name}.tmp-{_owner_tag()}"
+    try:
+        tmp.mkdir()
+    except OSError as e:
+        raise DataError(
+            f"cannot write {given}: cannot create anything in {out.parent} ({e.strerror}); choose "
+            f"another --out, or make {out.parent} writable."
+        ) from e
+    old = None
     try:
         counts: dict[str, int] = {}
+        shards: dict[str, list[tuple[str, int]]] = {}
         # Float64 running sums: a float32 sum over thousands of rows loses digits.
         total = np.zeros(n_electrodes)
         total_sq = np.zeros(n_electrodes)
         for split, chunks in splits.items():
             (tmp / split).mkdir()
             counts[split] = 0
+            shards[split] = []
             for k, chunk in enumerate(chunks):
                 if len(chunk) == 0:
                     continue
                 _check_chunk(chunk, split, n_electrodes, image_shape)
-                pq.write_table(_samples_to_table(chunk, schema), tmp / split / f"part-{k:05d}.parquet",
-                               compression="zstd")
+                name = f"{split}/part-{k:05d}.parquet"
+                pq.write_table(_samples_to_table(chunk, schema), tmp / name, compression="zstd")
                 counts[split] += len(chunk)
+                shards[split].append((name, len(chunk)))
                 if split == "train":
                     r = chunk.responses.astype(np.float64)
                     total += r.sum(axis=0)
@@ -221,43 +298,195 @@ def write_dataset(
         std = np.sqrt(np.maximum(total_sq / counts["train"] - mean**2, 0.0))
         std = np.where(std > 1e-8, std, 1.0)
         info = DatasetInfo(
-            image_size=tuple(image_size), channels=channels, fov_deg=float(fov_deg), n_electrodes=n_electrodes,
-            splits=counts, response_mean=tuple(mean.tolist()), response_std=tuple(std.tolist()), source=source,
+            image_size=tuple(image_size),
+            channels=channels,
+            fov_deg=float(fov_deg),
+            n_electrodes=n_electrodes,
+            splits=counts,
+            response_mean=tuple(mean.tolist()),
+            response_std=tuple(std.tolist()),
+            source=source,
+            shards={split: tuple(files) for split, files in shards.items()},
         )
         rfs.to_csv(tmp / RFS_FILE)
         (tmp / METADATA_FILE).write_text(json.dumps(info.to_json(), indent=1) + "\n")
         if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+            # The old dataset (or empty folder) is moved aside, not deleted, until the new one is in its place:
+            # a failure in between puts it back.
+            old = out.parent / f".{out.name}.old-{_owner_tag()}"
+            out.rename(old)
+        try:
+            tmp.rename(out)
+        except BaseException:
+            if old is not None:
+                old.rename(out)
+            raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if old is not None:
+        try:
+            shutil.rmtree(old, ignore_errors=True)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(
+                f"{given} was written; what is left of the dataset it replaced ({old.name}) goes "
+                "at the next write to it"
+            ) from None
     return info
 
 
 def _write_remote(uri: str, overwrite: bool, **dataset: Any) -> DatasetInfo:
     fs, root = storage.filesystem(uri)
     existing = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-    if existing and not overwrite:
-        raise DataError(f"{uri} already exists and is not empty; choose another --out or pass --overwrite.")
     with tempfile.TemporaryDirectory(prefix="rfgan-dataset-") as staging:
         local = Path(staging, "dataset")
         info = write_dataset(local, **dataset)
         metadata = (local / METADATA_FILE).read_bytes()
         (local / METADATA_FILE).unlink()
+        deleted = False
         try:
             if existing:
                 # Object stores cannot swap a folder in one step: the old dataset goes before the new one is up.
                 fs.delete_dir_contents(root)
+                deleted = True
             storage.upload(local, uri)
             storage.write_bytes(storage.join(uri, METADATA_FILE), metadata)
-        except BaseException:
+        except BaseException as e:
             try:
                 fs.delete_dir(root)
             except OSError:
                 pass  # the upload's own error is the one to report
+            if deleted and isinstance(e, KeyboardInterrupt):
+                raise KeyboardInterrupt(
+                    f"{uri} was being replaced: the old dataset is deleted and the new one was not finished"
+                ) from None
             raise
     return info
+
+
+def check_output(out: str | os.PathLike, overwrite: bool = False) -> None:
+    """Refuse an --out that `write_dataset` must not write, before any work: one that holds something other than
+    an rfgan dataset (even with `overwrite`, which replaces only a dataset: its metadata.json says format
+    rfgan-dataset), an existing dataset without `overwrite`, the current folder, a parent of it or a home folder
+    (a dataset replaces its folder whole), or a path through a regular file."""
+    given = os.fspath(out)
+    fs, path = storage.filesystem(given)
+    if isinstance(fs, pafs.LocalFileSystem):  # also file:// URIs
+        path = os.path.realpath(path)
+        place = _protected_place(path)
+        if place is not None:
+            raise DataError(
+                f"{given} is {place}; rfgan writes a dataset as a folder of its own and replaces that "
+                "folder whole, so it will not write there: give a new folder, e.g. --out "
+                f"{storage.join(given, 'dataset')}."
+            )
+        for p in (path, *(str(a) for a in Path(path).parents)):
+            kind = fs.get_file_info(p).type
+            if kind == pafs.FileType.Directory:
+                break
+            if kind != pafs.FileType.NotFound:
+                where = "it" if p == path else f"{p}, a folder on its path,"
+                raise DataError(f"cannot write {given}: {where} is a file, not a folder; choose another --out.")
+    elif fs.get_file_info(path).type == pafs.FileType.File:
+        raise DataError(f"cannot write {given}: it is a file, not a folder; choose another --out.")
+    if not fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
+        return  # nothing there, or an empty folder: nothing to lose
+    problem = _not_a_dataset(given)
+    if problem is not None:
+        hint = " (--overwrite replaces only an rfgan dataset)" if overwrite else ""
+        raise DataError(
+            f"{given} already exists and is not an rfgan dataset ({problem}); choose another --out, or "
+            f"empty or remove it yourself if you mean to replace it{hint}."
+        )
+    if not overwrite:
+        raise DataError(f"{given} already exists and is not empty; choose another --out or pass --overwrite.")
+
+
+def _not_a_dataset(path: str) -> str | None:
+    """Why the existing folder `path` is not recognisably an rfgan dataset; None if it is one."""
+    meta = storage.join(path, METADATA_FILE)
+    if not storage.is_file(meta):
+        # A dataset's upload sends metadata.json last: one cut off part-way has none.
+        cut_off = ", which a dataset whose upload was cut off also lacks" if storage.is_remote(path) else ""
+        return f"it has no {METADATA_FILE}{cut_off}"
+    try:
+        fmt = json.loads(storage.read_text(meta)).get("format")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return f"its {METADATA_FILE} cannot be read as rfgan's"
+    return None if fmt == FORMAT else f"its {METADATA_FILE} has format {fmt!r}, not {FORMAT!r}"
+
+
+def _protected_place(real: str) -> str | None:
+    """What `real` (a resolved local path) is, if it is a folder no dataset may replace."""
+    try:
+        cwd = os.path.realpath(os.getcwd())
+    except OSError:  # the current folder was deleted
+        cwd = None
+    if real == cwd:
+        return "the current folder"
+    if cwd is not None and cwd.startswith(real.rstrip("/") + "/"):
+        return f"a parent of the current folder ({cwd})"
+    homes = {os.path.realpath(os.path.expanduser("~"))}
+    try:
+        import pwd
+
+        homes.add(os.path.realpath(pwd.getpwuid(os.getuid()).pw_dir))
+    except (ImportError, KeyError):
+        pass
+    if real in homes:
+        return "a home folder"
+    return None
+
+
+def _owner_tag() -> str:
+    """host-pid-random: which process a staging folder belongs to, so a later write can tell a dead one's."""
+    return f"{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _host() -> str:
+    # Cut short: the staging folder's name must stay within the 255 bytes a file name may have.
+    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())[:32] or "host"
+
+
+def _remove_stale_staging(out: Path) -> None:
+    """Remove what killed writes to `out` left beside it (`.NAME.tmp-*` staging folders, `.NAME.old-*` datasets
+    being replaced), when that is safe: the writer ran on this host and its process is gone (a live process keeps
+    its id; a reused id only delays the removal), or, for one from another host sharing the filesystem or from an
+    rfgan that did not record its writer, nothing in it has changed for STALE_AFTER_S (a live writer adds a shard
+    every few seconds)."""
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(?:tmp|old)-(?:(?P<host>[\w.]+)-(?P<pid>\d+)-)?[0-9a-f]{{8}}")
+    try:
+        candidates = [p for p in out.parent.iterdir() if pattern.fullmatch(p.name)]
+    except OSError:
+        return
+    for p in candidates:
+        if p.is_symlink() or not p.is_dir():
+            continue
+        m = pattern.fullmatch(p.name)
+        dead = m["host"] == _host() and not _process_exists(int(m["pid"]))
+        if dead or time.time() - _last_change(p) > STALE_AFTER_S:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists but is another user's
+        return True
+    return True
+
+
+def _last_change(folder: Path) -> float:
+    latest = folder.lstat().st_mtime
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            try:
+                latest = max(latest, os.lstat(os.path.join(root, name)).st_mtime)
+            except OSError:
+                pass
+    return latest
 
 
 def read_info(path: str | os.PathLike) -> DatasetInfo:
@@ -293,30 +522,72 @@ def read_rfs(path: str | os.PathLike, info: DatasetInfo | None = None) -> RFTabl
 
 
 def split_files(path: str | os.PathLike, split: str, info: DatasetInfo | None = None) -> list[str]:
-    """The split's Parquet shards, sorted, after checking each one's schema against the metadata."""
+    """The split's Parquet shards, sorted, after checking that they are the ones metadata.json lists, with the rows
+    it lists (from the Parquet footers, without reading the data), and that each one's schema fits the metadata."""
     info = info or read_info(path)
     fs, root = storage.filesystem(path)
     folder = f"{root}/{split}"
     found = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
     files = sorted(i.path for i in found if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
+    if split not in info.splits:
+        what = f"not a split in {METADATA_FILE}" if files else "no Parquet files"
+        raise DataError(f"{folder}: {what}; the dataset has splits {sorted(info.splits)}.")
     if not files:
-        raise DataError(f"{folder}: no Parquet files; the dataset has splits {sorted(info.splits)}.")
-    expected = parquet_schema(info.n_electrodes, info.image_numel)
+        raise DataError(
+            f"{folder}: no Parquet files, but {METADATA_FILE} says the split has {info.splits[split]} "
+            "rows; re-create the dataset (rfgan synth/ingest)."
+        )
+    footers = {}
     for f in files:
         try:
-            schema = pq.read_schema(f, filesystem=fs)
+            footers[f] = pq.read_metadata(f, filesystem=fs)
         except (OSError, pa.ArrowInvalid) as e:
             raise DataError(f"{f}: not a readable Parquet file ({e}).") from e
+    _check_shards(root, split, info, {f: m.num_rows for f, m in footers.items()})
+    expected = parquet_schema(info.n_electrodes, info.image_numel)
+    for f in files:
+        schema = footers[f].schema.to_arrow_schema()
         for want in expected:
             if want.name not in schema.names:
                 raise DataError(f"{f}: column {want.name!r} is missing (columns: {schema.names}).")
             got = schema.field(want.name).type
             if got != want.type:
                 raise DataError(
-                    f"{f}: column {want.name!r} has type {got}, expected {want.type} "
-                    f"({_describe(want.name, info)})."
+                    f"{f}: column {want.name!r} has type {got}, expected {want.type} ({_describe(want.name, info)})."
                 )
     return files
+
+
+def _check_shards(root: str, split: str, info: DatasetInfo, rows: dict[str, int]) -> None:
+    """Refuse a split whose files are not the ones written: a lost or extra shard would otherwise train on part of
+    the data, or twice on some of it, without a word."""
+    remake = "re-create the dataset (rfgan synth/ingest)"
+    if info.shards is None:  # written before rfgan listed the shards: only their total can be checked
+        if sum(rows.values()) != info.splits[split]:
+            raise DataError(
+                f"{root}/{split}: its Parquet files hold {sum(rows.values())} rows but {METADATA_FILE} "
+                f"says {info.splits[split]}; a shard is missing, extra or cut short: {remake}."
+            )
+        return
+    listed = {f"{root}/{name}": n for name, n in info.shards.get(split, ())}
+    missing = [f for f in listed if f not in rows]
+    if missing:
+        raise DataError(
+            f"{missing[0]} is missing: {len(missing)} of the {len(listed)} '{split}' shards that "
+            f"{METADATA_FILE} lists are gone ({sum(listed[f] for f in missing)} of {info.splits[split]} "
+            f"rows); {remake}."
+        )
+    extra = [f for f in rows if f not in listed]
+    if extra:
+        raise DataError(
+            f"{extra[0]} is not one of the '{split}' shards listed in {METADATA_FILE} ({len(extra)} "
+            f"such file(s)); it would be read as part of the dataset: remove it, or {remake}."
+        )
+    for f, n in listed.items():
+        if rows[f] != n:
+            raise DataError(
+                f"{f} holds {rows[f]} rows but {METADATA_FILE} lists {n}; it was cut short or replaced: {remake}."
+            )
 
 
 def _describe(column: str, info: DatasetInfo) -> str:
@@ -354,8 +625,9 @@ def read_split(path: str | os.PathLike, split: str) -> dict[str, np.ndarray]:
     """A whole split in memory, without Ray (evaluation, tests, small datasets)."""
     info = read_info(path)
     fs, _ = storage.filesystem(path)
-    table = pa.concat_tables(pq.read_table(f, columns=list(COLUMNS), filesystem=fs)
-                             for f in split_files(path, split, info))
+    table = pa.concat_tables(
+        pq.read_table(f, columns=list(COLUMNS), filesystem=fs) for f in split_files(path, split, info)
+    )
     return decode_table(table, info)
 
 

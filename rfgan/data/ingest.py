@@ -1,7 +1,8 @@
 """A lab's own arrays → an rfgan dataset, after checking everything that can be wrong with them.
 
-Every check runs before anything is written, and the writer is atomic (rfgan.data.format.write_dataset), so bad input
-leaves no output behind.
+Every check runs before anything is written, except that image files are decoded in full only as their rows are
+written (a truncated file shows then); the writer is atomic (rfgan.data.format.write_dataset), so bad input leaves no
+output behind either way.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from rfgan.data.format import DatasetInfo, Samples, write_dataset
+from rfgan.data.format import DatasetInfo, Samples, check_output, write_dataset
 from rfgan.data.rf import RFTable, rfs_outside_window
 from rfgan.errors import DataError
 
@@ -50,11 +51,39 @@ class ImageSource(Protocol):
     def get(self, rows: np.ndarray) -> np.ndarray: ...  # (n, H, W, C) uint8
 
 
+NPY_MAGIC = b"\x93NUMPY"
+
+
 def _load_npy(path: str, what: str, mmap: bool = False) -> np.ndarray:
+    # NumPy's own errors for a file that is not a .npy array advise allow_pickle=True, which would run code from
+    # the file: look at the header first.
     try:
-        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
+        with open(path, "rb") as f:
+            head = f.read(len(NPY_MAGIC))
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the {what} ({e.strerror}).") from e
+    if head.startswith(b"PK"):
+        raise DataError(
+            f"{path}: cannot read the {what}: it is a .npz archive, not a .npy array file; save the "
+            "array alone with numpy.save."
+        )
+    if head != NPY_MAGIC:
+        raise DataError(
+            f"{path}: cannot read the {what}: it is not a .npy array file (no .npy header: a text or "
+            "other file under a .npy name?); save the array with numpy.save."
+        )
+    try:
+        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except ValueError as e:
+        if "allow_pickle" not in str(e):
+            raise DataError(f"{path}: cannot read the {what} as a .npy array ({e}).") from e
+        raise DataError(
+            f"{path}: cannot read the {what}: it holds Python objects (an object array), not numbers; "
+            "save a numeric array with numpy.save."
+        ) from e
+    except (OSError, EOFError) as e:
         raise DataError(f"{path}: cannot read the {what} as a .npy array ({e}).") from e
+    return array
 
 
 class NpyImages:
@@ -76,7 +105,7 @@ class NpyImages:
         if not np.issubdtype(a.dtype, np.floating):
             raise DataError(f"{path}: images are {a.dtype}; use uint8 (0–255) or float in [0, 1].")
         for start in range(0, len(a), 4096):
-            chunk = np.asarray(a[start:start + 4096])
+            chunk = np.asarray(a[start : start + 4096])
             if not np.isfinite(chunk).all() or chunk.min() < 0 or chunk.max() > 1:
                 raise DataError(
                     f"{path}: float images must be finite and in [0, 1]; rows {start}–{start + len(chunk) - 1} "
@@ -88,8 +117,10 @@ class NpyImages:
 
     def keys(self) -> list:
         # Repeats of a stimulus are the same pixels: hash them to group rows by image.
-        return [hashlib.blake2b(np.ascontiguousarray(self.array[i]).tobytes(), digest_size=16).digest()
-                for i in range(len(self.array))]
+        return [
+            hashlib.blake2b(np.ascontiguousarray(self.array[i]).tobytes(), digest_size=16).digest()
+            for i in range(len(self.array))
+        ]
 
     def get(self, rows: np.ndarray) -> np.ndarray:
         a = np.asarray(self.array[rows])
@@ -146,8 +177,12 @@ class FolderImages:
     def get(self, rows: np.ndarray) -> np.ndarray:
         out = np.empty((len(rows), *self.shape), np.uint8)
         for k, i in enumerate(rows):
-            with Image.open(self.files[i]) as im:
-                out[k] = np.asarray(im.convert("L" if self.gray else "RGB")).reshape(self.shape)
+            # Opening a file reads its header only; pixels are decoded here, where a truncated file fails.
+            try:
+                with Image.open(self.files[i]) as im:
+                    out[k] = np.asarray(im.convert("L" if self.gray else "RGB")).reshape(self.shape)
+            except (OSError, UnidentifiedImageError) as e:
+                raise DataError(f"{self.files[i]}: cannot read this image ({e}); replace or remove it.") from e
         return out
 
 
@@ -163,7 +198,7 @@ def _split_images(n_images: int, spec: IngestSpec) -> np.ndarray:
     code = np.zeros(n_images, np.int8)
     order = np.random.default_rng(spec.seed).permutation(n_images)
     code[order[:n_val]] = 1
-    code[order[n_val:n_val + n_test]] = 2
+    code[order[n_val : n_val + n_test]] = 2
     return code
 
 
@@ -184,11 +219,17 @@ def ingest(spec: IngestSpec, on_rows=None) -> tuple[DatasetInfo, int]:
         raise DataError(f"--fov-deg must be > 0, got {spec.fov_deg}.")
     if not (0 < spec.val_fraction < 1 and 0 <= spec.test_fraction < 1):
         raise DataError("--val-fraction must be in (0, 1) and --test-fraction in [0, 1).")
+    check_output(spec.out, spec.overwrite)  # before the inputs, which may take long to read
     responses = _load_npy(spec.responses, "responses")
     if responses.ndim != 2 or not (np.issubdtype(responses.dtype, np.number) or responses.dtype == bool):
         raise DataError(
             f"{spec.responses}: responses are {responses.dtype}{responses.shape}; expected a numeric (N, E) array, "
             "one row per stimulus presentation and one column per electrode."
+        )
+    if len(responses) == 0:
+        raise DataError(
+            f"{spec.responses}: the input is empty (responses {responses.shape}, no rows); there is "
+            "nothing to make a dataset of."
         )
     rfs = RFTable.from_csv(spec.rfs)
     if responses.shape[1] != len(rfs):
@@ -196,8 +237,9 @@ def ingest(spec: IngestSpec, on_rows=None) -> tuple[DatasetInfo, int]:
             f"{spec.responses} has {responses.shape[1]} electrode columns but {spec.rfs} has {len(rfs)} rows; "
             "the RF table needs exactly one row per response column, in the same order."
         )
-    images: ImageSource = (FolderImages(spec.images, spec.image_index) if os.path.isdir(spec.images)
-                           else NpyImages(spec.images))
+    images: ImageSource = (
+        FolderImages(spec.images, spec.image_index) if os.path.isdir(spec.images) else NpyImages(spec.images)
+    )
     if len(images) != len(responses):
         raise DataError(
             f"{spec.responses} has {len(responses)} rows but {images.path} has {len(images)} images; "
@@ -218,7 +260,8 @@ def ingest(spec: IngestSpec, on_rows=None) -> tuple[DatasetInfo, int]:
         ids = _load_npy(spec.image_ids, "image ids")
         if ids.shape != (len(responses),) or not np.issubdtype(ids.dtype, np.integer):
             raise DataError(
-                f"{spec.image_ids}: expected {len(responses)} integer image ids, got {ids.dtype}{ids.shape}.")
+                f"{spec.image_ids}: expected {len(responses)} integer image ids, got {ids.dtype}{ids.shape}."
+            )
         keys = ids.tolist()
     else:
         keys = images.keys()
@@ -235,17 +278,37 @@ def ingest(spec: IngestSpec, on_rows=None) -> tuple[DatasetInfo, int]:
     def chunks(code: int) -> Iterator[Samples]:
         rows = np.flatnonzero((split_of_row == code) & good)
         for start in range(0, len(rows), spec.shard_rows):
-            r = rows[start:start + spec.shard_rows]
-            yield Samples(sample_id=r.astype(np.int64), image_id=image_id[r], repeat=repeat[r],
-                          responses=responses[r], images=images.get(r))
+            r = rows[start : start + spec.shard_rows]
+            yield Samples(
+                sample_id=r.astype(np.int64),
+                image_id=image_id[r],
+                repeat=repeat[r],
+                responses=responses[r],
+                images=images.get(r),
+            )
 
     splits = {"train": chunks(0), "val": chunks(1)}
     if spec.test_fraction > 0:
         splits["test"] = chunks(2)
-    source = {"kind": "ingest", "responses": os.path.abspath(spec.responses), "images": os.path.abspath(spec.images),
-              "rfs": os.path.abspath(spec.rfs), "val_fraction": spec.val_fraction,
-              "test_fraction": spec.test_fraction, "seed": spec.seed, "dropped_rows": n_dropped}
-    info = write_dataset(spec.out, rfs=rfs, fov_deg=spec.fov_deg, image_size=images.shape[:2],
-                         channels=images.shape[2], splits=splits, source=source, overwrite=spec.overwrite,
-                         on_rows=on_rows)
+    source = {
+        "kind": "ingest",
+        "responses": os.path.abspath(spec.responses),
+        "images": os.path.abspath(spec.images),
+        "rfs": os.path.abspath(spec.rfs),
+        "val_fraction": spec.val_fraction,
+        "test_fraction": spec.test_fraction,
+        "seed": spec.seed,
+        "dropped_rows": n_dropped,
+    }
+    info = write_dataset(
+        spec.out,
+        rfs=rfs,
+        fov_deg=spec.fov_deg,
+        image_size=images.shape[:2],
+        channels=images.shape[2],
+        splits=splits,
+        source=source,
+        overwrite=spec.overwrite,
+        on_rows=on_rows,
+    )
     return info, n_dropped

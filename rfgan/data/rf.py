@@ -136,17 +136,25 @@ class RFTable:
 
     @classmethod
     def from_dict(cls, d: dict[str, list]) -> RFTable:
-        return cls(np.asarray(d["electrode_id"], np.int64), np.asarray(d["x_deg"], np.float64),
-                   np.asarray(d["y_deg"], np.float64), np.asarray(d["sigma_deg"], np.float64),
-                   np.asarray(d["area"], dtype=str) if "area" in d else None)
+        return cls(
+            np.asarray(d["electrode_id"], np.int64),
+            np.asarray(d["x_deg"], np.float64),
+            np.asarray(d["y_deg"], np.float64),
+            np.asarray(d["sigma_deg"], np.float64),
+            np.asarray(d["area"], dtype=str) if "area" in d else None,
+        )
 
     def to_csv(self, path: str | os.PathLike) -> None:
         with open(path, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(RF_COLUMNS + (("area",) if self.area is not None else ()))
             for i in range(len(self)):
-                row = [int(self.electrode_id[i]), repr(float(self.x_deg[i])), repr(float(self.y_deg[i])),
-                       repr(float(self.sigma_deg[i]))]
+                row = [
+                    int(self.electrode_id[i]),
+                    repr(float(self.x_deg[i])),
+                    repr(float(self.y_deg[i])),
+                    repr(float(self.sigma_deg[i])),
+                ]
                 w.writerow(row + ([str(self.area[i])] if self.area is not None else []))
 
 
@@ -239,8 +247,9 @@ class RFProjection(nn.Module):
             self.mean = self.std = None
 
     @classmethod
-    def from_table(cls, rfs: RFTable, image_size: tuple[int, int], fov_deg: float, norm: str = "peak",
-                   **kwargs) -> RFProjection:
+    def from_table(
+        cls, rfs: RFTable, image_size: tuple[int, int], fov_deg: float, norm: str = "peak", **kwargs
+    ) -> RFProjection:
         areas = rfs.area.tolist() if rfs.area is not None else None
         return cls(rf_maps(rfs, image_size, fov_deg, norm=norm), areas=areas, **kwargs)
 
@@ -269,4 +278,3 @@ class RFProjection(nn.Module):
             noise = torch.randn(x.shape[0], 1, *x.shape[2:], device=x.device, dtype=x.dtype)
             x = torch.cat([x, noise], dim=1)
         return x
-

@@ -22,8 +22,23 @@ SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 # Rec. 601 luma: what "luminance" means for a colour image throughout rfgan.
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 # Photographs that scikit-image ships inside its wheel (no download).
-PHOTOS = ("astronaut", "camera", "coffee", "chelsea", "rocket", "coins", "moon", "grass", "gravel", "brick",
-          "hubble_deep_field", "immunohistochemistry", "retina", "clock", "text")
+PHOTOS = (
+    "astronaut",
+    "camera",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "coins",
+    "moon",
+    "grass",
+    "gravel",
+    "brick",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "clock",
+    "text",
+)
 # RF size grows linearly with eccentricity, more steeply in higher areas: sigma = a + b * ecc (degrees).
 AREA_SIZE = {"V1": (0.15, 0.08), "V4": (0.4, 0.25), "IT": (1.5, 0.3)}
 # Colour-opponent axes in RGB (red-green, blue-yellow), each with luma's norm so that a chroma weight of 1 means
@@ -112,8 +127,12 @@ def make_rfs(spec: SynthSpec) -> RFTable:
         else:
             r, c = divmod(int(cells[grid_index]), cols)
             grid_index += 1
-            centre = np.array([-half + (c + 0.5 + rng.uniform(-0.2, 0.2)) * cell_w,
-                               half - (r + 0.5 + rng.uniform(-0.2, 0.2)) * cell_h])
+            centre = np.array(
+                [
+                    -half + (c + 0.5 + rng.uniform(-0.2, 0.2)) * cell_w,
+                    half - (r + 0.5 + rng.uniform(-0.2, 0.2)) * cell_h,
+                ]
+            )
             spread = min(cell_w, cell_h) / 3
         pos = np.clip(centre + rng.normal(0, spread, (count, 2)), -half, half)
         a, b = AREA_SIZE[area]
@@ -165,8 +184,12 @@ def _scene_shapes(rng: np.random.Generator, size: int) -> np.ndarray:
         colour = rng.uniform(0, 1, 3).astype(np.float32)
         kind = rng.integers(3)
         if kind == 0:
-            rr, cc = draw.ellipse(*rng.uniform(0, size, 2), *rng.uniform(size / 10, size / 3, 2),
-                                  shape=img.shape[:2], rotation=rng.uniform(0, np.pi))
+            rr, cc = draw.ellipse(
+                *rng.uniform(0, size, 2),
+                *rng.uniform(size / 10, size / 3, 2),
+                shape=img.shape[:2],
+                rotation=rng.uniform(0, np.pi),
+            )
         elif kind == 1:
             r0, c0 = rng.uniform(-size / 8, size, 2)
             rr, cc = draw.rectangle((r0, c0), extent=rng.uniform(size / 8, size / 2, 2), shape=img.shape[:2])
@@ -197,7 +220,8 @@ def _scene_texture(rng: np.random.Generator, size: int) -> np.ndarray:
     f, angle = np.hypot(fx, fy), np.arctan2(fy, fx)
     theta, f0 = rng.uniform(0, np.pi), rng.uniform(0.03, 0.12)
     band = np.exp(-((np.log(f + 1e-6) - np.log(f0)) ** 2) / 0.3) * np.exp(
-        -(np.angle(np.exp(2j * (angle - theta))) ** 2) / rng.uniform(0.2, 2.0))
+        -(np.angle(np.exp(2j * (angle - theta))) ** 2) / rng.uniform(0.2, 2.0)
+    )
     field = np.fft.ifft2(band * np.fft.fft2(rng.normal(size=(size, size)))).real
     lum = 0.5 + rng.uniform(0.1, 0.25) * field / (field.std() + 1e-12)
     return _colourise(rng, lum.astype(np.float32))
@@ -218,12 +242,15 @@ def _scene_photo(rng: np.random.Generator, size: int) -> np.ndarray:
     h, w = photo.shape[:2]
     side = int(min(h, w) * rng.uniform(0.15, 0.6))
     r0, c0 = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
-    crop = transform.resize(photo[r0:r0 + side, c0:c0 + side], (size, size), anti_aliasing=True, order=1)
+    crop = transform.resize(photo[r0 : r0 + side, c0 : c0 + side], (size, size), anti_aliasing=True, order=1)
     return (crop[:, ::-1] if rng.random() < 0.5 else crop).astype(np.float32)
 
 
 SCENES: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
-    "pink_noise": _scene_pink_noise, "shapes": _scene_shapes, "edges": _scene_edges, "texture": _scene_texture,
+    "pink_noise": _scene_pink_noise,
+    "shapes": _scene_shapes,
+    "edges": _scene_edges,
+    "texture": _scene_texture,
     "photo": _scene_photo,
 }
 
@@ -264,8 +291,9 @@ def response_weights(spec: SynthSpec, rfs: RFTable) -> np.ndarray:
     return weights.reshape(len(rfs), -1)
 
 
-def responses_for(images: np.ndarray, weights: np.ndarray, spec: SynthSpec,
-                  rngs: list[np.random.Generator]) -> np.ndarray:
+def responses_for(
+    images: np.ndarray, weights: np.ndarray, spec: SynthSpec, rngs: list[np.random.Generator]
+) -> np.ndarray:
     """The linear RF model: drive_e = Σ_pixels,channels weights_e · image (see `response_weights`), then the
     optional rectification, gain and noise. (n, H, W, C) uint8 → (n, repeats, E) float32."""
     # Float64 so that a sample's responses do not depend on which chunk it was computed in (float32 BLAS results
@@ -287,8 +315,9 @@ def responses_for(images: np.ndarray, weights: np.ndarray, spec: SynthSpec,
     return out
 
 
-def generate_split(spec: SynthSpec, split: str, weights: np.ndarray, first_sample: int,
-                   first_image: int) -> Iterator[Samples]:
+def generate_split(
+    spec: SynthSpec, split: str, weights: np.ndarray, first_sample: int, first_image: int
+) -> Iterator[Samples]:
     """Chunks of about `shard_rows` rows of one split; rows are images × repeats."""
     n_images = {"train": spec.n_train, "val": spec.n_val, "test": spec.n_test}[split]
     per_chunk = max(1, spec.shard_rows // spec.repeats)

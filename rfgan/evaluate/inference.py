@@ -46,8 +46,9 @@ def feature_net(ckpt: Checkpoint) -> tuple[VGGFeatures, str]:
             return VGGFeatures(random_init=True, seed=0), "vgg19-random-init (no ImageNet weights found)"
 
 
-def evaluate_run(run: str, data: str, split: str = "val", which: str = "best", device: str = "cpu",
-                 allow_other_rfs: bool = False) -> dict[str, Any]:
+def evaluate_run(
+    run: str, data: str, split: str = "val", which: str = "best", device: str = "cpu", allow_other_rfs: bool = False
+) -> dict[str, Any]:
     """Metrics of a checkpoint on a dataset split; they and a grid PNG are written into the run directory.
     A dataset with other RFs than the training data is refused unless `allow_other_rfs` (then the JSON says so)."""
     checkpoint = find_checkpoint(run, which)
@@ -56,8 +57,10 @@ def evaluate_run(run: str, data: str, split: str = "val", which: str = "best", d
     rows = read_split(data, split)
     vgg, feature_name = feature_net(ckpt)
     vgg = vgg.to(device)
-    batches = [to_tensors({k: rows[k][i:i + 64] for k in ("responses", "image")})
-               for i in range(0, len(rows["sample_id"]), 64)]
+    batches = [
+        to_tensors({k: rows[k][i : i + 64] for k in ("responses", "image")})
+        for i in range(0, len(rows["sample_id"]), 64)
+    ]
     outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
     metrics = evaluate(gan, batches, vgg=vgg, device=device, keep=outputs)
     fakes, targets = (torch.cat(t) for t in zip(*outputs))
@@ -69,11 +72,17 @@ def evaluate_run(run: str, data: str, split: str = "val", which: str = "best", d
     with tempfile.TemporaryDirectory(prefix="rfgan-eval-") as tmp:
         save_grid(Path(tmp, "grid.png"), targets[:8], fakes[:8])
         storage.upload(Path(tmp, "grid.png"), grid)
-    result = {**metrics, "checkpoint": checkpoint, "epoch": ckpt.epoch, "split": split,
-              "n_images": len(rows["sample_id"]), "feature_net": feature_name, "grid": grid}
+    result = {
+        **metrics,
+        "checkpoint": checkpoint,
+        "epoch": ckpt.epoch,
+        "split": split,
+        "n_images": len(rows["sample_id"]),
+        "feature_net": feature_name,
+        "grid": grid,
+    }
     if not same_rfs:
-        result["warning"] = ("evaluated on a dataset whose RF table differs from the training data's "
-                             "(--allow-other-rfs)")
+        result["warning"] = "evaluated on a dataset whose RF table differs from the training data's (--allow-other-rfs)"
     storage.write_bytes(storage.join(run, f"eval_{split}.json"), (json.dumps(result, indent=1) + "\n").encode())
     return result
 
@@ -87,8 +96,10 @@ def reconstruct(run: str, responses_path: str, out: str, which: str = "best", de
         raise DataError(f"{responses_path}: cannot read it as a .npy array ({e}).") from e
     e = ckpt.info.n_electrodes
     if responses.ndim != 2 or responses.shape[1] != e:
-        raise DataError(f"{responses_path}: responses are {responses.shape}; this model needs (N, {e}), one column "
-                        "per electrode in the order of the run's rfs.csv.")
+        raise DataError(
+            f"{responses_path}: responses are {responses.shape}; this model needs (N, {e}), one column "
+            "per electrode in the order of the run's rfs.csv."
+        )
     bad = ~np.isfinite(responses).all(axis=1)
     if bad.any():
         raise DataError(f"{responses_path}: rows {np.flatnonzero(bad)[:10].tolist()} hold NaN or infinite responses.")
@@ -97,7 +108,7 @@ def reconstruct(run: str, responses_path: str, out: str, which: str = "best", de
     images = []
     with torch.no_grad():
         for i in range(0, len(responses), 64):
-            r = torch.as_tensor(responses[i:i + 64], dtype=torch.float32, device=device)
+            r = torch.as_tensor(responses[i : i + 64], dtype=torch.float32, device=device)
             fake = gan.reconstruct(r)  # (B, C, H, W) in [0, 1]
             images.append((fake.permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8))
     images = np.concatenate(images)

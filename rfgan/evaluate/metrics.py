@@ -52,16 +52,13 @@ def _check_pair(fake: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     """Validate a (B, C, H, W) pair and return both as float32 (metrics in half precision lose digits)."""
     if fake.shape != target.shape:
         raise ValueError(
-            f"fake and target must have the same shape, got fake {tuple(fake.shape)} "
-            f"and target {tuple(target.shape)}"
+            f"fake and target must have the same shape, got fake {tuple(fake.shape)} and target {tuple(target.shape)}"
         )
     if fake.ndim != 4:
         raise ValueError(f"expected images of shape (B, C, H, W), got {tuple(fake.shape)}")
     if not (fake.is_floating_point() and target.is_floating_point()):
         # uint8 images would silently give nonsense with data_range 1.0.
-        raise ValueError(
-            f"expected float images in [0, 1], got fake {fake.dtype} and target {target.dtype}"
-        )
+        raise ValueError(f"expected float images in [0, 1], got fake {fake.dtype} and target {target.dtype}")
     return fake.float(), target.float()
 
 
@@ -87,9 +84,7 @@ def psnr(fake: Tensor, target: Tensor) -> Tensor:
 def ssim(fake: Tensor, target: Tensor) -> Tensor:
     """(B,) SSIM on luma, data range 1.0, 11x11 Gaussian window (sigma 1.5); images need H, W >= 6."""
     fake, target = _check_pair(fake, target)
-    return structural_similarity_index_measure(
-        to_luma(fake), to_luma(target), data_range=1.0, reduction="none"
-    )  # (B,)
+    return structural_similarity_index_measure(to_luma(fake), to_luma(target), data_range=1.0, reduction="none")  # (B,)
 
 
 def _pearson(a: Tensor, b: Tensor) -> Tensor:
@@ -189,9 +184,7 @@ class MetricAccumulator:
     def from_state(cls, state: Tensor) -> MetricAccumulator:
         """An accumulator holding ``state`` (e.g. the all-reduced sum of every rank's :meth:`state`)."""
         if state.shape != (cls.STATE_SIZE,):
-            raise ValueError(
-                f"state must be a 1-D tensor of {cls.STATE_SIZE} sums, got shape {tuple(state.shape)}"
-            )
+            raise ValueError(f"state must be a 1-D tensor of {cls.STATE_SIZE} sums, got shape {tuple(state.shape)}")
         acc = cls()
         acc._state = state.detach().to(_sum_dtype(state.device)).clone()
         return acc

@@ -83,29 +83,48 @@ def build_gan(cfg: Config, info: DatasetInfo, rfs: RFTable, with_vgg: bool = Tru
     The image size is checked once per run, before this (check_compatible, in rfgan.run.train.preflight)."""
     d = cfg.data
     stats = dict(mean=np.asarray(info.response_mean), std=np.asarray(info.response_std)) if d.standardize else {}
-    projection = RFProjection.from_table(rfs, info.image_size, info.fov_deg, norm=d.rf_norm,
-                                         sum_per_area=d.sum_per_area, with_noise=d.with_noise, **stats)
+    projection = RFProjection.from_table(
+        rfs,
+        info.image_size,
+        info.fov_deg,
+        norm=d.rf_norm,
+        sum_per_area=d.sum_per_area,
+        with_noise=d.with_noise,
+        **stats,
+    )
     m = cfg.model
     if m.generator == "unet":
-        generator = UNetGenerator(projection.out_channels, info.channels, ngf=m.ngf, n_down=m.n_down, norm=m.norm,
-                                  dropout=m.dropout)
+        generator = UNetGenerator(
+            projection.out_channels, info.channels, ngf=m.ngf, n_down=m.n_down, norm=m.norm, dropout=m.dropout
+        )
     else:
-        generator = ReferenceGenerator(projection.out_channels, info.channels, widths=m.g_widths,
-                                       convs_per_block=m.g_convs_per_block, n_res=m.n_res, dropout=m.dropout)
+        generator = ReferenceGenerator(
+            projection.out_channels,
+            info.channels,
+            widths=m.g_widths,
+            convs_per_block=m.g_convs_per_block,
+            n_res=m.n_res,
+            dropout=m.dropout,
+        )
     init_weights(generator, m.init_std)
     discriminator = None
     if cfg.adversarial and with_d:
         if m.discriminator == "patch":
-            discriminator = PatchDiscriminator(info.channels, ndf=m.ndf, n_layers=m.d_layers, norm=m.norm,
-                                               cond_channels=1 if m.conditional_d else 0)
+            discriminator = PatchDiscriminator(
+                info.channels, ndf=m.ndf, n_layers=m.d_layers, norm=m.norm, cond_channels=1 if m.conditional_d else 0
+            )
         else:
             discriminator = ReferenceDiscriminator(info.channels, ndf=m.ndf)
         init_weights(discriminator, m.init_std)
     loss = cfg.loss
     vgg = None
     if with_vgg and loss.lambda_vgg > 0:
-        vgg = VGGFeatures(weights=loss.vgg_weights, random_init=loss.vgg_random_init,
-                          imagenet_norm=loss.vgg_imagenet_norm, seed=cfg.run.seed)
+        vgg = VGGFeatures(
+            weights=loss.vgg_weights,
+            random_init=loss.vgg_random_init,
+            imagenet_norm=loss.vgg_imagenet_norm,
+            seed=cfg.run.seed,
+        )
     mask = None
     if d.mask:
         mask = torch.from_numpy(rf_mask(rfs, info.image_size, info.fov_deg, d.mask_radius_sigmas))[None, None]

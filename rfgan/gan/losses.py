@@ -49,9 +49,7 @@ def d_fake_loss(fake_logits: Tensor, kind: AdvKind = "nonsaturating") -> Tensor:
     return F.softplus(fake_logits).mean()  # BCE(sigmoid(l), 0) = -log(1 - sigmoid(l))
 
 
-def d_adv_loss(
-    real_logits: Tensor, fake_logits: Tensor, kind: AdvKind = "nonsaturating"
-) -> Tensor:
+def d_adv_loss(real_logits: Tensor, fake_logits: Tensor, kind: AdvKind = "nonsaturating") -> Tensor:
     """errD = errD_real + errD_fake."""
     return d_real_loss(real_logits, kind) + d_fake_loss(fake_logits, kind)
 
@@ -79,9 +77,7 @@ def apply_mask(x: Tensor, mask: Tensor | None) -> Tensor:
     return x if mask is None else x * mask
 
 
-def pixel_loss(
-    fake: Tensor, target: Tensor, kind: PixelKind = "l1", mask: Tensor | None = None
-) -> Tensor:
+def pixel_loss(fake: Tensor, target: Tensor, kind: PixelKind = "l1", mask: Tensor | None = None) -> Tensor:
     """L1 or MSE between fake and target, both multiplied by ``mask`` first.
 
     Masking both sides (as the reference "RFmasked" model does) zeroes the

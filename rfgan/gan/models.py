@@ -19,8 +19,7 @@ def _check_divisible(x: Tensor, divisor: int, owner: str) -> None:
     height, width = x.shape[-2:]
     if height % divisor or width % divisor:
         raise ValueError(
-            f"{owner} needs height and width divisible by {divisor}; "
-            f"got an image of size {height}x{width}"
+            f"{owner} needs height and width divisible by {divisor}; got an image of size {height}x{width}"
         )
 
 
@@ -36,8 +35,7 @@ def _check_min_size(x: Tensor, min_size: int, owner: str) -> None:
     height, width = x.shape[-2:]
     if min(height, width) < min_size:
         raise ValueError(
-            f"{owner} needs images of at least {min_size}x{min_size}; "
-            f"got an image of size {height}x{width}"
+            f"{owner} needs images of at least {min_size}x{min_size}; got an image of size {height}x{width}"
         )
 
 

@@ -68,8 +68,7 @@ def train_step(gan: GAN, opts: Optimizers, responses: Tensor, target: Tensor, cf
                     fake = generator(x).float()
             # (3) D on the detached fake: errD must not send gradient into G
             with autocast:
-                err_d_fake = d_fake_loss(discriminator(apply_mask(fake, mask).detach(), cond).float(),
-                                         loss.adversarial)
+                err_d_fake = d_fake_loss(discriminator(apply_mask(fake, mask).detach(), cond).float(), loss.adversarial)
             # (4–5) D update
             err_d = err_d_real + err_d_fake
             opts.d.zero_grad(set_to_none=True)

@@ -34,7 +34,7 @@ def _how_to_fix(path: str) -> str:
     filename = os.path.basename(torchvision.models.VGG19_Weights.IMAGENET1K_V1.url)
     return (
         f"give the file with --set loss.vgg_weights=PATH (in Python VGGFeatures(weights=PATH)), or copy torchvision's "
-        f"{filename} to {path} (on a machine with internet, python -c \"import torchvision; "
+        f'{filename} to {path} (on a machine with internet, python -c "import torchvision; '
         f"torchvision.models.vgg19(weights='IMAGENET1K_V1')\" saves it in ~/.cache/torch/hub/checkpoints/; "
         "TORCH_HOME moves that cache); nothing is downloaded at run time. For smoke tests only, "
         "--set loss.vgg_random_init=true (VGGFeatures(random_init=True)) runs without a perceptual loss."
@@ -61,9 +61,7 @@ def load_vgg19_state_dict(path: str | os.PathLike | None = None) -> dict[str, Te
     path = default_vgg19_weights_path() if default else os.fspath(path)
     if not os.path.isfile(path):
         where = "in the torch hub cache " if default else ""
-        raise MissingVGGWeightsError(
-            f"VGG19 weights not found {where}at {path}: {_how_to_fix(path)}"
-        )
+        raise MissingVGGWeightsError(f"VGG19 weights not found {where}at {path}: {_how_to_fix(path)}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -76,11 +74,7 @@ def load_vgg19_state_dict(path: str | os.PathLike | None = None) -> dict[str, Te
         )
     prefix = "features."
     if any(isinstance(k, str) and k.startswith(prefix) for k in state):
-        state = {
-            k[len(prefix):]: v
-            for k, v in state.items()
-            if isinstance(k, str) and k.startswith(prefix)
-        }
+        state = {k[len(prefix) :]: v for k, v in state.items() if isinstance(k, str) and k.startswith(prefix)}
     needed = _build_features("meta").state_dict().keys()
     for key in needed:
         if key not in state:
@@ -124,20 +118,14 @@ class VGGFeatures(nn.Module):
             gen = torch.Generator().manual_seed(seed)
             for m in self.features:
                 if isinstance(m, nn.Conv2d):  # torchvision's VGG init
-                    nn.init.kaiming_normal_(
-                        m.weight, mode="fan_out", nonlinearity="relu", generator=gen
-                    )
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu", generator=gen)
                     nn.init.zeros_(m.bias)
         else:
             self.features.load_state_dict(load_vgg19_state_dict(weights))
         self.imagenet_norm = imagenet_norm
         # Non-persistent: derived constants, not weights.
-        self.register_buffer(
-            "mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False
-        )
-        self.register_buffer(
-            "std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False
-        )
+        self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
         self.train(False)
 
@@ -159,5 +147,3 @@ class VGGFeatures(nn.Module):
             if i in _RELU_INDICES:
                 out.append(x)
         return out
-
-

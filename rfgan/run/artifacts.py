@@ -74,15 +74,16 @@ def plot_curves(rows: list[Mapping[str, Any]], path: str | os.PathLike) -> None:
     keys = [k for k in keys if any(r.get(k) is not None for r in rows)]
     n = max(1, len(keys))
     cols = min(4, n)
-    fig, axes = plt.subplots((n + cols - 1) // cols, cols, figsize=(3.2 * cols, 2.4 * ((n + cols - 1) // cols)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        (n + cols - 1) // cols, cols, figsize=(3.2 * cols, 2.4 * ((n + cols - 1) // cols)), squeeze=False
+    )
     epochs = [r["epoch"] for r in rows]
     for ax, key in zip(axes.flat, keys):
         ax.plot(epochs, [r.get(key) for r in rows], marker="o", markersize=3)
         ax.set_title(key, fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
         ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(keys):]:
+    for ax in list(axes.flat)[len(keys) :]:
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -128,8 +129,9 @@ class RunArtifacts:
         tb.flush()
         # Only what this epoch changed: earlier grids are already there, and copying them again would make the
         # writes per epoch grow with the epoch count. This writer's event file(s) are appended to every epoch.
-        events = sorted(p.relative_to(self.staging).as_posix()
-                        for p in (self.staging / TENSORBOARD_DIR).rglob("*") if p.is_file())
+        events = sorted(
+            p.relative_to(self.staging).as_posix() for p in (self.staging / TENSORBOARD_DIR).rglob("*") if p.is_file()
+        )
         names = [grid, METRICS_FILE, CURVES_FILE, *events]
         storage.upload(self.staging, self.run_dir, names)
         (self.staging / grid).unlink()  # never needed again

@@ -26,7 +26,12 @@ from rfgan.errors import DataError
 from rfgan.gan.build import GAN, Optimizers
 
 NETS_FILE, CONFIG_FILE, STATE_FILE, RFS_FILE, DATASET_FILE = (
-    "nets.pt", "config.json", "state.json", "rfs.csv", "dataset.json")
+    "nets.pt",
+    "config.json",
+    "state.json",
+    "rfs.csv",
+    "dataset.json",
+)
 CONTENT_FILES = (NETS_FILE, CONFIG_FILE, RFS_FILE, DATASET_FILE)  # all but state.json, which lists their sizes
 CHECKPOINT_VERSION = 1
 # Checkpoints are ranked by validation SSIM: a reconstruction metric, comparable across runs and configs (the
@@ -49,8 +54,9 @@ class Checkpoint:
     nets: dict[str, Any]  # state dicts: generator, discriminator, opt_g, opt_d (the last three may be None)
     metrics: dict[str, float]
 
-    def check_matches(self, info: DatasetInfo, rfs: RFTable, where: str = "this dataset",
-                      allow_other_rfs: bool = False) -> bool:
+    def check_matches(
+        self, info: DatasetInfo, rfs: RFTable, where: str = "this dataset", allow_other_rfs: bool = False
+    ) -> bool:
         """Refuse data the checkpoint was not trained for: electrode count, image size, channels, and the RF table
         (a recording of the same shape with other RFs would be decoded through the wrong maps). With
         `allow_other_rfs` a different RF table is accepted; returns whether the RF tables are the same."""
@@ -84,8 +90,18 @@ class Checkpoint:
                 opts.d.load_state_dict(self.nets["opt_d"])
 
 
-def save_checkpoint(directory: str | os.PathLike, *, config: Config, info: DatasetInfo, rfs: RFTable, gan: GAN,
-                    opts: Optimizers | None, epoch: int, step: int, metrics: dict[str, float] | None = None) -> Path:
+def save_checkpoint(
+    directory: str | os.PathLike,
+    *,
+    config: Config,
+    info: DatasetInfo,
+    rfs: RFTable,
+    gan: GAN,
+    opts: Optimizers | None,
+    epoch: int,
+    step: int,
+    metrics: dict[str, float] | None = None,
+) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     nets = {
@@ -101,9 +117,20 @@ def save_checkpoint(directory: str | os.PathLike, *, config: Config, info: Datas
     # state.json last, with every other file's size: a checkpoint cut short (a crash while writing, an interrupted
     # upload, a truncated copy) is told from a complete one without loading it.
     sizes = {name: (directory / name).stat().st_size for name in CONTENT_FILES}
-    (directory / STATE_FILE).write_text(json.dumps({
-        "checkpoint_version": CHECKPOINT_VERSION, "rfgan_version": __version__, "epoch": epoch, "step": step,
-        "metrics": metrics or {}, "files": sizes}, indent=1) + "\n")
+    (directory / STATE_FILE).write_text(
+        json.dumps(
+            {
+                "checkpoint_version": CHECKPOINT_VERSION,
+                "rfgan_version": __version__,
+                "epoch": epoch,
+                "step": step,
+                "metrics": metrics or {},
+                "files": sizes,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     return directory
 
 
@@ -121,16 +148,20 @@ def read_state(directory: str | os.PathLike) -> dict[str, Any]:
     except (ValueError, UnicodeDecodeError) as e:
         raise DataError(f"{state_file}: cannot read it ({e}); the checkpoint is damaged.") from e
     if state.get("checkpoint_version") != CHECKPOINT_VERSION:
-        raise DataError(f"{directory}: checkpoint_version {state.get('checkpoint_version')} is not supported "
-                        f"(this rfgan reads version {CHECKPOINT_VERSION}).")
+        raise DataError(
+            f"{directory}: checkpoint_version {state.get('checkpoint_version')} is not supported "
+            f"(this rfgan reads version {CHECKPOINT_VERSION})."
+        )
     sizes = storage.file_sizes(directory)
     for name in CONTENT_FILES:
         if name not in sizes:
             raise DataError(f"{storage.join(directory, name)} is missing; the checkpoint is incomplete.")
         expected = state.get("files", {}).get(name)  # checkpoints of rfgan 0.1.0 record no sizes
         if expected is not None and sizes[name] != expected:
-            raise DataError(f"{storage.join(directory, name)} has {sizes[name]} bytes, {expected} were written; "
-                            "the checkpoint is damaged (cut short).")
+            raise DataError(
+                f"{storage.join(directory, name)} has {sizes[name]} bytes, {expected} were written; "
+                "the checkpoint is damaged (cut short)."
+            )
     return state
 
 
@@ -140,17 +171,18 @@ def load_checkpoint(directory: str | os.PathLike, map_location: str | torch.devi
     state = read_state(directory)
     try:
         config = Config.from_dict(json.loads((directory / CONFIG_FILE).read_text()))
-        info = DatasetInfo.from_json(json.loads((directory / DATASET_FILE).read_text()),
-                                     str(directory / DATASET_FILE))
+        info = DatasetInfo.from_json(json.loads((directory / DATASET_FILE).read_text()), str(directory / DATASET_FILE))
     except ValueError as e:  # JSONDecodeError, ConfigError, DataError
-        raise DataError(f"{directory}: cannot read its config or dataset facts ({e}); the checkpoint is damaged.") \
-            from e
+        raise DataError(
+            f"{directory}: cannot read its config or dataset facts ({e}); the checkpoint is damaged."
+        ) from e
     rfs = RFTable.from_csv(directory / RFS_FILE)
     try:
         nets = torch.load(directory / NETS_FILE, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
-        raise DataError(f"{directory / NETS_FILE}: cannot load it ({str(e).splitlines()[0]}); the checkpoint is "
-                        "damaged.") from e
+        raise DataError(
+            f"{directory / NETS_FILE}: cannot load it ({str(e).splitlines()[0]}); the checkpoint is damaged."
+        ) from e
     return Checkpoint(config, info, rfs, int(state["epoch"]), int(state["step"]), nets, state.get("metrics", {}))
 
 

@@ -109,9 +109,12 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     # not re-broadcast its buffers between those forwards (rank 0's are broadcast once per epoch instead).
     ddp_kwargs = {"broadcast_buffers": False}
     gan = replace(
-        gan, generator=ray.train.torch.prepare_model(gan.generator, parallel_strategy_kwargs=ddp_kwargs),
-        discriminator=None if gan.discriminator is None else
-        ray.train.torch.prepare_model(gan.discriminator, parallel_strategy_kwargs=ddp_kwargs))
+        gan,
+        generator=ray.train.torch.prepare_model(gan.generator, parallel_strategy_kwargs=ddp_kwargs),
+        discriminator=None
+        if gan.discriminator is None
+        else ray.train.torch.prepare_model(gan.discriminator, parallel_strategy_kwargs=ddp_kwargs),
+    )
     opts = build_optimizers(cfg, gan)
 
     start_epoch, step = 1, 0
@@ -130,8 +133,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         if rank == 0:
             log.info("resumed from epoch %d (step %d)", ckpt.epoch, ckpt.step)
 
-    val_batches = [(b["responses"], b["image"]) for b in
-                   ray.train.get_dataset_shard("val").iter_torch_batches(batch_size=64)]
+    val_batches = [
+        (b["responses"], b["image"]) for b in ray.train.get_dataset_shard("val").iter_torch_batches(batch_size=64)
+    ]
     artifacts = RunArtifacts(loop_config["run_dir"], resume_epoch=start_epoch - 1) if rank == 0 else None
 
     for epoch in range(start_epoch, cfg.run.epochs + 1):
@@ -141,8 +145,12 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         sums = torch.zeros(len(StepLosses._fields), device=device)
         n_steps, t0 = 0, time.perf_counter()
         batches = ray.train.get_dataset_shard("train").iter_torch_batches(
-            batch_size=per_worker, device=device, drop_last=True, local_shuffle_buffer_size=4 * per_worker,
-            local_shuffle_seed=epoch_seed(cfg.run.seed, epoch, rank))
+            batch_size=per_worker,
+            device=device,
+            drop_last=True,
+            local_shuffle_buffer_size=4 * per_worker,
+            local_shuffle_seed=epoch_seed(cfg.run.seed, epoch, rank),
+        )
         for batch in batches:
             responses, target = to_tensors(batch, device)
             losses = train_step(gan, opts, responses, target, cfg)
@@ -163,30 +171,51 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             bad = [k for k, v in zip(StepLosses._fields, totals.tolist()) if not math.isfinite(v)]
             raise TrainingDiverged(
                 f"training diverged in epoch {epoch}: {', '.join(bad)} became NaN/inf. Lower the learning rates "
-                "(optim.lr_g, optim.lr_d) or loss.lambda_adv, or try optim.bf16=false.")
+                "(optim.lr_g, optim.lr_d) or loss.lambda_adv, or try optim.bf16=false."
+            )
         train = {f"train_{k}": v for k, v in zip(StepLosses._fields, (totals[:-1] / totals[-1]).tolist())}
 
         # -- validate on the whole validation split, with rank 0's BatchNorm statistics on every rank
         _broadcast_buffers(gan.generator)
         _broadcast_buffers(gan.discriminator)
         val = _validate(gan, val_batches, rank, world, device)
-        metrics = {"epoch": epoch, "step": step, **train, **{f"val_{k}": v for k, v in val.items()},
-                   "samples_per_s": float(totals[-1]) * per_worker / elapsed, "epoch_s": elapsed,
-                   "ddp_divergence_g": _replica_divergence(gan.generator),
-                   "ddp_divergence_d": _replica_divergence(gan.discriminator)}
+        metrics = {
+            "epoch": epoch,
+            "step": step,
+            **train,
+            **{f"val_{k}": v for k, v in val.items()},
+            "samples_per_s": float(totals[-1]) * per_worker / elapsed,
+            "epoch_s": elapsed,
+            "ddp_divergence_g": _replica_divergence(gan.generator),
+            "ddp_divergence_d": _replica_divergence(gan.discriminator),
+        }
         if rank == 0:
-            log.info("epoch %d/%d  %s", epoch, cfg.run.epochs,
-                     "  ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch"))
+            log.info(
+                "epoch %d/%d  %s",
+                epoch,
+                cfg.run.epochs,
+                "  ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch"),
+            )
         # -- report from every rank (a barrier); rank 0 adds the artifacts and the checkpoint
         checkpoint_dir = None
         if rank == 0:
             target, fake = _samples(gan, val_batches, device)
             artifacts.epoch(metrics, target, fake)
             checkpoint_dir = tempfile.mkdtemp(prefix="rfgan-ckpt-")
-            save_checkpoint(checkpoint_dir, config=cfg, info=info, rfs=rfs, gan=gan, opts=opts, epoch=epoch,
-                            step=step, metrics=metrics)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir)
-                         if checkpoint_dir else None)
+            save_checkpoint(
+                checkpoint_dir,
+                config=cfg,
+                info=info,
+                rfs=rfs,
+                gan=gan,
+                opts=opts,
+                epoch=epoch,
+                step=step,
+                metrics=metrics,
+            )
+        ray.train.report(
+            metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        )
         if checkpoint_dir:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)  # report (SYNC upload) has copied it to storage
     if artifacts is not None:
@@ -233,7 +262,8 @@ def preflight(cfg: Config, data: str, training: bool = True) -> tuple[DatasetInf
         raise ConfigError(
             f"optim.batch_size={batch} over {workers} worker(s) needs at least {max(batch, workers)} training rows "
             f"and a batch of at least one row per worker, but {data} has {rows} training rows; lower --batch-size "
-            f"(at most {rows // workers * workers}) or --workers.")
+            f"(at most {rows // workers * workers}) or --workers."
+        )
     if cfg.loss.lambda_vgg > 0 and not cfg.loss.vgg_random_init:
         load_vgg19_state_dict(cfg.loss.vgg_weights)
     return info, rfs
@@ -246,8 +276,11 @@ def resume_point(out: str) -> str | None:
     checkpoint is returned, from which the workers resume; None when Ray's own restore will do (or nothing exists)."""
     snapshot = storage.join(out, RAY_SNAPSHOT)
     intact, damaged = intact_checkpoints(out)
-    named = re.findall(r'"checkpoint_dir_name":\s*"([^"]+)"', storage.read_text(snapshot)) \
-        if storage.is_file(snapshot) else []
+    named = (
+        re.findall(r'"checkpoint_dir_name":\s*"([^"]+)"', storage.read_text(snapshot))
+        if storage.is_file(snapshot)
+        else []
+    )
     gone = [n for n in named if n not in intact and n not in damaged]
     newest = max(intact, key=lambda n: intact[n]["epoch"]) if intact else None
     # Ray's restore is right when every checkpoint it names is there and complete, and the newest complete one
@@ -263,14 +296,24 @@ def resume_point(out: str) -> str | None:
     if newest is None:
         print(f"note: {out} has no complete checkpoint left; training starts from epoch 1", file=sys.stderr)
         return None
-    print(f"note: resuming from {storage.join(out, newest)} (epoch {intact[newest]['epoch']}), the newest complete "
-          "checkpoint", file=sys.stderr)
+    print(
+        f"note: resuming from {storage.join(out, newest)} (epoch {intact[newest]['epoch']}), the newest complete "
+        "checkpoint",
+        file=sys.stderr,
+    )
     return storage.join(storage.absolute(out), newest)
 
 
-def fit(cfg: Config, data: str, out: str, *, dataset: tuple[DatasetInfo, RFTable] | None = None,
-        run_config_kwargs: dict[str, Any] | None = None, torch_threads: int | None = None,
-        materialize: bool = False) -> TrainResult:
+def fit(
+    cfg: Config,
+    data: str,
+    out: str,
+    *,
+    dataset: tuple[DatasetInfo, RFTable] | None = None,
+    run_config_kwargs: dict[str, Any] | None = None,
+    torch_threads: int | None = None,
+    materialize: bool = False,
+) -> TrainResult:
     """Train with Ray Train on the connected Ray cluster (call `ray.init` first). Re-running with the same `out`
     continues from its last checkpoint. `materialize` reads the dataset into Ray's object store first: for sweeps,
     where a trial stopped early must not leave a streaming read holding a CPU."""
@@ -284,9 +327,14 @@ def fit(cfg: Config, data: str, out: str, *, dataset: tuple[DatasetInfo, RFTable
     ctx.enable_progress_bars = False
     ctx.enable_operator_progress_bars = False
     storage_path, name = run_paths(out)
-    loop_config: dict[str, Any] = {"config": cfg.to_dict(), "dataset": info.to_json(), "rfs": rfs.to_dict(),
-                                   "run_dir": storage.absolute(out),
-                                   "torch_threads": torch_threads, "resume_from": resume_point(out)}
+    loop_config: dict[str, Any] = {
+        "config": cfg.to_dict(),
+        "dataset": info.to_json(),
+        "rfs": rfs.to_dict(),
+        "run_dir": storage.absolute(out),
+        "torch_threads": torch_threads,
+        "resume_from": resume_point(out),
+    }
     r = cfg.run
     datasets = {"train": open_split(data, "train"), "val": open_split(data, "val")}
     if materialize:
@@ -295,15 +343,18 @@ def fit(cfg: Config, data: str, out: str, *, dataset: tuple[DatasetInfo, RFTable
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(num_workers=r.workers, use_gpu=r.use_gpu,
-                                               resources_per_worker=resources),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=r.workers, use_gpu=r.use_gpu, resources_per_worker=resources
+        ),
         run_config=ray.train.RunConfig(
-            name=name, storage_path=storage_path,
+            name=name,
+            storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=r.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=r.keep_checkpoints,
-                                                         checkpoint_score_attribute=SCORE,
-                                                         checkpoint_score_order="max"),
-            **(run_config_kwargs or {})),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=r.keep_checkpoints, checkpoint_score_attribute=SCORE, checkpoint_score_order="max"
+            ),
+            **(run_config_kwargs or {}),
+        ),
         datasets={"train": datasets["train"].randomize_block_order(seed=r.seed), "val": datasets["val"]},
         # Only the training split is sharded: every worker holds all of val and evaluates its share.
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
@@ -315,8 +366,9 @@ def fit(cfg: Config, data: str, out: str, *, dataset: tuple[DatasetInfo, RFTable
     best = None
     if result.best_checkpoints:
         best = max(result.best_checkpoints, key=lambda cm: cm[1].get(SCORE, float("-inf")))[0].path
-    return TrainResult(run_dir=loop_config["run_dir"], metrics=dict(result.metrics or {}), best_checkpoint=best,
-                       error=result.error)
+    return TrainResult(
+        run_dir=loop_config["run_dir"], metrics=dict(result.metrics or {}), best_checkpoint=best, error=result.error
+    )
 
 
 def write_resolved_config(cfg: Config, out: str) -> None:

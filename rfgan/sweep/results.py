@@ -35,13 +35,17 @@ def summarize(results, space: Mapping[str, Range], out: str) -> list[dict[str, A
         history = r.metrics_dataframe
         scores = history[SCORE].tolist() if history is not None and SCORE in history else []
         last = r.metrics or {}
-        rows.append({
-            "trial_id": _trial_id(r),
-            "status": "ERROR" if r.error else ("DONE" if last.get("done") else "UNFINISHED"),
-            **{k: cfg.get(k) for k in space},
-            "epochs": len(scores), "best_" + SCORE: max(scores) if scores else None,
-            **{k: last.get(k) for k in ("val_psnr", SCORE, "val_pixel_corr", "val_feature_corr")},
-            "error": _first_line(r.error)})
+        rows.append(
+            {
+                "trial_id": _trial_id(r),
+                "status": "ERROR" if r.error else ("DONE" if last.get("done") else "UNFINISHED"),
+                **{k: cfg.get(k) for k in space},
+                "epochs": len(scores),
+                "best_" + SCORE: max(scores) if scores else None,
+                **{k: last.get(k) for k in ("val_psnr", SCORE, "val_pixel_corr", "val_feature_corr")},
+                "error": _first_line(r.error),
+            }
+        )
         if scores and (best is None or max(scores) > best[0]):
             best = (max(scores), cfg)
     rows.sort(key=lambda row: -(row.get("best_" + SCORE) if row.get("best_" + SCORE) is not None else -math.inf))
@@ -117,11 +121,14 @@ def plot_importances(results, space: Mapping[str, Range], path: Path) -> None:
                     continue
             if key in flat:
                 params[key] = flat[key]
-                distributions[key] = (optuna.distributions.IntDistribution(int(rng.low), int(rng.high), log=rng.log)
-                                      if rng.type == "int" else
-                                      optuna.distributions.FloatDistribution(rng.low, rng.high, log=rng.log))
-        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions,
-                                                  value=float(history[SCORE].max())))
+                distributions[key] = (
+                    optuna.distributions.IntDistribution(int(rng.low), int(rng.high), log=rng.log)
+                    if rng.type == "int"
+                    else optuna.distributions.FloatDistribution(rng.low, rng.high, log=rng.log)
+                )
+        study.add_trial(
+            optuna.trial.create_trial(params=params, distributions=distributions, value=float(history[SCORE].max()))
+        )
     fig, ax = plt.subplots(figsize=(6, 4))
     if len(study.trials) >= 2:
         optuna.visualization.matplotlib.plot_param_importances(study)
@@ -149,4 +156,3 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return str(v)
-

@@ -44,8 +44,9 @@ def trial_driver(config: dict[str, Any]) -> None:
     trial_id = ray.tune.get_context().get_trial_id()
     # A name from the trial id, not a timestamp: a restored sweep re-enters the same Train run and resumes it.
     out = f"{config['trials_dir']}/train-{trial_id}"
-    result = fit(cfg, config["dataset_path"], out, run_config_kwargs={"callbacks": [TuneReportCallback()]},
-                 materialize=True)
+    result = fit(
+        cfg, config["dataset_path"], out, run_config_kwargs={"callbacks": [TuneReportCallback()]}, materialize=True
+    )
     if result.error is not None:
         raise result.error
 
@@ -73,8 +74,13 @@ def concurrency(base: Config, spec: SweepSpec, resources: Mapping[str, float]) -
     return min(n, spec.trials)
 
 
-def run_sweep(base: Config, spec: SweepSpec, space: Mapping[str, Range], resume: bool = False,
-              callbacks: Sequence[Any] | None = None):
+def run_sweep(
+    base: Config,
+    spec: SweepSpec,
+    space: Mapping[str, Range],
+    resume: bool = False,
+    callbacks: Sequence[Any] | None = None,
+):
     """Run (or, with `resume`, continue) a sweep of `base` on the connected Ray cluster; returns Tune's ResultGrid.
     `callbacks` are Ray Tune callbacks for a new sweep: a resumed one runs with those it started with, which Tune
     keeps in the sweep's state."""
@@ -96,26 +102,46 @@ def run_sweep(base: Config, spec: SweepSpec, space: Mapping[str, Range], resume:
             raise ConfigError(f"{spec.out} holds no sweep to resume; start one without --resume.")
         # Unfinished trials continue (their Train runs resume from their checkpoints); finished and errored
         # ones are kept as they are.
-        tuner = ray.tune.Tuner.restore(sweep_dir, trainable=trainable, resume_unfinished=True,
-                                       resume_errored=False)
+        tuner = ray.tune.Tuner.restore(sweep_dir, trainable=trainable, resume_unfinished=True, resume_errored=False)
         return tuner.fit()
     # metric/mode go to the searcher and the scheduler themselves: with a define-by-run space, Tune cannot set
     # them on the searcher from TuneConfig.
-    search = OptunaSearch(space=DefineByRun(space), metric=SCORE, mode="max",
-                          points_to_evaluate=[start_point(space, base)],
-                          sampler=optuna.samplers.TPESampler(seed=spec.seed))
-    scheduler = ASHAScheduler(metric=SCORE, mode="max", time_attr="training_iteration", max_t=base.run.epochs,
-                              grace_period=1, reduction_factor=2)
+    search = OptunaSearch(
+        space=DefineByRun(space),
+        metric=SCORE,
+        mode="max",
+        points_to_evaluate=[start_point(space, base)],
+        sampler=optuna.samplers.TPESampler(seed=spec.seed),
+    )
+    scheduler = ASHAScheduler(
+        metric=SCORE,
+        mode="max",
+        time_attr="training_iteration",
+        max_t=base.run.epochs,
+        grace_period=1,
+        reduction_factor=2,
+    )
     tuner = ray.tune.Tuner(
         trainable,
-        param_space={"base": base.to_dict(), "space": {k: asdict(v) for k, v in space.items()},
-                     "dataset_path": spec.data, "trials_dir": f"{sweep_dir}/trials"},
-        tune_config=ray.tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=spec.trials,
-                                        max_concurrent_trials=concurrency(base, spec, ray.cluster_resources()),
-                                        trial_dirname_creator=trial_dirname),
-        run_config=ray.tune.RunConfig(name=name, storage_path=storage_path,
-                                      failure_config=ray.tune.FailureConfig(max_failures=0),
-                                      callbacks=list(callbacks or [])),
+        param_space={
+            "base": base.to_dict(),
+            "space": {k: asdict(v) for k, v in space.items()},
+            "dataset_path": spec.data,
+            "trials_dir": f"{sweep_dir}/trials",
+        },
+        tune_config=ray.tune.TuneConfig(
+            search_alg=search,
+            scheduler=scheduler,
+            num_samples=spec.trials,
+            max_concurrent_trials=concurrency(base, spec, ray.cluster_resources()),
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=ray.tune.RunConfig(
+            name=name,
+            storage_path=storage_path,
+            failure_config=ray.tune.FailureConfig(max_failures=0),
+            callbacks=list(callbacks or []),
+        ),
     )
     return tuner.fit()
 

@@ -61,8 +61,9 @@ def load_space(path: str | os.PathLike | None) -> dict[str, Range]:
         try:
             space[key] = Range(**spec)
         except TypeError as e:
-            raise ConfigError(f"{path}: {key}: {e}; a range has low, high and optionally log, type, "
-                              "allow_zero") from None
+            raise ConfigError(
+                f"{path}: {key}: {e}; a range has low, high and optionally log, type, allow_zero"
+            ) from None
     return space
 
 
@@ -72,8 +73,9 @@ def validate_space(space: Mapping[str, Range], base: Config) -> None:
         if r.type not in ("float", "int"):
             raise ConfigError(f"search space {key}: type must be 'float' or 'int', not {r.type!r}")
         if not r.low < r.high or (r.log and r.low <= 0):
-            raise ConfigError(f"search space {key}: need low < high (and low > 0 for log ranges), got "
-                              f"[{r.low}, {r.high}]")
+            raise ConfigError(
+                f"search space {key}: need low < high (and low > 0 for log ranges), got [{r.low}, {r.high}]"
+            )
         for value in (r.low, r.high) + ((0,) if r.allow_zero else ()):
             base.with_overrides({key: int(value) if r.type == "int" else value})
 
@@ -120,4 +122,3 @@ def overrides_from_trial(params: Mapping[str, Any], space: Mapping[str, Range]) 
         elif key in flat:
             overrides[key] = flat[key]
     return overrides
-

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import shutil
@@ -61,8 +62,9 @@ def rewrite_first_shard(path, change):
 def test_wrong_column_type_is_named(copy):
     def widen(t):
         col = t.column("responses").combine_chunks()
-        as_list = pa.ListArray.from_arrays(pa.array(np.arange(0, len(t) * 12 + 1, 12, dtype=np.int32)),
-                                           col.flatten().cast(pa.float64()))
+        as_list = pa.ListArray.from_arrays(
+            pa.array(np.arange(0, len(t) * 12 + 1, 12, dtype=np.int32)), col.flatten().cast(pa.float64())
+        )
         return t.set_column(t.schema.get_field_index("responses"), "responses", as_list)
 
     shard = rewrite_first_shard(copy, widen)
@@ -85,12 +87,15 @@ def test_wrong_image_length_is_refused(copy):
         read_split(copy, "val")
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda m: m.update(schema_version=99), "schema_version 99 is not supported"),
-    (lambda m: m.update(format="other"), "'format'"),
-    (lambda m: m.pop("fov_deg"), "fov_deg"),
-    (lambda m: m.update(channels=4), "channels is 4"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda m: m.update(schema_version=99), "schema_version 99 is not supported"),
+        (lambda m: m.update(format="other"), "'format'"),
+        (lambda m: m.pop("fov_deg"), "fov_deg"),
+        (lambda m: m.update(channels=4), "channels is 4"),
+    ],
+)
 def test_bad_metadata(copy, edit, message):
     meta = json.loads((copy / "metadata.json").read_text())
     edit(meta)
@@ -111,6 +116,11 @@ def test_rf_table_must_match_electrode_count(copy):
         read_rfs(copy)
 
 
+def last_line(stderr: str) -> str:
+    """rfgan's error: the last line of stderr (Ray Data logs its progress there before it), and one line only."""
+    return stderr.strip().splitlines()[-1]
+
+
 def test_nan_responses_are_refused_when_read(ray_session, copy, capsys):
     def poison(t):
         r = t.column("responses").combine_chunks().flatten().to_numpy().copy()
@@ -124,17 +134,110 @@ def test_nan_responses_are_refused_when_read(ray_session, copy, capsys):
     with pytest.raises(Exception, match="NaN or infinite"):
         open_split(copy, "train").materialize()
     # `rfgan check` finds it inside Ray Data's wrapper and shows rfgan's own message: one line, exit 2.
+    capsys.readouterr()
     assert main(["check", "--data", str(copy)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and err.startswith("rfgan check: error:") and "NaN or infinite in sample(s) [0]" in err
-    assert "Traceback" not in err and "UserCodeException" not in err
+    err = last_line(capsys.readouterr().err)
+    assert err.startswith("rfgan check: error:") and "NaN or infinite in sample(s) [0]" in err
+    assert "UserCodeException" not in err and "ray::" not in err
 
 
-def test_check_of_a_dataset_with_a_missing_shard_says_so(ray_session, copy, capsys):
-    os.remove(split_files(copy, "train")[0])  # 16 of the 40 training rows
+def test_check_of_a_dataset_with_a_missing_shard_says_so(ray_session, copy, capsys, monkeypatch):
+    first = split_files(copy, "train")[0]
+    os.remove(first)  # 16 of the 40 training rows
     assert main(["check", "--data", str(copy)]) == 2
+    err = last_line(capsys.readouterr().err)
+    assert (
+        err.startswith("rfgan check: error:") and f"{first} is missing" in err and f"16 of {TINY.n_train} rows" in err
+    )
+    # Before Ray reads anything; the count of rows read stays as a second line of defence.
+    monkeypatch.setattr("rfgan.data.format._check_shards", lambda *args: None)
+    assert main(["check", "--data", str(copy)]) == 2
+    err = last_line(capsys.readouterr().err)
+    assert (
+        err.startswith("rfgan check: error:")
+        and f"read {TINY.n_train - 16} rows but metadata.json says {TINY.n_train}" in err
+    )
+
+
+def test_metadata_lists_every_shard_with_its_rows(tiny_dataset):
+    meta = json.loads((tiny_dataset / "metadata.json").read_text())
+    assert meta["schema_version"] == 1
+    assert meta["shards"] == {
+        split: [{"file": f"{split}/part-{k:05d}.parquet", "rows": n} for k, n in enumerate(rows)]
+        for split, rows in (("train", [16, 16, 8]), ("val", [12]))
+    }
+    for split, files in meta["shards"].items():
+        on_disk = sorted(p.relative_to(tiny_dataset).as_posix() for p in (tiny_dataset / split).iterdir())
+        assert on_disk == [f["file"] for f in files]
+        assert [pq.read_metadata(tiny_dataset / f["file"]).num_rows for f in files] == [f["rows"] for f in files]
+
+
+def test_a_missing_shard_is_refused_before_reading(copy):
+    shard = copy / "train" / "part-00001.parquet"
+    shard.unlink()
+    for read in (read_split, open_split, split_files):
+        with pytest.raises(DataError, match=rf"{shard} is missing: .*16 of 40 rows.*re-create the dataset"):
+            read(copy, "train")
+    read_split(copy, "val")  # the other split is whole
+
+
+def test_an_extra_shard_is_refused(copy):
+    extra = copy / "train" / "part-00000 (copy).parquet"
+    shutil.copy(copy / "train" / "part-00000.parquet", extra)
+    with pytest.raises(
+        DataError,
+        match=r"part-00000 \(copy\).parquet is not one of the 'train' shards listed in "
+        "metadata.json.*remove it, or re-create the dataset",
+    ):
+        read_split(copy, "train")
+
+
+def test_a_shard_with_fewer_rows_is_refused(copy):
+    shard = rewrite_first_shard(copy, lambda t: t.slice(0, 5))
+    with pytest.raises(DataError, match=f"{shard} holds 5 rows but metadata.json lists 16.*re-create the dataset"):
+        read_split(copy, "train")
+
+
+def test_a_dataset_written_before_shards_were_listed_is_read_and_checked_by_its_total(copy):
+    meta = json.loads((copy / "metadata.json").read_text())
+    del meta["shards"]
+    (copy / "metadata.json").write_text(json.dumps(meta))
+    assert read_info(copy).shards is None
+    assert len(read_split(copy, "train")["sample_id"]) == TINY.n_train
+    (copy / "train" / "part-00002.parquet").unlink()  # the last 8 rows
+    with pytest.raises(DataError, match="hold 32 rows but metadata.json says 40; a shard is missing.*re-create"):
+        read_split(copy, "train")
+
+
+def test_shards_that_contradict_the_splits_are_refused(copy):
+    meta = json.loads((copy / "metadata.json").read_text())
+    meta["shards"]["val"][0]["rows"] = 11
+    (copy / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"'shards' lists .*'val': 11.* but 'splits' says"):
+        read_info(copy)
+
+
+def test_train_refuses_a_dataset_with_a_missing_shard_before_training(ray_session, copy, tmp_path, capsys):
+    shard = copy / "train" / "part-00000.parquet"
+    shard.unlink()
+    code = main(
+        [
+            "train",
+            "--data",
+            str(copy),
+            "--preset",
+            "tiny",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and f"read {TINY.n_train - 16} rows but metadata.json says {TINY.n_train}" in err
+    assert code == 2 and "\n" not in err and f"{shard} is missing" in err
+    assert not list((tmp_path / "run").glob("checkpoint*"))
 
 
 def test_write_refuses_existing_output_and_leaves_it_alone(tmp_path):
@@ -144,6 +247,13 @@ def test_write_refuses_existing_output_and_leaves_it_alone(tmp_path):
     with pytest.raises(DataError, match="already exists"):
         make_synth(out)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    # Not a dataset, so --overwrite leaves it alone too.
+    with pytest.raises(DataError, match="already exists and is not an rfgan dataset"):
+        make_synth(out, overwrite=True)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
+    # A dataset is replaced.
+    (out / "keep.txt").unlink()
+    make_synth(out, dataclasses.replace(TINY, n_train=20))
     make_synth(out, overwrite=True)
-    assert not (out / "keep.txt").exists() and read_info(out).splits["train"] == TINY.n_train
+    assert read_info(out).splits["train"] == TINY.n_train
     assert [p.name for p in tmp_path.iterdir()] == ["ds"]  # no temporary directory left behind

@@ -1,16 +1,20 @@
 import dataclasses
+import os
 
 import numpy as np
 import pytest
+from conftest import interrupt_on_shard, make_synth, one_line_error, run_interrupted, tree
 from PIL import Image
 
+from rfgan.cli import main
 from rfgan.data.format import read_info, read_rfs, read_split
 from rfgan.data.ingest import IngestSpec, ingest
 from rfgan.errors import DataError
 
 E, N_IMAGES, REPEATS, SIZE = 6, 10, 3, 16
 RF_CSV = "electrode_id,x_deg,y_deg,sigma_deg,area\n" + "".join(
-    f"{10 + i},{-2 + 0.8 * i},{1 - 0.4 * i},{0.5 + 0.1 * i},{'V1' if i < 4 else 'V4'}\n" for i in range(E))
+    f"{10 + i},{-2 + 0.8 * i},{1 - 0.4 * i},{0.5 + 0.1 * i},{'V1' if i < 4 else 'V4'}\n" for i in range(E)
+)
 
 
 @pytest.fixture
@@ -23,9 +27,15 @@ def lab(tmp_path):
     np.save(tmp_path / "responses.npy", rng.normal(size=(len(order), E)).astype(np.float32))
     np.save(tmp_path / "order.npy", order)
     (tmp_path / "rfs.csv").write_text(RF_CSV)
-    return IngestSpec(responses=str(tmp_path / "responses.npy"), images=str(tmp_path / "images.npy"),
-                      rfs=str(tmp_path / "rfs.csv"), fov_deg=8.0, out=str(tmp_path / "out"), val_fraction=0.2,
-                      shard_rows=7)
+    return IngestSpec(
+        responses=str(tmp_path / "responses.npy"),
+        images=str(tmp_path / "images.npy"),
+        rfs=str(tmp_path / "rfs.csv"),
+        fov_deg=8.0,
+        out=str(tmp_path / "out"),
+        val_fraction=0.2,
+        shard_rows=7,
+    )
 
 
 def test_ingest_round_trip_keeps_rows_and_splits_by_image(lab, tmp_path):
@@ -70,8 +80,13 @@ def test_folder_of_images_with_index(lab, tmp_path):
     names = [f"s{k % 4}.png" for k in range(12)]
     (tmp_path / "index.csv").write_text("filename\n" + "\n".join(names) + "\n")
     np.save(tmp_path / "r12.npy", rng.normal(size=(12, E)).astype(np.float32))
-    spec = dataclasses.replace(lab, responses=str(tmp_path / "r12.npy"), images=str(folder),
-                               image_index=str(tmp_path / "index.csv"), val_fraction=0.25)
+    spec = dataclasses.replace(
+        lab,
+        responses=str(tmp_path / "r12.npy"),
+        images=str(folder),
+        image_index=str(tmp_path / "index.csv"),
+        val_fraction=0.25,
+    )
     info, _ = ingest(spec)
     assert info.channels == 3 and info.splits == {"train": 9, "val": 3}
     val = read_split(lab.out, "val")
@@ -96,30 +111,86 @@ def _write(path, text):
 
 
 BAD_INPUTS = {
-    "electrode count": (lambda s, d: dataclasses.replace(s, rfs=_write(d / "r5.csv", "\n".join(
-        RF_CSV.splitlines()[:-1]) + "\n")), "has 6 electrode columns but .*r5.csv has 5 rows"),
-    "row count": (lambda s, d: (np.save(d / "r.npy", np.zeros((29, E), np.float32)),
-                                dataclasses.replace(s, responses=str(d / "r.npy")))[1], "29 rows but .* 30 images"),
-    "nan": (lambda s, d: (np.save(d / "r.npy", np.full((30, E), np.nan, np.float32)),
-                          dataclasses.replace(s, responses=str(d / "r.npy")))[1], "NaN or infinite"),
-    "non-numeric rf": (lambda s, d: dataclasses.replace(s, rfs=_write(d / "x.csv", RF_CSV.replace(",0.5,", ",wide,"))),
-                       "'sigma_deg' holds 'wide'"),
-    "missing rf column": (lambda s, d: dataclasses.replace(s, rfs=_write(d / "x.csv", RF_CSV.replace("y_deg", "y"))),
-                          r"lacks column\(s\) \['y_deg'\]"),
-    "sigma <= 0": (lambda s, d: dataclasses.replace(s, rfs=_write(d / "x.csv", RF_CSV.replace(",0.5,", ",-0.5,"))),
-                   "sigma_deg must be > 0.*electrode.*10"),
-    "rf outside": (lambda s, d: dataclasses.replace(
-        s, rfs=_write(d / "x.csv", RF_CSV.replace("10,-2.0,", "10,-20.0,"))),
-                   r"1 RF\(s\) lie entirely outside .*electrode_id \[10\]"),
-    "unreadable responses": (lambda s, d: dataclasses.replace(s, responses=_write(d / "bad.npy", "not numpy")),
-                             "bad.npy: cannot read the responses"),
-    "3-d responses": (lambda s, d: (np.save(d / "r.npy", np.zeros((30, E, 2))),
-                                    dataclasses.replace(s, responses=str(d / "r.npy")))[1], "expected a numeric"),
-    "float images out of range": (lambda s, d: (np.save(d / "f.npy", np.full((30, SIZE, SIZE), 2.0)),
-                                                dataclasses.replace(s, images=str(d / "f.npy")))[1],
-                                  r"float images must be finite and in \[0, 1\]"),
-    "images shape": (lambda s, d: (np.save(d / "f.npy", np.zeros((30, SIZE, SIZE, 4), np.uint8)),
-                                   dataclasses.replace(s, images=str(d / "f.npy")))[1], r"expected \(N, H, W\)"),
+    "electrode count": (
+        lambda s, d: dataclasses.replace(s, rfs=_write(d / "r5.csv", "\n".join(RF_CSV.splitlines()[:-1]) + "\n")),
+        "has 6 electrode columns but .*r5.csv has 5 rows",
+    ),
+    "row count": (
+        lambda s, d: (
+            np.save(d / "r.npy", np.zeros((29, E), np.float32)),
+            dataclasses.replace(s, responses=str(d / "r.npy")),
+        )[1],
+        "29 rows but .* 30 images",
+    ),
+    "nan": (
+        lambda s, d: (
+            np.save(d / "r.npy", np.full((30, E), np.nan, np.float32)),
+            dataclasses.replace(s, responses=str(d / "r.npy")),
+        )[1],
+        "NaN or infinite",
+    ),
+    "non-numeric rf": (
+        lambda s, d: dataclasses.replace(s, rfs=_write(d / "x.csv", RF_CSV.replace(",0.5,", ",wide,"))),
+        "'sigma_deg' holds 'wide'",
+    ),
+    "missing rf column": (
+        lambda s, d: dataclasses.replace(s, rfs=_write(d / "x.csv", RF_CSV.replace("y_deg", "y"))),
+        r"lacks column\(s\) \['y_deg'\]",
+    ),
+    "sigma <= 0": (
+        lambda s, d: dataclasses.replace(s, rfs=_write(d / "x.csv", RF_CSV.replace(",0.5,", ",-0.5,"))),
+        "sigma_deg must be > 0.*electrode.*10",
+    ),
+    "rf outside": (
+        lambda s, d: dataclasses.replace(s, rfs=_write(d / "x.csv", RF_CSV.replace("10,-2.0,", "10,-20.0,"))),
+        r"1 RF\(s\) lie entirely outside .*electrode_id \[10\]",
+    ),
+    "unreadable responses": (
+        lambda s, d: dataclasses.replace(s, responses=_write(d / "bad.npy", "not numpy")),
+        "bad.npy: cannot read the responses: it is not a .npy array file",
+    ),
+    "object array responses": (
+        lambda s, d: (
+            np.save(d / "o.npy", np.array([{"a": 1}] * 30), allow_pickle=True),
+            dataclasses.replace(s, responses=str(d / "o.npy")),
+        )[1],
+        "o.npy: cannot read the responses: it holds Python objects",
+    ),
+    "npz images": (
+        lambda s, d: (
+            np.savez(d / "i.npz", images=np.zeros((30, SIZE, SIZE), np.uint8)),
+            dataclasses.replace(s, images=str(d / "i.npz")),
+        )[1],
+        "i.npz: cannot read the images: it is a .npz archive",
+    ),
+    "empty input": (
+        lambda s, d: (
+            np.save(d / "r.npy", np.zeros((0, E), np.float32)),
+            np.save(d / "i.npy", np.zeros((0, SIZE, SIZE), np.uint8)),
+            dataclasses.replace(s, responses=str(d / "r.npy"), images=str(d / "i.npy")),
+        )[2],
+        r"r.npy: the input is empty \(responses \(0, 6\), no rows\)",
+    ),
+    "3-d responses": (
+        lambda s, d: (np.save(d / "r.npy", np.zeros((30, E, 2))), dataclasses.replace(s, responses=str(d / "r.npy")))[
+            1
+        ],
+        "expected a numeric",
+    ),
+    "float images out of range": (
+        lambda s, d: (
+            np.save(d / "f.npy", np.full((30, SIZE, SIZE), 2.0)),
+            dataclasses.replace(s, images=str(d / "f.npy")),
+        )[1],
+        r"float images must be finite and in \[0, 1\]",
+    ),
+    "images shape": (
+        lambda s, d: (
+            np.save(d / "f.npy", np.zeros((30, SIZE, SIZE, 4), np.uint8)),
+            dataclasses.replace(s, images=str(d / "f.npy")),
+        )[1],
+        r"expected \(N, H, W\)",
+    ),
     "fov": (lambda s, d: dataclasses.replace(s, fov_deg=0.0), "--fov-deg must be > 0"),
     "too few images": (lambda s, d: dataclasses.replace(s, val_fraction=0.95), "too few"),
 }
@@ -130,9 +201,10 @@ def test_bad_input_raises_and_writes_nothing(lab, tmp_path, case):
     make_bad, message = BAD_INPUTS[case]
     spec = make_bad(lab, tmp_path)
     before = sorted(p.name for p in tmp_path.iterdir())
-    with pytest.raises(DataError, match=message):
+    with pytest.raises(DataError, match=message) as err:
         ingest(spec)
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no output, no temporary directory
+    assert "\n" not in str(err.value) and "allow_pickle" not in str(err.value)
 
 
 def test_mixed_image_sizes_and_unreadable_image(lab, tmp_path):
@@ -156,3 +228,76 @@ def test_existing_output_is_not_touched(lab, tmp_path):
     with pytest.raises(DataError, match="already exists"):
         ingest(lab)
     assert (tmp_path / "out" / "results.txt").read_text() == "precious"
+
+
+def test_a_truncated_image_file_is_named(lab, tmp_path):
+    folder = tmp_path / "stimuli"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for k in range(3):
+        Image.fromarray(rng.integers(0, 256, (SIZE, SIZE), dtype=np.uint8)).save(folder / f"s{k}.png")
+    whole = (folder / "s1.png").read_bytes()
+    (folder / "s1.png").write_bytes(whole[: len(whole) * 2 // 3])  # the header intact, the pixels cut off
+    np.save(tmp_path / "r3.npy", np.zeros((3, E), np.float32))
+    spec = dataclasses.replace(lab, responses=str(tmp_path / "r3.npy"), images=str(folder), val_fraction=0.34)
+    before = tree(tmp_path)
+    with pytest.raises(DataError, match=r"s1.png: cannot read this image \(image file is truncated") as err:
+        ingest(spec)
+    assert str(folder / "s1.png") in str(err.value) and "\n" not in str(err.value)
+    assert tree(tmp_path) == before
+
+
+def ingest_argv(spec: IngestSpec, out: str) -> list[str]:
+    return [
+        "ingest",
+        "--responses",
+        spec.responses,
+        "--images",
+        spec.images,
+        "--rfs",
+        spec.rfs,
+        "--fov-deg",
+        str(spec.fov_deg),
+        "--val-fraction",
+        str(spec.val_fraction),
+        "--shard-rows",
+        str(spec.shard_rows),
+        "--out",
+        out,
+        "--quiet",
+    ]
+
+
+def test_ingest_out_dot_overwrite_refuses_the_current_folder(lab, tmp_path, monkeypatch, capsys):
+    here = tmp_path / "s"
+    here.mkdir()
+    (here / "keep").write_text("mine")
+    monkeypatch.chdir(here)
+    before = tree(tmp_path)
+    assert main(ingest_argv(lab, ".") + ["--overwrite"]) == 2
+    assert "is the current folder" in one_line_error(capsys, "ingest")
+    assert tree(tmp_path) == before
+
+
+def test_ingest_overwrite_leaves_a_folder_that_is_not_a_dataset_alone(lab, tmp_path, capsys):
+    folder = tmp_path / "E"
+    folder.mkdir()
+    (folder / "precious.txt").write_text("x")
+    before = tree(tmp_path)
+    assert main(ingest_argv(lab, str(folder)) + ["--overwrite"]) == 2
+    assert f"{folder} already exists and is not an rfgan dataset (it has no metadata.json)" in one_line_error(
+        capsys, "ingest"
+    )
+    assert tree(tmp_path) == before
+    make_synth(tmp_path / "D")  # a dataset is replaced
+    assert main(ingest_argv(lab, str(tmp_path / "D")) + ["--overwrite"]) == 0
+    assert read_info(tmp_path / "D").source["kind"] == "ingest"
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]
+
+
+def test_ctrl_c_on_ingest_is_one_line_exit_130_and_leaves_nothing(lab, tmp_path, monkeypatch, capsys):
+    before = tree(tmp_path)
+    interrupt_on_shard(monkeypatch, 2)
+    assert run_interrupted(ingest_argv(lab, lab.out)) == 130
+    assert capsys.readouterr().err == "rfgan ingest: interrupted; nothing was written\n"
+    assert tree(tmp_path) == before

@@ -8,8 +8,13 @@ from rfgan.errors import DataError
 
 def table(x, y, s, area=None):
     n = len(x)
-    return RFTable(np.arange(n), np.asarray(x, float), np.asarray(y, float), np.asarray(s, float),
-                   None if area is None else np.asarray(area))
+    return RFTable(
+        np.arange(n),
+        np.asarray(x, float),
+        np.asarray(y, float),
+        np.asarray(s, float),
+        None if area is None else np.asarray(area),
+    )
 
 
 def test_maps_geometry_and_normalisation():
@@ -41,8 +46,12 @@ def test_projection_equals_numpy():
 
 def test_projection_standardises_and_sums_per_area():
     rng = np.random.default_rng(1)
-    rfs = table(rng.uniform(-3, 3, 6), rng.uniform(-3, 3, 6), rng.uniform(0.3, 1.5, 6),
-                area=["V1", "V4", "V1", "IT", "V4", "V1"])
+    rfs = table(
+        rng.uniform(-3, 3, 6),
+        rng.uniform(-3, 3, 6),
+        rng.uniform(0.3, 1.5, 6),
+        area=["V1", "V4", "V1", "IT", "V4", "V1"],
+    )
     maps = rf_maps(rfs, (16, 16), 8.0, norm="peak")
     r = rng.normal(3.0, 2.0, size=(4, 6)).astype(np.float32)
     mean, std = r.mean(0), r.std(0)
@@ -87,13 +96,16 @@ def test_outside_window():
     np.testing.assert_array_equal(rfs_outside_window(rfs, (10, 10), 10.0), [False, False, True])
 
 
-@pytest.mark.parametrize("text, message", [
-    ("electrode_id,x_deg,y_deg\n0,1,2\n", "lacks column"),
-    ("electrode_id,x_deg,y_deg,sigma_deg\n0,1,abc,1\n", "'y_deg' holds 'abc'"),
-    ("electrode_id,x_deg,y_deg,sigma_deg\n0,1,2,0\n", "sigma_deg must be > 0"),
-    ("electrode_id,x_deg,y_deg,sigma_deg\n0,1,2,1\n0,1,2,1\n", "repeats"),
-    ("electrode_id,x_deg,y_deg,sigma_deg\n", "no rows"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("electrode_id,x_deg,y_deg\n0,1,2\n", "lacks column"),
+        ("electrode_id,x_deg,y_deg,sigma_deg\n0,1,abc,1\n", "'y_deg' holds 'abc'"),
+        ("electrode_id,x_deg,y_deg,sigma_deg\n0,1,2,0\n", "sigma_deg must be > 0"),
+        ("electrode_id,x_deg,y_deg,sigma_deg\n0,1,2,1\n0,1,2,1\n", "repeats"),
+        ("electrode_id,x_deg,y_deg,sigma_deg\n", "no rows"),
+    ],
+)
 def test_rf_table_errors(tmp_path, text, message):
     path = tmp_path / "rfs.csv"
     path.write_text(text)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from conftest import TINY, concat_chunks, make_synth
 
+from rfgan.cli import main
 from rfgan.data.format import read_info, read_rfs, read_split
 from rfgan.data.rf import rf_maps, rf_mask
 from rfgan.data.synth import LUMA, SynthSpec, make_rfs, make_tuning, synth_splits
@@ -97,10 +98,26 @@ def test_gray_images_and_ids_unique_across_splits(tmp_path):
     assert meta.source["kind"] == "synth" and meta.source["seed"] == TINY.seed
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"n_val": 0}, "n_val"), ({"noise": "laplace"}, "noise"), ({"n_arrays": 20}, "n_arrays"),
-    ({"photo_fraction": 2.0}, "photo_fraction"), ({"tuning": "orientation"}, "tuning"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"n_val": 0}, "n_val"),
+        ({"noise": "laplace"}, "noise"),
+        ({"n_arrays": 20}, "n_arrays"),
+        ({"photo_fraction": 2.0}, "photo_fraction"),
+        ({"tuning": "orientation"}, "tuning"),
+    ],
+)
 def test_bad_spec_is_refused(change, message):
     with pytest.raises(ValueError, match=message):
         synth_splits(dataclasses.replace(TINY, **change))
+
+
+def test_synth_help_says_the_colour_default_in_words(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "200")  # one line per option
+    with pytest.raises(SystemExit):
+        main(["synth", "--help"])
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("  --")}
+    assert lines["--color"].endswith("RGB images (default: colour)")
+    assert lines["--gray"].endswith("grayscale images (default: colour)")
+    assert lines["--n-train"].endswith("(default: 4000)")  # the other defaults still shown

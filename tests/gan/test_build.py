@@ -16,8 +16,7 @@ def test_image_size_the_generator_cannot_round_trip_is_refused(tiny_dataset):
 def test_missing_vgg_weights_fail_before_training_with_instructions(tiny_dataset, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(MissingVGGWeightsError, match=r"(?s)not found.*IMAGENET1K_V1.*TORCH_HOME"):
-        build_gan(preset("default").with_overrides({"model.ngf": 4}), read_info(tiny_dataset),
-                  read_rfs(tiny_dataset))
+        build_gan(preset("default").with_overrides({"model.ngf": 4}), read_info(tiny_dataset), read_rfs(tiny_dataset))
 
 
 def test_inference_builds_neither_d_nor_vgg_and_the_same_g(tiny_dataset):

@@ -46,9 +46,7 @@ def test_g_losses_match_formulas(shape_idx):
     torch.testing.assert_close(g_adv_loss(fake), _bce(fake, 1.0))  # default kind
     # minimax: mean log(1 - D(G(x)))
     torch.testing.assert_close(g_adv_loss(fake, "minimax"), -_bce(fake, 0.0))
-    torch.testing.assert_close(
-        g_adv_loss(fake, "minimax"), torch.log(1 - torch.sigmoid(fake)).mean()
-    )
+    torch.testing.assert_close(g_adv_loss(fake, "minimax"), torch.log(1 - torch.sigmoid(fake)).mean())
     torch.testing.assert_close(g_adv_loss(fake, "lsgan"), ((fake - 1) ** 2).mean())
 
 
@@ -321,9 +319,7 @@ def test_default_path_missing_mentions_cache(tmp_path, monkeypatch):
     assert "TORCH_HOME" in msg
 
 
-def test_default_path_loads_from_torch_home(
-    full_weights_file, source_features, tmp_path, monkeypatch
-):
+def test_default_path_loads_from_torch_home(full_weights_file, source_features, tmp_path, monkeypatch):
     checkpoints = tmp_path / "hub" / "checkpoints"
     checkpoints.mkdir(parents=True)
     (checkpoints / VGG19_FILENAME).symlink_to(full_weights_file)

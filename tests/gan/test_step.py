@@ -50,8 +50,9 @@ def test_order_and_isolation_of_the_step(problem, d_steps):
 
     opt_d.register_step_pre_hook(before_d_step)
     opt_d.register_step_post_hook(after_d_step)
-    opt_g.register_step_pre_hook(lambda opt, a, k: seen.update(
-        g_grad_norm=sum(p.grad.norm() for p in G.parameters() if p.grad is not None)))
+    opt_g.register_step_pre_hook(
+        lambda opt, a, k: seen.update(g_grad_norm=sum(p.grad.norm() for p in G.parameters() if p.grad is not None))
+    )
 
     out = train_step(gan, opts, responses, target, cfg)
 
@@ -76,14 +77,18 @@ def test_generator_gets_gradient_from_both_errg_and_vgg(problem):
     grads = {}
     for name, weights in {"adv": (1.0, 0.0), "vgg": (0.0, 1.0), "both": (1.0, 1.0)}.items():
         # λ_adv = 0 with D present still updates D, so all three runs see the same D: only G's loss differs.
-        cfg, gan, responses, target = build(problem, **{"loss.lambda_adv": weights[0],
-                                                        "loss.lambda_vgg": weights[1], "loss.lambda_pix": 0.0})
+        cfg, gan, responses, target = build(
+            problem, **{"loss.lambda_adv": weights[0], "loss.lambda_vgg": weights[1], "loss.lambda_pix": 0.0}
+        )
         if gan.discriminator is None:
             torch.manual_seed(0)
             gan.discriminator = build(problem)[1].discriminator
         opts = build_optimizers(cfg, gan)
-        opts.g.register_step_pre_hook(lambda opt, a, k, name=name, gan=gan: grads.__setitem__(
-            name, torch.cat([p.grad.flatten() for p in gan.generator.parameters()])))
+        opts.g.register_step_pre_hook(
+            lambda opt, a, k, name=name, gan=gan: grads.__setitem__(
+                name, torch.cat([p.grad.flatten() for p in gan.generator.parameters()])
+            )
+        )
         train_step(gan, opts, responses, target, cfg)
     assert grads["adv"].norm() > 0 and grads["vgg"].norm() > 0
     assert not torch.allclose(grads["adv"], grads["vgg"])
@@ -91,8 +96,7 @@ def test_generator_gets_gradient_from_both_errg_and_vgg(problem):
 
 
 def test_non_adversarial_rfmasked_step_ignores_the_target_outside_the_rfs(problem):
-    cfg, gan, responses, target = build(problem, **{"loss.lambda_adv": 0.0, "loss.lambda_vgg": 0.2,
-                                                    "data.mask": True})
+    cfg, gan, responses, target = build(problem, **{"loss.lambda_adv": 0.0, "loss.lambda_vgg": 0.2, "data.mask": True})
     assert gan.discriminator is None and gan.mask is not None and 0 < gan.mask.mean() < 1
     twin = copy.deepcopy(gan)
     opts = build_optimizers(cfg, gan)
@@ -107,12 +111,20 @@ def test_non_adversarial_rfmasked_step_ignores_the_target_outside_the_rfs(proble
     assert torch.equal(out.pix, out_other.pix) and torch.equal(out.vgg, out_other.vgg)
 
 
-@pytest.mark.parametrize("generator, discriminator, conditional", [
-    ("unet", "patch", False), ("unet", "patch", True), ("reference", "reference", False)])
+@pytest.mark.parametrize(
+    "generator, discriminator, conditional",
+    [("unet", "patch", False), ("unet", "patch", True), ("reference", "reference", False)],
+)
 def test_reconstruction_loss_goes_well_down_on_a_tiny_problem(problem, generator, discriminator, conditional):
-    overrides = {"model.generator": generator, "model.discriminator": discriminator,
-                 "model.conditional_d": conditional, "loss.lambda_vgg": 0.0, "loss.lambda_pix": 10.0,
-                 "loss.lambda_adv": 0.1, "optim.lr_g": 1e-3}
+    overrides = {
+        "model.generator": generator,
+        "model.discriminator": discriminator,
+        "model.conditional_d": conditional,
+        "loss.lambda_vgg": 0.0,
+        "loss.lambda_pix": 10.0,
+        "loss.lambda_adv": 0.1,
+        "optim.lr_g": 1e-3,
+    }
     if generator == "reference":
         overrides.update({"model.g_widths": [16, 16, 32], "model.g_convs_per_block": [1, 1, 1], "model.n_res": 1})
     torch.manual_seed(0)

@@ -12,8 +12,13 @@ EPOCHS = 6
 
 
 def metrics(epoch: int) -> dict[str, float]:
-    return {"epoch": epoch, "step": 5 * epoch, "train_pix": 1.0 / epoch, "val_ssim": 0.1 * epoch,
-            "samples_per_s": 100.0}
+    return {
+        "epoch": epoch,
+        "step": 5 * epoch,
+        "train_pix": 1.0 / epoch,
+        "val_ssim": 0.1 * epoch,
+        "samples_per_s": 100.0,
+    }
 
 
 def pairs(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,8 +58,7 @@ def test_each_epoch_copies_only_what_it_changed(run_dir):
         seen = now
     artifacts.close()
     assert mtimes(path)["samples/epoch_0001.png"] == first_grid
-    assert sorted(p.name for p in (path / "samples").iterdir()) == [f"epoch_{e:04d}.png" for e in
-                                                                     range(1, EPOCHS + 1)]
+    assert sorted(p.name for p in (path / "samples").iterdir()) == [f"epoch_{e:04d}.png" for e in range(1, EPOCHS + 1)]
     assert epochs(path) == list(range(1, EPOCHS + 1))
     assert (path / "curves.png").read_bytes().startswith(b"\x89PNG")
     # The copied event file is whole: it holds every epoch's scalars and grid.

@@ -32,8 +32,9 @@ def trained(tiny_dataset, seed=0, steps=3):
 
 def test_saved_and_loaded_generator_reproduces_outputs_bit_for_bit(tiny_dataset, tmp_path):
     cfg, info, rfs, gan, opts, responses = trained(tiny_dataset)
-    save_checkpoint(tmp_path / "ckpt", config=cfg, info=info, rfs=rfs, gan=gan, opts=opts, epoch=2, step=3,
-                    metrics={"ssim": 0.5})
+    save_checkpoint(
+        tmp_path / "ckpt", config=cfg, info=info, rfs=rfs, gan=gan, opts=opts, epoch=2, step=3, metrics={"ssim": 0.5}
+    )
     ckpt = load_checkpoint(tmp_path / "ckpt")
     assert (ckpt.epoch, ckpt.step, ckpt.metrics) == (2, 3, {"ssim": 0.5})
     assert ckpt.config == cfg and ckpt.rfs.equals(rfs) and ckpt.info.image_size == info.image_size
@@ -48,8 +49,9 @@ def test_saved_and_loaded_generator_reproduces_outputs_bit_for_bit(tiny_dataset,
     for a, b in zip(gan.discriminator.state_dict().values(), fresh.discriminator.state_dict().values()):
         assert torch.equal(a, b)
     assert fresh_opts.g.state_dict()["state"][0]["step"] == 3
-    torch.testing.assert_close(fresh_opts.d.state_dict()["state"][0]["exp_avg"],
-                               opts.d.state_dict()["state"][0]["exp_avg"])
+    torch.testing.assert_close(
+        fresh_opts.d.state_dict()["state"][0]["exp_avg"], opts.d.state_dict()["state"][0]["exp_avg"]
+    )
     # The frozen VGG net is not in the checkpoint.
     assert not any("vgg" in k or "features" in k for k in ckpt.nets["generator"])
     assert (tmp_path / "ckpt" / "nets.pt").stat().st_size < 10e6
@@ -78,10 +80,22 @@ def run_with_two_checkpoints(tiny_dataset, tmp_path):
     cfg, info, rfs, gan, opts, _ = trained(tiny_dataset, steps=1)
     run = tmp_path / "run"
     for name, epoch, ssim in (("checkpoint_a", 1, 0.6), ("checkpoint_b", 2, 0.5)):
-        save_checkpoint(run / name, config=cfg, info=info, rfs=rfs, gan=gan, opts=opts, epoch=epoch, step=epoch,
-                        metrics={"val_ssim": ssim})
-    (run / RAY_SNAPSHOT).write_text(json.dumps({"checkpoint_results": [
-        {"checkpoint_dir_name": "checkpoint_a"}, {"checkpoint_dir_name": "checkpoint_b"}]}))
+        save_checkpoint(
+            run / name,
+            config=cfg,
+            info=info,
+            rfs=rfs,
+            gan=gan,
+            opts=opts,
+            epoch=epoch,
+            step=epoch,
+            metrics={"val_ssim": ssim},
+        )
+    (run / RAY_SNAPSHOT).write_text(
+        json.dumps(
+            {"checkpoint_results": [{"checkpoint_dir_name": "checkpoint_a"}, {"checkpoint_dir_name": "checkpoint_b"}]}
+        )
+    )
     return run
 
 

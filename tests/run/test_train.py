@@ -17,8 +17,16 @@ from rfgan.run.artifacts import read_metrics_csv
 from rfgan.run.checkpoint import find_checkpoint, load_checkpoint
 from rfgan.run.train import fit, preflight
 
-SMALL = {"model.ngf": 8, "model.n_down": 3, "model.ndf": 8, "model.d_layers": 2, "optim.batch_size": 8,
-         "optim.lr_g": 1e-3, "run.cpus_per_worker": 1, "run.log_every": 1000}
+SMALL = {
+    "model.ngf": 8,
+    "model.n_down": 3,
+    "model.ndf": 8,
+    "model.d_layers": 2,
+    "optim.batch_size": 8,
+    "optim.lr_g": 1e-3,
+    "run.cpus_per_worker": 1,
+    "run.log_every": 1000,
+}
 
 
 def small(**overrides):
@@ -82,8 +90,11 @@ def killed_once_before_reporting(epoch: int, marker: str):
         real_report = ray.train.report
 
         def report(metrics, checkpoint=None, **kwargs):
-            if (metrics["epoch"] == epoch and ray.train.get_context().get_world_rank() == 0
-                    and not os.path.exists(marker)):
+            if (
+                metrics["epoch"] == epoch
+                and ray.train.get_context().get_world_rank() == 0
+                and not os.path.exists(marker)
+            ):
                 Path(marker).write_text("killed once")
                 os.kill(os.getpid(), signal.SIGKILL)
             real_report(metrics, checkpoint=checkpoint, **kwargs)
@@ -94,8 +105,7 @@ def killed_once_before_reporting(epoch: int, marker: str):
     return loop
 
 
-def test_a_crashed_worker_group_restarts_from_the_last_checkpoint(ray_session, tiny_dataset, tmp_path,
-                                                                   monkeypatch):
+def test_a_crashed_worker_group_restarts_from_the_last_checkpoint(ray_session, tiny_dataset, tmp_path, monkeypatch):
     run, marker = tmp_path / "crash", tmp_path / "crashed"
     monkeypatch.setattr(train, "train_loop", killed_once_before_reporting(2, str(marker)))
     cfg = small(**{"run.workers": 2, "run.epochs": 3, "run.max_failures": 1, "run.keep_checkpoints": 10})
@@ -128,8 +138,7 @@ def test_train_cli_eval_and_reconstruct(ray_session, tiny_dataset, tmp_path, cap
     # Runs and datasets given as URIs (how s3:// and gs:// ones are read): the same answer through pyarrow's
     # filesystems, and the grid written back through them.
     (run / "eval_val.png").unlink()
-    assert main(["eval", "--run", run.as_uri(), "--data", tiny_dataset.as_uri(), "--checkpoint", "last",
-                 "--json"]) == 0
+    assert main(["eval", "--run", run.as_uri(), "--data", tiny_dataset.as_uri(), "--checkpoint", "last", "--json"]) == 0
     by_uri = json.loads(capsys.readouterr().out)
     assert by_uri["checkpoint"].startswith(run.as_uri() + "/checkpoint")
     assert by_uri["psnr"] == pytest.approx(metrics["psnr"]) and (run / "eval_val.png").exists()
@@ -138,20 +147,57 @@ def test_train_cli_eval_and_reconstruct(ray_session, tiny_dataset, tmp_path, cap
     import numpy as np
 
     np.save(tmp_path / "new.npy", responses)
-    assert main(["reconstruct", "--run", run.as_uri(), "--responses", str(tmp_path / "new.npy"),
-                 "--out", str(tmp_path / "rec")]) == 0
+    assert (
+        main(
+            [
+                "reconstruct",
+                "--run",
+                run.as_uri(),
+                "--responses",
+                str(tmp_path / "new.npy"),
+                "--out",
+                str(tmp_path / "rec"),
+            ]
+        )
+        == 0
+    )
     images = np.load(tmp_path / "rec" / "reconstructions.npy")
     assert images.shape == (3, 32, 32, 3) and images.dtype == np.uint8
     assert len(list((tmp_path / "rec").glob("*.png"))) == 3
     np.save(tmp_path / "bad.npy", torch.randn(3, 5).numpy())
-    assert main(["reconstruct", "--run", str(run), "--responses", str(tmp_path / "bad.npy"),
-                 "--out", str(tmp_path / "rec2")]) == 2
+    assert (
+        main(
+            [
+                "reconstruct",
+                "--run",
+                str(run),
+                "--responses",
+                str(tmp_path / "bad.npy"),
+                "--out",
+                str(tmp_path / "rec2"),
+            ]
+        )
+        == 2
+    )
     assert "needs (N, 12)" in capsys.readouterr().err
 
 
 def test_dry_run_prints_config_and_parameter_counts(tiny_dataset, capsys):
-    assert main(["train", "--data", str(tiny_dataset), "--preset", "reference", "--set",
-                 "model.g_widths=[8,8,8,8,8]", "--dry-run"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(tiny_dataset),
+                "--preset",
+                "reference",
+                "--set",
+                "model.g_widths=[8,8,8,8,8]",
+                "--dry-run",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert '"generator": "reference"' in out and "generator:" in out and "discriminator: 221,400" in out
     with pytest.raises(SystemExit):
@@ -159,8 +205,17 @@ def test_dry_run_prints_config_and_parameter_counts(tiny_dataset, capsys):
 
 
 def test_a_diverging_run_stops_with_a_clear_reason(ray_session, tiny_dataset, tmp_path):
-    cfg = small(**{"run.workers": 1, "run.epochs": 2, "run.max_failures": 0, "loss.adversarial": "lsgan",
-                   "loss.lambda_adv": 1.0, "optim.lr_d": 1e12, "optim.lr_g": 1e12})
+    cfg = small(
+        **{
+            "run.workers": 1,
+            "run.epochs": 2,
+            "run.max_failures": 0,
+            "loss.adversarial": "lsgan",
+            "loss.lambda_adv": 1.0,
+            "optim.lr_d": 1e12,
+            "optim.lr_g": 1e12,
+        }
+    )
     result = fit(cfg, str(tiny_dataset), str(tmp_path / "nan"), torch_threads=1)
     assert result.error is not None
     assert "training diverged in epoch 1" in str(result.error) and "NaN/inf" in str(result.error)

@@ -18,12 +18,21 @@ from rfgan.sweep.space import (
     validate_space,
 )
 
-SMALL = {"model.ngf": 8, "model.n_down": 3, "model.ndf": 8, "model.d_layers": 2, "optim.batch_size": 8,
-         "run.log_every": 1000}
-SPACE = {"loss.lambda_adv": {"low": 0.001, "high": 1.0, "allow_zero": True},
-         "loss.lambda_pix": {"low": 1.0, "high": 30.0},
-         "optim.lr_g": {"low": 1e-4, "high": 3e-3}, "optim.lr_d": {"low": 1e-5, "high": 1e-3},
-         "optim.beta1": {"low": 0.0, "high": 0.9, "log": False}}
+SMALL = {
+    "model.ngf": 8,
+    "model.n_down": 3,
+    "model.ndf": 8,
+    "model.d_layers": 2,
+    "optim.batch_size": 8,
+    "run.log_every": 1000,
+}
+SPACE = {
+    "loss.lambda_adv": {"low": 0.001, "high": 1.0, "allow_zero": True},
+    "loss.lambda_pix": {"low": 1.0, "high": 30.0},
+    "optim.lr_g": {"low": 1e-4, "high": 3e-3},
+    "optim.lr_d": {"low": 1e-5, "high": 1e-3},
+    "optim.beta1": {"low": 0.0, "high": 0.9, "log": False},
+}
 
 
 def test_default_space_fits_every_preset_and_starts_at_its_defaults():
@@ -68,8 +77,26 @@ def test_space_from_a_file_and_its_errors(tmp_path):
 
 def sweep_args(data, out, space_file, trials, **settings):
     sets = [a for k, v in {**SMALL, **settings}.items() for a in ("--set", f"{k}={v}")]
-    return ["tune", "--data", str(data), "--preset", "tiny", *sets, "--space", str(space_file), "--out", str(out),
-            "--trials", str(trials), "--epochs", "2", "--workers-per-trial", "1", "--max-concurrent", "2"]
+    return [
+        "tune",
+        "--data",
+        str(data),
+        "--preset",
+        "tiny",
+        *sets,
+        "--space",
+        str(space_file),
+        "--out",
+        str(out),
+        "--trials",
+        str(trials),
+        "--epochs",
+        "2",
+        "--workers-per-trial",
+        "1",
+        "--max-concurrent",
+        "2",
+    ]
 
 
 @pytest.fixture
@@ -108,7 +135,8 @@ def interrupt_after_two_trials(monkeypatch, tmp_path):
 
 
 def test_sweep_of_four_trials_with_one_crash_writes_results_and_a_trainable_best_config(
-        ray_session, tiny_dataset, tmp_path, trial_fault, capsys):
+    ray_session, tiny_dataset, tmp_path, trial_fault, capsys
+):
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
     out = tmp_path / "sweep"
     # Run settings of the user's own, which trials replace with the sweep's (no retries, one checkpoint kept) but
@@ -140,13 +168,28 @@ def test_sweep_of_four_trials_with_one_crash_writes_results_and_a_trainable_best
             trained = json.loads((checkpoints[0] / "config.json").read_text())["run"]
             assert trained["keep_checkpoints"] == 1 and trained["max_failures"] == 0
     # `rfgan train --config` accepts the best config as it is.
-    assert main(["train", "--config", str(out / "best_config.json"), "--data", str(tiny_dataset), "--epochs", "1",
-                 "--out", str(tmp_path / "best-run")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(out / "best_config.json"),
+                "--data",
+                str(tiny_dataset),
+                "--epochs",
+                "1",
+                "--out",
+                str(tmp_path / "best-run"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "best-run" / "metrics.csv").exists()
 
 
-def test_an_interrupted_sweep_resumes_without_repeating_finished_trials(ray_session, tiny_dataset, tmp_path,
-                                                                         interrupt_after_two_trials):
+def test_an_interrupted_sweep_resumes_without_repeating_finished_trials(
+    ray_session, tiny_dataset, tmp_path, interrupt_after_two_trials
+):
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
     out = tmp_path / "sweep"
     assert main(sweep_args(tiny_dataset, out, tmp_path / "space.yaml", 4)) == 0
@@ -196,14 +239,19 @@ class _Stop(Exception):
     pass
 
 
-@pytest.mark.parametrize("flags, run", [
-    ([], {"epochs": 10}),
-    (["--epochs", "3", "--workers-per-trial", "2", "--cpus-per-worker", "0.5", "--gpus-per-worker", "0.25"],
-     {"epochs": 3, "workers": 2, "cpus_per_worker": 0.5, "use_gpu": True, "gpus_per_worker": 0.25}),
-    (["--set", "run.use_gpu=true"], {"epochs": 10, "use_gpu": True}),
-    (["--set", "run.use_gpu=true", "--gpus-per-worker", "0"], {"epochs": 10, "use_gpu": False}),
-    (["--set", "run.workers=3", "--set", "run.max_failures=2"], {"epochs": 10, "workers": 3, "max_failures": 2}),
-])
+@pytest.mark.parametrize(
+    "flags, run",
+    [
+        ([], {"epochs": 10}),
+        (
+            ["--epochs", "3", "--workers-per-trial", "2", "--cpus-per-worker", "0.5", "--gpus-per-worker", "0.25"],
+            {"epochs": 3, "workers": 2, "cpus_per_worker": 0.5, "use_gpu": True, "gpus_per_worker": 0.25},
+        ),
+        (["--set", "run.use_gpu=true"], {"epochs": 10, "use_gpu": True}),
+        (["--set", "run.use_gpu=true", "--gpus-per-worker", "0"], {"epochs": 10, "use_gpu": False}),
+        (["--set", "run.workers=3", "--set", "run.max_failures=2"], {"epochs": 10, "workers": 3, "max_failures": 2}),
+    ],
+)
 def test_tune_flags_are_run_settings_of_the_base_config(tiny_dataset, tmp_path, monkeypatch, flags, run):
     from rfgan import cli
     from rfgan.sweep import runner
@@ -217,7 +265,21 @@ def test_tune_flags_are_run_settings_of_the_base_config(tiny_dataset, tmp_path, 
     monkeypatch.setattr(runner, "run_sweep", run_sweep)
     monkeypatch.setattr(cli, "_init_ray", lambda *args: None)
     with pytest.raises(_Stop):
-        main(["tune", "--data", str(tiny_dataset), "--preset", "tiny", "--out", str(tmp_path), "--trials", "3",
-              "--seed", "5", *flags])
+        main(
+            [
+                "tune",
+                "--data",
+                str(tiny_dataset),
+                "--preset",
+                "tiny",
+                "--out",
+                str(tmp_path),
+                "--trials",
+                "3",
+                "--seed",
+                "5",
+                *flags,
+            ]
+        )
     assert seen["base"] == preset("tiny").with_overrides({"data.path": str(tiny_dataset), "run": run})
     assert seen["spec"] == runner.SweepSpec(data=str(tiny_dataset), out=str(tmp_path), trials=3, seed=5)
