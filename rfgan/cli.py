@@ -411,10 +411,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     local = not (args.address or os.environ.get("RAY_ADDRESS"))
     threads = max(1, (os.cpu_count() or 1) // cfg.run.workers) if local else None
     start = time.perf_counter()
-    result = fit(cfg, data, out, dataset=(info, rfs), torch_threads=threads)
+    # Whatever stops the run (Ctrl-C, a crash beyond run.max_failures), its checkpoints stay: say how to go on.
+    go_on = f"`rfgan train --out {out} --resume` continues the run from its last checkpoint"
+    try:
+        result = fit(cfg, data, out, dataset=(info, rfs), torch_threads=threads)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(go_on) from None
     wall = time.perf_counter() - start
     if result.error is not None:
-        print(f"rfgan train: training failed after {wall:.0f} s: {result.error}", file=sys.stderr)
+        reason = user_error(result.error) or result.error  # rfgan's own reason, if Ray wrapped one
+        print(
+            f"rfgan train: training failed after {wall:.0f} s: {str(reason).strip().splitlines()[0]}; {go_on}",
+            file=sys.stderr,
+        )
         return 1
     metrics = result.metrics
     summary = ", ".join(

@@ -204,7 +204,7 @@ def test_dry_run_prints_config_and_parameter_counts(tiny_dataset, capsys):
         main(["train", "--preset", "nope", "--bogus"])
 
 
-def test_a_diverging_run_stops_with_a_clear_reason(ray_session, tiny_dataset, tmp_path):
+def test_a_diverging_run_stops_with_a_clear_reason(ray_session, tiny_dataset, tmp_path, capsys):
     cfg = small(
         **{
             "run.workers": 1,
@@ -220,6 +220,24 @@ def test_a_diverging_run_stops_with_a_clear_reason(ray_session, tiny_dataset, tm
     assert result.error is not None
     assert "training diverged in epoch 1" in str(result.error) and "NaN/inf" in str(result.error)
     assert not (tmp_path / "nan" / "metrics.csv").exists()  # nothing was reported from the diverged epoch
+    # Through the command: exit 1, rfgan's reason on one line, and how to go on from the last checkpoint.
+    sets = [
+        a
+        for k, v in {
+            **SMALL,
+            "loss.adversarial": "lsgan",
+            "optim.lr_d": 1e12,
+            "optim.lr_g": 1e12,
+            "run.max_failures": 0,
+        }.items()
+        for a in ("--set", f"{k}={v}")
+    ]
+    run = tmp_path / "nan-cli"
+    assert (
+        main(["train", "--data", str(tiny_dataset), "--preset", "tiny", *sets, "--epochs", "1", "--out", str(run)]) == 1
+    )
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "training diverged in epoch 1" in err and f"rfgan train --out {run} --resume" in err
 
 
 def test_preflight_refuses_a_batch_no_worker_can_fill_before_ray_starts(tiny_dataset):
