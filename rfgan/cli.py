@@ -137,8 +137,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from rfgan.data.format import write_dataset
-    from rfgan.data.synth import SynthSpec, source_of, synth_splits
+    from rfgan.data.synth import SynthSpec, write_synth
 
     # Every SynthSpec field has a flag of the same name (the parser's defaults come from SynthSpec()).
     spec = SynthSpec(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SynthSpec)})
@@ -147,20 +146,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from e
     start = time.perf_counter()
-    rfs, splits = synth_splits(spec)
     total = (spec.n_train + spec.n_val + spec.n_test) * spec.repeats
     with _progress(total, "synth", args.quiet) as update, _nothing_written_if_interrupted():
-        info = write_dataset(
-            args.out,
-            rfs=rfs,
-            fov_deg=spec.fov_deg,
-            image_size=(spec.size, spec.size),
-            channels=spec.channels,
-            splits=splits,
-            source=source_of(spec),
-            overwrite=args.overwrite,
-            on_rows=update,
-        )
+        info = write_synth(args.out, spec, overwrite=args.overwrite, on_rows=update)
     print(
         f"wrote {args.out}: {info.splits} rows, {info.n_electrodes} electrodes, "
         f"{info.image_size[0]}x{info.image_size[1]}x{info.channels} images, "

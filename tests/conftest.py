@@ -5,24 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rfgan.data.format import write_dataset
-from rfgan.data.synth import SynthSpec, source_of, synth_splits
+from rfgan.data.synth import SynthSpec, write_synth
 
 TINY = SynthSpec(n_train=40, n_val=12, electrodes=12, size=32, n_arrays=3, shard_rows=16, seed=3)
 
 
 def make_synth(out, spec: SynthSpec = TINY, **kwargs):
-    rfs, splits = synth_splits(spec)
-    return write_dataset(
-        out,
-        rfs=rfs,
-        fov_deg=spec.fov_deg,
-        image_size=(spec.size, spec.size),
-        channels=spec.channels,
-        splits=splits,
-        source=source_of(spec),
-        **kwargs,
-    )
+    return write_synth(out, spec, **kwargs)
 
 
 # Fixtures that start Ray: a test using one is in the slow lane (marker `ray`); the rest is pure PyTorch/NumPy.

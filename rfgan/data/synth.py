@@ -15,7 +15,7 @@ import numpy as np
 from skimage import data as skdata
 from skimage import draw, transform
 
-from rfgan.data.format import Samples
+from rfgan.data.format import DatasetInfo, Samples, write_dataset
 from rfgan.data.rf import RFTable, rf_maps
 
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
@@ -355,3 +355,19 @@ def synth_splits(spec: SynthSpec) -> tuple[RFTable, dict[str, Iterator[Samples]]
 
 def source_of(spec: SynthSpec) -> dict:
     return {"kind": "synth", **asdict(spec)}
+
+
+def write_synth(out, spec: SynthSpec, **kwargs) -> DatasetInfo:
+    """Simulate the recording of `spec` and write it as a dataset at `out` (kwargs: write_dataset's overwrite,
+    on_rows)."""
+    rfs, splits = synth_splits(spec)
+    return write_dataset(
+        out,
+        rfs=rfs,
+        fov_deg=spec.fov_deg,
+        image_size=(spec.size, spec.size),
+        channels=spec.channels,
+        splits=splits,
+        source=source_of(spec),
+        **kwargs,
+    )
