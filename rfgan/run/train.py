@@ -361,6 +361,10 @@ def fit(
     )
     try:
         result = trainer.fit()
+    except SystemExit:
+        # Ray Train takes Ctrl-C itself (in the main thread): it aborts the run gracefully, then ends the driver
+        # with SystemExit from inside fit(). Give callers the interrupt it was, so they can say what was kept.
+        raise KeyboardInterrupt from None
     except ray.train.TrainingFailedError as e:  # workers failed more often than run.max_failures allows
         return TrainResult(run_dir=loop_config["run_dir"], metrics={}, best_checkpoint=None, error=e)
     best = None

@@ -14,7 +14,7 @@ from rfgan.config import preset
 from rfgan.errors import ConfigError
 from rfgan.run import train
 from rfgan.run.artifacts import read_metrics_csv
-from rfgan.run.checkpoint import find_checkpoint, load_checkpoint
+from rfgan.run.checkpoint import existing_checkpoints, find_checkpoint, load_checkpoint
 from rfgan.run.train import fit, preflight
 
 SMALL = {
@@ -277,3 +277,34 @@ def test_resume_after_the_newest_checkpoint_was_deleted_or_cut_short(ray_session
 
 def replace_epochs(cfg, epochs):
     return cfg.with_overrides({"run.epochs": epochs})
+
+
+@pytest.mark.ray
+def test_ctrl_c_on_train_exits_130_and_says_how_to_resume(tiny_dataset, tmp_path):
+    """A real SIGINT to a real `rfgan train` process (its own local Ray), once an epoch has been reported."""
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "interrupted"
+    sets = [a for k, v in SMALL.items() for a in ("--set", f"{k}={v}")]
+    argv = [sys.executable, "-m", "rfgan", "train", "--data", str(tiny_dataset), "--preset", "tiny", *sets]
+    proc = subprocess.Popen(
+        [*argv, "--epochs", "1000", "--out", str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not (run / "metrics.csv").exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no epoch was reported within 300 s"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("rfgan train: interrupted;") and f"rfgan train --out {run} --resume" in last, err
+    assert "Traceback" not in err, err
+    assert existing_checkpoints(str(run))  # what `--resume` continues from is there
