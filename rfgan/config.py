@@ -157,12 +157,28 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class PerfConfig:
+    """How fast, never what: each switch leaves the maths as it is (fp32 on the same batch gives the same outputs,
+    losses and gradients to rounding; tests/gan/test_fast_path.py), so `rfgan bench` can show what each buys."""
+
+    compact_input: bool = True  # the generator's first layer reads (B, E) responses, never the B×E×H×W stack
+    channels_last: bool = False  # NHWC nets and images: faster convs with bf16 on recent GPUs
+    cudnn_benchmark: bool = True  # on CUDA: let cuDNN pick the fastest kernels for the (fixed) shapes
+    fused_adam: bool = True  # on CUDA: Adam's fused multi-tensor kernel
+    prefetch_batches: int = 2  # batches Ray Data prepares ahead of the step, per worker
+
+    def __post_init__(self) -> None:
+        _require(self.prefetch_batches >= 0, "perf.prefetch_batches must be >= 0")
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
     preset: str = "default"  # the preset this config started from (provenance only)
 
     @property

@@ -13,9 +13,11 @@ import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from rfgan.errors import DataError
@@ -202,6 +204,42 @@ def rf_mask(rfs: RFTable, image_size: tuple[int, int], fov_deg: float, radius_si
     return inside.any(axis=0).astype(np.float32)
 
 
+class RFInput(NamedTuple):
+    """The generator input (B, C, H, W) in compact form: channel c = Σ_{e: channel[e] = c} responses_e × maps_e, then
+    the noise channel if any. The first convolution takes it as it is (rfgan.gan.models.rf_conv2d), so the dense
+    stack, B·E·H·W floats (2.4 GB at 1,024 electrodes, 96×96, batch 64), is never built; `dense()` builds it."""
+
+    responses: torch.Tensor  # (B, E), standardised
+    maps: torch.Tensor  # (E, H, W), fixed
+    channel: torch.Tensor  # (E,) int64: the input channel of each electrode (itself, or its area)
+    n_signal: int  # C without the noise channel
+    noise: torch.Tensor | None  # (B, 1, H, W) or None
+    unfolded: dict  # the projection's cache of unfolded maps, by conv geometry and device (see `unfold`)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((self.responses.shape[0], self.n_signal + (self.noise is not None), *self.maps.shape[1:]))
+
+    def dense(self) -> torch.Tensor:
+        """(B, C, H, W), as RFProjection.forward builds it."""
+        onehot = F.one_hot(self.channel, self.n_signal).to(self.maps.dtype)  # (E, C)
+        x = torch.einsum("be,ec,ehw->bchw", self.responses, onehot, self.maps)
+        return x if self.noise is None else torch.cat([x, self.noise], dim=1)
+
+    def signal_mean(self) -> torch.Tensor:
+        """(B, 1, H, W): the mean over the response channels (what a conditional D sees), without the stack."""
+        h, w = self.maps.shape[1:]
+        return (self.responses @ self.maps.reshape(len(self.maps), h * w)).view(-1, 1, h, w) / self.n_signal
+
+    def unfold(self, kernel: int, stride: int, padding: int) -> torch.Tensor:
+        """(E, k·k, L) patches of the maps under a conv's geometry (L output pixels). The maps never change, so
+        they are unfolded once per geometry and device and kept."""
+        key = (kernel, stride, padding, self.maps.device, self.maps.dtype)
+        if key not in self.unfolded:
+            self.unfolded[key] = F.unfold(self.maps[:, None], kernel, padding=padding, stride=stride)
+        return self.unfolded[key]
+
+
 class RFProjection(nn.Module):
     """Responses (B, E) → generator input (B, C, H, W), on whatever device the responses are.
 
@@ -235,6 +273,9 @@ class RFProjection(nn.Module):
             self.area_names = list(dict.fromkeys(areas))
             onehot = torch.tensor([[a == name for a in areas] for name in self.area_names], dtype=torch.float32)
             self.register_buffer("groups", onehot, persistent=False)  # (A, E)
+        channel = self.groups.argmax(dim=0) if sum_per_area else torch.arange(n_electrodes)
+        self.register_buffer("channel", channel, persistent=False)  # (E,) input channel of each electrode
+        self._unfolded: dict = {}
         if (mean is None) != (std is None):
             raise ValueError("give both mean and std to standardise responses, or neither")
         if mean is not None:
@@ -262,19 +303,30 @@ class RFProjection(nn.Module):
         base = len(self.area_names) if self.sum_per_area else self.n_electrodes
         return base + int(self.with_noise)
 
-    def forward(self, responses: torch.Tensor) -> torch.Tensor:
+    def _standardized(self, responses: torch.Tensor) -> torch.Tensor:
         if responses.ndim != 2 or responses.shape[1] != self.n_electrodes:
             raise ValueError(
                 f"responses must be (B, {self.n_electrodes}) to match the RF table, got {tuple(responses.shape)}"
             )
         r = responses.to(self.maps.dtype)
-        if self.mean is not None:
-            r = (r - self.mean) / self.std
+        return r if self.mean is None else (r - self.mean) / self.std
+
+    def _noise(self, r: torch.Tensor) -> torch.Tensor | None:
+        if not self.with_noise:
+            return None
+        return torch.randn(r.shape[0], 1, *self.maps.shape[1:], device=r.device, dtype=r.dtype)
+
+    def compact(self, responses: torch.Tensor) -> RFInput:
+        """(B, E) responses → the generator input in compact form (same values as `forward`, same noise draw)."""
+        r = self._standardized(responses)
+        n_signal = len(self.area_names) if self.sum_per_area else self.n_electrodes
+        return RFInput(r, self.maps, self.channel, n_signal, self._noise(r), self._unfolded)
+
+    def forward(self, responses: torch.Tensor) -> torch.Tensor:
+        r = self._standardized(responses)
         if self.sum_per_area:
             x = torch.einsum("be,ae,ehw->bahw", r, self.groups, self.maps)  # (B, A, H, W)
         else:
             x = r[:, :, None, None] * self.maps  # (B, E, H, W)
-        if self.with_noise:
-            noise = torch.randn(x.shape[0], 1, *x.shape[2:], device=x.device, dtype=x.dtype)
-            x = torch.cat([x, noise], dim=1)
-        return x
+        noise = self._noise(r)
+        return x if noise is None else torch.cat([x, noise], dim=1)

@@ -11,7 +11,7 @@ from torch import nn
 
 from rfgan.config import Config, ConfigError
 from rfgan.data.format import DatasetInfo
-from rfgan.data.rf import RFProjection, RFTable, rf_mask
+from rfgan.data.rf import RFInput, RFProjection, RFTable, rf_mask
 from rfgan.gan.models import PatchDiscriminator, ReferenceDiscriminator, ReferenceGenerator, UNetGenerator, init_weights
 from rfgan.gan.vgg import VGGFeatures
 
@@ -27,20 +27,23 @@ class GAN:
     vgg: VGGFeatures | None  # frozen; never checkpointed; None when no VGG loss is asked for
     mask: torch.Tensor | None  # (1, 1, H, W) RF mask for RFmasked, else None
     conditional_d: bool = False  # D also sees the mean RF input (cGAN)
+    compact: bool = True  # inputs() gives the compact form (perf.compact_input), which G's first layer reads as is
 
-    def inputs(self, responses: torch.Tensor) -> torch.Tensor:
-        """(B, E) responses → (B, C_in, H, W) generator input."""
-        return self.projection(responses)
+    def inputs(self, responses: torch.Tensor) -> torch.Tensor | RFInput:
+        """(B, E) responses → the (B, C_in, H, W) generator input: compact (never built) or dense."""
+        return self.projection.compact(responses) if self.compact else self.projection(responses)
 
     def reconstruct(self, responses: torch.Tensor) -> torch.Tensor:
         """(B, E) responses → (B, C, H, W) images in [0, 1]."""
         return self.generator(self.inputs(responses))
 
-    def condition(self, x: torch.Tensor) -> torch.Tensor | None:
+    def condition(self, x: torch.Tensor | RFInput) -> torch.Tensor | None:
         """What a conditional D sees of the input x besides the image: the mean over the response channels,
         (B, 1, H, W), leaving out the noise channel; None for an unconditional D."""
         if not self.conditional_d:
             return None
+        if isinstance(x, RFInput):
+            return x.signal_mean()
         n_signal = self.projection.out_channels - int(self.projection.with_noise)
         return x[:, :n_signal].mean(dim=1, keepdim=True)
 
@@ -50,11 +53,15 @@ class GAN:
                 net.train(mode)
         return self
 
-    def to(self, device: torch.device | str) -> GAN:
+    def to(self, device: torch.device | str, channels_last: bool = False) -> GAN:
+        """Move to `device`; `channels_last` also stores the nets' weights NHWC (perf.channels_last)."""
         for name in ("projection", "generator", "discriminator", "vgg"):
             module = getattr(self, name)
             if module is not None:
-                setattr(self, name, module.to(device))
+                module = module.to(device)
+                if channels_last and name != "projection":
+                    module = module.to(memory_format=torch.channels_last)
+                setattr(self, name, module)
         if self.mask is not None:
             self.mask = self.mask.to(device)
         return self
@@ -128,14 +135,28 @@ def build_gan(cfg: Config, info: DatasetInfo, rfs: RFTable, with_vgg: bool = Tru
     mask = None
     if d.mask:
         mask = torch.from_numpy(rf_mask(rfs, info.image_size, info.fov_deg, d.mask_radius_sigmas))[None, None]
-    return GAN(projection, generator, discriminator, vgg, mask, conditional_d=m.conditional_d)
+    return GAN(
+        projection, generator, discriminator, vgg, mask, conditional_d=m.conditional_d, compact=cfg.perf.compact_input
+    )
+
+
+def on_device(gan: GAN, cfg: Config, device: torch.device | str) -> GAN:
+    """Move the GAN to `device` with the config's device settings (channels_last; cuDNN autotuning on CUDA)."""
+    if torch.device(device).type == "cuda":
+        torch.backends.cudnn.benchmark = cfg.perf.cudnn_benchmark
+    return gan.to(device, channels_last=cfg.perf.channels_last)
 
 
 def build_optimizers(cfg: Config, gan: GAN) -> Optimizers:
     """Adam for each net. Build them after any DDP wrapping, so they hold the wrapped parameters."""
     o = cfg.optim
-    opt_g = torch.optim.Adam(gan.generator.parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2))
-    opt_d = None
-    if gan.discriminator is not None:
-        opt_d = torch.optim.Adam(gan.discriminator.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2))
-    return Optimizers(opt_g, opt_d)
+
+    def adam(net: nn.Module, lr: float) -> torch.optim.Optimizer:
+        params = list(net.parameters())
+        # The fused kernel needs the parameters on the GPU; the update is Adam's either way.
+        fused = cfg.perf.fused_adam and all(p.is_cuda for p in params) or None
+        return torch.optim.Adam(params, lr=lr, betas=(o.beta1, o.beta2), fused=fused)
+
+    return Optimizers(
+        adam(gan.generator, o.lr_g), None if gan.discriminator is None else adam(gan.discriminator, o.lr_d)
+    )

@@ -27,7 +27,7 @@ from rfgan.data.format import DatasetInfo, open_split, read_info, read_rfs, to_t
 from rfgan.data.rf import RFTable
 from rfgan.errors import ConfigError, TrainingDiverged
 from rfgan.evaluate.metrics import MetricAccumulator, eval_mode
-from rfgan.gan.build import GAN, build_gan, build_optimizers, check_compatible
+from rfgan.gan.build import GAN, build_gan, build_optimizers, check_compatible, on_device
 from rfgan.gan.step import StepLosses, train_step
 from rfgan.gan.vgg import load_vgg19_state_dict
 from rfgan.run.artifacts import RunArtifacts
@@ -104,7 +104,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 
     # The same seed on every rank: identical initial weights (DDP broadcasts rank 0's anyway) and a known start.
     torch.manual_seed(cfg.run.seed)
-    gan = build_gan(cfg, info, rfs).to(device)
+    gan = on_device(build_gan(cfg, info, rfs), cfg, device)
     # G and D wrapped separately (never one parent module); D sees real and fake before one backward, so DDP must
     # not re-broadcast its buffers between those forwards (rank 0's are broadcast once per epoch instead).
     ddp_kwargs = {"broadcast_buffers": False}
@@ -150,6 +150,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             drop_last=True,
             local_shuffle_buffer_size=4 * per_worker,
             local_shuffle_seed=epoch_seed(cfg.run.seed, epoch, rank),
+            prefetch_batches=cfg.perf.prefetch_batches,
         )
         for batch in batches:
             responses, target = to_tensors(batch, device)

@@ -18,7 +18,7 @@ from rfgan.run.checkpoint import SCORE
 from rfgan.run.train import fit, run_paths
 from rfgan.sweep.space import DefineByRun, Range, overrides_from_trial, start_point, validate_space
 
-PARAM_SECTIONS = ("data", "model", "loss", "optim", "run")
+PARAM_SECTIONS = ("data", "model", "loss", "optim", "run", "perf")
 # Settings of the sweep, not of the config it finds, so they are applied to trials only: a diverged or crashed trial
 # is an answer and is not retried (the sweep goes on without it), and a trial needs only its best checkpoint.
 TRIAL_ONLY: dict[str, Any] = {"run.max_failures": 0, "run.keep_checkpoints": 1}

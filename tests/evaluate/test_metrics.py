@@ -280,7 +280,8 @@ def _setup(seed: int = 0):
 
 
 def _gan(generator, projection):
-    return GAN(projection=projection, generator=generator, discriminator=None, vgg=None, mask=None)
+    # Dense input: some tests stand a recording function in for the projection.
+    return GAN(projection=projection, generator=generator, discriminator=None, vgg=None, mask=None, compact=False)
 
 
 def test_the_bn_check_below_can_fail():

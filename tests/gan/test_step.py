@@ -6,18 +6,8 @@ import pytest
 import torch
 
 from rfgan.config import preset
-from rfgan.data.format import read_info, read_rfs, read_split, to_tensors
 from rfgan.gan.build import build_gan, build_optimizers
 from rfgan.gan.step import train_step
-
-
-@pytest.fixture(scope="module")
-def problem(tiny_dataset):
-    """16 fixed samples of the tiny synthetic dataset (12 electrodes, 32×32 RGB)."""
-    info, rfs = read_info(tiny_dataset), read_rfs(tiny_dataset)
-    batch = read_split(tiny_dataset, "train")
-    responses, images = to_tensors({k: batch[k][:16] for k in ("responses", "image")})
-    return info, rfs, responses, images
 
 
 def build(problem, **overrides):

@@ -1,0 +1,92 @@
+"""The compact first layer changes speed, never the maths: on a fixed batch in fp32, the fast path (perf.compact_input)
+and the plain path (the dense B×E×H×W stack) give the same generator outputs, step losses and weight gradients,
+for both generators, with and without the noise channel, per electrode and per area, conditional D too."""
+
+import warnings
+
+import pytest
+import torch
+
+from rfgan.config import preset
+from rfgan.data.rf import RFInput, RFProjection
+from rfgan.gan.build import build_gan, build_optimizers
+from rfgan.gan.models import rf_conv2d
+from rfgan.gan.step import train_step
+
+SMALL_REFERENCE = {"model.g_widths": [8, 16, 16], "model.g_convs_per_block": [2, 1, 1], "model.n_res": 1}
+CASES = {
+    "unet": {},
+    "unet-noise": {"data.with_noise": True},
+    "unet-areas-conditional": {"data.sum_per_area": True, "model.conditional_d": True},
+    "reference": {**SMALL_REFERENCE, "model.generator": "reference", "model.discriminator": "reference"},
+    "reference-noise": {**SMALL_REFERENCE, "model.generator": "reference", "data.with_noise": True},
+    "reference-areas-noise": {**SMALL_REFERENCE, "model.generator": "reference", "data.sum_per_area": True,
+                              "data.with_noise": True},
+}  # fmt: skip
+
+
+def build(problem, compact: bool, overrides: dict):
+    info, rfs, _, _ = problem
+    cfg = preset("tiny").with_overrides(
+        {"model.ngf": 8, "model.n_down": 3, "model.ndf": 8, "loss.lambda_vgg": 1.0, "perf.compact_input": compact,
+         **overrides}
+    )  # fmt: skip
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "VGGFeatures.random_init")
+        gan = build_gan(cfg, info, rfs)
+    return cfg, gan
+
+
+def assert_close(a: torch.Tensor, b: torch.Tensor, what: str, rtol: float = 1e-4) -> None:
+    """Equal up to fp32 rounding of differently ordered sums, relative to the tensor's scale."""
+    scale = max(a.abs().max().item(), 1e-12)
+    assert (a - b).abs().max().item() <= rtol * scale, f"{what}: max |diff| {(a - b).abs().max().item():.3g}"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_fast_and_plain_path_give_the_same_outputs_losses_and_gradients(problem, case):
+    _, _, responses, target = problem
+    (cfg, fast), (_, plain) = build(problem, True, CASES[case]), build(problem, False, CASES[case])
+    x = fast.inputs(responses)
+    assert isinstance(x, RFInput) and isinstance(plain.inputs(responses), torch.Tensor)
+    # The generator alone, in both modes (the same dropout draws from the same seed).
+    for training in (False, True):
+        fast.train(training), plain.train(training)
+        torch.manual_seed(1)
+        out_fast = fast.reconstruct(responses)
+        torch.manual_seed(1)
+        out_plain = plain.reconstruct(responses)
+        assert_close(out_plain, out_fast, f"generator output (train={training})", rtol=1e-5)
+    # One whole training step: losses, then every weight gradient G and D got.
+    fast.train(), plain.train()
+    losses = {}
+    for name, gan in (("fast", fast), ("plain", plain)):
+        torch.manual_seed(2)
+        losses[name] = train_step(gan, build_optimizers(cfg, gan), responses, target, cfg)
+    for field, a, b in zip(losses["plain"]._fields, losses["plain"], losses["fast"]):
+        assert_close(a, b, f"loss {field}", rtol=1e-5)
+    assert losses["plain"].g_total > 0 and (not cfg.adversarial or losses["plain"].errD > 0)
+    # Gradients are compared more loosely: BatchNorm over 16 samples amplifies rounding, so that here a 1e-6 relative
+    # change of the responses alone moves the plain path's own first-layer gradient by up to 3e-3 (relative).
+    for net in ("generator", "discriminator"):
+        pairs = zip(getattr(plain, net).named_parameters(), getattr(fast, net).parameters())
+        for (name, p_plain), p_fast in pairs:
+            assert p_plain.grad is not None and p_plain.grad.abs().sum() > 0, f"{net}.{name} got no gradient"
+            assert_close(p_plain.grad, p_fast.grad, f"gradient of {net}.{name}", rtol=2e-3)
+
+
+@pytest.mark.parametrize(("kernel", "stride", "padding", "bias"), [(4, 2, 1, True), (3, 1, 1, False), (5, 3, 0, True)])
+def test_rf_conv2d_is_the_conv_of_the_dense_input(problem, kernel, stride, padding, bias):
+    """The identity itself, beyond the two generators' geometries, with noise and per-area channels."""
+    _, rfs, responses, _ = problem
+    projection = RFProjection.from_table(rfs, (32, 32), 8.0, sum_per_area=True, with_noise=True)
+    conv = torch.nn.Conv2d(projection.out_channels, 6, kernel, stride=stride, padding=padding, bias=bias)
+    torch.manual_seed(3)
+    compact = projection.compact(responses)
+    torch.manual_seed(3)
+    dense = projection(responses)
+    assert compact.shape == dense.shape
+    assert_close(dense, compact.dense(), "RFInput.dense()", rtol=1e-6)
+    assert_close(conv(dense), rf_conv2d(conv, compact), "rf_conv2d", rtol=1e-5)
+    assert_close(dense[:, :-1].mean(dim=1, keepdim=True), compact.signal_mean(), "signal_mean", rtol=1e-5)
