@@ -158,6 +158,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _add_ingest(sub: argparse._SubParsersAction) -> None:
+    from rfgan.data.arrays import ELECTRODE_AXES
+
     p = sub.add_parser(
         "ingest",
         help="build a dataset from a lab's own arrays",
@@ -168,13 +170,21 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--responses",
         required=True,
-        help=".npy of shape (N, E): one row per stimulus presentation, "
-        "one column per electrode, in the order of the RF table's rows",
+        help="FILE.npy, FILE.npz:KEY, FILE.h5:/GROUP/KEY or FILE.mat:KEY (MATLAB v7.3 or v5): N stimulus "
+        "presentations x E electrodes, either way round (the axis as long as the RF table is the electrodes; "
+        "MATLAB arrays in MATLAB's order), electrodes in the order of the RF table's rows; read a shard at a time",
+    )
+    p.add_argument(
+        "--electrode-axis",
+        choices=ELECTRODE_AXES,
+        default="auto",
+        help="which axis of --responses holds the electrodes (first/last as the file's own tools show it); "
+        "needed only when both axes are as long as the RF table",
     )
     p.add_argument(
         "--images",
         required=True,
-        help=".npy of shape (N, H, W) or (N, H, W, 3), uint8 or float in "
+        help="FILE.npy or FILE.h5:/KEY of shape (N, H, W) or (N, H, W, 3), uint8 or float in "
         "[0, 1]; or a folder of image files (one per row, sorted by name, unless --image-index is given)",
     )
     p.add_argument(
@@ -226,6 +236,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         drop_bad_rows=args.drop_bad_rows,
         shard_rows=args.shard_rows,
         overwrite=args.overwrite,
+        electrode_axis=args.electrode_axis,
     )
     with _progress(None, "ingest", args.quiet) as update, _nothing_written_if_interrupted():
         info, dropped = ingest(spec, on_rows=update)
