@@ -249,6 +249,89 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+TVSD_HELP = {
+    "mua": "THINGS_normMUA.mat (MATLAB v7.3): the normalised MUA",
+    "imgs": "things_imgs.mat: the THINGS stimulus of each column of the MUA",
+    "image_root": "the THINGS image folder (the one holding a folder per object); the stimulus paths are looked "
+    "up under it, longest matching tail first",
+    "rfs": "RF table: rfgan's CSV (electrode_id = 1-based channel, x_deg, y_deg, sigma_deg; channels missing or "
+    "NaN are dropped) or an RF-fit .mat such as THINGS_RFs.mat (centres in stimulus pixels from its centre)",
+    "out": "dataset directory to write",
+    "px_per_deg": "screen pixels per degree of visual angle (converts the RF fit and sets the field of view)",
+    "stimulus_px": "the stimulus's width on screen, in pixels",
+    "train_key": "training responses [electrode x stimulus] in --mua",
+    "test_key": "test responses, the mean over repeats [electrode x stimulus] in --mua",
+    "test_reps_key": "test responses per repeat [electrode x stimulus x repeat] in --mua (with --test-repeats)",
+    "reliab_key": "per-electrode reliability in --mua, averaged over its second axis",
+    "train_imgs_key": "training stimulus paths in --imgs",
+    "test_imgs_key": "test stimulus paths in --imgs",
+    "imgs_field": "the field holding the path, when the stimulus lists are struct arrays",
+    "rf_x_key": "RF centre x in the RF-fit .mat (pixels right of the stimulus centre)",
+    "rf_y_key": "RF centre y in the RF-fit .mat (pixels above the centre; see --rf-y-down)",
+    "rf_size_key": "RF size (Gaussian sd, pixels) in the RF-fit .mat (default: none; then --rf-sigma-deg)",
+    "rf_sigma_deg": "one RF size (Gaussian sd, degrees) for every electrode, when the fit has none",
+    "rf_y_down": "the fit's y grows downwards (image rows), not upwards",
+    "min_reliability": "keep electrodes whose mean reliability exceeds this",
+    "array_size": "channels per electrode array (consecutive channels)",
+    "areas": "each array's area, AREA:FIRST-LAST over 1-based array numbers; channels of arrays not named are "
+    "dropped (they differ by monkey)",
+    "val_fraction": "share of the training images held out for validation",
+    "seed": "seed of the validation split",
+    "test_repeats": "the test split holds every presentation (repeat 0..R-1) instead of their mean",
+    "crop_px": "keep the central CROP x CROP stimulus pixels (default: all)",
+    "resize": "images are stored RESIZE x RESIZE",
+    "electrode_axis": "which axis of the MUA arrays holds the electrodes (auto: the one as long as reliab)",
+    "drop_bad_rows": "drop rows with NaN/inf responses (and say how many) instead of refusing the input",
+    "shard_rows": "rows per Parquet file",
+    "overwrite": OVERWRITE_HELP,
+}
+TVSD_FLAG = {"crop_px": "--crop"}
+
+
+def _add_ingest_tvsd(sub: argparse._SubParsersAction) -> None:
+    from rfgan.data.tvsd import TVSDSpec
+
+    p = sub.add_parser(
+        "ingest-tvsd",
+        help="build a dataset from the THINGS Ventral Stream Spiking Dataset (TVSD)",
+        description="Build an rfgan dataset from TVSD (Papale et al. 2025): training and test MUA of the reliable "
+        "electrodes with an RF fit, each electrode's area from its array, a validation split of the training "
+        "images, the test images as 'test', the THINGS stimuli cropped and resized. Key names default to the "
+        "dataset README's; a wrong one fails with the keys the file has. Nothing is written on any error.",
+        formatter_class=_DefaultsInWords,
+    )
+    # Every TVSDSpec field has a flag of the same name (crop_px: --crop); the defaults come from TVSDSpec.
+    for field in dataclasses.fields(TVSDSpec):
+        flag = TVSD_FLAG.get(field.name, "--" + field.name.replace("_", "-"))
+        kind = {"bool": None, "int": int, "float": float, "int | None": int, "float | None": float}.get(field.type, str)
+        required = field.default is dataclasses.MISSING
+        if kind is None:
+            p.add_argument(flag, dest=field.name, action="store_true", help=TVSD_HELP[field.name])
+        elif field.name == "electrode_axis":
+            p.add_argument(flag, choices=("auto", "first", "last"), default=field.default, help=TVSD_HELP[field.name])
+        else:
+            default = argparse.SUPPRESS if required else field.default
+            p.add_argument(
+                flag, dest=field.name, type=kind, required=required, default=default, help=TVSD_HELP[field.name]
+            )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_ingest_tvsd)
+
+
+def cmd_ingest_tvsd(args: argparse.Namespace) -> int:
+    from rfgan.data.tvsd import TVSDSpec, ingest_tvsd
+
+    spec = TVSDSpec(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TVSDSpec)})
+    with _progress(None, "ingest-tvsd", args.quiet) as update, _nothing_written_if_interrupted():
+        info, report = ingest_tvsd(spec, on_rows=update)
+    print("\n".join(report))
+    print(
+        f"wrote {args.out}: {info.splits} rows, {info.n_electrodes} electrodes, "
+        f"{info.image_size[0]}x{info.image_size[1]}x{info.channels} images, {info.fov_deg:.3g}° wide"
+    )
+    return 0
+
+
 def dataset_or_synth(path: str | None) -> str:
     """`path`, or the built-in synthetic dataset, written with the default `rfgan synth` if it is not there yet."""
     if path is not None:
@@ -588,6 +671,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_synth(sub)
     _add_ingest(sub)
+    _add_ingest_tvsd(sub)
     _add_check(sub)
     _add_train(sub)
     _add_eval(sub)

@@ -196,17 +196,17 @@ def number_images(keys: Sequence) -> tuple[np.ndarray, np.ndarray]:
     return image_id, repeat
 
 
-def _split_images(n_images: int, spec: IngestSpec) -> np.ndarray:
+def split_images(n_images: int, val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
     """Split code per distinct image (0 train, 1 val, 2 test), so repeats of one image never straddle splits."""
-    n_val = max(1, round(spec.val_fraction * n_images))
-    n_test = round(spec.test_fraction * n_images) if spec.test_fraction > 0 else 0
+    n_val = max(1, round(val_fraction * n_images))
+    n_test = round(test_fraction * n_images) if test_fraction > 0 else 0
     if n_images - n_val - n_test < 1:
         raise DataError(
-            f"only {n_images} distinct image(s): too few for a validation split of {spec.val_fraction} and a "
-            f"test split of {spec.test_fraction} with any left to train on."
+            f"only {n_images} distinct image(s): too few for a validation split of {val_fraction} and a "
+            f"test split of {test_fraction} with any left to train on."
         )
     code = np.zeros(n_images, np.int8)
-    order = np.random.default_rng(spec.seed).permutation(n_images)
+    order = np.random.default_rng(seed).permutation(n_images)
     code[order[:n_val]] = 1
     code[order[n_val : n_val + n_test]] = 2
     return code
@@ -248,30 +248,28 @@ class Part:
             )
 
 
-def write_parts(
-    out: str,
-    *,
-    rfs: RFTable,
-    fov_deg: float,
-    image_shape: tuple[int, int, int],
-    splits: Mapping[str, Sequence[Part]],
-    source: dict,
-    shard_rows: int,
-    overwrite: bool = False,
-    on_rows=None,
-) -> DatasetInfo:
-    """Write a dataset of `splits`, each one or more parts, a shard at a time."""
-    return write_dataset(
-        out,
-        rfs=rfs,
-        fov_deg=fov_deg,
-        image_size=image_shape[:2],
-        channels=image_shape[2],
-        splits={name: (c for part in parts for c in part.chunks(shard_rows)) for name, parts in splits.items()},
-        source=source,
-        overwrite=overwrite,
-        on_rows=on_rows,
-    )
+@dataclass(frozen=True)
+class Plan:
+    """A dataset checked and ready to write: each split one or more parts, read and decoded a shard at a time."""
+
+    rfs: RFTable
+    fov_deg: float
+    image_shape: tuple[int, int, int]  # (H, W, C)
+    splits: Mapping[str, Sequence[Part]]
+    source: dict
+
+    def write(self, out: str, shard_rows: int, overwrite: bool = False, on_rows=None) -> DatasetInfo:
+        return write_dataset(
+            out,
+            rfs=self.rfs,
+            fov_deg=self.fov_deg,
+            image_size=self.image_shape[:2],
+            channels=self.image_shape[2],
+            splits={name: (c for p in parts for c in p.chunks(shard_rows)) for name, parts in self.splits.items()},
+            source=self.source,
+            overwrite=overwrite,
+            on_rows=on_rows,
+        )
 
 
 def finite_rows(responses: ResponseRows, block_rows: int) -> np.ndarray:
@@ -339,7 +337,8 @@ def _ingest(spec: IngestSpec, on_rows, stack: ExitStack) -> tuple[DatasetInfo, i
     else:
         keys = images.keys()
     image_id, repeat = number_images(keys)
-    split_of_row = _split_images(int(image_id.max()) + 1, spec)[image_id]
+    n_images = int(image_id.max()) + 1
+    split_of_row = split_images(n_images, spec.val_fraction, spec.test_fraction, spec.seed)[image_id]
 
     def part(code: int) -> list[Part]:
         rows = np.flatnonzero((split_of_row == code) & good)
@@ -358,17 +357,8 @@ def _ingest(spec: IngestSpec, on_rows, stack: ExitStack) -> tuple[DatasetInfo, i
         "seed": spec.seed,
         "dropped_rows": n_dropped,
     }
-    info = write_parts(
-        spec.out,
-        rfs=rfs,
-        fov_deg=spec.fov_deg,
-        image_shape=images.shape,
-        splits=splits,
-        source=source,
-        shard_rows=spec.shard_rows,
-        overwrite=spec.overwrite,
-        on_rows=on_rows,
-    )
+    plan = Plan(rfs, spec.fov_deg, images.shape, splits, source)
+    info = plan.write(spec.out, spec.shard_rows, spec.overwrite, on_rows)
     return info, n_dropped
 
 
