@@ -285,51 +285,99 @@ TVSD_HELP = {
     "shard_rows": "rows per Parquet file",
     "overwrite": OVERWRITE_HELP,
 }
-TVSD_FLAG = {"crop_px": "--crop"}
+
+
+def _add_spec_flags(p: argparse.ArgumentParser, spec: type, helps: dict[str, str], flags: dict[str, str]) -> None:
+    """A flag for every field of the dataclass `spec`, named after it (or as `flags` says), its default the field's;
+    fields without a default are required flags."""
+    from rfgan.data.arrays import ELECTRODE_AXES
+
+    kinds = {"int": int, "float": float, "int | None": int, "float | None": float}
+    for field in dataclasses.fields(spec):
+        flag = flags.get(field.name, "--" + field.name.replace("_", "-"))
+        required = field.default is dataclasses.MISSING
+        common = {"dest": field.name, "help": helps[field.name]}
+        if field.type == "bool":
+            p.add_argument(flag, action="store_true", **common)
+        elif field.name == "electrode_axis":
+            p.add_argument(flag, choices=ELECTRODE_AXES, default=field.default, **common)
+        elif field.type == "Sequence[str]":
+            p.add_argument(flag, action="append", default=[], **common)
+        else:
+            default = argparse.SUPPRESS if required else field.default
+            p.add_argument(flag, type=kinds.get(field.type, str), required=required, default=default, **common)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _spec_from_args(spec: type, args: argparse.Namespace):
+    return spec(**{f.name: getattr(args, f.name) for f in dataclasses.fields(spec)})
 
 
 def _add_ingest_tvsd(sub: argparse._SubParsersAction) -> None:
-    from rfgan.data.tvsd import TVSDSpec
-
-    p = sub.add_parser(
-        "ingest-tvsd",
-        help="build a dataset from the THINGS Ventral Stream Spiking Dataset (TVSD)",
-        description="Build an rfgan dataset from TVSD (Papale et al. 2025): training and test MUA of the reliable "
-        "electrodes with an RF fit, each electrode's area from its array, a validation split of the training "
-        "images, the test images as 'test', the THINGS stimuli cropped and resized. Key names default to the "
-        "dataset README's; a wrong one fails with the keys the file has. Nothing is written on any error.",
-        formatter_class=_DefaultsInWords,
-    )
-    # Every TVSDSpec field has a flag of the same name (crop_px: --crop); the defaults come from TVSDSpec.
-    for field in dataclasses.fields(TVSDSpec):
-        flag = TVSD_FLAG.get(field.name, "--" + field.name.replace("_", "-"))
-        kind = {"bool": None, "int": int, "float": float, "int | None": int, "float | None": float}.get(field.type, str)
-        required = field.default is dataclasses.MISSING
-        if kind is None:
-            p.add_argument(flag, dest=field.name, action="store_true", help=TVSD_HELP[field.name])
-        elif field.name == "electrode_axis":
-            p.add_argument(flag, choices=("auto", "first", "last"), default=field.default, help=TVSD_HELP[field.name])
-        else:
-            default = argparse.SUPPRESS if required else field.default
-            p.add_argument(
-                flag, dest=field.name, type=kind, required=required, default=default, help=TVSD_HELP[field.name]
-            )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_ingest_tvsd)
-
-
-def cmd_ingest_tvsd(args: argparse.Namespace) -> int:
     from rfgan.data.tvsd import TVSDSpec, ingest_tvsd
 
-    spec = TVSDSpec(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TVSDSpec)})
-    with _progress(None, "ingest-tvsd", args.quiet) as update, _nothing_written_if_interrupted():
-        info, report = ingest_tvsd(spec, on_rows=update)
+    description = (
+        "Build an rfgan dataset from TVSD (Papale et al. 2025): training and test MUA of the reliable "
+        "electrodes with an RF fit, each electrode's area from its array, a validation split of the training "
+        "images, the test images as 'test', the THINGS stimuli cropped and resized. Key names default to the "
+        "dataset README's; a wrong one fails with the keys the file has. Nothing is written on any error."
+    )
+    help = "build a dataset from the THINGS Ventral Stream Spiking Dataset (TVSD)"
+    _add_recipe(sub, "ingest-tvsd", TVSDSpec, ingest_tvsd, help, description, TVSD_HELP, {"crop_px": "--crop"})
+
+
+def _add_recipe(sub, name: str, spec: type, ingest, help: str, description: str, helps: dict, flags: dict) -> None:
+    """A command that ingests one kind of recording: its flags are the fields of `spec`, its work `ingest(spec)`."""
+    p = sub.add_parser(name, help=help, description=description, formatter_class=_DefaultsInWords)
+    _add_spec_flags(p, spec, helps, flags)
+    p.set_defaults(func=lambda args: _run_recipe(ingest, _spec_from_args(spec, args), name, args.quiet))
+
+
+def _run_recipe(ingest, spec, command: str, quiet: bool) -> int:
+    """Run a recording's ingest with a progress bar, then print its report and what it wrote."""
+    with _progress(None, command, quiet) as update, _nothing_written_if_interrupted():
+        info, report = ingest(spec, on_rows=update)
     print("\n".join(report))
     print(
-        f"wrote {args.out}: {info.splits} rows, {info.n_electrodes} electrodes, "
+        f"wrote {spec.out}: {info.splits} rows, {info.n_electrodes} electrodes, "
         f"{info.image_size[0]}x{info.image_size[1]}x{info.channels} images, {info.fov_deg:.3g}° wide"
     )
     return 0
+
+
+NWB_HELP = {
+    "path": "the NWB file",
+    "out": "dataset directory to write",
+    "fov_deg": "degrees of visual angle the image width spans",
+    "stimulus": "the IndexSeries in /stimulus of the image presentations (default: the only one)",
+    "responses": "'units' (spike rates of the units table) or the name of a TimeSeries (T x E) in /acquisition or "
+    "a processing module (its mean in the window)",
+    "window": "START:STOP, seconds after each onset over which a response is taken",
+    "area_windows": "AREA=START:STOP, the window of one area (repeatable), e.g. IT=0.1:0.3",
+    "area_column": "the electrodes table's column naming each electrode's area",
+    "rf_columns": "the electrodes table's RF columns X,Y,SIGMA (degrees from the image centre, y up)",
+    "rfs": "RF table CSV (electrode_id,x_deg,y_deg,sigma_deg[,area]) instead of the RF columns, one row per "
+    "response column (default: none)",
+    "val_fraction": "share of distinct images for validation",
+    "test_fraction": "share of distinct images for a test split",
+    "seed": "seed of the split",
+    "drop_bad_rows": "drop presentations without responses (a window past the recording) instead of refusing",
+    "shard_rows": "rows per Parquet file",
+    "overwrite": OVERWRITE_HELP,
+}
+
+
+def _add_ingest_nwb(sub: argparse._SubParsersAction) -> None:
+    from rfgan.data.nwb import NWBSpec, ingest_nwb
+
+    description = (
+        "Build an rfgan dataset from an NWB file: responses in a window after each presentation of an "
+        "IndexSeries over an Images container, from the units table or a time series, RFs and areas from the "
+        "electrodes table. Needs pynwb (pip install 'rfgan[nwb]'). Nothing is written on any error."
+    )
+    help = "build a dataset from an NWB file (units or a time series, image presentations)"
+    flags = {"path": "--nwb", "area_windows": "--area-window"}
+    _add_recipe(sub, "ingest-nwb", NWBSpec, ingest_nwb, help, description, NWB_HELP, flags)
 
 
 def dataset_or_synth(path: str | None) -> str:
@@ -672,6 +720,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synth(sub)
     _add_ingest(sub)
     _add_ingest_tvsd(sub)
+    _add_ingest_nwb(sub)
     _add_check(sub)
     _add_train(sub)
     _add_eval(sub)

@@ -9,7 +9,6 @@ to MATLAB's order. Only `.npz` members and MATLAB v5 variables are read whole (n
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from typing import Any
@@ -253,11 +252,6 @@ class ResponseRows:
         if len(order) == len(rows) and np.array_equal(order, rows):
             return block  # already in the order asked for: no copy
         return block[inverse.reshape(-1)]
-
-    def blocks(self, rows: int) -> Iterator[tuple[int, np.ndarray]]:
-        """(first row, (n, E) block) over every row in order."""
-        for start in range(0, len(self), rows):
-            yield start, self.read(np.arange(start, min(start + rows, len(self))))
 
 
 def _take(data: Any, axis: int, index: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from rfgan.data.arrays import ResponseRows, Stored, load_npy, open_array, response_rows, split_ref
+from rfgan.data.arrays import Stored, load_npy, open_array, response_rows, split_ref
 from rfgan.data.format import DatasetInfo, Samples, check_output, write_dataset
 from rfgan.data.rf import RFTable, rfs_outside_window
 from rfgan.errors import DataError
@@ -44,6 +44,13 @@ class IngestSpec:
     shard_rows: int = 1000
     overwrite: bool = False
     electrode_axis: str = "auto"  # of the responses: "first", "last", or "auto" (the axis as long as the RF table)
+
+
+class RowSource(Protocol):
+    """Responses by row: an array in a file (rfgan.data.arrays.ResponseRows) or computed (rfgan.data.nwb)."""
+
+    def __len__(self) -> int: ...
+    def read(self, rows: np.ndarray) -> np.ndarray: ...  # (len(rows), E) float32
 
 
 class ImageSource(Protocol):
@@ -227,7 +234,7 @@ def _check_rfs(rfs: RFTable, spec: IngestSpec, shape: tuple[int, int, int]) -> N
 class Part:
     """Rows of one split from one response array: row k shows image `image_rows[k]` and has response row `rows[k]`."""
 
-    responses: ResponseRows
+    responses: RowSource
     images: ImageSource
     rows: np.ndarray  # (n,) into responses
     image_rows: np.ndarray  # (n,) into images
@@ -272,11 +279,12 @@ class Plan:
         )
 
 
-def finite_rows(responses: ResponseRows, block_rows: int) -> np.ndarray:
+def finite_rows(responses: RowSource, block_rows: int) -> np.ndarray:
     """(N,) bool: rows whose responses are all finite, read a block at a time."""
     good = np.empty(len(responses), bool)
-    for start, block in responses.blocks(block_rows):
-        good[start : start + len(block)] = np.isfinite(block).all(axis=1)
+    for start in range(0, len(responses), block_rows):
+        rows = np.arange(start, min(start + block_rows, len(responses)))
+        good[rows] = np.isfinite(responses.read(rows)).all(axis=1)
     return good
 
 
