@@ -235,17 +235,13 @@ class ResponseRows:
         index = np.unravel_index(order, self.stimulus_shape)
         data, eax = self.stored.data, self.electrode_axis
         if len(index) == 1:
-            block = _take(data, 1 - eax, index[0])
-            block = block if eax == 1 else block.T
+            block = _take(data, (), index[0], eax == 0)
         else:
             outer, inner = index
             block = np.empty((len(order), data.shape[eax]), data.dtype)
             for o in np.unique(outer):
                 at = np.flatnonzero(outer == o)
-                if eax == data.ndim - 1:
-                    block[at] = _take(data[o], 0, inner[at])
-                else:
-                    block[at] = _take(data[:, o], 1, inner[at]).T
+                block[at] = _take(data, (int(o),), inner[at], eax == 0)
         block = np.asarray(block, np.float32)
         if self.keep is not None:
             block = block[:, self.keep]
@@ -254,10 +250,13 @@ class ResponseRows:
         return block[inverse.reshape(-1)]
 
 
-def _take(data: Any, axis: int, index: np.ndarray) -> np.ndarray:
-    """data's entries `index` (increasing) along `axis` of a 2-D array: a slice when they are contiguous."""
+def _take(data: Any, outer: tuple[int, ...], index: np.ndarray, electrodes_first: bool) -> np.ndarray:
+    """(len(index), E): the stimulus entries `index` (increasing) of data[outer] (the leading stimulus axes fixed),
+    electrodes first or last. Asks the file for those entries only: a slice when they are contiguous, else a list."""
     sel: Any = slice(int(index[0]), int(index[-1]) + 1) if index[-1] - index[0] + 1 == len(index) else index
-    return np.asarray(data[sel] if axis == 0 else data[:, sel])
+    if electrodes_first:
+        return np.asarray(data[(slice(None), *outer, sel)]).T
+    return np.asarray(data[(*outer, sel)])
 
 
 def response_rows(stored: Stored, n_electrodes: int, electrode_axis: str = "auto", rfs_name: str = "the RF table"):

@@ -2,6 +2,7 @@
 
 import dataclasses
 import tracemalloc
+from contextlib import ExitStack
 
 import h5py
 import numpy as np
@@ -10,7 +11,7 @@ import scipy.io
 from matfiles import Cell, Struct, write_mat73
 from test_ingest import SIZE, E, lab  # noqa: F401 (lab: a fixture)
 
-from rfgan.data.arrays import read_strings, split_ref
+from rfgan.data.arrays import open_array, read_strings, response_rows, split_ref
 from rfgan.data.format import read_split
 from rfgan.data.ingest import IngestSpec, ingest
 from rfgan.errors import DataError, UsageError
@@ -165,3 +166,25 @@ def test_rows_are_read_a_shard_at_a_time(tmp_path):
     assert sum(info.splits.values()) == n
     whole = n * e * 4
     assert peak < whole / 5, f"peak {peak / 1e6:.1f} MB vs the whole array {whole / 1e6:.1f} MB"
+
+
+@pytest.mark.parametrize("matlab", [False, True])
+def test_three_axis_responses_flatten_their_stimulus_axes_into_rows(tmp_path, matlab):
+    """[electrode × stimulus × repeat], from a C-order .npy or as MATLAB stores it: row k is (stimulus, repeat) in
+    stored order, and any rows can be read in any order."""
+    a = np.random.default_rng(0).normal(size=(E, 4, 3)).astype(np.float32)
+    if matlab:
+        write_mat73(tmp_path / "a.mat", {"reps": a})
+        ref = f"{tmp_path}/a.mat:reps"
+    else:
+        np.save(tmp_path / "a.npy", a)
+        ref = str(tmp_path / "a.npy")
+    with ExitStack() as stack:
+        rows = response_rows(open_array(ref, "responses", stack), E)
+        assert len(rows) == 12
+        # MATLAB stores it column-major: the repeat varies slowest in its rows; a C-order .npy, the stimulus.
+        order = [(s, r) for r in range(3) for s in range(4)] if matlab else [(s, r) for s in range(4) for r in range(3)]
+        stored = [a[:, s, r] for s, r in order]
+        asked = np.array([11, 0, 5, 6, 7, 2])
+        np.testing.assert_array_equal(rows.read(asked), np.stack(stored)[asked])
+        np.testing.assert_array_equal(rows.select(np.array([3, 0])).read(asked), np.stack(stored)[asked][:, [3, 0]])
