@@ -1,4 +1,4 @@
-"""The `rfgan` command line: synth, ingest, check, train, eval, reconstruct, tune."""
+"""The `rfgan` command line: synth, ingest (-tvsd, -nwb), check, train, eval, reconstruct, tune."""
 
 from __future__ import annotations
 

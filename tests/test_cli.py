@@ -15,7 +15,9 @@ from rfgan.data.format import read_info, read_split
             "synth",
             ["--out", "--n-train", "--n-val", "--electrodes", "--size", "--color", "--gray", "--seed", "--noise"],
         ),
-        ("ingest", ["--responses", "--images", "--rfs", "--fov-deg", "--out", "--drop-bad-rows", "--val-fraction"]),
+        ("ingest", ["--responses", "--images", "--rfs", "--fov-deg", "--out", "--drop-bad-rows", "--electrode-axis"]),
+        ("ingest-tvsd", ["--mua", "--imgs", "--image-root", "--train-key", "--min-reliability", "--areas", "--crop"]),
+        ("ingest-nwb", ["--nwb", "--responses", "--window", "--area-window", "--rf-columns", "--stimulus"]),
         ("check", ["--data"]),
     ],
 )
