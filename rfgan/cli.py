@@ -1,4 +1,4 @@
-"""The `rfgan` command line: synth, ingest, check, train, eval, reconstruct, tune."""
+"""The `rfgan` command line: synth, ingest (-tvsd, -nwb), check, train, eval, reconstruct, tune."""
 
 from __future__ import annotations
 
@@ -158,6 +158,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _add_ingest(sub: argparse._SubParsersAction) -> None:
+    from rfgan.data.arrays import ELECTRODE_AXES
+
     p = sub.add_parser(
         "ingest",
         help="build a dataset from a lab's own arrays",
@@ -168,13 +170,21 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--responses",
         required=True,
-        help=".npy of shape (N, E): one row per stimulus presentation, "
-        "one column per electrode, in the order of the RF table's rows",
+        help="FILE.npy, FILE.npz:KEY, FILE.h5:/GROUP/KEY or FILE.mat:KEY (MATLAB v7.3 or v5): N stimulus "
+        "presentations x E electrodes, either way round (the axis as long as the RF table is the electrodes; "
+        "MATLAB arrays in MATLAB's order), electrodes in the order of the RF table's rows; read a shard at a time",
+    )
+    p.add_argument(
+        "--electrode-axis",
+        choices=ELECTRODE_AXES,
+        default="auto",
+        help="which axis of --responses holds the electrodes (first/last as the file's own tools show it); "
+        "needed only when both axes are as long as the RF table",
     )
     p.add_argument(
         "--images",
         required=True,
-        help=".npy of shape (N, H, W) or (N, H, W, 3), uint8 or float in "
+        help="FILE.npy or FILE.h5:/KEY of shape (N, H, W) or (N, H, W, 3), uint8 or float in "
         "[0, 1]; or a folder of image files (one per row, sorted by name, unless --image-index is given)",
     )
     p.add_argument(
@@ -226,6 +236,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         drop_bad_rows=args.drop_bad_rows,
         shard_rows=args.shard_rows,
         overwrite=args.overwrite,
+        electrode_axis=args.electrode_axis,
     )
     with _progress(None, "ingest", args.quiet) as update, _nothing_written_if_interrupted():
         info, dropped = ingest(spec, on_rows=update)
@@ -236,6 +247,137 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         f"{info.image_size[0]}x{info.image_size[1]}x{info.channels} images"
     )
     return 0
+
+
+TVSD_HELP = {
+    "mua": "THINGS_normMUA.mat (MATLAB v7.3): the normalised MUA",
+    "imgs": "things_imgs.mat: the THINGS stimulus of each column of the MUA",
+    "image_root": "the THINGS image folder (the one holding a folder per object); the stimulus paths are looked "
+    "up under it, longest matching tail first",
+    "rfs": "RF table: rfgan's CSV (electrode_id = 1-based channel, x_deg, y_deg, sigma_deg; channels missing or "
+    "NaN are dropped) or an RF-fit .mat such as THINGS_RFs.mat (centres in stimulus pixels from its centre)",
+    "out": "dataset directory to write",
+    "px_per_deg": "screen pixels per degree of visual angle (converts the RF fit and sets the field of view)",
+    "stimulus_px": "the stimulus's width on screen, in pixels",
+    "train_key": "training responses [electrode x stimulus] in --mua",
+    "test_key": "test responses, the mean over repeats [electrode x stimulus] in --mua",
+    "test_reps_key": "test responses per repeat [electrode x stimulus x repeat] in --mua (with --test-repeats)",
+    "reliab_key": "per-electrode reliability in --mua, averaged over its second axis",
+    "train_imgs_key": "training stimulus paths in --imgs",
+    "test_imgs_key": "test stimulus paths in --imgs",
+    "imgs_field": "the field holding the path, when the stimulus lists are struct arrays",
+    "rf_x_key": "RF centre x in the RF-fit .mat (pixels right of the stimulus centre)",
+    "rf_y_key": "RF centre y in the RF-fit .mat (pixels above the centre; see --rf-y-down)",
+    "rf_size_key": "RF size (Gaussian sd, pixels) in the RF-fit .mat (default: none; then --rf-sigma-deg)",
+    "rf_sigma_deg": "one RF size (Gaussian sd, degrees) for every electrode, when the fit has none",
+    "rf_y_down": "the fit's y grows downwards (image rows), not upwards",
+    "min_reliability": "keep electrodes whose mean reliability exceeds this",
+    "array_size": "channels per electrode array (consecutive channels)",
+    "areas": "each array's area, AREA:FIRST-LAST over 1-based array numbers; channels of arrays not named are "
+    "dropped (they differ by monkey)",
+    "val_fraction": "share of the training images held out for validation",
+    "seed": "seed of the validation split",
+    "test_repeats": "the test split holds every presentation (repeat 0..R-1) instead of their mean",
+    "crop_px": "keep the central CROP x CROP stimulus pixels (default: all)",
+    "resize": "images are stored RESIZE x RESIZE",
+    "electrode_axis": "which axis of the MUA arrays holds the electrodes (auto: the one as long as reliab)",
+    "drop_bad_rows": "drop rows with NaN/inf responses (and say how many) instead of refusing the input",
+    "shard_rows": "rows per Parquet file",
+    "overwrite": OVERWRITE_HELP,
+}
+
+
+def _add_spec_flags(p: argparse.ArgumentParser, spec: type, helps: dict[str, str], flags: dict[str, str]) -> None:
+    """A flag for every field of the dataclass `spec`, named after it (or as `flags` says), its default the field's;
+    fields without a default are required flags."""
+    from rfgan.data.arrays import ELECTRODE_AXES
+
+    kinds = {"int": int, "float": float, "int | None": int, "float | None": float}
+    for field in dataclasses.fields(spec):
+        flag = flags.get(field.name, "--" + field.name.replace("_", "-"))
+        required = field.default is dataclasses.MISSING
+        common = {"dest": field.name, "help": helps[field.name]}
+        if field.type == "bool":
+            p.add_argument(flag, action="store_true", **common)
+        elif field.name == "electrode_axis":
+            p.add_argument(flag, choices=ELECTRODE_AXES, default=field.default, **common)
+        elif field.type == "Sequence[str]":
+            p.add_argument(flag, action="append", default=[], **common)
+        else:
+            default = argparse.SUPPRESS if required else field.default
+            p.add_argument(flag, type=kinds.get(field.type, str), required=required, default=default, **common)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _spec_from_args(spec: type, args: argparse.Namespace):
+    return spec(**{f.name: getattr(args, f.name) for f in dataclasses.fields(spec)})
+
+
+def _add_ingest_tvsd(sub: argparse._SubParsersAction) -> None:
+    from rfgan.data.tvsd import TVSDSpec, ingest_tvsd
+
+    description = (
+        "Build an rfgan dataset from TVSD (Papale et al. 2025): training and test MUA of the reliable "
+        "electrodes with an RF fit, each electrode's area from its array, a validation split of the training "
+        "images, the test images as 'test', the THINGS stimuli cropped and resized. Key names default to the "
+        "dataset README's; a wrong one fails with the keys the file has. Nothing is written on any error."
+    )
+    help = "build a dataset from the THINGS Ventral Stream Spiking Dataset (TVSD)"
+    _add_recipe(sub, "ingest-tvsd", TVSDSpec, ingest_tvsd, help, description, TVSD_HELP, {"crop_px": "--crop"})
+
+
+def _add_recipe(sub, name: str, spec: type, ingest, help: str, description: str, helps: dict, flags: dict) -> None:
+    """A command that ingests one kind of recording: its flags are the fields of `spec`, its work `ingest(spec)`."""
+    p = sub.add_parser(name, help=help, description=description, formatter_class=_DefaultsInWords)
+    _add_spec_flags(p, spec, helps, flags)
+    p.set_defaults(func=lambda args: _run_recipe(ingest, _spec_from_args(spec, args), name, args.quiet))
+
+
+def _run_recipe(ingest, spec, command: str, quiet: bool) -> int:
+    """Run a recording's ingest with a progress bar, then print its report and what it wrote."""
+    with _progress(None, command, quiet) as update, _nothing_written_if_interrupted():
+        info, report = ingest(spec, on_rows=update)
+    print("\n".join(report))
+    print(
+        f"wrote {spec.out}: {info.splits} rows, {info.n_electrodes} electrodes, "
+        f"{info.image_size[0]}x{info.image_size[1]}x{info.channels} images, {info.fov_deg:.3g}° wide"
+    )
+    return 0
+
+
+NWB_HELP = {
+    "path": "the NWB file",
+    "out": "dataset directory to write",
+    "fov_deg": "degrees of visual angle the image width spans",
+    "stimulus": "the IndexSeries in /stimulus of the image presentations (default: the only one)",
+    "responses": "'units' (spike rates of the units table) or the name of a TimeSeries (T x E) in /acquisition or "
+    "a processing module (its mean in the window)",
+    "window": "START:STOP, seconds after each onset over which a response is taken",
+    "area_windows": "AREA=START:STOP, the window of one area (repeatable), e.g. IT=0.1:0.3",
+    "area_column": "the electrodes table's column naming each electrode's area",
+    "rf_columns": "the electrodes table's RF columns X,Y,SIGMA (degrees from the image centre, y up)",
+    "rfs": "RF table CSV (electrode_id,x_deg,y_deg,sigma_deg[,area]) instead of the RF columns, one row per "
+    "response column (default: none)",
+    "val_fraction": "share of distinct images for validation",
+    "test_fraction": "share of distinct images for a test split",
+    "seed": "seed of the split",
+    "drop_bad_rows": "drop presentations without responses (a window past the recording) instead of refusing",
+    "shard_rows": "rows per Parquet file",
+    "overwrite": OVERWRITE_HELP,
+}
+
+
+def _add_ingest_nwb(sub: argparse._SubParsersAction) -> None:
+    from rfgan.data.nwb import NWBSpec, ingest_nwb
+
+    description = (
+        "Build an rfgan dataset from an NWB file: responses in a window after each presentation of an "
+        "IndexSeries over an Images container, from the units table or a time series, RFs and areas from the "
+        "electrodes table. Needs pynwb (pip install 'rfgan[nwb]'). Nothing is written on any error."
+    )
+    help = "build a dataset from an NWB file (units or a time series, image presentations)"
+    flags = {"path": "--nwb", "area_windows": "--area-window"}
+    _add_recipe(sub, "ingest-nwb", NWBSpec, ingest_nwb, help, description, NWB_HELP, flags)
 
 
 def dataset_or_synth(path: str | None) -> str:
@@ -577,6 +719,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_synth(sub)
     _add_ingest(sub)
+    _add_ingest_tvsd(sub)
+    _add_ingest_nwb(sub)
     _add_check(sub)
     _add_train(sub)
     _add_eval(sub)

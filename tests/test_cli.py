@@ -15,7 +15,9 @@ from rfgan.data.format import read_info, read_split
             "synth",
             ["--out", "--n-train", "--n-val", "--electrodes", "--size", "--color", "--gray", "--seed", "--noise"],
         ),
-        ("ingest", ["--responses", "--images", "--rfs", "--fov-deg", "--out", "--drop-bad-rows", "--val-fraction"]),
+        ("ingest", ["--responses", "--images", "--rfs", "--fov-deg", "--out", "--drop-bad-rows", "--electrode-axis"]),
+        ("ingest-tvsd", ["--mua", "--imgs", "--image-root", "--train-key", "--min-reliability", "--areas", "--crop"]),
+        ("ingest-nwb", ["--nwb", "--responses", "--window", "--area-window", "--rf-columns", "--stimulus"]),
         ("check", ["--data"]),
     ],
 )
@@ -95,7 +97,8 @@ def test_ingest_command_reports_bad_input_without_traceback(tmp_path, capsys):
         ]
     )
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith("rfgan ingest: error:") and "3 electrode columns" in err
+    assert code == 2 and err.startswith("rfgan ingest: error:")
+    assert "r.npy has shape (4, 3) but" in err and "neither its first nor its last axis" in err
     assert not (tmp_path / "o").exists()
 
 

@@ -2,7 +2,8 @@
 
 Every check runs before anything is written, except that image files are decoded in full only as their rows are
 written (a truncated file shows then); the writer is atomic (rfgan.data.format.write_dataset), so bad input leaves no
-output behind either way.
+output behind either way. Nothing is held whole in memory: responses are read a shard of rows at a time
+(rfgan.data.arrays), images are read or decoded as their shard is written.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -18,6 +20,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from rfgan.data.arrays import Stored, load_npy, open_array, response_rows, split_ref
 from rfgan.data.format import DatasetInfo, Samples, check_output, write_dataset
 from rfgan.data.rf import RFTable, rfs_outside_window
 from rfgan.errors import DataError
@@ -27,8 +30,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".we
 
 @dataclass(frozen=True)
 class IngestSpec:
-    responses: str  # .npy, (N, E)
-    images: str  # .npy (N, H, W[, 3]) or a folder of image files
+    responses: str  # .npy, FILE.npz:key, FILE.h5:/key or FILE.mat:key; (N, E) or (E, N)
+    images: str  # .npy or FILE.h5:/key (N, H, W[, 3]), or a folder of image files
     rfs: str  # CSV: electrode_id,x_deg,y_deg,sigma_deg[,area]
     fov_deg: float  # visual angle spanned by the image width
     out: str
@@ -40,6 +43,14 @@ class IngestSpec:
     drop_bad_rows: bool = False  # drop rows with NaN/inf responses instead of refusing them
     shard_rows: int = 1000
     overwrite: bool = False
+    electrode_axis: str = "auto"  # of the responses: "first", "last", or "auto" (the axis as long as the RF table)
+
+
+class RowSource(Protocol):
+    """Responses by row: an array in a file (rfgan.data.arrays.ResponseRows) or computed (rfgan.data.nwb)."""
+
+    def __len__(self) -> int: ...
+    def read(self, rows: np.ndarray) -> np.ndarray: ...  # (len(rows), E) float32
 
 
 class ImageSource(Protocol):
@@ -51,66 +62,36 @@ class ImageSource(Protocol):
     def get(self, rows: np.ndarray) -> np.ndarray: ...  # (n, H, W, C) uint8
 
 
-NPY_MAGIC = b"\x93NUMPY"
+class ArrayImages:
+    """Images from an array file: a memory-mapped .npy or an HDF5 dataset, read a chunk of rows at a time."""
 
-
-def _load_npy(path: str, what: str, mmap: bool = False) -> np.ndarray:
-    # NumPy's own errors for a file that is not a .npy array advise allow_pickle=True, which would run code from
-    # the file: look at the header first.
-    try:
-        with open(path, "rb") as f:
-            head = f.read(len(NPY_MAGIC))
-    except OSError as e:
-        raise DataError(f"{path}: cannot read the {what} ({e.strerror}).") from e
-    if head.startswith(b"PK"):
-        raise DataError(
-            f"{path}: cannot read the {what}: it is a .npz archive, not a .npy array file; save the "
-            "array alone with numpy.save."
-        )
-    if head != NPY_MAGIC:
-        raise DataError(
-            f"{path}: cannot read the {what}: it is not a .npy array file (no .npy header: a text or "
-            "other file under a .npy name?); save the array with numpy.save."
-        )
-    try:
-        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except ValueError as e:
-        if "allow_pickle" not in str(e):
-            raise DataError(f"{path}: cannot read the {what} as a .npy array ({e}).") from e
-        raise DataError(
-            f"{path}: cannot read the {what}: it holds Python objects (an object array), not numbers; "
-            "save a numeric array with numpy.save."
-        ) from e
-    except (OSError, EOFError) as e:
-        raise DataError(f"{path}: cannot read the {what} as a .npy array ({e}).") from e
-    return array
-
-
-class NpyImages:
-    def __init__(self, path: str):
-        self.path = path
-        # Memory-mapped: image arrays can be larger than memory; chunks are read as they are written.
-        self.array = _load_npy(path, "images", mmap=True)
-        a = self.array
-        if a.ndim == 4 and a.shape[-1] == 1:
-            a = a[..., 0]
-        if a.ndim not in (3, 4) or (a.ndim == 4 and a.shape[-1] != 3):
+    def __init__(self, stored: Stored):
+        self.path = stored.ref
+        self.array = stored.data  # (N, H, W[, 1 | 3]), never read whole
+        shape = tuple(self.array.shape)
+        if len(shape) == 4 and shape[-1] == 1:
+            shape = shape[:3]
+        if len(shape) not in (3, 4) or (len(shape) == 4 and shape[-1] != 3):
             raise DataError(
-                f"{path}: images have shape {self.array.shape}; expected (N, H, W) grayscale or (N, H, W, 3) RGB."
+                f"{self.path}: images have shape {tuple(self.array.shape)}; expected (N, H, W) grayscale or "
+                "(N, H, W, 3) RGB."
             )
-        self.array = a
-        self.shape = (*a.shape[1:3], 3 if a.ndim == 4 else 1)
-        if a.dtype == np.uint8:
+        self.shape = (*shape[1:3], 3 if len(shape) == 4 else 1)
+        dtype = self.array.dtype
+        if dtype == np.uint8:
             return
-        if not np.issubdtype(a.dtype, np.floating):
-            raise DataError(f"{path}: images are {a.dtype}; use uint8 (0–255) or float in [0, 1].")
-        for start in range(0, len(a), 4096):
-            chunk = np.asarray(a[start : start + 4096])
+        if not np.issubdtype(dtype, np.floating):
+            raise DataError(f"{self.path}: images are {dtype}; use uint8 (0–255) or float in [0, 1].")
+        for start, chunk in self._blocks():
             if not np.isfinite(chunk).all() or chunk.min() < 0 or chunk.max() > 1:
                 raise DataError(
-                    f"{path}: float images must be finite and in [0, 1]; rows {start}–{start + len(chunk) - 1} "
+                    f"{self.path}: float images must be finite and in [0, 1]; rows {start}–{start + len(chunk) - 1} "
                     f"hold values in [{np.nanmin(chunk):.3g}, {np.nanmax(chunk):.3g}]. Scale them, or pass uint8."
                 )
+
+    def _blocks(self, rows: int = 1024) -> Iterator[tuple[int, np.ndarray]]:
+        for start in range(0, len(self), rows):
+            yield start, np.asarray(self.array[start : start + rows])
 
     def __len__(self) -> int:
         return len(self.array)
@@ -118,44 +99,57 @@ class NpyImages:
     def keys(self) -> list:
         # Repeats of a stimulus are the same pixels: hash them to group rows by image.
         return [
-            hashlib.blake2b(np.ascontiguousarray(self.array[i]).tobytes(), digest_size=16).digest()
-            for i in range(len(self.array))
+            hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).digest()
+            for _, block in self._blocks()
+            for image in block
         ]
 
     def get(self, rows: np.ndarray) -> np.ndarray:
-        a = np.asarray(self.array[rows])
+        order, inverse = np.unique(rows, return_inverse=True)  # h5py takes increasing indices only
+        a = np.asarray(self.array[order])[inverse.reshape(-1)]
         if a.dtype != np.uint8:
             a = (a * 255.0 + 0.5).astype(np.uint8)
         return a.reshape(len(rows), *self.shape)
 
 
 class FolderImages:
-    def __init__(self, folder: str, index: str | None):
-        self.path = folder
-        root = Path(folder)
-        if index is None:
-            names = sorted(p.name for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            if not names:
-                raise DataError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)}).")
-        else:
-            names = self._read_index(index)
-        self.files = [str(root / n) for n in names]
+    """Image files, one per row (a file may repeat), decoded as their rows are written.
+
+    Without `size` all files must have one size; with it each is centre-cropped to `crop` (the share of its width
+    and height kept) and resized to `size` × `size`, as one PIL resize (a box and a filter: no second resampling).
+    """
+
+    def __init__(self, files: Sequence[str], path: str, size: int | None = None, crop: float = 1.0):
+        self.path = path
+        self.files = list(files)
+        self.size, self.crop = size, crop
         sizes, modes = {}, set()
         for f in dict.fromkeys(self.files):
             try:
-                with Image.open(f) as im:
+                with Image.open(f) as im:  # the header only: a cheap check that every file is an image
                     sizes.setdefault((im.height, im.width), f)
                     modes.add(im.mode)
             except (OSError, UnidentifiedImageError) as e:
                 raise DataError(f"{f}: cannot read this image ({e}).") from e
-            if len(sizes) > 1:
+            if len(sizes) > 1 and size is None:
                 (s1, f1), (s2, f2) = list(sizes.items())[:2]
                 raise DataError(
                     f"images differ in size: {f1} is {s1[1]}x{s1[0]} but {f2} is {s2[1]}x{s2[0]} (width x height); "
                     "resize them all to one size first."
                 )
         self.gray = modes <= {"L", "1", "I;16", "I", "F"}
-        self.shape = (*next(iter(sizes)), 1 if self.gray else 3)
+        self.shape = (*((size, size) if size else next(iter(sizes))), 1 if self.gray else 3)
+
+    @classmethod
+    def from_folder(cls, folder: str, index: str | None) -> FolderImages:
+        root = Path(folder)
+        if index is None:
+            names = sorted(p.name for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not names:
+                raise DataError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)}).")
+        else:
+            names = cls._read_index(index)
+        return cls([str(root / n) for n in names], folder)
 
     @staticmethod
     def _read_index(index: str) -> list[str]:
@@ -174,29 +168,52 @@ class FolderImages:
     def keys(self) -> list:
         return [os.path.realpath(f) for f in self.files]
 
+    def _decode(self, im: Image.Image) -> np.ndarray:
+        im = im.convert("L" if self.gray else "RGB")
+        if self.size:
+            w, h = im.size
+            cw, ch = w * self.crop, h * self.crop
+            box = ((w - cw) / 2, (h - ch) / 2, (w + cw) / 2, (h + ch) / 2)
+            im = im.resize((self.size, self.size), Image.Resampling.LANCZOS, box=box)
+        return np.asarray(im).reshape(self.shape)
+
     def get(self, rows: np.ndarray) -> np.ndarray:
         out = np.empty((len(rows), *self.shape), np.uint8)
         for k, i in enumerate(rows):
             # Opening a file reads its header only; pixels are decoded here, where a truncated file fails.
             try:
                 with Image.open(self.files[i]) as im:
-                    out[k] = np.asarray(im.convert("L" if self.gray else "RGB")).reshape(self.shape)
+                    out[k] = self._decode(im)
             except (OSError, UnidentifiedImageError) as e:
                 raise DataError(f"{self.files[i]}: cannot read this image ({e}); replace or remove it.") from e
         return out
 
 
-def _split_images(n_images: int, spec: IngestSpec) -> np.ndarray:
+def number_images(keys: Sequence) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, (image_id, repeat): ids numbered by first appearance; `repeat` counts earlier rows of the same image.
+    In NumPy, not dicts: for 22,000 rows the bookkeeping stays a few hundred kB."""
+    _, first, inverse = np.unique(np.asarray(keys), return_index=True, return_inverse=True)
+    rank = np.empty(len(first), np.int64)
+    rank[np.argsort(first)] = np.arange(len(first))
+    image_id = rank[inverse.reshape(-1)]
+    by_image = np.argsort(image_id, kind="stable")  # rows of each image in their order
+    starts = np.searchsorted(image_id[by_image], image_id[by_image])
+    repeat = np.empty(len(image_id), np.int32)
+    repeat[by_image] = np.arange(len(image_id)) - starts
+    return image_id, repeat
+
+
+def split_images(n_images: int, val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
     """Split code per distinct image (0 train, 1 val, 2 test), so repeats of one image never straddle splits."""
-    n_val = max(1, round(spec.val_fraction * n_images))
-    n_test = round(spec.test_fraction * n_images) if spec.test_fraction > 0 else 0
+    n_val = max(1, round(val_fraction * n_images))
+    n_test = round(test_fraction * n_images) if test_fraction > 0 else 0
     if n_images - n_val - n_test < 1:
         raise DataError(
-            f"only {n_images} distinct image(s): too few for a validation split of {spec.val_fraction} and a "
-            f"test split of {spec.test_fraction} with any left to train on."
+            f"only {n_images} distinct image(s): too few for a validation split of {val_fraction} and a "
+            f"test split of {test_fraction} with any left to train on."
         )
     code = np.zeros(n_images, np.int8)
-    order = np.random.default_rng(spec.seed).permutation(n_images)
+    order = np.random.default_rng(seed).permutation(n_images)
     code[order[:n_val]] = 1
     code[order[n_val : n_val + n_test]] = 2
     return code
@@ -213,33 +230,96 @@ def _check_rfs(rfs: RFTable, spec: IngestSpec, shape: tuple[int, int, int]) -> N
         )
 
 
+@dataclass(frozen=True)
+class Part:
+    """Rows of one split from one response array: row k shows image `image_rows[k]` and has response row `rows[k]`."""
+
+    responses: RowSource
+    images: ImageSource
+    rows: np.ndarray  # (n,) into responses
+    image_rows: np.ndarray  # (n,) into images
+    image_id: np.ndarray  # (n,) int64
+    repeat: np.ndarray  # (n,) int32
+    sample_id: np.ndarray  # (n,) int64
+
+    def chunks(self, shard_rows: int) -> Iterator[Samples]:
+        """Shards of at most `shard_rows` rows, each read (responses) and decoded (images) only when it is written."""
+        for start in range(0, len(self.rows), shard_rows):
+            at = slice(start, start + shard_rows)
+            yield Samples(
+                sample_id=self.sample_id[at],
+                image_id=self.image_id[at],
+                repeat=self.repeat[at],
+                responses=self.responses.read(self.rows[at]),
+                images=self.images.get(self.image_rows[at]),
+            )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A dataset checked and ready to write: each split one or more parts, read and decoded a shard at a time."""
+
+    rfs: RFTable
+    fov_deg: float
+    image_shape: tuple[int, int, int]  # (H, W, C)
+    splits: Mapping[str, Sequence[Part]]
+    source: dict
+
+    def write(self, out: str, shard_rows: int, overwrite: bool = False, on_rows=None) -> DatasetInfo:
+        return write_dataset(
+            out,
+            rfs=self.rfs,
+            fov_deg=self.fov_deg,
+            image_size=self.image_shape[:2],
+            channels=self.image_shape[2],
+            splits={name: (c for p in parts for c in p.chunks(shard_rows)) for name, parts in self.splits.items()},
+            source=self.source,
+            overwrite=overwrite,
+            on_rows=on_rows,
+        )
+
+
+def finite_rows(responses: RowSource, block_rows: int) -> np.ndarray:
+    """(N,) bool: rows whose responses are all finite, read a block at a time."""
+    good = np.empty(len(responses), bool)
+    for start in range(0, len(responses), block_rows):
+        rows = np.arange(start, min(start + block_rows, len(responses)))
+        good[rows] = np.isfinite(responses.read(rows)).all(axis=1)
+    return good
+
+
+def open_images(ref: str, index: str | None, stack: ExitStack) -> ImageSource:
+    if os.path.isdir(ref):
+        return FolderImages.from_folder(ref, index)
+    return ArrayImages(open_array(ref, "images", stack))
+
+
 def ingest(spec: IngestSpec, on_rows=None) -> tuple[DatasetInfo, int]:
     """Check the inputs, then write the dataset. Returns its info and the number of rows dropped."""
+    with ExitStack() as stack:  # the HDF5 files stay open while their rows are written
+        return _ingest(spec, on_rows, stack)
+
+
+def _ingest(spec: IngestSpec, on_rows, stack: ExitStack) -> tuple[DatasetInfo, int]:
     if not spec.fov_deg > 0:
         raise DataError(f"--fov-deg must be > 0, got {spec.fov_deg}.")
     if not (0 < spec.val_fraction < 1 and 0 <= spec.test_fraction < 1):
         raise DataError("--val-fraction must be in (0, 1) and --test-fraction in [0, 1).")
     check_output(spec.out, spec.overwrite)  # before the inputs, which may take long to read
-    responses = _load_npy(spec.responses, "responses")
-    if responses.ndim != 2 or not (np.issubdtype(responses.dtype, np.number) or responses.dtype == bool):
+    stored = open_array(spec.responses, "responses", stack)
+    if len(stored.shape) == 2 and 0 in stored.shape:
         raise DataError(
-            f"{spec.responses}: responses are {responses.dtype}{responses.shape}; expected a numeric (N, E) array, "
-            "one row per stimulus presentation and one column per electrode."
-        )
-    if len(responses) == 0:
-        raise DataError(
-            f"{spec.responses}: the input is empty (responses {responses.shape}, no rows); there is "
+            f"{spec.responses}: the input is empty (responses {stored.shape}, no rows); there is "
             "nothing to make a dataset of."
         )
     rfs = RFTable.from_csv(spec.rfs)
-    if responses.shape[1] != len(rfs):
+    if len(stored.shape) != 2:
         raise DataError(
-            f"{spec.responses} has {responses.shape[1]} electrode columns but {spec.rfs} has {len(rfs)} rows; "
-            "the RF table needs exactly one row per response column, in the same order."
+            f"{spec.responses}: responses are {stored.data.dtype}{stored.shape}; expected a numeric (N, E) array, "
+            "one row per stimulus presentation and one column per electrode."
         )
-    images: ImageSource = (
-        FolderImages(spec.images, spec.image_index) if os.path.isdir(spec.images) else NpyImages(spec.images)
-    )
+    responses = response_rows(stored, len(rfs), spec.electrode_axis, spec.rfs)
+    images = open_images(spec.images, spec.image_index, stack)
     if len(images) != len(responses):
         raise DataError(
             f"{spec.responses} has {len(responses)} rows but {images.path} has {len(images)} images; "
@@ -247,8 +327,7 @@ def ingest(spec: IngestSpec, on_rows=None) -> tuple[DatasetInfo, int]:
         )
     _check_rfs(rfs, spec, images.shape)
 
-    responses = responses.astype(np.float32)
-    good = np.isfinite(responses).all(axis=1)
+    good = finite_rows(responses, spec.shard_rows)
     n_dropped = int((~good).sum())
     if n_dropped and not spec.drop_bad_rows:
         bad_rows = np.flatnonzero(~good)[:10].tolist()
@@ -257,58 +336,40 @@ def ingest(spec: IngestSpec, on_rows=None) -> tuple[DatasetInfo, int]:
             f"{'…' if n_dropped > 10 else ''}). Fix them, or pass --drop-bad-rows to leave those rows out."
         )
     if spec.image_ids is not None:
-        ids = _load_npy(spec.image_ids, "image ids")
+        ids = load_npy(spec.image_ids, "image ids")
         if ids.shape != (len(responses),) or not np.issubdtype(ids.dtype, np.integer):
             raise DataError(
                 f"{spec.image_ids}: expected {len(responses)} integer image ids, got {ids.dtype}{ids.shape}."
             )
-        keys = ids.tolist()
+        keys = ids
     else:
         keys = images.keys()
-    # Image ids numbered by first appearance; `repeat` counts earlier presentations of the same image.
-    first_seen: dict = {}
-    image_id = np.array([first_seen.setdefault(k, len(first_seen)) for k in keys], np.int64)
-    repeat = np.zeros(len(keys), np.int32)
-    seen_count: dict[int, int] = {}
-    for i, k in enumerate(image_id):
-        repeat[i] = seen_count.get(k, 0)
-        seen_count[k] = repeat[i] + 1
-    split_of_row = _split_images(len(first_seen), spec)[image_id]
+    image_id, repeat = number_images(keys)
+    n_images = int(image_id.max()) + 1
+    split_of_row = split_images(n_images, spec.val_fraction, spec.test_fraction, spec.seed)[image_id]
 
-    def chunks(code: int) -> Iterator[Samples]:
+    def part(code: int) -> list[Part]:
         rows = np.flatnonzero((split_of_row == code) & good)
-        for start in range(0, len(rows), spec.shard_rows):
-            r = rows[start : start + spec.shard_rows]
-            yield Samples(
-                sample_id=r.astype(np.int64),
-                image_id=image_id[r],
-                repeat=repeat[r],
-                responses=responses[r],
-                images=images.get(r),
-            )
+        return [Part(responses, images, rows, rows, image_id[rows], repeat[rows], rows.astype(np.int64))]
 
-    splits = {"train": chunks(0), "val": chunks(1)}
+    splits = {"train": part(0), "val": part(1)}
     if spec.test_fraction > 0:
-        splits["test"] = chunks(2)
+        splits["test"] = part(2)
     source = {
         "kind": "ingest",
-        "responses": os.path.abspath(spec.responses),
-        "images": os.path.abspath(spec.images),
+        "responses": _absolute_ref(spec.responses),
+        "images": _absolute_ref(spec.images),
         "rfs": os.path.abspath(spec.rfs),
         "val_fraction": spec.val_fraction,
         "test_fraction": spec.test_fraction,
         "seed": spec.seed,
         "dropped_rows": n_dropped,
     }
-    info = write_dataset(
-        spec.out,
-        rfs=rfs,
-        fov_deg=spec.fov_deg,
-        image_size=images.shape[:2],
-        channels=images.shape[2],
-        splits=splits,
-        source=source,
-        overwrite=spec.overwrite,
-        on_rows=on_rows,
-    )
+    plan = Plan(rfs, spec.fov_deg, images.shape, splits, source)
+    info = plan.write(spec.out, spec.shard_rows, spec.overwrite, on_rows)
     return info, n_dropped
+
+
+def _absolute_ref(ref: str) -> str:
+    path, key = split_ref(ref)
+    return os.path.abspath(path) + (f":{key}" if key else "")

@@ -113,7 +113,7 @@ def _write(path, text):
 BAD_INPUTS = {
     "electrode count": (
         lambda s, d: dataclasses.replace(s, rfs=_write(d / "r5.csv", "\n".join(RF_CSV.splitlines()[:-1]) + "\n")),
-        "has 6 electrode columns but .*r5.csv has 5 rows",
+        r"has shape \(30, 6\) but .*r5.csv has 5 electrodes: neither its first nor its last axis matches",
     ),
     "row count": (
         lambda s, d: (
