@@ -372,13 +372,13 @@ def resolve(
     Later steps win; the result is validated."""
     if preset and config_file:
         raise UsageError("give --preset or --config, not both (a config file names its preset inside)")
-    changes = _parse_sets(sets)
+    changes = parse_sets(sets)
     changes.update({k: v for k, v in (overrides or {}).items() if v is not None})
     cfg = load_config(config_file) if config_file else _preset(preset or default_preset)
     return cfg.with_overrides(changes) if changes else cfg
 
 
-def _parse_sets(sets: Iterable[str]) -> dict[str, Any]:
+def parse_sets(sets: Iterable[str]) -> dict[str, Any]:
     """`--set KEY=VALUE` strings as overrides: JSON values (numbers, true/false, null, lists) as such, anything else
     as a string."""
     overrides = {}

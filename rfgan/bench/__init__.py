@@ -1,0 +1,1 @@
+"""Benchmarks: rfgan's step against the reference loop (no Ray), and the data path and worker scaling (Ray)."""
