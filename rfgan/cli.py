@@ -465,16 +465,14 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _print_evaluation(result: dict, as_json: bool) -> None:
-    from rfgan.evaluate.table import table_text
+    from rfgan.evaluate.table import feature_nets_text, table_text
 
     if as_json:
         print(json.dumps(result, indent=1))
         return
-    nets = result["feature_nets"]
     print(
         f"{result['checkpoint']} ({result['kind']}, epoch {result['epoch']}) on {result['data']}/{result['split']} "
-        f"({result['n_images']} images); feature nets: "
-        f"{', '.join(n['weights'] for n in nets.values()) if nets else 'none'}\n"
+        f"({result['n_images']} images); feature nets: {feature_nets_text(result['feature_nets'])}\n"
         f"{table_text(result['metrics'])}\ngrid: {result['grid']}"
     )
 

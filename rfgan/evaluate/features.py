@@ -8,6 +8,7 @@ the file to copy.
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import torch
@@ -62,6 +63,19 @@ def weights_file(weights: torchvision.models.WeightsEnum) -> str:
     return path
 
 
+def is_torchvision_file(path: str) -> bool:
+    """Whether the file at `path` is the one torchvision published under its name: its SHA-256 starts with the hex
+    digits the name carries (alexnet-owt-7be5be79.pth). Another state dict saved under that name is not."""
+    found = torch.hub.HASH_REGEX.search(os.path.basename(path))
+    if found is None:
+        return False
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest().startswith(found.group(1))
+
+
 def _load_alexnet(path: str) -> nn.Module:
     net = torchvision.models.alexnet()
     try:
@@ -91,10 +105,11 @@ class FeatureNets(nn.Module):
         self.normalize = Normalize(transforms.mean, transforms.std)
         self.requires_grad_(False)
         self.train(False)
-        # What the metrics' JSON says about the nets: which weights, from which file.
+        # What the metrics' JSON says about the nets: which weights, from which file, and whether that file is
+        # torchvision's ImageNet file (pretrained) or another state dict saved under its name (e.g. tests' weights).
         self.description = {
-            "alexnet": {"weights": f"torchvision {ALEXNET}", "pretrained": True, "file": alexnet_file},
-            "vgg19": {"weights": f"torchvision {VGG19}", "pretrained": True, "file": vgg19_file},
+            name: {"weights": f"torchvision {weights}", "pretrained": is_torchvision_file(path), "file": path}
+            for name, weights, path in (("alexnet", ALEXNET, alexnet_file), ("vgg19", VGG19, vgg19_file))
         }
 
     @classmethod

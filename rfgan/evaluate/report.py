@@ -22,7 +22,7 @@ from rfgan import __version__, storage
 from rfgan.data.format import iter_split, read_info, read_rfs, to_tensors
 from rfgan.errors import DataError
 from rfgan.evaluate.inference import Decoder, eval_file, load_decoder
-from rfgan.evaluate.table import METRICS, mean_se_text
+from rfgan.evaluate.table import METRICS, feature_nets_text, mean_se_text
 from rfgan.run.artifacts import CURVES_FILE
 
 GRID_IMAGES = 8
@@ -128,13 +128,8 @@ def _metrics_table(runs: list[_Run]) -> str:
     return f"<table class='metrics'><tr><th>metric (mean ± SE over images)</th>{head}</tr>{''.join(rows)}</table>"
 
 
-def _feature_nets(run: _Run) -> str:
-    nets = run.evaluation.get("feature_nets")
-    if not nets:
-        return "no feature metrics (--no-feature-metrics)"
-    return "; ".join(
-        f"{name}: {n['weights']}{'' if n['pretrained'] else ' (not pretrained)'}" for name, n in nets.items()
-    )
+def _nets(run: _Run) -> str:
+    return feature_nets_text(run.evaluation["feature_nets"])
 
 
 def render(runs: list[_Run], targets: torch.Tensor, fakes: list[torch.Tensor]) -> str:
@@ -155,7 +150,7 @@ def render(runs: list[_Run], targets: torch.Tensor, fakes: list[torch.Tensor]) -
         + (f"RF-mask rows: the mask of {', '.join(html.escape(m) for m in masked)}. " if masked else "")
         + "</p>",
         "<ul>"
-        + "".join(f"<li>{html.escape(r.name)}: feature nets {html.escape(_feature_nets(r))}</li>" for r in runs)
+        + "".join(f"<li>{html.escape(r.name)}: feature nets {html.escape(_nets(r))}</li>" for r in runs)
         + "</ul>",
     ]
     curves = [r for r in runs if r.curves is not None]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -152,4 +153,14 @@ def table_text(metrics: dict[str, dict[str, float | int | None]]) -> str:
     width = max(len(BY_KEY[key].label) for key in metrics)
     return "\n".join(
         f"{BY_KEY[key].label:<{width}}  {mean_se_text(key, value)}  (n={value['n']})" for key, value in metrics.items()
+    )
+
+
+def feature_nets_text(nets: dict[str, dict[str, Any]] | None) -> str:
+    """What an evaluation's `feature_nets` say, in words."""
+    if not nets:
+        return "none (--no-feature-metrics)"
+    return "; ".join(
+        f"{name} {n['weights']}{'' if n['pretrained'] else ' (NOT torchvision ImageNet file: not pretrained)'}"
+        for name, n in nets.items()
     )
