@@ -17,6 +17,9 @@ from rfgan.data.format import read_info, read_split
         ),
         ("ingest", ["--responses", "--images", "--rfs", "--fov-deg", "--out", "--drop-bad-rows", "--val-fraction"]),
         ("check", ["--data"]),
+        ("eval", ["--run", "--data", "--split", "--no-feature-metrics", "--allow-other-rfs", "AlexNet"]),
+        ("baseline", ["--data", "--out", "--json", "--device", "--no-feature-metrics", "ridge"]),
+        ("report", ["--run", "--compare", "--out", "--split"]),
     ],
 )
 def test_help_explains_the_options(command, options):
