@@ -85,7 +85,7 @@ def per_image_metrics(
     ``fakes`` and ``targets`` (N, C, H, W) in [0, 1] and ``image_ids`` (N,) may live on the CPU; batches go to
     ``device``, where ``nets`` must be. Without ``nets`` the feature metrics are left out; with ``mask`` ((H, W), 1
     inside the RFs) the masked ones are added. Identification and retrieval cover the first IDENTIFICATION_MAX
-    images, and need at least 2 different images.
+    images; they are left out when those show fewer than 2 different images.
     """
     n_pairs = min(len(fakes), IDENTIFICATION_MAX)
     values: dict[str, list[Tensor]] = defaultdict(list)
@@ -115,9 +115,11 @@ def per_image_metrics(
     out = {key: torch.cat(v) for key, v in values.items()}
 
     ids = image_ids[:n_pairs].cpu()
+    n_images = len(ids.unique())
+    if n_images < 2:  # one image (however often shown) has no other to be told apart from
+        return out
     r = correlations(unit_rows(fakes[:n_pairs]), unit_rows(targets[:n_pairs]))  # (n, n) pixel correlations
     out["identification"] = identification(r, ids)
-    n_images = len(ids.unique())
     for k in RETRIEVAL_K:
         if n_images > k:  # top-k among k images or fewer always succeeds
             out[f"retrieval_top{k}"] = retrieval(r, ids, k)

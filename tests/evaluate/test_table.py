@@ -137,6 +137,13 @@ def test_identification_on_features_tells_images_apart_and_repeats_are_left_out(
     assert "retrieval_top1" in values and "retrieval_top5" not in values
 
 
+def test_one_image_shown_again_and_again_has_no_identification(nets):
+    targets = _images(1, seed=4).expand(3, -1, -1, -1)
+    values = per_image_metrics(_images(3, seed=5), targets, torch.zeros(3, dtype=torch.long), nets)
+    assert not any(k.startswith(("identification", "retrieval")) for k in values)
+    assert values["ssim"].shape == (3,)
+
+
 def test_summary_is_the_mean_and_standard_error():
     values = {"ssim": torch.tensor([0.2, 0.4, 0.9]), "psnr": torch.tensor([20.0])}
     summary = summarize(values)
