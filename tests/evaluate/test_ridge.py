@@ -83,7 +83,11 @@ def test_baseline_writes_a_run_that_eval_and_reconstruct_take(tiny_dataset, feat
     assert again["metrics"] == result["metrics"]
     assert main(["eval", "--run", str(run), "--data", str(tiny_dataset)]) == 0
     text = capsys.readouterr().out
-    assert "2-way identification, AlexNet(2)" in text and "±" in text
+    assert "2-way identification, AlexNet(2)" in text and "±" in text and "NOT torchvision ImageNet file" in text
+    # A run given as a URI (how s3:// and gs:// ones are read) is fetched and read the same way.
+    by_uri = ["eval", "--run", run.as_uri(), "--data", str(tiny_dataset), "--no-feature-metrics", "--json"]
+    assert main(by_uri) == 0
+    assert json.loads(capsys.readouterr().out)["metrics"]["psnr"] == result["metrics"]["psnr"]
 
     # So does rfgan reconstruct, with the images the ridge decoder gives.
     np.save(tmp_path / "r.npy", read_split(tiny_dataset, "val")["responses"][:3])
