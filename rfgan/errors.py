@@ -29,6 +29,11 @@ class MissingVGGWeightsError(RfganError, FileNotFoundError):
     """The VGG19 weights file is absent or does not hold a state dict."""
 
 
+class MissingFeatureWeightsError(RfganError, FileNotFoundError):
+    """The ImageNet weights of a feature net of the standard metrics (AlexNet, VGG19) are absent and cannot be
+    downloaded."""
+
+
 class TrainingDiverged(RfganError, RuntimeError):
     """A loss became NaN or infinite: the run stops rather than train on garbage."""
 

@@ -41,6 +41,90 @@ def tiny_dataset(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def feature_weights_home(tmp_path_factory):
+    """A torch hub cache with the two files the feature metrics read, made here (machines are offline): randomly
+    initialised torchvision AlexNet and VGG19 conv weights under torchvision's file names. Not torchvision's files,
+    so evaluations made with them say "pretrained": false."""
+    import warnings
+
+    import torch
+    import torchvision
+
+    from rfgan.evaluate.features import ALEXNET, VGG19
+    from rfgan.gan.vgg import VGGFeatures
+
+    home = tmp_path_factory.mktemp("torch_home")
+    checkpoints = home / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(torchvision.models.alexnet().state_dict(), checkpoints / ALEXNET.url.rsplit("/", 1)[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        vgg = VGGFeatures(random_init=True).features  # conv weights up to relu5_1, a features-only state dict
+    torch.save(vgg.state_dict(), checkpoints / VGG19.url.rsplit("/", 1)[1])
+    return home
+
+
+@pytest.fixture
+def feature_weights(feature_weights_home, monkeypatch):
+    """TORCH_HOME set to feature_weights_home for one test."""
+    monkeypatch.setenv("TORCH_HOME", str(feature_weights_home))
+    return feature_weights_home
+
+
+def trained(tiny_dataset, seed=0, steps=3, cfg=None):
+    """A GAN (the `tiny` preset, or `cfg`) after `steps` real training steps on 8 rows of `tiny_dataset`, without Ray:
+    (cfg, info, rfs, gan, opts, the 8 rows' responses)."""
+    import warnings
+
+    import torch
+
+    from rfgan.config import preset
+    from rfgan.data.format import read_info, read_rfs, read_split, to_tensors
+    from rfgan.gan.build import build_gan, build_optimizers
+    from rfgan.gan.step import train_step
+
+    info, rfs = read_info(tiny_dataset), read_rfs(tiny_dataset)
+    cfg = cfg or preset("tiny")
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "VGGFeatures.random_init")
+        gan = build_gan(cfg, info, rfs)
+    opts = build_optimizers(cfg, gan)
+    batch = read_split(tiny_dataset, "train")
+    responses, images = to_tensors({k: batch[k][:8] for k in ("responses", "image")})
+    for _ in range(steps):
+        train_step(gan, opts, responses, images, cfg)
+    return cfg, info, rfs, gan, opts, responses
+
+
+def make_gan_run(run, tiny_dataset, cfg=None, steps=3):
+    """A run directory as rfgan train leaves one (config.json, a checkpoint, curves.png), of a GAN trained a few
+    steps without Ray (trained)."""
+    from rfgan.run.artifacts import plot_curves
+    from rfgan.run.checkpoint import save_checkpoint
+
+    cfg, info, rfs, gan, opts, _ = trained(tiny_dataset, steps=steps, cfg=cfg)
+    save_checkpoint(
+        run / "checkpoint_000001",
+        config=cfg,
+        info=info,
+        rfs=rfs,
+        gan=gan,
+        opts=opts,
+        epoch=1,
+        step=steps,
+        metrics={"val_ssim": 0.1},
+    )
+    (run / "config.json").write_text(cfg.to_json() + "\n")
+    plot_curves(
+        [{"epoch": 1, "train_pix": 0.3, "val_ssim": 0.1}, {"epoch": 2, "train_pix": 0.2, "val_ssim": 0.2}],
+        run / "curves.png",
+    )
+    return run
+
+
 def concat_chunks(chunks) -> dict[str, np.ndarray]:
     chunks = list(chunks)
     return {

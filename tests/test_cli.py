@@ -19,6 +19,9 @@ from rfgan.data.format import read_info, read_split
         ("ingest-tvsd", ["--mua", "--imgs", "--image-root", "--train-key", "--min-reliability", "--areas", "--crop"]),
         ("ingest-nwb", ["--nwb", "--responses", "--window", "--area-window", "--rf-columns", "--stimulus"]),
         ("check", ["--data"]),
+        ("eval", ["--run", "--data", "--split", "--no-feature-metrics", "--allow-other-rfs", "AlexNet"]),
+        ("baseline", ["--data", "--out", "--json", "--device", "--no-feature-metrics", "ridge"]),
+        ("report", ["--run", "--compare", "--out", "--split"]),
     ],
 )
 def test_help_explains_the_options(command, options):

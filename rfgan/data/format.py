@@ -25,7 +25,7 @@ import socket
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -629,6 +629,17 @@ def read_split(path: str | os.PathLike, split: str) -> dict[str, np.ndarray]:
         pq.read_table(f, columns=list(COLUMNS), filesystem=fs) for f in split_files(path, split, info)
     )
     return decode_table(table, info)
+
+
+def iter_split(path: str | os.PathLike, split: str, batch_rows: int = 1024) -> Iterator[dict[str, np.ndarray]]:
+    """A split in decoded batches of at most `batch_rows`, one shard at a time, without Ray: a pass over data larger
+    than memory (the ridge baseline's normal equations)."""
+    info = read_info(path)
+    fs, _ = storage.filesystem(path)
+    for f in split_files(path, split, info):
+        with fs.open_input_file(f) as source:
+            for batch in pq.ParquetFile(source).iter_batches(batch_size=batch_rows, columns=list(COLUMNS)):
+                yield decode_table(pa.Table.from_batches([batch]), info)
 
 
 def open_split(path: str | os.PathLike, split: str) -> ray.data.Dataset:

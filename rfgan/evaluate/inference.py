@@ -1,100 +1,176 @@
-"""Using a trained run: pick its best or last checkpoint, evaluate it on a dataset, reconstruct images from new
-responses. No Ray: a laptop with the run directory, or access to the bucket it was written to, is enough."""
+"""Using a run: load its model (a GAN checkpoint, or the ridge weights of `rfgan baseline`) as one Decoder, evaluate
+it on a dataset with the standard table, reconstruct images from new responses; and make the ridge baseline's run.
+No Ray: a laptop with the run directory, or access to the bucket it was written to, is enough."""
 
 from __future__ import annotations
 
 import json
-import os
 import tempfile
-import warnings
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
+from torch import Tensor
 
 from rfgan import storage
-from rfgan.data.format import read_info, read_rfs, read_split, to_tensors
-from rfgan.errors import DataError, MissingVGGWeightsError
-from rfgan.evaluate.metrics import evaluate, identification_accuracy
-from rfgan.gan.build import GAN, build_gan
-from rfgan.gan.vgg import VGGFeatures
+from rfgan.data.format import DatasetInfo, read_info, read_rfs, read_split, to_tensors
+from rfgan.data.rf import RFTable
+from rfgan.errors import DataError, UsageError
+from rfgan.evaluate.features import FeatureNets
+from rfgan.evaluate.ridge import RIDGE_KIND, fit_ridge, load_ridge, save_ridge
+from rfgan.evaluate.table import per_image_metrics, summarize
+from rfgan.gan.build import build_gan
 from rfgan.run.artifacts import save_grid
-from rfgan.run.checkpoint import Checkpoint, find_checkpoint, open_checkpoint
+from rfgan.run.checkpoint import (
+    check_data_matches,
+    checkpoint_kind,
+    existing_checkpoints,
+    find_checkpoint,
+    gan_checkpoint,
+    local_copy,
+    read_checkpoint,
+)
 
-# Pairwise identification compares every reconstruction with every target: the first N images bound its cost.
-IDENTIFICATION_MAX = 2000
+BATCH = 64
+GRID_IMAGES = 8  # pairs in the eval grid
 
 
-def load_trained(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[GAN, Checkpoint]:
-    """The generator (eval mode) and RF projection of a checkpoint (local or a URI); no D, no VGG."""
-    ckpt = open_checkpoint(checkpoint, map_location=device)
+@dataclass
+class Decoder:
+    """A trained model as eval, reconstruct and report use it, whatever it is."""
+
+    kind: str  # "gan", or "ridge" (rfgan baseline)
+    model: Callable[[Tensor], Tensor]  # responses (B, E) → images (B, C, H, W) in [0, 1]; in eval mode
+    info: DatasetInfo  # the data it was trained on
+    rfs: RFTable
+    config: dict[str, Any]  # its resolved config
+    checkpoint: str
+    epoch: int
+    mask: Tensor | None = None  # (1, 1, H, W) RF mask of a model trained inside it (data.mask), else None
+
+    @torch.no_grad()
+    def reconstruct(self, responses: Tensor, device: torch.device | str = "cpu") -> Tensor:
+        """(N, E) responses → (N, C, H, W) images in [0, 1] on the CPU, a batch at a time on `device`."""
+        batches = [responses[i : i + BATCH].to(device) for i in range(0, len(responses), BATCH)]
+        return torch.cat([self.model(r).cpu() for r in batches])
+
+    def check_matches(self, info: DatasetInfo, rfs: RFTable, where: str, allow_other_rfs: bool = False) -> bool:
+        """check_data_matches for the data this model was trained on."""
+        return check_data_matches(self.info, self.rfs, info, rfs, where, allow_other_rfs)
+
+
+def load_decoder(checkpoint: str, device: str | torch.device = "cpu") -> Decoder:
+    """The model of a checkpoint of any kind (local or a URI), on `device`."""
+    with local_copy(checkpoint) as local:
+        files = read_checkpoint(local, map_location=device)
+        if checkpoint_kind(files.state) == RIDGE_KIND:
+            model = load_ridge(files, checkpoint)
+            return Decoder(RIDGE_KIND, model, files.info, files.rfs, files.config, checkpoint, files.state["epoch"])
+    ckpt = gan_checkpoint(files, checkpoint)
     gan = build_gan(ckpt.config, ckpt.info, ckpt.rfs, with_vgg=False, with_d=False)
     ckpt.restore(gan)
-    gan.generator.eval()
-    return gan.to(device), ckpt
+    gan.generator.eval()  # dropout off, BatchNorm's running statistics used and never updated
+    gan = gan.to(device)
+    config = ckpt.config.to_dict()
+    return Decoder("gan", gan.reconstruct, ckpt.info, ckpt.rfs, config, checkpoint, ckpt.epoch, gan.mask)
 
 
-def feature_net(ckpt: Checkpoint) -> tuple[VGGFeatures, str]:
-    """The VGG19 features for feature_corr: ImageNet weights if present, else seeded random ones (labelled)."""
-    try:
-        return VGGFeatures(weights=ckpt.config.loss.vgg_weights), "vgg19-imagenet"
-    except MissingVGGWeightsError:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return VGGFeatures(random_init=True, seed=0), "vgg19-random-init (no ImageNet weights found)"
+def eval_file(run: str, split: str) -> str:
+    """Where `rfgan eval` writes a run's table for a split."""
+    return storage.join(run, f"eval_{split}.json")
+
+
+def feature_nets(feature_metrics: bool, device: str | torch.device = "cpu") -> FeatureNets | None:
+    """The pretrained nets of the feature metrics (downloaded if absent), or None without feature metrics."""
+    return FeatureNets.pretrained().to(device) if feature_metrics else None
 
 
 def evaluate_run(
-    run: str, data: str, split: str = "val", which: str = "best", device: str = "cpu", allow_other_rfs: bool = False
+    run: str,
+    data: str,
+    split: str = "val",
+    which: str = "best",
+    device: str = "cpu",
+    allow_other_rfs: bool = False,
+    feature_metrics: bool = True,
 ) -> dict[str, Any]:
-    """Metrics of a checkpoint on a dataset split; they and a grid PNG are written into the run directory.
-    A dataset with other RFs than the training data is refused unless `allow_other_rfs` (then the JSON says so)."""
-    checkpoint = find_checkpoint(run, which)
-    gan, ckpt = load_trained(checkpoint, device)
-    same_rfs = ckpt.check_matches(read_info(data), read_rfs(data), str(data), allow_other_rfs=allow_other_rfs)
+    """The standard table (rfgan.evaluate.table) of a run's checkpoint on a dataset split, written with a grid PNG
+    into the run directory. A dataset with other RFs than the training data is refused unless `allow_other_rfs`
+    (then the JSON says so). Without `feature_metrics` no pretrained net is needed."""
+    decoder = load_decoder(find_checkpoint(run, which), device)
+    same_rfs = decoder.check_matches(read_info(data), read_rfs(data), str(data), allow_other_rfs=allow_other_rfs)
+    return write_evaluation(run, decoder, data, split, feature_nets(feature_metrics, device), device, same_rfs)
+
+
+def write_evaluation(
+    run: str,
+    decoder: Decoder,
+    data: str,
+    split: str,
+    nets: FeatureNets | None,
+    device: str | torch.device = "cpu",
+    same_rfs: bool = True,
+) -> dict[str, Any]:
+    """Evaluate `decoder` on a split: RUN/eval_SPLIT.json (the table, and what was evaluated how) and a grid PNG."""
     rows = read_split(data, split)
-    vgg, feature_name = feature_net(ckpt)
-    vgg = vgg.to(device)
-    batches = [
-        to_tensors({k: rows[k][i : i + 64] for k in ("responses", "image")})
-        for i in range(0, len(rows["sample_id"]), 64)
-    ]
-    outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
-    metrics = evaluate(gan, batches, vgg=vgg, device=device, keep=outputs)
-    fakes, targets = (torch.cat(t) for t in zip(*outputs))
-    n = min(len(fakes), IDENTIFICATION_MAX)
-    ids = torch.from_numpy(np.array(rows["image_id"][:n]))
-    if len(ids.unique()) >= 2:
-        metrics["identification"] = float(identification_accuracy(fakes[:n], targets[:n], ids))
+    responses, targets = to_tensors(rows)
+    fakes = decoder.reconstruct(responses, device)
+    ids = torch.from_numpy(np.array(rows["image_id"]))
+    values = per_image_metrics(fakes, targets, ids, nets, decoder.mask, device)
     grid = storage.join(run, f"eval_{split}.png")
     with tempfile.TemporaryDirectory(prefix="rfgan-eval-") as tmp:
-        save_grid(Path(tmp, "grid.png"), targets[:8], fakes[:8])
+        save_grid(Path(tmp, "grid.png"), targets[:GRID_IMAGES], fakes[:GRID_IMAGES])
         storage.upload(Path(tmp, "grid.png"), grid)
     result = {
-        **metrics,
-        "checkpoint": checkpoint,
-        "epoch": ckpt.epoch,
+        "metrics": summarize(values),
+        "kind": decoder.kind,
+        "checkpoint": decoder.checkpoint,
+        "epoch": decoder.epoch,
+        "data": storage.absolute(data),
         "split": split,
         "n_images": len(rows["sample_id"]),
-        "feature_net": feature_name,
+        "masked": decoder.mask is not None,
+        "feature_nets": nets.description if nets is not None else None,
         "grid": grid,
     }
     if not same_rfs:
         result["warning"] = "evaluated on a dataset whose RF table differs from the training data's (--allow-other-rfs)"
-    storage.write_bytes(storage.join(run, f"eval_{split}.json"), (json.dumps(result, indent=1) + "\n").encode())
+    storage.write_bytes(eval_file(run, split), (json.dumps(result, indent=1) + "\n").encode())
     return result
+
+
+def baseline(
+    data: str, out: str | None = None, device: str = "cpu", feature_metrics: bool = True
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`rfgan baseline`: fit the ridge decoder (rfgan.evaluate.ridge), write it as a run in `out` (its checkpoint,
+    config.json) and evaluate it on the validation split as `rfgan eval` does. Returns (its config, the eval result).
+    Bad input (the data, a used --out, missing feature weights) is refused before anything is written."""
+    out = out or f"runs/ridge-{time.strftime('%Y%m%d-%H%M%S')}"
+    if existing_checkpoints(out):
+        raise UsageError(f"{out} already holds a run; choose another --out.")
+    info, rfs = read_info(data), read_rfs(data)
+    nets = feature_nets(feature_metrics, device)
+    fit = fit_ridge(data, device)
+    config = fit.config(storage.absolute(data))
+    checkpoint = save_ridge(fit, out, info, rfs, config)
+    storage.write_bytes(storage.join(out, "config.json"), (json.dumps(config, indent=2) + "\n").encode())
+    decoder = Decoder(RIDGE_KIND, fit.decoder.to(device), info, rfs, config, checkpoint, epoch=0)
+    return config, write_evaluation(out, decoder, data, "val", nets, device)
 
 
 def reconstruct(run: str, responses_path: str, out: str, which: str = "best", device: str = "cpu") -> Path:
     """Images from new responses (N, E): `out/reconstructions.npy` (N, H, W, C) uint8 and one PNG per row."""
-    gan, ckpt = load_trained(find_checkpoint(run, which), device)
+    decoder = load_decoder(find_checkpoint(run, which), device)
     try:
         responses = np.load(responses_path, allow_pickle=False)
     except (OSError, ValueError) as e:
         raise DataError(f"{responses_path}: cannot read it as a .npy array ({e}).") from e
-    e = ckpt.info.n_electrodes
+    e = decoder.info.n_electrodes
     if responses.ndim != 2 or responses.shape[1] != e:
         raise DataError(
             f"{responses_path}: responses are {responses.shape}; this model needs (N, {e}), one column "
@@ -105,13 +181,8 @@ def reconstruct(run: str, responses_path: str, out: str, which: str = "best", de
         raise DataError(f"{responses_path}: rows {np.flatnonzero(bad)[:10].tolist()} hold NaN or infinite responses.")
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    images = []
-    with torch.no_grad():
-        for i in range(0, len(responses), 64):
-            r = torch.as_tensor(responses[i : i + 64], dtype=torch.float32, device=device)
-            fake = gan.reconstruct(r)  # (B, C, H, W) in [0, 1]
-            images.append((fake.permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8))
-    images = np.concatenate(images)
+    fake = decoder.reconstruct(torch.as_tensor(responses, dtype=torch.float32), device)  # (N, C, H, W) in [0, 1]
+    images = (fake.permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
     np.save(out_dir / "reconstructions.npy", images)
     for i, im in enumerate(images):
         Image.fromarray(im[..., 0] if im.shape[-1] == 1 else im).save(out_dir / f"{i:05d}.png")

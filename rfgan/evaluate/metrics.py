@@ -1,13 +1,15 @@
-"""Reconstruction metrics: PSNR, SSIM, pixel and VGG-feature correlation, and a no-grad evaluation loop.
+"""Reconstruction metrics: PSNR, SSIM, pixel and feature correlation (also inside an RF mask), two-way
+identification and top-k retrieval, and the running sums of validation during training.
 
 Per-image functions take ``fake`` and ``target`` of shape (B, C, H, W), float, in [0, 1], and return (B,)
 tensors. None of them reads values back to the host, so they can run every batch on an accelerator without
 stalling it; :class:`MetricAccumulator` converts to Python floats only in :meth:`MetricAccumulator.compute`.
+The standard table of `rfgan eval` is assembled from these in rfgan.evaluate.table.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
@@ -17,7 +19,6 @@ from torchmetrics.functional.image import (
     structural_similarity_index_measure,
 )
 
-from rfgan.gan.build import GAN
 from rfgan.gan.vgg import VGGFeatures
 
 __all__ = [
@@ -28,11 +29,17 @@ __all__ = [
     "psnr",
     "ssim",
     "pixel_corr",
+    "psnr_masked",
+    "ssim_masked",
+    "pixel_corr_masked",
     "feature_corr",
-    "identification_accuracy",
+    "unit_rows",
+    "correlations",
+    "identification",
+    "retrieval",
+    "sum_dtype",
     "MetricAccumulator",
     "eval_mode",
-    "evaluate",
 ]
 
 # Identical images have infinite PSNR (MSE 0), which would turn a dataset mean into inf. 100 dB is MSE 1e-10,
@@ -87,13 +94,18 @@ def ssim(fake: Tensor, target: Tensor) -> Tensor:
     return structural_similarity_index_measure(to_luma(fake), to_luma(target), data_range=1.0, reduction="none")  # (B,)
 
 
+def unit_rows(x: Tensor) -> Tensor:
+    """(B, N) float32 rows of x (B, ...), centred and scaled to unit norm: a @ b.T of two such holds Pearson
+    correlations. A constant row stays 0 (see CORR_EPS)."""
+    x = x.flatten(1).float()
+    x = x - x.mean(dim=1, keepdim=True)
+    # Each row scaled by its own norm: large feature maps cannot overflow float32 as a product of sums would.
+    return x / (x.norm(dim=1, keepdim=True) + CORR_EPS)
+
+
 def _pearson(a: Tensor, b: Tensor) -> Tensor:
     """(B,) Pearson correlation between rows of (B, N) a and b; 0 where a row is constant (see CORR_EPS)."""
-    a = a - a.mean(dim=1, keepdim=True)  # (B, N)
-    b = b - b.mean(dim=1, keepdim=True)  # (B, N)
-    # Product of norms rather than sqrt of the product: large feature maps cannot overflow float32.
-    denom = a.norm(dim=1) * b.norm(dim=1) + CORR_EPS  # (B,)
-    return (a * b).sum(dim=1) / denom
+    return (unit_rows(a) * unit_rows(b)).sum(dim=1)
 
 
 def pixel_corr(fake: Tensor, target: Tensor) -> Tensor:
@@ -116,28 +128,88 @@ def feature_corr(vgg: VGGFeatures, fake: Tensor, target: Tensor) -> Tensor:
     return torch.stack(per_layer).mean(dim=0)  # (L, B) -> (B,)
 
 
-def identification_accuracy(fake: Tensor, target: Tensor, image_ids: Tensor | None = None) -> Tensor:
-    """Pairwise identification: over all pairs (i, j), how often reconstruction i correlates more with its own
-    target than with target j (pixel Pearson r, all channels). 0.5 is chance, 1.0 every reconstruction picks its
-    own image: the usual "does it resemble *this* image rather than any image" figure of decoding studies.
-    With ``image_ids`` (B,), pairs showing the same image (repeats) are left out, as are i == j. The (B, B)
-    correlation matrix is built in one go, so keep B to a few thousand."""
+def _inside(mask: Tensor, like: Tensor) -> Tensor:
+    """The mask ((H, W) or (1, 1, H, W), 1 inside) as a (1, 1, H, W) float on `like`'s device; refuses an empty one."""
+    m = mask.reshape(1, 1, *like.shape[-2:]).to(like)
+    if not m.any():
+        raise ValueError("the mask covers no pixel")
+    return m
+
+
+def psnr_masked(fake: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """(B,) PSNR on luma over the pixels inside `mask` ((H, W) or (1, 1, H, W), 1 inside), capped like psnr."""
     fake, target = _check_pair(fake, target)
-    a = fake.flatten(1) - fake.flatten(1).mean(dim=1, keepdim=True)  # (B, N)
-    b = target.flatten(1) - target.flatten(1).mean(dim=1, keepdim=True)  # (B, N)
-    a = a / (a.norm(dim=1, keepdim=True) + CORR_EPS)
-    b = b / (b.norm(dim=1, keepdim=True) + CORR_EPS)
-    r = a @ b.T  # (B, B): r[i, j] = corr(fake_i, target_j)
-    ids = torch.arange(len(r), device=r.device) if image_ids is None else image_ids.to(r.device)
-    other = ids[:, None] != ids[None, :]  # (B, B) pairs of different images
+    m = _inside(mask, fake)
+    mse = ((to_luma(fake) - to_luma(target)) ** 2 * m).sum(dim=(1, 2, 3)) / m.sum()  # (B,)
+    return (10 * torch.log10(1 / mse)).clamp(max=PSNR_CAP_DB)
+
+
+def ssim_masked(fake: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """(B,) mean of the SSIM map (on luma, as ssim) over the pixels inside `mask`."""
+    fake, target = _check_pair(fake, target)
+    m = _inside(mask, fake)
+    _, ssim_map = structural_similarity_index_measure(
+        to_luma(fake), to_luma(target), data_range=1.0, reduction="none", return_full_image=True
+    )  # (B, 1, H, W)
+    return (ssim_map * m).sum(dim=(1, 2, 3)) / m.sum()
+
+
+def pixel_corr_masked(fake: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """(B,) Pearson correlation of each pair over all channels of the pixels inside `mask`."""
+    fake, target = _check_pair(fake, target)
+    inside = _inside(mask, fake).flatten().bool()  # (H*W,)
+    return _pearson(fake.flatten(2)[:, :, inside], target.flatten(2)[:, :, inside])
+
+
+def correlations(a: Tensor, b: Tensor, block: int = 256) -> Tensor:
+    """(A, B) Pearson correlations r[i, j] between the unit rows (unit_rows) a (A, N) and b (B, N), multiplied in
+    float32 a block at a time: the rows may be kept in half precision to halve their memory."""
+    return torch.cat(
+        [
+            torch.cat([a[i : i + block].float() @ b[j : j + block].float().T for j in range(0, len(b), block)], 1)
+            for i in range(0, len(a), block)
+        ]
+    )
+
+
+def _other_images(image_ids: Tensor) -> Tensor:
+    """(N, N) True where rows i and j show different images."""
+    other = image_ids[:, None] != image_ids[None, :]
     if not other.any():
-        raise ValueError("identification needs at least 2 different images")
-    wins = (r.diagonal()[:, None] > r) & other
-    return wins.sum() / other.sum()
+        raise ValueError("identification and retrieval need at least 2 different images")
+    return other
 
 
-def _sum_dtype(device: torch.device) -> torch.dtype:
-    # Float64 sums keep digits over many batches; MPS has no float64.
+def identification(r: Tensor, image_ids: Tensor | None = None) -> Tensor:
+    """(N,) two-way identification of each reconstruction i, from r[i, j] = corr(reconstruction i, target j) (N, N):
+    the share of other images' targets j that it correlates less with than with its own (r[i, j] < r[i, i]; a tie
+    fails). 0.5 is chance: the "does it resemble *this* image rather than another" figure of decoding studies
+    (MindEye's two_way_identification). With ``image_ids`` (N,), pairs showing the same image (repeats) are left out,
+    as is j == i."""
+    ids = torch.arange(len(r), device=r.device) if image_ids is None else image_ids.to(r.device)
+    other = _other_images(ids)
+    wins = (r.diagonal()[:, None] > r) & other  # (N, N)
+    return wins.sum(dim=1) / other.sum(dim=1)
+
+
+def retrieval(r: Tensor, image_ids: Tensor, k: int) -> Tensor:
+    """(N,) 1 where reconstruction i's own image is among the k images whose targets it correlates most with
+    (r (N, N) as for identification), among all distinct images of `image_ids` (each image once, however often it
+    was shown); else 0. Ties count against it, so a constant reconstruction retrieves nothing."""
+    ids = image_ids.to(r.device)
+    _other_images(ids)
+    _, image = torch.unique(ids, return_inverse=True)  # (N,) index of each row's image among the distinct ones
+    rows = torch.arange(len(ids), device=r.device)
+    first = torch.full((int(image.max()) + 1,), len(ids), device=r.device)
+    first = first.scatter_reduce(0, image, rows, reduce="amin")  # one target row per distinct image
+    candidates = r[:, first]  # (N, U)
+    own = candidates[rows, image]  # (N,)
+    beaten_by = (candidates >= own[:, None]).sum(dim=1) - 1  # other images scoring at least as high
+    return (beaten_by < k).float()
+
+
+def sum_dtype(device: torch.device) -> torch.dtype:
+    """Float64 for sums that must keep digits over many batches; float32 on MPS, which has no float64."""
     return torch.float32 if device.type == "mps" else torch.float64
 
 
@@ -174,7 +246,7 @@ class MetricAccumulator:
         batch = torch.stack([count, *(v.sum() for v in values), *features])  # (STATE_SIZE,)
         # Follows the batches' device; a move happens once, on the first batch.
         device = fake.device
-        self._state = self._state.to(device, _sum_dtype(device)) + batch.to(_sum_dtype(device))
+        self._state = self._state.to(device, sum_dtype(device)) + batch.to(sum_dtype(device))
 
     def state(self) -> Tensor:
         """A copy of the (STATE_SIZE,) sums, safe to all-reduce in place."""
@@ -186,7 +258,7 @@ class MetricAccumulator:
         if state.shape != (cls.STATE_SIZE,):
             raise ValueError(f"state must be a 1-D tensor of {cls.STATE_SIZE} sums, got shape {tuple(state.shape)}")
         acc = cls()
-        acc._state = state.detach().to(_sum_dtype(state.device)).clone()
+        acc._state = state.detach().to(sum_dtype(state.device)).clone()
         return acc
 
     def compute(self) -> dict[str, float]:
@@ -215,32 +287,3 @@ def eval_mode(*modules: nn.Module) -> Iterator[None]:
     finally:
         for m, training in previous:
             m.training = training
-
-
-@torch.no_grad()
-def evaluate(
-    gan: GAN,
-    batches: Iterable[tuple[Tensor, Tensor]],
-    vgg: VGGFeatures | None = None,
-    device: torch.device | str = "cpu",
-    keep: list[tuple[Tensor, Tensor]] | None = None,
-) -> dict[str, float]:
-    """Mean metrics of ``gan.reconstruct(responses)`` against the images over all ``batches``.
-
-    ``batches`` yields (responses (B, E), images (B, C, H, W) float in [0, 1]); each pair is moved to
-    ``device``, where the models must already be. The generator, the projection (if a module) and vgg run in eval
-    mode, so BatchNorm uses and never updates its running statistics and dropout is off; every module's
-    previous mode is restored afterwards. Raises ValueError if ``batches`` is empty. With ``keep``, each batch's
-    (fake, image) pair is appended to it, on the CPU.
-    """
-    models = [m for m in (gan.generator, gan.projection, vgg) if isinstance(m, nn.Module)]
-    acc = MetricAccumulator()
-    with eval_mode(*models):
-        for responses, images in batches:
-            responses = responses.to(device, non_blocking=True)  # (B, E)
-            images = images.to(device, non_blocking=True)  # (B, C, H, W)
-            fake = gan.reconstruct(responses)  # (B, C, H, W)
-            acc.update(fake, images, vgg)
-            if keep is not None:
-                keep.append((fake.cpu(), images.cpu()))
-    return acc.compute()

@@ -11,9 +11,11 @@ import os
 import pickle
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -37,11 +39,43 @@ CHECKPOINT_VERSION = 1
 # Checkpoints are ranked by validation SSIM: a reconstruction metric, comparable across runs and configs (the
 # adversarial losses are not).
 SCORE = "val_ssim"
+# What a checkpoint holds (state.json "kind"; absent in rfgan 0.1.0's, which are all GANs): a GAN, or the ridge
+# weights of `rfgan baseline`, which eval, reconstruct and report read too (rfgan.evaluate.inference).
+GAN_KIND = "gan"
 
 
 def unwrap(module: nn.Module | None) -> nn.Module | None:
     """The bare module inside a DDP (or similar) wrapper, so checkpoints load with or without DDP."""
     return getattr(module, "module", module)
+
+
+def check_data_matches(
+    trained_info: DatasetInfo,
+    trained_rfs: RFTable,
+    info: DatasetInfo,
+    rfs: RFTable,
+    where: str = "this dataset",
+    allow_other_rfs: bool = False,
+) -> bool:
+    """Refuse data a checkpoint (trained on `trained_info`, `trained_rfs`) was not trained for: electrode count, image
+    size, channels, and the RF table (a recording of the same shape with other RFs would be decoded through the wrong
+    maps). With `allow_other_rfs` a different RF table is accepted; returns whether the RF tables are the same."""
+    mine = (trained_info.n_electrodes, trained_info.image_size, trained_info.channels)
+    theirs = (info.n_electrodes, info.image_size, info.channels)
+    if mine != theirs:
+        raise DataError(
+            f"the checkpoint was trained for {mine[0]} electrodes and {mine[1][0]}x{mine[1][1]}x{mine[2]} "
+            f"images, but {where} has {theirs[0]} electrodes and {theirs[1][0]}x{theirs[1][1]}x{theirs[2]} "
+            "images; use a checkpoint trained on data of this shape, or train a new one."
+        )
+    same = trained_rfs.equals(rfs)
+    if not same and not allow_other_rfs:
+        raise DataError(
+            f"{where} has other receptive fields than the data the checkpoint was trained on (its rfs.csv "
+            "differs from the checkpoint's): it is another recording, which this model would decode through "
+            "the wrong RF maps. Use the training recording, or pass --allow-other-rfs to evaluate anyway."
+        )
+    return same
 
 
 @dataclass
@@ -57,25 +91,8 @@ class Checkpoint:
     def check_matches(
         self, info: DatasetInfo, rfs: RFTable, where: str = "this dataset", allow_other_rfs: bool = False
     ) -> bool:
-        """Refuse data the checkpoint was not trained for: electrode count, image size, channels, and the RF table
-        (a recording of the same shape with other RFs would be decoded through the wrong maps). With
-        `allow_other_rfs` a different RF table is accepted; returns whether the RF tables are the same."""
-        mine = (self.info.n_electrodes, self.info.image_size, self.info.channels)
-        theirs = (info.n_electrodes, info.image_size, info.channels)
-        if mine != theirs:
-            raise DataError(
-                f"the checkpoint was trained for {mine[0]} electrodes and {mine[1][0]}x{mine[1][1]}x{mine[2]} "
-                f"images, but {where} has {theirs[0]} electrodes and {theirs[1][0]}x{theirs[1][1]}x{theirs[2]} "
-                "images; use a checkpoint trained on data of this shape, or train a new one."
-            )
-        same = self.rfs.equals(rfs)
-        if not same and not allow_other_rfs:
-            raise DataError(
-                f"{where} has other receptive fields than the data the checkpoint was trained on (its rfs.csv "
-                "differs from the checkpoint's): it is another recording, which this generator would decode through "
-                "the wrong RF maps. Use the training recording, or pass --allow-other-rfs to evaluate anyway."
-            )
-        return same
+        """check_data_matches for this checkpoint's data."""
+        return check_data_matches(self.info, self.rfs, info, rfs, where, allow_other_rfs)
 
     def restore(self, gan: GAN, opts: Optimizers | None = None) -> None:
         """Load the saved states into the GAN's (possibly DDP-wrapped) nets and, if given, the optimizers."""
@@ -102,16 +119,35 @@ def save_checkpoint(
     step: int,
     metrics: dict[str, float] | None = None,
 ) -> Path:
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     nets = {
         "generator": unwrap(gan.generator).state_dict(),
         "discriminator": unwrap(gan.discriminator).state_dict() if gan.discriminator is not None else None,
         "opt_g": opts.g.state_dict() if opts is not None else None,
         "opt_d": opts.d.state_dict() if opts is not None and opts.d is not None else None,
     }
+    return write_checkpoint(
+        directory, nets=nets, config=config.to_dict(), info=info, rfs=rfs, epoch=epoch, step=step, metrics=metrics
+    )
+
+
+def write_checkpoint(
+    directory: str | os.PathLike,
+    *,
+    nets: dict[str, Any],
+    config: dict[str, Any],
+    info: DatasetInfo,
+    rfs: RFTable,
+    epoch: int,
+    step: int,
+    metrics: dict[str, float] | None = None,
+    kind: str = GAN_KIND,
+) -> Path:
+    """The checkpoint files of any kind of model (a GAN's, or rfgan baseline's ridge weights): `nets` (tensors
+    only), its config, the dataset facts and RF table, then state.json."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
     torch.save(nets, directory / NETS_FILE)
-    (directory / CONFIG_FILE).write_text(config.to_json() + "\n")
+    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     (directory / DATASET_FILE).write_text(json.dumps(info.to_json(), indent=1) + "\n")
     rfs.to_csv(directory / RFS_FILE)
     # state.json last, with every other file's size: a checkpoint cut short (a crash while writing, an interrupted
@@ -122,6 +158,7 @@ def save_checkpoint(
             {
                 "checkpoint_version": CHECKPOINT_VERSION,
                 "rfgan_version": __version__,
+                "kind": kind,
                 "epoch": epoch,
                 "step": step,
                 "metrics": metrics or {},
@@ -165,14 +202,25 @@ def read_state(directory: str | os.PathLike) -> dict[str, Any]:
     return state
 
 
-def load_checkpoint(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:
-    """A local checkpoint directory, verified (read_state) before anything is loaded."""
+class CheckpointFiles(NamedTuple):
+    """A checkpoint of any kind as read: state.json, config.json (not yet parsed as a Config), dataset facts, RF
+    table, and the tensors of nets.pt."""
+
+    state: dict[str, Any]
+    config: dict[str, Any]
+    info: DatasetInfo
+    rfs: RFTable
+    nets: dict[str, Any]
+
+
+def read_checkpoint(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> CheckpointFiles:
+    """A local checkpoint directory of any kind, verified (read_state) before anything is loaded."""
     directory = Path(directory)
     state = read_state(directory)
     try:
-        config = Config.from_dict(json.loads((directory / CONFIG_FILE).read_text()))
+        config = json.loads((directory / CONFIG_FILE).read_text())
         info = DatasetInfo.from_json(json.loads((directory / DATASET_FILE).read_text()), str(directory / DATASET_FILE))
-    except ValueError as e:  # JSONDecodeError, ConfigError, DataError
+    except ValueError as e:  # JSONDecodeError, DataError
         raise DataError(
             f"{directory}: cannot read its config or dataset facts ({e}); the checkpoint is damaged."
         ) from e
@@ -183,17 +231,52 @@ def load_checkpoint(directory: str | os.PathLike, map_location: str | torch.devi
         raise DataError(
             f"{directory / NETS_FILE}: cannot load it ({str(e).splitlines()[0]}); the checkpoint is damaged."
         ) from e
-    return Checkpoint(config, info, rfs, int(state["epoch"]), int(state["step"]), nets, state.get("metrics", {}))
+    return CheckpointFiles(state, config, info, rfs, nets)
+
+
+def load_checkpoint(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """A local GAN checkpoint directory, verified (read_state) before anything is loaded."""
+    return gan_checkpoint(read_checkpoint(directory, map_location), directory)
+
+
+def gan_checkpoint(files: CheckpointFiles, where: str | os.PathLike) -> Checkpoint:
+    """The GAN checkpoint that `files` (read_checkpoint of `where`) hold; refuses another kind of model."""
+    kind = checkpoint_kind(files.state)
+    if kind != GAN_KIND:
+        raise DataError(
+            f"{where} holds a {kind} model (from rfgan baseline), not a GAN: it cannot be trained or resumed."
+        )
+    try:
+        config = Config.from_dict(files.config)
+    except ValueError as e:  # ConfigError
+        raise DataError(f"{where}: cannot read its config ({e}); the checkpoint is damaged.") from e
+    state = files.state
+    return Checkpoint(
+        config, files.info, files.rfs, int(state["epoch"]), int(state["step"]), files.nets, state.get("metrics", {})
+    )
+
+
+def checkpoint_kind(state: dict[str, Any]) -> str:
+    """The kind of model a checkpoint's state.json describes."""
+    return str(state.get("kind", GAN_KIND))
+
+
+@contextmanager
+def local_copy(directory: str | os.PathLike) -> Iterator[Path]:
+    """A checkpoint directory as a local path: itself, or a temporary copy of a URI's (a few files)."""
+    directory = os.fspath(directory)
+    if not storage.is_remote(directory):
+        yield Path(directory)
+        return
+    with tempfile.TemporaryDirectory(prefix="rfgan-checkpoint-") as tmp:
+        storage.download(directory, tmp)
+        yield Path(tmp)
 
 
 def open_checkpoint(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:
-    """load_checkpoint of a local directory or a URI (fetched to a temporary folder first: a few files)."""
-    directory = os.fspath(directory)
-    if not storage.is_remote(directory):
-        return load_checkpoint(directory, map_location)
-    with tempfile.TemporaryDirectory(prefix="rfgan-checkpoint-") as tmp:
-        storage.download(directory, tmp)
-        return load_checkpoint(tmp, map_location)
+    """load_checkpoint of a local directory or a URI."""
+    with local_copy(directory) as local:
+        return load_checkpoint(local, map_location)
 
 
 def intact_checkpoints(run: str | os.PathLike) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:

@@ -1,4 +1,5 @@
-"""Tests for rfgan.evaluate.metrics: per-image metrics, the accumulator and its state, and evaluate()."""
+"""Tests for rfgan.evaluate.metrics: per-image metrics (also inside a mask), identification and retrieval, the
+accumulator and its state."""
 
 from __future__ import annotations
 
@@ -8,24 +9,26 @@ import pytest
 import torch
 from torch import nn
 
-from rfgan.data.rf import RFProjection
 from rfgan.evaluate.metrics import (
     PSNR_CAP_DB,
     MetricAccumulator,
+    correlations,
     eval_mode,
-    evaluate,
     feature_corr,
-    identification_accuracy,
+    identification,
     pixel_corr,
+    pixel_corr_masked,
     psnr,
+    psnr_masked,
+    retrieval,
     ssim,
+    ssim_masked,
     to_luma,
+    unit_rows,
 )
-from rfgan.gan.build import GAN
-from rfgan.gan.models import UNetGenerator
 from rfgan.gan.vgg import VGGFeatures
 
-E, H, W = 5, 16, 16
+H, W = 16, 16
 
 
 @pytest.fixture(scope="module")
@@ -116,19 +119,23 @@ def test_pixel_corr_of_constant_image_is_zero_not_nan():
         torch.testing.assert_close(out, torch.zeros(2), atol=1e-6, rtol=0)
 
 
+def _identification(fake, target, ids=None) -> float:
+    return identification(correlations(unit_rows(fake), unit_rows(target)), ids).mean().item()
+
+
 def test_identification_is_one_for_perfect_half_for_noise_and_zero_for_swapped():
     g = torch.Generator().manual_seed(0)
     target = torch.rand(40, 3, 8, 8, generator=g)
-    assert identification_accuracy(target, target).item() == 1.0
+    assert _identification(target, target) == 1.0
     noise = torch.rand(40, 3, 8, 8, generator=g)
-    assert abs(identification_accuracy(noise, target).item() - 0.5) < 0.05
+    assert abs(_identification(noise, target) - 0.5) < 0.05
     # Each reconstruction is a perfect copy of the *next* image: it never beats that one, and matches its own only
     # by chance against the others.
     shifted = target.roll(1, dims=0)
-    assert identification_accuracy(shifted, target).item() < 0.55
+    assert _identification(shifted, target) < 0.55
     # Two images: reconstruction 0 resembles image 0, reconstruction 1 resembles image 0 too.
     pair = torch.stack([target[0], target[0] * 0.9 + 0.05])
-    assert identification_accuracy(pair, target[:2]).item() == 0.5
+    assert identification(correlations(unit_rows(pair), unit_rows(target[:2]))).tolist() == [1.0, 0.0]
 
 
 def test_identification_leaves_out_repeats_of_the_same_image():
@@ -136,10 +143,66 @@ def test_identification_leaves_out_repeats_of_the_same_image():
     repeated = target.repeat_interleave(2, dim=0)  # each image twice, as with --repeats 2
     ids = torch.arange(6).repeat_interleave(2)
     # Without ids, the repeat of an image ties with it and counts as a loss; with them, it is not compared.
-    assert identification_accuracy(repeated, repeated).item() < 1.0
-    assert identification_accuracy(repeated, repeated, ids).item() == 1.0
+    assert _identification(repeated, repeated) < 1.0
+    assert _identification(repeated, repeated, ids) == 1.0
     with pytest.raises(ValueError, match="2 different images"):
-        identification_accuracy(repeated[:2], repeated[:2], ids[:2])
+        _identification(repeated[:2], repeated[:2], ids[:2])
+
+
+def test_half_precision_rows_give_the_same_correlations():
+    a, b = unit_rows(_images(5, seed=1)), unit_rows(_images(7, seed=2))
+    exact = torch.corrcoef(torch.cat([_images(5, seed=1).flatten(1), _images(7, seed=2).flatten(1)]))[:5, 5:]
+    torch.testing.assert_close(correlations(a, b, block=2), exact, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(correlations(a.half(), b.half(), block=3), exact, atol=2e-3, rtol=0)
+
+
+def test_retrieval_finds_the_own_image_among_the_distinct_ones():
+    target = torch.rand(10, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    r = correlations(unit_rows(target), unit_rows(target))
+    ids = torch.arange(10)
+    assert retrieval(r, ids, 1).tolist() == [1.0] * 10
+    # Each reconstruction a copy of the next image: its own image is never the best match, but the second best
+    # only by chance; a constant reconstruction (all correlations 0, ties) retrieves nothing.
+    shifted = correlations(unit_rows(target.roll(1, dims=0)), unit_rows(target))
+    assert retrieval(shifted, ids, 1).sum() == 0
+    assert retrieval(correlations(unit_rows(torch.full_like(target, 0.5)), unit_rows(target)), ids, 5).sum() == 0
+    # Repeats: every image shown twice is one candidate, so top-1 of a perfect decoder stays 1.
+    repeated = target.repeat_interleave(2, dim=0)
+    r2 = correlations(unit_rows(repeated), unit_rows(repeated))
+    assert retrieval(r2, ids.repeat_interleave(2), 1).tolist() == [1.0] * 20
+
+
+def test_top_k_retrieval_counts_the_images_that_beat_the_own_one():
+    # Reconstruction 0 correlates best with image 2, then image 0 (its own), then image 1.
+    r = torch.tensor([[0.5, 0.1, 0.9], [0.0, 1.0, 0.2], [0.3, 0.2, 0.8]])
+    ids = torch.arange(3)
+    assert retrieval(r, ids, 1).tolist() == [0.0, 1.0, 1.0]
+    assert retrieval(r, ids, 2).tolist() == [1.0, 1.0, 1.0]
+
+
+# --------------------------------------------------------------------------- inside a mask
+
+
+def test_masked_metrics_see_only_the_pixels_inside():
+    target = _images(2)
+    fake = target.clone()
+    mask = torch.zeros(H, W)
+    mask[:, : W // 2] = 1
+    fake[:, :, :, W // 2 :] = torch.rand(2, 3, H, W // 2, generator=torch.Generator().manual_seed(9))  # outside only
+    assert (psnr_masked(fake, target, mask) == PSNR_CAP_DB).all()
+    torch.testing.assert_close(pixel_corr_masked(fake, target, mask), torch.ones(2))
+    assert (psnr(fake, target) < 20).all() and (pixel_corr(fake, target) < 0.9).all()
+    fake[:, :, 0, 0] += 0.1  # one pixel inside: MSE over the half image, not the whole one
+    expected = 10 * torch.log10(1 / ((to_luma(fake) - to_luma(target))[:, 0, :, : W // 2] ** 2).mean(dim=(1, 2)))
+    torch.testing.assert_close(psnr_masked(fake, target, mask), expected)
+
+
+def test_masked_ssim_is_the_mean_of_the_ssim_map_inside_the_mask():
+    x, y = _images(2, seed=1), _images(2, seed=2)
+    torch.testing.assert_close(ssim_masked(x, y, torch.ones(H, W)), ssim(x, y))
+    torch.testing.assert_close(ssim_masked(x, x, torch.ones(1, 1, H, W)), torch.ones(2))
+    with pytest.raises(ValueError, match="covers no pixel"):
+        ssim_masked(x, y, torch.zeros(H, W))
 
 
 def test_feature_corr_of_identical_images_is_one(vgg):
@@ -264,77 +327,7 @@ def test_from_state_rejects_wrong_shape():
         MetricAccumulator.from_state(torch.zeros(5))
 
 
-# --------------------------------------------------------------------------- evaluate
-
-
-def _bn_buffers(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {name: b.clone() for name, b in module.named_buffers() if "running" in name or "num_batches" in name}
-
-
-def _setup(seed: int = 0):
-    torch.manual_seed(seed)
-    generator = UNetGenerator(in_channels=E, ngf=4, n_down=3)
-    projection = RFProjection(maps=torch.rand(E, H, W))
-    batches = [(torch.randn(3, E), _images(3, seed=1)), (torch.randn(2, E), _images(2, seed=2))]
-    return generator, projection, batches
-
-
-def _gan(generator, projection):
-    # Dense input: some tests stand a recording function in for the projection.
-    return GAN(projection=projection, generator=generator, discriminator=None, vgg=None, mask=None, compact=False)
-
-
-def test_the_bn_check_below_can_fail():
-    # Control for the next test: a forward pass in train mode does move the running statistics.
-    generator, projection, batches = _setup()
-    before = _bn_buffers(generator)
-    assert before
-    generator.train()
-    generator(projection(batches[0][0]))
-    after = _bn_buffers(generator)
-    assert any(not torch.equal(before[k], after[k]) for k in before)
-
-
-@pytest.mark.parametrize("training", [True, False])
-def test_evaluate_leaves_bn_statistics_and_mode_unchanged(training):
-    generator, projection, batches = _setup()
-    generator.train(training)
-    before = _bn_buffers(generator)
-    metrics = evaluate(_gan(generator, projection), batches)
-    after = _bn_buffers(generator)
-    for key in before:
-        assert torch.equal(before[key], after[key]), key
-    assert all(m.training == training for m in generator.modules())
-    assert set(metrics) == {"psnr", "ssim", "pixel_corr"}
-
-
-def test_evaluate_matches_metrics_of_eval_mode_outputs(vgg):
-    generator, projection, batches = _setup()
-    generator.train()  # dropout on: evaluate must switch it off to get these exact outputs
-    metrics = evaluate(_gan(generator, projection), batches, vgg=vgg)
-    generator.eval()
-    with torch.no_grad():
-        fake = torch.cat([generator(projection(r)) for r, _ in batches])
-    target = torch.cat([images for _, images in batches])
-    _assert_means_close(metrics, _batch_means(fake, target, vgg))
-
-
-def test_evaluate_moves_batches_to_device():
-    generator, projection, batches = _setup()
-    seen = []
-
-    def record(responses: torch.Tensor) -> torch.Tensor:
-        seen.append(responses.device)
-        return projection(responses)
-
-    evaluate(_gan(generator, record), batches, device=torch.device("cpu"))
-    assert seen == [torch.device("cpu")] * len(batches)
-
-
-def test_evaluate_of_no_batches_raises():
-    generator, projection, _ = _setup()
-    with pytest.raises(ValueError, match="zero images"):
-        evaluate(_gan(generator, projection), [])
+# --------------------------------------------------------------------------- eval_mode
 
 
 def test_eval_mode_restores_mixed_flags_even_on_error():

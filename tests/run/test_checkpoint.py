@@ -1,33 +1,14 @@
 import dataclasses
 import json
 import shutil
-import warnings
 
 import pytest
 import torch
+from conftest import trained
 
-from rfgan.config import preset
-from rfgan.data.format import read_info, read_rfs, read_split, to_tensors
 from rfgan.errors import DataError
-from rfgan.gan.build import build_gan, build_optimizers
-from rfgan.gan.step import train_step
 from rfgan.run.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from rfgan.run.train import RAY_SNAPSHOT, resume_point
-
-
-def trained(tiny_dataset, seed=0, steps=3):
-    info, rfs = read_info(tiny_dataset), read_rfs(tiny_dataset)
-    cfg = preset("tiny")
-    torch.manual_seed(seed)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "VGGFeatures.random_init")
-        gan = build_gan(cfg, info, rfs)
-    opts = build_optimizers(cfg, gan)
-    batch = read_split(tiny_dataset, "train")
-    responses, images = to_tensors({k: batch[k][:8] for k in ("responses", "image")})
-    for _ in range(steps):
-        train_step(gan, opts, responses, images, cfg)
-    return cfg, info, rfs, gan, opts, responses
 
 
 def test_saved_and_loaded_generator_reproduces_outputs_bit_for_bit(tiny_dataset, tmp_path):

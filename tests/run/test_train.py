@@ -117,7 +117,7 @@ def test_a_crashed_worker_group_restarts_from_the_last_checkpoint(ray_session, t
     assert len([p for p in run.glob("checkpoint_*") if p.is_dir()]) == 3
 
 
-def test_train_cli_eval_and_reconstruct(ray_session, tiny_dataset, tmp_path, capsys):
+def test_train_cli_eval_report_and_reconstruct(ray_session, tiny_dataset, feature_weights, tmp_path, capsys):
     run = tmp_path / "cli"
     sets = [a for k, v in SMALL.items() for a in ("--set", f"{k}={v}")]
     args = ["train", "--data", str(tiny_dataset), "--preset", "tiny", *sets, "--epochs", "1", "--out", str(run)]
@@ -132,16 +132,21 @@ def test_train_cli_eval_and_reconstruct(ray_session, tiny_dataset, tmp_path, cap
 
     assert main(["eval", "--run", str(run), "--data", str(tiny_dataset), "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
-    assert {"psnr", "ssim", "pixel_corr", "feature_corr", "identification"} <= set(metrics)
-    assert metrics["n_images"] == 12 and 0.0 <= metrics["identification"] <= 1.0
+    table = metrics["metrics"]
+    assert {"psnr", "ssim", "pixel_corr", "feature_corr", "identification", "identification_alexnet2"} <= set(table)
+    assert metrics["n_images"] == 12 and 0.0 <= table["identification"]["mean"] <= 1.0
     assert (run / "eval_val.png").exists() and json.loads((run / "eval_val.json").read_text()) == metrics
+    # The report page of the trained run has its curves from Ray Train's epochs.
+    assert main(["report", "--run", str(run)]) == 0
+    assert capsys.readouterr().out == f"wrote {run}/report.html\n"
+    assert "<h2>Training curves</h2>" in (run / "report.html").read_text()
     # Runs and datasets given as URIs (how s3:// and gs:// ones are read): the same answer through pyarrow's
     # filesystems, and the grid written back through them.
     (run / "eval_val.png").unlink()
     assert main(["eval", "--run", run.as_uri(), "--data", tiny_dataset.as_uri(), "--checkpoint", "last", "--json"]) == 0
     by_uri = json.loads(capsys.readouterr().out)
     assert by_uri["checkpoint"].startswith(run.as_uri() + "/checkpoint")
-    assert by_uri["psnr"] == pytest.approx(metrics["psnr"]) and (run / "eval_val.png").exists()
+    assert by_uri["metrics"]["psnr"]["mean"] == pytest.approx(table["psnr"]["mean"]) and (run / "eval_val.png").exists()
 
     responses = torch.randn(3, 12).numpy()
     import numpy as np

@@ -1,0 +1,203 @@
+"""`rfgan report`: one self-contained HTML page that compares runs (GANs, the ridge baseline): the same validation
+images as target | each run's reconstruction, the standard table side by side (mean ± SE, the best of each row
+marked), each run's training curves and resolved config. Images are inlined as base64 data URIs, so the page is one
+file that opens anywhere, offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torchvision.transforms.functional import to_pil_image
+
+from rfgan import __version__, storage
+from rfgan.data.format import iter_split, read_info, read_rfs, to_tensors
+from rfgan.errors import DataError
+from rfgan.evaluate.inference import Decoder, eval_file, load_decoder
+from rfgan.evaluate.table import METRICS, feature_nets_text, mean_se_text
+from rfgan.run.artifacts import CURVES_FILE
+
+GRID_IMAGES = 8
+DISPLAY_PX = 128  # images are shown at least this wide, pixelated rather than blurred
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { padding: 4px 10px; border-bottom: 1px solid #ddd; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+td.best { background: #d9f2d9; font-weight: bold; }
+table.grid td { padding: 2px; border: none; }
+table.grid img { image-rendering: pixelated; }
+pre { background: #f6f6f6; padding: 1em; overflow-x: auto; }
+.note { color: #666; }
+"""
+
+
+@dataclass
+class _Run:
+    path: str
+    name: str
+    evaluation: dict[str, Any]
+    decoder: Decoder
+    curves: bytes | None
+
+
+def _png_uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _image_uri(image: torch.Tensor) -> str:
+    """(C, H, W) in [0, 1] → a PNG data URI."""
+    buffer = io.BytesIO()
+    to_pil_image(image.clamp(0, 1)).save(buffer, format="PNG")
+    return _png_uri(buffer.getvalue())
+
+
+def _read_run(run: str, split: str, device: str) -> tuple[str, dict[str, Any], Decoder, bytes | None]:
+    path = eval_file(run, split)
+    if not storage.is_file(path):
+        raise DataError(
+            f"{run} has no {path.rsplit('/', 1)[-1]}: evaluate it first (rfgan eval --run {run} --data DATA"
+            f"{'' if split == 'val' else ' --split ' + split}); rfgan baseline writes it for a ridge run."
+        )
+    try:
+        evaluation = json.loads(storage.read_bytes(path))
+        evaluation["metrics"]["psnr"]["mean"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise DataError(
+            f"{path}: not a table of this rfgan's eval ({type(e).__name__}: {e}); run rfgan eval on the run again."
+        ) from e
+    curves = storage.join(run, CURVES_FILE)
+    return (
+        storage.split(run)[1],
+        evaluation,
+        load_decoder(evaluation["checkpoint"], device),
+        storage.read_bytes(curves) if storage.is_file(curves) else None,
+    )
+
+
+def _describe(run: _Run) -> str:
+    d = run.decoder
+    if d.kind == "gan":
+        adversarial = d.config["loss"]["lambda_adv"] > 0
+        return f"{d.config['preset']} preset{'' if adversarial else ', no D'}, epoch {d.epoch}"
+    return f"{d.kind}, λ = {d.config.get('lambda', float('nan')):.3g}"
+
+
+def _grid(runs: list[_Run], targets: torch.Tensor, fakes: list[torch.Tensor]) -> str:
+    width = max(DISPLAY_PX, targets.shape[-1])
+    head = "".join(f"<th>{html.escape(r.name)}</th>" for r in runs)
+    rows = []
+    for i in range(len(targets)):
+        cells = "".join(
+            f'<td><img alt="{html.escape(label)} {i}" width="{width}" src="{_image_uri(image[i])}"></td>'
+            for label, image in [("target", targets), *((r.name, f) for r, f in zip(runs, fakes, strict=True))]
+        )
+        rows.append(f"<tr>{cells}</tr>")
+    return f'<table class="grid"><tr><th>target</th>{head}</tr>{"".join(rows)}</table>'
+
+
+def _metrics_table(runs: list[_Run]) -> str:
+    tables = [r.evaluation["metrics"] for r in runs]
+    head = "".join(
+        f"<th>{html.escape(r.name)}<br><span class='note'>{html.escape(_describe(r))}</span></th>" for r in runs
+    )
+    rows = []
+    for metric in METRICS:
+        values = [t.get(metric.key) for t in tables]
+        if all(v is None for v in values):
+            continue
+        # Every metric of the table is better when higher (rfgan.evaluate.table).
+        best = max(round(v["mean"], metric.digits) for v in values if v is not None)
+        cells = []
+        for v in values:
+            if v is None:
+                cells.append("<td>–</td>")
+                continue
+            mark = ' class="best"' if round(v["mean"], metric.digits) == best and len(runs) > 1 else ""
+            cells.append(f'<td{mark} title="n = {v["n"]}">{html.escape(mean_se_text(metric.key, v))}</td>')
+        rows.append(f'<tr data-metric="{metric.key}"><td>{html.escape(metric.label)}</td>{"".join(cells)}</tr>')
+    return f"<table class='metrics'><tr><th>metric (mean ± SE over images)</th>{head}</tr>{''.join(rows)}</table>"
+
+
+def _nets(run: _Run) -> str:
+    return feature_nets_text(run.evaluation["feature_nets"])
+
+
+def render(runs: list[_Run], targets: torch.Tensor, fakes: list[torch.Tensor]) -> str:
+    """The page for runs evaluated on one dataset split, `targets` (B, C, H, W) and each run's reconstructions."""
+    first = runs[0].evaluation
+    masked = [r.name for r in runs if r.evaluation.get("masked")]
+    sections = [
+        "<h1>rfgan report</h1>",
+        f"<p>{len(runs)} run(s) on {html.escape(first['data'])}, split {html.escape(first['split'])}, "
+        f"{first['n_images']} images. Made by rfgan {__version__} on {time.strftime('%Y-%m-%d %H:%M')}.</p>",
+        "<h2>Reconstructions</h2>",
+        f"<p class='note'>The first {len(targets)} images of the split.</p>",
+        _grid(runs, targets, fakes),
+        "<h2>Metrics</h2>",
+        _metrics_table(runs),
+        "<p class='note'>Best of each row in green. Identification: two-way, against the other images of the split "
+        "(chance 0.5); retrieval: the own image among all of the split's images by pixel correlation. "
+        + (f"RF-mask rows: the mask of {', '.join(html.escape(m) for m in masked)}. " if masked else "")
+        + "</p>",
+        "<ul>"
+        + "".join(f"<li>{html.escape(r.name)}: feature nets {html.escape(_nets(r))}</li>" for r in runs)
+        + "</ul>",
+    ]
+    curves = [r for r in runs if r.curves is not None]
+    if curves:
+        sections.append("<h2>Training curves</h2>")
+        for r in curves:
+            sections.append(
+                f'<h3>{html.escape(r.name)}</h3><img alt="curves {html.escape(r.name)}" '
+                f'style="max-width: 100%" src="{_png_uri(r.curves)}">'
+            )
+    sections.append("<h2>Configs</h2>")
+    for r in runs:
+        sections.append(
+            f"<h3>{html.escape(r.name)}</h3><p class='note'>{html.escape(r.decoder.checkpoint)}</p>"
+            f"<pre>{html.escape(json.dumps(r.decoder.config, indent=2))}</pre>"
+        )
+    body = "\n".join(sections)
+    return (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>rfgan report</title>'
+        f"<style>{STYLE}</style></head>\n<body>\n{body}\n</body></html>\n"
+    )
+
+
+def write_report(
+    runs: Sequence[str], out: str | None = None, split: str = "val", device: str = "cpu", n_images: int = GRID_IMAGES
+) -> str:
+    """Compare `runs` (each evaluated on the same dataset split by rfgan eval or rfgan baseline) on one HTML page,
+    written to `out` (default: report.html in the first run); returns its path. Nothing is written on an error."""
+    loaded = [_Run(run, *_read_run(run, split, device)) for run in runs]
+    names = [r.name for r in loaded]
+    if len(set(names)) < len(names):  # runs of one name in different folders
+        for i, r in enumerate(loaded):
+            r.name = f"{i + 1}. {r.name}"
+    first = loaded[0].evaluation
+    for r in loaded[1:]:
+        if (r.evaluation["data"], r.evaluation["split"]) != (first["data"], first["split"]):
+            raise DataError(
+                f"{r.path} was evaluated on {r.evaluation['data']} ({r.evaluation['split']}) but {loaded[0].path} on "
+                f"{first['data']} ({first['split']}); evaluate them on the same dataset split (rfgan eval --data)."
+            )
+    data = first["data"]
+    info, rfs = read_info(data), read_rfs(data)
+    for r in loaded:
+        r.decoder.check_matches(info, rfs, data, allow_other_rfs=True)
+    responses, targets = to_tensors(next(iter_split(data, split, n_images)))
+    fakes = [r.decoder.reconstruct(responses, device) for r in loaded]
+    page = render(loaded, targets, fakes)
+    out = out or storage.join(runs[0], "report.html")
+    storage.write_bytes(out, page.encode())
+    return out

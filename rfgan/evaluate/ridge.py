@@ -1,0 +1,180 @@
+"""The linear baseline of `rfgan baseline`: ridge regression from standardised responses to pixels, in closed form.
+
+The normal equations are summed over batches of the training split (X^T X is E×E, X^T Y is E×(C·H·W)), so a fit
+holds those and one batch, never the dataset. λ is chosen on the validation split over a log grid, all at once from
+one eigendecomposition of X^T X. Works on any torch device (float64 sums; float32 on MPS, which has no float64).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from rfgan import storage
+from rfgan.data.format import DatasetInfo, iter_split, read_info, to_tensors
+from rfgan.data.rf import RFTable
+from rfgan.errors import DataError
+from rfgan.evaluate.metrics import sum_dtype
+from rfgan.run.checkpoint import CONTENT_FILES, STATE_FILE, CheckpointFiles, write_checkpoint
+
+RIDGE_KIND = "ridge"
+CHECKPOINT_NAME = "checkpoint_ridge"
+# λ as a multiple of the mean eigenvalue of the centred X^T X (about the number of training rows, for standardised
+# responses), so that one grid suits any dataset size; two steps a decade.
+LAMBDA_GRID: tuple[float, ...] = tuple(float(10.0**e) for e in np.arange(-5.0, 3.01, 0.5))
+BATCH_ROWS = 1024
+SELECTED_BY = "lowest pixel MSE on the validation split, of outputs clipped to [0, 1] as the decoder clips them"
+
+
+class RidgeDecoder(nn.Module):
+    """Responses (B, E) → images (B, C, H, W) in [0, 1]: standardised with the training split's per-electrode mean
+    and std (as the GAN's input is), times the weights, plus the bias, clipped to [0, 1]."""
+
+    def __init__(
+        self, weight: Tensor, bias: Tensor, mean: Tensor, std: Tensor, image_shape: tuple[int, int, int]
+    ) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight.float())  # (E, C·H·W)
+        self.register_buffer("bias", bias.float())  # (C·H·W,)
+        self.register_buffer("mean", mean.float())  # (E,)
+        self.register_buffer("std", std.float())  # (E,)
+        self.image_shape = tuple(image_shape)
+
+    def forward(self, responses: Tensor) -> Tensor:
+        if responses.ndim != 2 or responses.shape[1] != len(self.mean):
+            raise ValueError(f"responses must be (B, {len(self.mean)}), got {tuple(responses.shape)}")
+        x = (responses.float() - self.mean) / self.std  # (B, E)
+        return (x @ self.weight + self.bias).clamp(0, 1).view(-1, *self.image_shape)
+
+
+@dataclass
+class RidgeFit:
+    decoder: RidgeDecoder
+    lam: float  # the chosen λ
+    grid: tuple[float, ...]  # every λ tried
+    val_mse: tuple[float, ...]  # the validation MSE of each
+    n_train: int
+
+    def config(self, data: str) -> dict[str, Any]:
+        """The resolved config of the fit: written as the run's config.json, shown by rfgan report."""
+        best = self.grid.index(self.lam)
+        return {
+            "model": "ridge",
+            "data": data,
+            "inputs": "responses standardised with the training split's per-electrode mean and std",
+            "lambda": self.lam,
+            "selected_by": SELECTED_BY,
+            "lambda_at_grid_edge": best in (0, len(self.grid) - 1),
+            "lambda_grid": list(self.grid),
+            "val_mse": list(self.val_mse),
+            "n_train": self.n_train,
+        }
+
+
+def _check_data(data: str, info: DatasetInfo) -> None:
+    if "val" not in info.splits:
+        raise DataError(
+            f"{data} has no validation split ('val'), on which rfgan baseline chooses the ridge penalty; make the "
+            "dataset with one (rfgan ingest --val-fraction)."
+        )
+    flat = np.flatnonzero(np.asarray(info.response_std) <= 0)
+    if len(flat):
+        raise DataError(
+            f"{data}: electrode(s) {flat[:10].tolist()} respond the same to every training image (std 0), so they "
+            "cannot be standardised; drop those columns and ingest the dataset again."
+        )
+
+
+def _batches(data: str, split: str, info: DatasetInfo, device: torch.device, dtype: torch.dtype):
+    """(standardised responses (B, E), images flattened (B, C·H·W)) in `dtype`, a batch at a time."""
+    mean = torch.tensor(info.response_mean, device=device, dtype=dtype)
+    std = torch.tensor(info.response_std, device=device, dtype=dtype)
+    for batch in iter_split(data, split, BATCH_ROWS):
+        responses, images = to_tensors(batch, device)
+        yield (responses.to(dtype) - mean) / std, images.flatten(1).to(dtype)
+
+
+@torch.no_grad()
+def fit_ridge(data: str, device: torch.device | str = "cpu", grid: tuple[float, ...] = LAMBDA_GRID) -> RidgeFit:
+    """Ridge regression from the training split's standardised responses to its pixels, with an unpenalised
+    intercept, λ chosen on the validation split (SELECTED_BY) among `grid` times the mean eigenvalue of X^T X."""
+    info = read_info(data)
+    _check_data(data, info)
+    device = torch.device(device)
+    dtype = sum_dtype(device)
+    e, d = info.n_electrodes, info.image_numel
+    xtx, xty = torch.zeros(e, e, device=device, dtype=dtype), torch.zeros(e, d, device=device, dtype=dtype)
+    x_sum, y_sum, n = torch.zeros(e, device=device, dtype=dtype), torch.zeros(d, device=device, dtype=dtype), 0
+    for x, y in _batches(data, "train", info, device, dtype):
+        xtx += x.T @ x
+        xty += x.T @ y
+        x_sum += x.sum(dim=0)
+        y_sum += y.sum(dim=0)
+        n += len(x)
+    if n < 2:
+        raise DataError(f"{data}: the training split has {n} row(s); a ridge fit needs at least 2.")
+    x_mean, y_mean = x_sum / n, y_sum / n
+    # Centred normal equations, so the intercept (y_mean - x_mean W) is not penalised.
+    s = xtx - n * torch.outer(x_mean, x_mean)  # (E, E)
+    c = xty - n * torch.outer(x_mean, y_mean)  # (E, D)
+    # W(λ) = Q diag(1 / (Λ + λ)) Q^T C for S = Q Λ Q^T: one decomposition serves every λ of the grid.
+    evals, q = torch.linalg.eigh(s)
+    evals = evals.clamp(min=0)  # round-off can leave the smallest eigenvalues slightly negative
+    qc = q.T @ c  # (E, D)
+    lambdas = evals.mean() * torch.tensor(grid, device=device, dtype=dtype)  # (L,)
+
+    # Validation error of every λ in one pass over the split: predictions y_mean + (x - x_mean) Q diag(1/(Λ+λ)) Q^T C.
+    sse, n_val = torch.zeros(len(grid), device=device, dtype=dtype), 0
+    qc32, y_mean32 = qc.float(), y_mean.float()
+    for x, y in _batches(data, "val", info, device, dtype):
+        z = ((x - x_mean) @ q).float()  # (B, E)
+        for i, lam in enumerate(lambdas):
+            pred = (y_mean32 + (z / (evals + lam).float()) @ qc32).clamp(0, 1)  # (B, D)
+            sse[i] += ((pred - y.float()) ** 2).sum()
+        n_val += len(x)
+    val_mse = sse / (n_val * d)
+    best = int(val_mse.argmin())
+    weight = q @ (qc / (evals + lambdas[best])[:, None])  # (E, D)
+    bias = y_mean - x_mean @ weight  # (D,)
+    mean = torch.tensor(info.response_mean)
+    std = torch.tensor(info.response_std)
+    decoder = RidgeDecoder(weight.cpu(), bias.cpu(), mean, std, (info.channels, *info.image_size))
+    return RidgeFit(decoder, float(lambdas[best]), tuple(lambdas.tolist()), tuple(val_mse.tolist()), n_train=n)
+
+
+def save_ridge(fit: RidgeFit, run: str, info: DatasetInfo, rfs: RFTable, config: dict[str, Any]) -> str:
+    """The fit as a checkpoint of `run` (local or a URI), in the format of the GAN's checkpoints (so it is verified
+    and found the same way), with kind "ridge"; returns its path."""
+    dest = storage.join(run, CHECKPOINT_NAME)
+    with tempfile.TemporaryDirectory(prefix="rfgan-ridge-") as tmp:
+        write_checkpoint(
+            tmp,
+            nets={"ridge": fit.decoder.state_dict()},
+            config=config,
+            info=info,
+            rfs=rfs,
+            epoch=0,
+            step=0,
+            metrics={"val_mse": min(fit.val_mse)},
+            kind=RIDGE_KIND,
+        )
+        # state.json last: a copy cut short is never taken for a complete checkpoint.
+        storage.upload(tmp, dest, names=[*CONTENT_FILES, STATE_FILE])
+    return dest
+
+
+def load_ridge(files: CheckpointFiles, where: str | os.PathLike) -> RidgeDecoder:
+    """The decoder of a ridge checkpoint (read_checkpoint), on the device it was read to."""
+    try:
+        state = files.nets["ridge"]
+        decoder = RidgeDecoder(**state, image_shape=(files.info.channels, *files.info.image_size))
+    except (KeyError, TypeError) as e:
+        raise DataError(f"{Path(where)}: its nets.pt holds no ridge weights ({e}); the checkpoint is damaged.") from e
+    return decoder

@@ -1,0 +1,107 @@
+"""`rfgan report`: the page, rendered in a real headless Chromium, shows every image and every metric of the runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+from conftest import make_gan_run, one_line_error
+
+from rfgan.cli import main
+from rfgan.config import preset
+from rfgan.evaluate.table import BY_KEY, mean_se_text
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# Added to a copy of the page: once everything has loaded, the body records how many <img> there are and how many
+# failed to decode (a broken data URI loads "complete" with naturalWidth 0).
+CHECK = """<script>
+window.addEventListener("load", () => {
+  const images = [...document.images];
+  const broken = images.filter((i) => !(i.complete && i.naturalWidth > 0)).map((i) => i.alt);
+  document.body.setAttribute("data-images", images.length);
+  document.body.setAttribute("data-broken", JSON.stringify(broken));
+});
+</script>"""
+
+
+def rendered(page, tmp_path) -> str:
+    """The page's DOM after Chromium loaded it, with the CHECK results on <body>."""
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("Chromium is needed for the report test: apt-get install -y chromium (.ci/run does)")
+        pytest.skip("Chromium is not installed (apt-get install -y chromium; .ci/run installs it)")
+    checked = tmp_path / "checked.html"
+    checked.write_text(page.read_text().replace("</body>", CHECK + "</body>"))
+    args = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",  # CI runs as root, where Chromium's sandbox cannot start
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--dump-dom",
+        checked.as_uri(),
+    ]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "data-images" in done.stdout, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_report_shows_every_image_and_metric_in_a_browser(tiny_dataset, feature_weights, tmp_path, capsys):
+    ridge = tmp_path / "ridge"
+    assert main(["baseline", "--data", str(tiny_dataset), "--out", str(ridge), "--json"]) == 0
+    gan = make_gan_run(tmp_path / "rfgan", tiny_dataset)
+    masked_cfg = preset("tiny").with_overrides({"data.mask": True, "loss.lambda_adv": 0.0})
+    masked = make_gan_run(tmp_path / "rfmasked", tiny_dataset, cfg=masked_cfg)
+    for run in (gan, masked):
+        assert main(["eval", "--run", str(run), "--data", str(tiny_dataset)]) == 0
+    page = tmp_path / "page.html"
+    capsys.readouterr()
+    assert main(["report", "--run", str(ridge), "--compare", str(masked), str(gan), "--out", str(page)]) == 0
+    assert capsys.readouterr().out == f"wrote {page}\n"
+    text = page.read_text()
+    # Self-contained: every image inlined, nothing fetched from anywhere.
+    assert set(re.findall(r'src="([a-z]+):', text)) == {"data"} and "http" not in text
+
+    dom = rendered(page, tmp_path)
+    n_images = int(re.search(r'data-images="(\d+)"', dom).group(1))
+    assert re.search(r'data-broken="\[\]"', dom), re.search(r'data-broken="[^"]*"', dom).group(0)
+    # 8 validation images as target | ridge | rfmasked | rfgan, and the curves of the two GAN runs (ridge has none).
+    assert n_images == 8 * 4 + 2
+    assert 'alt="curves rfgan"' in dom and 'alt="curves rfmasked"' in dom and 'alt="curves ridge"' not in dom
+
+    tables = {run.name: json.loads((run / "eval_val.json").read_text())["metrics"] for run in (ridge, masked, gan)}
+    assert {"psnr_masked", "corr_alexnet_fc8"} <= set(tables["rfmasked"])
+    for key in tables["rfmasked"]:
+        row = re.search(rf'<tr data-metric="{key}">(.*?)</tr>', dom, flags=re.S)
+        assert row is not None, key
+        cells = re.findall(r"<td[^>]*>(.*?)</td>", row.group(1))
+        assert cells[0] == BY_KEY[key].label
+        # In the order the runs were given; "–" where a run has no such metric (the ridge has no RF mask).
+        assert cells[1:] == [mean_se_text(key, t[key]) if key in t else "–" for t in tables.values()], key
+        assert 'class="best"' in row.group(1), key
+    # Each run's resolved config.
+    assert '"model": "ridge"' in dom and '"lambda_adv": 0.0' in dom and '"mask": true' in dom
+
+
+def test_runs_not_evaluated_alike_are_refused_and_no_page_is_written(tiny_dataset, tmp_path, capsys):
+    gan = make_gan_run(tmp_path / "gan", tiny_dataset, steps=0)
+    page = tmp_path / "page.html"
+    assert main(["report", "--run", str(gan), "--out", str(page)]) == 2
+    assert f"rfgan eval --run {gan} --data DATA" in one_line_error(capsys, "report")
+    other = tmp_path / "copy"
+    shutil.copytree(tiny_dataset, other)
+    ridge = tmp_path / "ridge"
+    assert main(["baseline", "--data", str(tiny_dataset), "--out", str(ridge), "--no-feature-metrics"]) == 0
+    assert main(["eval", "--run", str(gan), "--data", str(other), "--no-feature-metrics"]) == 0
+    capsys.readouterr()
+    assert main(["report", "--run", str(ridge), "--compare", str(gan), "--out", str(page)]) == 2
+    assert "evaluate them on the same dataset split" in one_line_error(capsys, "report")
+    assert not page.exists()
