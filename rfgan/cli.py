@@ -800,6 +800,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=int, default=3, help="alternating A B pairs")
     p.add_argument("--steps", type=int, help="steps per arm per round (default: the preset's)")
     p.add_argument("--electrodes", type=int, help="electrodes (default: 191, as in the reference set)")
+    p.add_argument("--size", type=int, help="image side in pixels (default: 96)")
+    p.add_argument("--batch-size", type=int, help="batch (default: the preset's; larger on CUDA)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument(
         "--set",
@@ -836,7 +838,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         steps=args.steps,
         electrodes=args.electrodes,
-        overrides=parse_sets(args.sets),
+        size=args.size,
+        overrides={**({"optim.batch_size": args.batch_size} if args.batch_size else {}), **parse_sets(args.sets)},
         memory=not args.no_memory,
     )
     print(format_table(result))

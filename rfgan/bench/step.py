@@ -93,7 +93,7 @@ def synthetic_problem(cfg: Config, electrodes: int, size: int, seed: int = 0):
     return info, rfs, responses, images
 
 
-def _build(cfg: Config, info, rfs):
+def build_seeded(cfg: Config, info, rfs):
     torch.manual_seed(cfg.run.seed)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "VGGFeatures.random_init")
@@ -108,7 +108,7 @@ def make_arm(which: str, cfg: Config, electrodes: int, size: int, device: torch.
     info, rfs, responses, images = synthetic_problem(cfg, electrodes, size)
     if which == "reference":
         ref_cfg = cfg.with_overrides({"optim.bf16": False, "perf.channels_last": False, "perf.compact_input": False})
-        gan = _build(ref_cfg, info, rfs)
+        gan = build_seeded(ref_cfg, info, rfs)
         projection = gan.projection  # stays on the host: the reference builds its input there
         gan = gan.to(device)
         gan.projection = projection.cpu()
@@ -119,7 +119,7 @@ def make_arm(which: str, cfg: Config, electrodes: int, size: int, device: torch.
         vgg = trainable_vgg(gan.vgg)
         gan.train()
         return Arm("reference", lambda: reference_step(gan, opts, vgg, responses, images, ref_cfg, device))
-    gan = on_device(_build(cfg, info, rfs), cfg, device)
+    gan = on_device(build_seeded(cfg, info, rfs), cfg, device)
     opts = build_optimizers(cfg, gan)
     # Batches arrive on the device (Ray Data prefetches them there); channels_last images on a channels_last net.
     r = responses.to(device)
@@ -198,6 +198,7 @@ def run_bench(
     rounds: int = 3,
     steps: int | None = None,
     electrodes: int | None = None,
+    size: int | None = None,
     overrides: dict[str, Any] | None = None,
     memory: bool = True,
     log: Callable[[str], None] = print,
@@ -210,15 +211,15 @@ def run_bench(
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is visible to PyTorch here; use --device cpu")
     cfg = bench_config(name, dev, overrides)
-    electrodes = electrodes or p.electrodes
+    electrodes, size = electrodes or p.electrodes, size or p.size
     steps = steps or (p.steps * (10 if dev.type == "cuda" else 1))
     batch = cfg.optim.batch_size
-    arms = [make_arm(w, cfg, electrodes, p.size, dev) for w in ("reference", "rfgan")]
+    arms = [make_arm(w, cfg, electrodes, size, dev) for w in ("reference", "rfgan")]
     for arm in arms:  # warm-up (allocator, cuDNN autotuning), then the step's FLOPs
         arm.step()
         arm.flops_per_sample = count_flops(arm, batch)
     log(
-        f"bench {name}: config preset {cfg.preset!r}, {electrodes} electrodes, {p.size}x{p.size}, batch {batch}, "
+        f"bench {name}: config preset {cfg.preset!r}, {electrodes} electrodes, {size}x{size}, batch {batch}, "
         f"{steps} step(s) per arm per round, {rounds} rounds, A B alternating"
     )
     for r in range(rounds):
@@ -238,7 +239,7 @@ def run_bench(
     baseline = None
     if memory and dev.type == "cpu":
         for arm in arms:
-            baseline, arm.peak_bytes = cpu_peak_rss(arm.name, cfg, electrodes, p.size)
+            baseline, arm.peak_bytes = cpu_peak_rss(arm.name, cfg, electrodes, size)
     peak_dtype = torch.bfloat16 if cfg.optim.bf16 else torch.float32
     peak = matmul_tflops(dev, peak_dtype)
     rates = {arm.name: batch * steps / statistics.median(arm.times) for arm in arms}
@@ -249,7 +250,7 @@ def run_bench(
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads",
         "torch": torch.__version__,
         "electrodes": electrodes,
-        "image_size": p.size,
+        "image_size": size,
         "batch": batch,
         "steps_per_round": steps,
         "rounds": rounds,

@@ -1,0 +1,99 @@
+"""`rfgan bench`: the reference re-creation keeps the original loop's habits, rfgan's step does not, and the
+command prints the side-by-side figures (small sizes; the figures themselves are benchmarks, never asserted)."""
+
+import json
+
+import pytest
+import torch
+
+from rfgan.bench.reference_loop import reference_step, trainable_vgg
+from rfgan.bench.step import bench_config, build_seeded, make_arm, run_bench, synthetic_problem
+from rfgan.cli import main
+from rfgan.errors import UsageError
+from rfgan.gan.build import build_optimizers, on_device
+from rfgan.gan.step import train_step
+
+CPU = torch.device("cpu")
+
+
+def small_config():
+    # The default config (VGG loss, PatchGAN D) at a test size: every habit of the reference loop is exercised.
+    return bench_config("medium", CPU, {"model.ngf": 8, "model.n_down": 3, "model.ndf": 8, "optim.batch_size": 4})
+
+
+def counting_forwards(module):
+    calls = []
+    module.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+def test_the_reference_recreation_keeps_the_original_habits_and_rfgan_drops_them(monkeypatch):
+    cfg = small_config()
+    ref = cfg.with_overrides({"perf.compact_input": False})
+    info, rfs, responses, images = synthetic_problem(cfg, electrodes=12, size=32)
+
+    # Reference: the dense input built on the host, G twice, D's and VGG's weights given gradients, six reads.
+    gan = build_seeded(ref, info, rfs)
+    vgg = trainable_vgg(gan.vgg)
+    g_calls, syncs = counting_forwards(gan.generator), []
+    item = torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "item", lambda t: syncs.append(1) or item(t))
+    reference_step(gan.train(), build_optimizers(ref, gan), vgg, responses, images, ref, CPU)
+    assert len(g_calls) == 2 and len(syncs) == 6
+    assert all(p.grad is not None for p in vgg.parameters())  # the "frozen" VGG got weight gradients
+    d_grads = [p.grad.clone() for p in gan.discriminator.parameters()]
+    assert all(g.abs().sum() > 0 for g in d_grads)  # D's gradients from G's loss, left for the next zero_grad
+
+    # rfgan: the compact input, G once, VGG frozen, no host reads inside the step.
+    gan = on_device(build_seeded(cfg, info, rfs), cfg, CPU)
+    g_calls, syncs[:] = counting_forwards(gan.generator), []
+    stack_built = []
+    projection_forward = type(gan.projection).forward
+    monkeypatch.setattr(type(gan.projection), "forward", lambda *a: stack_built.append(1) or projection_forward(*a))
+    train_step(gan, build_optimizers(cfg, gan), responses, images, cfg)
+    assert len(g_calls) == 1 and not syncs and not stack_built
+    assert all(p.grad is None for p in gan.vgg.parameters())
+
+
+def test_both_arms_start_from_the_same_weights():
+    cfg = small_config()
+    info, rfs, _, _ = synthetic_problem(cfg, 12, 32)
+    weights = []
+    for compact in (False, True):
+        gan = build_seeded(cfg.with_overrides({"perf.compact_input": compact}), info, rfs)
+        weights.append(torch.cat([p.flatten() for p in gan.generator.parameters()]))
+    assert torch.equal(*weights)
+    for which in ("reference", "rfgan"):
+        make_arm(which, cfg, 12, 32, CPU).step()  # each arm runs as built
+
+
+def test_run_bench_reports_both_arms_and_their_memory():
+    r = run_bench("tiny", "cpu", rounds=2, steps=1, electrodes=12, size=32, memory=True, log=lambda _: None)
+    assert r["reference_samples_per_s"] > 0 and r["rfgan_samples_per_s"] > 0
+    assert len(r["speedup_per_round"]) == 2 and r["speedup"] > 0
+    # The compact first layer does fewer FLOPs than the dense one on the same model.
+    assert 0 < r["rfgan_gflop_per_sample"] < r["reference_gflop_per_sample"]
+    assert r["rfgan_peak_memory_mb"] > r["baseline_rss_mb"] > 0 and r["reference_peak_memory_mb"] > 0
+    with pytest.raises(UsageError, match="bench presets"):
+        run_bench("huge")
+
+
+def test_bench_command_prints_the_table_and_json(capsys):
+    argv = ["bench", "--preset", "tiny", "--rounds", "1", "--steps", "1", "--electrodes", "12", "--size", "32"]
+    assert main([*argv, "--no-memory", "--json", "--set", "perf.compact_input=false"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    figures = json.loads(out[-1])
+    assert {"reference_samples_per_s", "rfgan_samples_per_s", "speedup"} <= set(figures)
+    assert any(line.startswith("samples/s") for line in out) and any("speedup" in line for line in out)
+
+
+def test_the_step_benchmark_imports_neither_ray_nor_optuna():
+    """The GPU check runs where neither is installed (benchmarks/gpu_check.sh)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, rfgan.cli, rfgan.bench.step; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'optuna'}))"
+    )
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
