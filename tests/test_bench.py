@@ -36,8 +36,23 @@ def test_the_reference_recreation_keeps_the_original_habits_and_rfgan_drops_them
     gan = build_seeded(ref, info, rfs)
     vgg = trainable_vgg(gan.vgg)
     g_calls, syncs = counting_forwards(gan.generator), []
-    item = torch.Tensor.item
-    monkeypatch.setattr(torch.Tensor, "item", lambda t: syncs.append(1) or item(t))
+    # Reads of values back to the host, other than Adam's own bookkeeping of its step count.
+    item, adam_step, in_adam = torch.Tensor.item, torch.optim.Adam.step, []
+
+    def counted_item(t):
+        if not in_adam:
+            syncs.append(1)
+        return item(t)
+
+    def adam(self, *args, **kwargs):
+        in_adam.append(1)
+        try:
+            return adam_step(self, *args, **kwargs)
+        finally:
+            in_adam.pop()
+
+    monkeypatch.setattr(torch.Tensor, "item", counted_item)
+    monkeypatch.setattr(torch.optim.Adam, "step", adam)
     reference_step(gan.train(), build_optimizers(ref, gan), vgg, responses, images, ref, CPU)
     assert len(g_calls) == 2 and len(syncs) == 6
     assert all(p.grad is not None for p in vgg.parameters())  # the "frozen" VGG got weight gradients
@@ -97,3 +112,13 @@ def test_the_step_benchmark_imports_neither_ray_nor_optuna():
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'optuna'}))"
     )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
+
+
+def test_pipeline_measures_the_data_path_and_one_against_two_workers(ray_session, tiny_dataset):
+    from rfgan.bench.pipeline import format_pipeline, run_pipeline
+
+    p = run_pipeline(str(tiny_dataset), "tiny", step_samples_per_s=10.0, scaling_rows=64, epochs=1)
+    assert p["data_path_samples_per_s"] > 0 and p["data_path_over_step"] == p["data_path_samples_per_s"] / 10.0
+    assert p["one_worker_samples_per_s"] > 0 and p["two_workers_samples_per_s"] > 0
+    text = format_pipeline(p)
+    assert "data path" in text and "2 workers" in text

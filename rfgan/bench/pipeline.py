@@ -50,20 +50,23 @@ def workers_rate(cfg: Config, data: str, workers: int, epochs: int = 2) -> float
     return float(result.metrics["samples_per_s"])
 
 
-def run_pipeline(data: str, preset_name: str, step_samples_per_s: float, scaling_rows: int = 640) -> dict[str, Any]:
-    """The data path on `data`, and 1 vs 2 workers on a `scaling_rows`-row synthetic dataset of the same shapes."""
+def run_pipeline(
+    data: str, preset_name: str, step_samples_per_s: float, scaling_rows: int = 640, epochs: int = 2
+) -> dict[str, Any]:
+    """The data path on `data`, and 1 vs 2 workers on a `scaling_rows`-row synthetic dataset of the same shapes
+    (`epochs` each, the last one timed)."""
     import torch
 
     cfg = bench_config(preset_name, torch.device("cpu"))
     batch = cfg.optim.batch_size
-    rate = data_path_rate(data, batch, cfg.perf.prefetch_batches)
+    rate = data_path_rate(data, batch, cfg.perf.prefetch_batches, epochs)
     info = read_info(data)
     with tempfile.TemporaryDirectory(prefix="rfgan-bench-data-") as tmp:
         spec = SynthSpec(n_train=scaling_rows, n_val=2 * batch, electrodes=info.n_electrodes, size=info.image_size[0])
         write_synth(f"{tmp}/data", spec)
         cfg = cfg.with_overrides({"data.path": f"{tmp}/data", "run.log_every": 10**6})
-        one = workers_rate(cfg, f"{tmp}/data", 1)
-        two = workers_rate(cfg, f"{tmp}/data", 2)
+        one = workers_rate(cfg, f"{tmp}/data", 1, epochs)
+        two = workers_rate(cfg, f"{tmp}/data", 2, epochs)
     return {
         "data": data,
         "batch": batch,
