@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from rfgan.data.rf import RFInput
 
@@ -84,14 +85,35 @@ def rf_conv2d(conv: nn.Conv2d, x: RFInput) -> Tensor:
     c_out, e = weight.shape[0], len(x.maps)
     patches = x.unfold(k, stride, pad)  # (E, k·k, L)
     per_electrode = weight[:, x.channel].transpose(0, 1).reshape(e, c_out, k * k)  # (E, C_out, k·k)
-    filtered = torch.bmm(per_electrode.to(patches.dtype), patches)  # (E, C_out, L): W[:, c(e)] ⋆ M_e
     h_out = (x.maps.shape[1] + 2 * pad - k) // stride + 1
-    out = (x.responses @ filtered.reshape(e, -1)).view(-1, c_out, h_out, filtered.shape[-1] // h_out)
+    n_out = c_out * patches.shape[-1]
+    chunk = max(1, FILTERED_MAPS_BYTES // (4 * n_out))
+    if chunk >= e:
+        out = _filtered_matmul(per_electrode, patches, x.responses)
+    else:
+        # Many electrodes × wide layers (1,024 × the SegNet's 64 maps at 96×96 is 2.4 GB of filtered maps): sum over
+        # groups of electrodes, each recomputed in backward rather than kept, so memory stays bounded.
+        out = sum(
+            checkpoint(_filtered_matmul, per_electrode[i : i + chunk], patches[i : i + chunk],
+                       x.responses[:, i : i + chunk], use_reentrant=False)
+            for i in range(0, e, chunk)
+        )  # fmt: skip
+    out = out.view(-1, c_out, h_out, patches.shape[-1] // h_out)
     if x.noise is not None:
         out = out + F.conv2d(x.noise, weight[:, x.n_signal :], stride=stride, padding=pad)
     if conv.bias is not None:
         out = out + conv.bias[:, None, None]
     return out
+
+
+# Above this many bytes of filtered maps (E × C_out × L float32), rf_conv2d works through the electrodes in groups.
+FILTERED_MAPS_BYTES = 256 * 2**20
+
+
+def _filtered_matmul(per_electrode: Tensor, patches: Tensor, responses: Tensor) -> Tensor:
+    """Σ_e r_e·(W_e ⋆ M_e) over a group of electrodes: (E, C_out, k·k), (E, k·k, L), (B, E) → (B, C_out·L)."""
+    filtered = torch.bmm(per_electrode.to(patches.dtype), patches)  # (E, C_out, L): W[:, c(e)] ⋆ M_e
+    return responses @ filtered.reshape(len(filtered), -1)
 
 
 def _forward_rf(module: nn.Module, x: Tensor | RFInput) -> Tensor:

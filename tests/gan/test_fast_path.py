@@ -9,6 +9,7 @@ import torch
 
 from rfgan.config import preset
 from rfgan.data.rf import RFInput, RFProjection
+from rfgan.gan import models
 from rfgan.gan.build import build_gan, build_optimizers
 from rfgan.gan.models import rf_conv2d
 from rfgan.gan.step import train_step
@@ -77,11 +78,14 @@ def test_fast_and_plain_path_give_the_same_outputs_losses_and_gradients(problem,
 
 
 @pytest.mark.parametrize(("kernel", "stride", "padding", "bias"), [(4, 2, 1, True), (3, 1, 1, False), (5, 3, 0, True)])
-def test_rf_conv2d_is_the_conv_of_the_dense_input(problem, kernel, stride, padding, bias):
+@pytest.mark.parametrize("grouped", [False, True], ids=["all-electrodes", "electrode-groups"])
+def test_rf_conv2d_is_the_conv_of_the_dense_input(problem, kernel, stride, padding, bias, grouped, monkeypatch):
     """The identity itself, beyond the two generators' geometries, with noise and per-area channels."""
     _, rfs, responses, _ = problem
     projection = RFProjection.from_table(rfs, (32, 32), 8.0, sum_per_area=True, with_noise=True)
     conv = torch.nn.Conv2d(projection.out_channels, 6, kernel, stride=stride, padding=padding, bias=bias)
+    if grouped:  # filtered maps of 5 electrodes at a time: the bounded-memory path of many electrodes
+        monkeypatch.setattr(models, "FILTERED_MAPS_BYTES", 5 * 4 * 6 * conv(projection(responses[:1])).shape[-1] ** 2)
     torch.manual_seed(3)
     compact = projection.compact(responses)
     torch.manual_seed(3)
@@ -89,4 +93,8 @@ def test_rf_conv2d_is_the_conv_of_the_dense_input(problem, kernel, stride, paddi
     assert compact.shape == dense.shape
     assert_close(dense, compact.dense(), "RFInput.dense()", rtol=1e-6)
     assert_close(conv(dense), rf_conv2d(conv, compact), "rf_conv2d", rtol=1e-5)
+    # The weight gradient too, in both paths of rf_conv2d.
+    (grad_dense,) = torch.autograd.grad(conv(dense).square().sum(), conv.weight)
+    (grad_compact,) = torch.autograd.grad(rf_conv2d(conv, compact).square().sum(), conv.weight)
+    assert_close(grad_dense, grad_compact, "weight gradient of rf_conv2d", rtol=1e-4)
     assert_close(dense[:, :-1].mean(dim=1, keepdim=True), compact.signal_mean(), "signal_mean", rtol=1e-5)
