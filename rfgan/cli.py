@@ -24,11 +24,20 @@ OVERWRITE_HELP = (
 
 
 @contextmanager
-def _progress(total: int, desc: str, quiet: bool) -> Iterator:
+def _progress(total: int | None, desc: str, quiet: bool) -> Iterator:
+    """A bar and its callback `update(n, total=None)`: an ingest learns its row count only once it has checked its
+    inputs, and tells it with the first call (rfgan.data.ingest.Plan.write)."""
     from tqdm import tqdm
 
     with tqdm(total=total, desc=desc, unit="rows", disable=quiet) as bar:
-        yield bar.update
+
+        def update(n: int, total: int | None = None) -> None:
+            if total is not None:
+                bar.total = total
+                bar.refresh()
+            bar.update(n)
+
+        yield update
 
 
 class _DefaultsInWords(argparse.ArgumentDefaultsHelpFormatter):

@@ -266,6 +266,10 @@ class Plan:
     source: dict
 
     def write(self, out: str, shard_rows: int, overwrite: bool = False, on_rows=None) -> DatasetInfo:
+        """`on_rows(n, total=None)`: called once with the total before any row (for a progress bar), then after
+        each shard with its rows."""
+        if on_rows is not None:
+            on_rows(0, total=sum(len(p.rows) for parts in self.splits.values() for p in parts))
         return write_dataset(
             out,
             rfs=self.rfs,
