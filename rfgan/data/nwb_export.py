@@ -189,7 +189,11 @@ def export_nwb(data: str, out: str, splits: list[str] | None = None, overwrite: 
         )
     kind = GrayscaleImage if info.channels == 1 else RGBImage
     pictures = [
-        kind(name=f"image_{image_id}", data=ImageData(rows, int(row)), description=f"rfgan image_id {image_id}")
+        kind(
+            name=f"image_{image_id}",
+            data=H5DataIO(ImageData(rows, int(row)), compression="gzip"),
+            description=f"rfgan image_id {image_id}",
+        )
         for image_id, row in zip(image_ids, first_row)
     ]
     images = Images(
