@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from rfgan import storage
 from rfgan.data.rf import RFTable
@@ -665,18 +665,26 @@ def decode_table(table: pa.Table, info: DatasetInfo) -> dict[str, np.ndarray]:
 
 def _decode_pngs(table: pa.Table, info: DatasetInfo) -> np.ndarray:
     shape = (*info.image_size, info.channels)
+    mode = "L" if info.channels == 1 else "RGB"
     out = np.empty((table.num_rows, *shape), np.uint8)
     for k, data in enumerate(table.column("image").to_pylist()):
         try:
             with Image.open(io.BytesIO(data)) as im:
+                if im.mode != mode:  # 16-bit pixels, say, would be cast to uint8 below without a word
+                    raise ValueError(f"its mode is {im.mode}, not {mode}")
                 out[k] = np.asarray(im).reshape(shape)
-        except (OSError, ValueError, TypeError) as e:  # not a PNG, cut short, or of another size
-            sample = table.column("sample_id")[k].as_py()
-            raise DataError(
-                f"sample {sample}: its image is not a {shape[1]}x{shape[0]} PNG of {info.channels} channel(s) "
-                f"({type(e).__name__}: {e}); re-create the dataset."
-            ) from e
+        except UnidentifiedImageError as e:  # its message names only the in-memory buffer
+            raise _bad_png(table, k, info, "PIL cannot read it as an image: cut short, or not a PNG") from e
+        except (OSError, ValueError, TypeError) as e:  # damaged past the header, another size or another mode
+            raise _bad_png(table, k, info, f"{type(e).__name__}: {e}") from e
     return out
+
+
+def _bad_png(table: pa.Table, k: int, info: DatasetInfo, why: str) -> DataError:
+    return DataError(
+        f"sample {table.column('sample_id')[k].as_py()}: its image is not a {info.image_size[1]}x{info.image_size[0]} "
+        f"PNG of {info.channels} channel(s) ({why}); re-create the dataset."
+    )
 
 
 def read_split(path: str | os.PathLike, split: str) -> dict[str, np.ndarray]:

@@ -1,4 +1,5 @@
 import dataclasses
+import io
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import TINY, concat_chunks, make_synth
+from PIL import Image
 
 from rfgan.cli import main
 from rfgan.data.format import iter_split, open_split, read_info, read_rfs, read_split, split_files, to_tensors
@@ -287,18 +289,29 @@ def test_png_images_read_back_identical_to_raw(tiny_dataset, png_dataset, tmp_pa
     assert on_disk[png] < on_disk[raw]
 
 
-def test_a_damaged_png_is_one_line_naming_the_sample(png_dataset, tmp_path):
+def rgba_png(data: bytes) -> bytes:
+    out = io.BytesIO()
+    Image.open(io.BytesIO(data)).convert("RGBA").save(out, format="PNG")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    "damage, why",
+    [(lambda data: data[:40], "cut short, or not a PNG"), (rgba_png, "its mode is RGBA, not RGB")],
+    ids=["cut short", "RGBA"],
+)
+def test_a_damaged_png_is_one_line_naming_the_sample(png_dataset, tmp_path, damage, why):
     copy = tmp_path / "copy"
     shutil.copytree(png_dataset, copy)
 
-    def cut(t):
+    def change(t):
         images = t.column("image").to_pylist()
-        images[2] = images[2][:40]  # a PNG cut short
+        images[2] = damage(images[2])
         return t.set_column(t.schema.get_field_index("image"), "image", pa.array(images, pa.binary()))
 
-    rewrite_first_shard(copy, cut)
+    rewrite_first_shard(copy, change)
     sample = read_split(png_dataset, "train")["sample_id"][2]
-    with pytest.raises(DataError, match=rf"sample {sample}: its image is not a 32x32 PNG of 3 channel") as err:
+    with pytest.raises(DataError, match=rf"sample {sample}: its image is not a 32x32 PNG of 3 channel.*({why})") as err:
         read_split(copy, "train")
     assert "\n" not in str(err.value)
 
