@@ -8,7 +8,7 @@ import pytest
 from conftest import TINY, make_synth, one_line_error, tree
 
 pytest.importorskip("pynwb")
-from pynwb import NWBHDF5IO  # noqa: E402
+from pynwb import NWBHDF5IO, validate  # noqa: E402
 
 from rfgan.cli import main  # noqa: E402
 from rfgan.data.format import iter_split, read_info, read_rfs, read_split  # noqa: E402
@@ -53,6 +53,7 @@ def test_export_reads_back_to_the_same_rows_images_and_rfs(dataset, tmp_path, ca
     np.testing.assert_array_equal(got["image_id"][order], want["image_id"])  # synth's ids are 0..K-1
     np.testing.assert_array_equal(got["repeat"][order], want["repeat"])
 
+    assert validate(path=str(nwb)) == []  # pynwb's validator against the NWB schema: what DANDI checks first
     with NWBHDF5IO(nwb, "r") as io:
         f = io.read()
         trials = f.trials.to_dataframe()
