@@ -37,12 +37,12 @@ def _add_image_encoding(p: argparse.ArgumentParser) -> None:
 
 
 @contextmanager
-def _progress(total: int | None, desc: str, quiet: bool) -> Iterator:
+def _progress(total: int | None, desc: str, quiet: bool, unit: str = "rows") -> Iterator:
     """A bar and its callback `update(n, total=None)`: an ingest learns its row count only once it has checked its
     inputs, and tells it with the first call (rfgan.data.ingest.Plan.write)."""
     from tqdm import tqdm
 
-    with tqdm(total=total, desc=desc, unit="rows", disable=quiet) as bar:
+    with tqdm(total=total, desc=desc, unit=unit, disable=quiet) as bar:
 
         def update(n: int, total: int | None = None) -> None:
             if total is not None:
@@ -436,7 +436,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     from rfgan.data.nwb_export import SERIES, export_nwb
 
-    with _progress(None, "export", args.quiet) as update, _nothing_written_if_interrupted():
+    bar = _progress(None, "export (rows, then images)", args.quiet, unit="items")
+    with bar as update, _nothing_written_if_interrupted():
         done = export_nwb(args.data, args.out, args.split, args.overwrite, on_rows=update)
     print(
         f"wrote {args.out}: {done['rows']} presentations of {done['images']} images, {done['electrodes']} "

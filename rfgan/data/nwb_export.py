@@ -34,6 +34,7 @@ from rfgan.errors import DataError, UsageError
 PERIOD_S = 1.0  # between presentation onsets
 SAMPLE_AT_S = 0.15  # the response sample's time after its onset: inside ingest-nwb's default window
 MODULE, SERIES, STIMULUS, IMAGES = "rfgan", "responses", "presentations", "images"
+CHUNK_ROWS, BUFFER_ROWS = 256, 1024  # of the responses, in HDF5 and per read
 
 
 class _Rows:
@@ -49,7 +50,7 @@ class _Rows:
         rows = [pq.read_metadata(f, filesystem=self.fs).num_rows for f in self.files]
         self.starts = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
         self._cached: tuple[int, dict[str, np.ndarray]] | None = None
-        self.on_rows = None  # called with the rows of each shard the responses pass decodes (progress)
+        self.on_rows = None  # progress: called with the response rows, then the images, as they are written
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -86,7 +87,10 @@ def _iterators():
     class ResponseData(GenericDataChunkIterator):
         def __init__(self, rows: _Rows):
             self.rows = rows
-            super().__init__(buffer_gb=0.25)
+            # Buffers of BUFFER_ROWS rows (hdmf's default buffer would take the whole array at once: 92 MB at TVSD
+            # scale), in HDF5 chunks of CHUNK_ROWS rows × all electrodes: a row is read whole.
+            n, e = len(rows), rows.info.n_electrodes
+            super().__init__(chunk_shape=(min(CHUNK_ROWS, n), e), buffer_shape=(min(BUFFER_ROWS, n), e))
 
         def _get_data(self, selection):
             block = self.rows.get("responses", selection[0].start or 0, selection[0].stop)
@@ -107,6 +111,8 @@ def _iterators():
 
         def _get_data(self, selection):
             image = self.rows.get("image", self.row, self.row + 1)[0]
+            if self.rows.on_rows is not None:
+                self.rows.on_rows(1)
             return (image[..., 0] if image.shape[-1] == 1 else image)[selection]
 
         def _get_maxshape(self):
@@ -121,7 +127,8 @@ def _iterators():
 
 def export_nwb(data: str, out: str, splits: list[str] | None = None, overwrite: bool = False, on_rows=None) -> dict:
     """Write the dataset at `data` (its `splits`, default all) as the NWB file `out`, atomically: it is written
-    beside `out` and renamed into place when complete. `on_rows(n, total=None)`: the total first, then progress.
+    beside `out` and renamed into place when complete. `on_rows(n, total=None)`: the total first (rows + distinct
+    images: pynwb writes the responses, then each image), then progress.
     Returns a summary."""
     try:
         from hdmf.backends.hdf5 import H5DataIO
@@ -244,7 +251,7 @@ def export_nwb(data: str, out: str, splits: list[str] | None = None, overwrite: 
     )
 
     if on_rows is not None:
-        on_rows(0, total=len(rows))
+        on_rows(0, total=len(rows) + len(image_ids))
         rows.on_rows = on_rows
     # Beside the target, so the rename stays on one filesystem; ".nwb" last, as pynwb asks of an NWB path.
     tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp.nwb"

@@ -34,8 +34,9 @@ def test_export_reads_back_to_the_same_rows_images_and_rfs(dataset, tmp_path, ca
     nwb = tmp_path / "ds.nwb"
     assert main(["export", "--nwb", "--data", str(dataset), "--out", str(nwb)]) == 0
     out = capsys.readouterr()
-    rows = 2 * (SPEC.n_train + SPEC.n_val + SPEC.n_test)
-    assert f"{rows}/{rows} [" in out.err  # the progress bar had its total
+    images = SPEC.n_train + SPEC.n_val + SPEC.n_test
+    rows = 2 * images
+    assert f"{rows + images}/{rows + images} [" in out.err  # the progress bar had its total: rows, then images
     fov = read_info(dataset).fov_deg
     assert f"--responses responses --fov-deg {fov:g}" in out.out
     back = tmp_path / "back"
