@@ -5,6 +5,7 @@ dataset's size against the raw size of its arrays.
 
     python benchmarks/bench_ingest.py --dir /tmp/tvsd-bench          # the full size (generating takes minutes)
     python benchmarks/bench_ingest.py --dir /tmp/tvsd-small --train 2000 --electrodes 256
+    python benchmarks/bench_ingest.py --dir /tmp/tvsd-bench --image-encoding png   # PNG images (schema version 2)
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def main() -> None:
     p.add_argument("--electrodes", type=int, default=1024)
     p.add_argument("--size", type=int, default=96)
     p.add_argument("--shard-rows", type=int, default=1000)
+    p.add_argument("--image-encoding", choices=("raw", "png"), default="raw", help="the dataset's image storage")
     args = p.parse_args()
     root = Path(args.dir)
     if not (root / "THINGS_RFs.mat").exists():
@@ -69,7 +71,7 @@ def main() -> None:
     cmd += ["--imgs", str(root / "things_imgs.mat"), "--image-root", str(root / "images")]
     cmd += ["--rfs", str(root / "THINGS_RFs.mat"), "--rf-sigma-deg", "1", "--px-per-deg", "12", "--stimulus-px"]
     cmd += [str(args.size), "--resize", str(args.size), "--shard-rows", str(args.shard_rows), "--out", str(out)]
-    cmd += ["--overwrite", "--quiet"]
+    cmd += ["--image-encoding", args.image_encoding, "--overwrite", "--quiet"]
     start = time.perf_counter()
     child = subprocess.Popen(cmd)
     _, status, usage = os.wait4(child.pid, 0)
@@ -81,7 +83,8 @@ def main() -> None:
     raw_images = rows * args.size * args.size * 3
     raw_responses = rows * args.electrodes * 4
     print(
-        f"{rows} rows x {args.electrodes} electrodes, {args.size}x{args.size} RGB: {wall:.0f} s, "
+        f"{rows} rows x {args.electrodes} electrodes, {args.size}x{args.size} RGB, {args.image_encoding} images: "
+        f"{wall:.0f} s, "
         f"{rows / wall:.0f} rows/s, peak RSS {usage.ru_maxrss / 1024:.0f} MB (Linux reports kB); dataset "
         f"{stored / 1e6:.0f} MB on disk vs raw {raw_images / 1e6:.0f} MB images + {raw_responses / 1e6:.0f} MB "
         "responses (float32)"

@@ -23,12 +23,34 @@ OVERWRITE_HELP = (
 )
 
 
+IMAGE_ENCODING_HELP = (
+    "how the dataset stores images: raw uint8 pixels (schema version 1, the fastest to write and read) or one "
+    "lossless PNG per row (version 2: about half the size on disk, decoded as batches are read; see "
+    "docs/benchmarks.md)"
+)
+
+
+def _add_image_encoding(p: argparse.ArgumentParser) -> None:
+    from rfgan.data.format import IMAGE_ENCODINGS
+
+    p.add_argument("--image-encoding", choices=IMAGE_ENCODINGS, default="raw", help=IMAGE_ENCODING_HELP)
+
+
 @contextmanager
-def _progress(total: int, desc: str, quiet: bool) -> Iterator:
+def _progress(total: int | None, desc: str, quiet: bool, unit: str = "rows") -> Iterator:
+    """A bar and its callback `update(n, total=None)`: an ingest learns its row count only once it has checked its
+    inputs, and tells it with the first call (rfgan.data.ingest.Plan.write)."""
     from tqdm import tqdm
 
-    with tqdm(total=total, desc=desc, unit="rows", disable=quiet) as bar:
-        yield bar.update
+    with tqdm(total=total, desc=desc, unit=unit, disable=quiet) as bar:
+
+        def update(n: int, total: int | None = None) -> None:
+            if total is not None:
+                bar.total = total
+                bar.refresh()
+            bar.update(n)
+
+        yield update
 
 
 class _DefaultsInWords(argparse.ArgumentDefaultsHelpFormatter):
@@ -131,6 +153,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=d.seed, help="random seed; the same seed gives the same dataset")
     p.add_argument("--shard-rows", type=int, default=d.shard_rows, help="rows per Parquet file")
+    _add_image_encoding(p)
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_synth)
@@ -148,7 +171,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     total = (spec.n_train + spec.n_val + spec.n_test) * spec.repeats
     with _progress(total, "synth", args.quiet) as update, _nothing_written_if_interrupted():
-        info = write_synth(args.out, spec, overwrite=args.overwrite, on_rows=update)
+        info = write_synth(args.out, spec, overwrite=args.overwrite, on_rows=update, image_encoding=args.image_encoding)
     print(
         f"wrote {args.out}: {info.splits} rows, {info.n_electrodes} electrodes, "
         f"{info.image_size[0]}x{info.image_size[1]}x{info.channels} images, "
@@ -214,6 +237,7 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
         help="drop rows with NaN/inf responses (and say how many) instead of refusing the input",
     )
     p.add_argument("--shard-rows", type=int, default=1000, help="rows per Parquet file")
+    _add_image_encoding(p)
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_ingest)
@@ -237,6 +261,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         shard_rows=args.shard_rows,
         overwrite=args.overwrite,
         electrode_axis=args.electrode_axis,
+        image_encoding=args.image_encoding,
     )
     with _progress(None, "ingest", args.quiet) as update, _nothing_written_if_interrupted():
         info, dropped = ingest(spec, on_rows=update)
@@ -283,6 +308,7 @@ TVSD_HELP = {
     "electrode_axis": "which axis of the MUA arrays holds the electrodes (auto: the one as long as reliab)",
     "drop_bad_rows": "drop rows with NaN/inf responses (and say how many) instead of refusing the input",
     "shard_rows": "rows per Parquet file",
+    "image_encoding": IMAGE_ENCODING_HELP,
     "overwrite": OVERWRITE_HELP,
 }
 
@@ -301,6 +327,8 @@ def _add_spec_flags(p: argparse.ArgumentParser, spec: type, helps: dict[str, str
             p.add_argument(flag, action="store_true", **common)
         elif field.name == "electrode_axis":
             p.add_argument(flag, choices=ELECTRODE_AXES, default=field.default, **common)
+        elif field.name == "image_encoding":
+            _add_image_encoding(p)
         elif field.type == "Sequence[str]":
             p.add_argument(flag, action="append", default=[], **common)
         else:
@@ -363,6 +391,7 @@ NWB_HELP = {
     "seed": "seed of the split",
     "drop_bad_rows": "drop presentations without responses (a window past the recording) instead of refusing",
     "shard_rows": "rows per Parquet file",
+    "image_encoding": IMAGE_ENCODING_HELP,
     "overwrite": OVERWRITE_HELP,
 }
 
@@ -378,6 +407,44 @@ def _add_ingest_nwb(sub: argparse._SubParsersAction) -> None:
     help = "build a dataset from an NWB file (units or a time series, image presentations)"
     flags = {"path": "--nwb", "area_windows": "--area-window"}
     _add_recipe(sub, "ingest-nwb", NWBSpec, ingest_nwb, help, description, NWB_HELP, flags)
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write a dataset as an NWB file (to share on DANDI)",
+        description="Write a dataset as one NWB file in the layout `rfgan ingest-nwb` reads (docs/ingest.md): "
+        "the electrodes table with the RF columns, the images as an Images container, the presentations as an "
+        "IndexSeries, the responses as a TimeSeries, each row's split and ids in the trials table. Needs pynwb "
+        "(pip install 'rfgan[nwb]'). The file appears only when complete.",
+        formatter_class=_DefaultsInWords,
+    )
+    p.add_argument("--nwb", action="store_true", required=True, help="write NWB (the one export format)")
+    p.add_argument("--data", required=True, help="the dataset to export")
+    p.add_argument("--out", required=True, help="the NWB file to write (FILE.nwb)")
+    p.add_argument(
+        "--split",
+        action="append",
+        choices=("train", "val", "test"),
+        help="a split to export, repeatable (default: all the dataset's splits)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from rfgan.data.nwb_export import SERIES, export_nwb
+
+    bar = _progress(None, "export (rows, then images)", args.quiet, unit="items")
+    with bar as update, _nothing_written_if_interrupted():
+        done = export_nwb(args.data, args.out, args.split, args.overwrite, on_rows=update)
+    print(
+        f"wrote {args.out}: {done['rows']} presentations of {done['images']} images, {done['electrodes']} "
+        f"electrodes, splits {done['splits']}; read it back with rfgan ingest-nwb --nwb {args.out} "
+        f"--responses {SERIES} --fov-deg {done['fov_deg']:g} --out DIR"
+    )
+    return 0
 
 
 def dataset_or_synth(path: str | None) -> str:
@@ -871,6 +938,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ingest(sub)
     _add_ingest_tvsd(sub)
     _add_ingest_nwb(sub)
+    _add_export(sub)
     _add_check(sub)
     _add_train(sub)
     _add_eval(sub)

@@ -44,6 +44,7 @@ class IngestSpec:
     shard_rows: int = 1000
     overwrite: bool = False
     electrode_axis: str = "auto"  # of the responses: "first", "last", or "auto" (the axis as long as the RF table)
+    image_encoding: str = "raw"  # how the dataset stores images: "raw" pixels or "png" (rfgan.data.format)
 
 
 class RowSource(Protocol):
@@ -265,7 +266,13 @@ class Plan:
     splits: Mapping[str, Sequence[Part]]
     source: dict
 
-    def write(self, out: str, shard_rows: int, overwrite: bool = False, on_rows=None) -> DatasetInfo:
+    def write(
+        self, out: str, shard_rows: int, overwrite: bool = False, on_rows=None, image_encoding: str = "raw"
+    ) -> DatasetInfo:
+        """`on_rows(n, total=None)`: called once with the total before any row (for a progress bar), then after
+        each shard with its rows."""
+        if on_rows is not None:
+            on_rows(0, total=sum(len(p.rows) for parts in self.splits.values() for p in parts))
         return write_dataset(
             out,
             rfs=self.rfs,
@@ -276,6 +283,7 @@ class Plan:
             source=self.source,
             overwrite=overwrite,
             on_rows=on_rows,
+            image_encoding=image_encoding,
         )
 
 
@@ -366,7 +374,7 @@ def _ingest(spec: IngestSpec, on_rows, stack: ExitStack) -> tuple[DatasetInfo, i
         "dropped_rows": n_dropped,
     }
     plan = Plan(rfs, spec.fov_deg, images.shape, splits, source)
-    info = plan.write(spec.out, spec.shard_rows, spec.overwrite, on_rows)
+    info = plan.write(spec.out, spec.shard_rows, spec.overwrite, on_rows, spec.image_encoding)
     return info, n_dropped
 
 

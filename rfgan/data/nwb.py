@@ -50,6 +50,7 @@ class NWBSpec:
     seed: int = 0
     drop_bad_rows: bool = False
     shard_rows: int = 1000
+    image_encoding: str = "raw"
     overwrite: bool = False
 
 
@@ -278,6 +279,6 @@ def _ingest(spec: NWBSpec, nwb, default, area_windows, on_rows):
         "dropped_rows": bad,
     }
     info = Plan(rfs, spec.fov_deg, images.shape, splits, source).write(
-        spec.out, spec.shard_rows, spec.overwrite, on_rows
+        spec.out, spec.shard_rows, spec.overwrite, on_rows, spec.image_encoding
     )
     return info, report

@@ -359,7 +359,7 @@ def source_of(spec: SynthSpec) -> dict:
 
 def write_synth(out, spec: SynthSpec, **kwargs) -> DatasetInfo:
     """Simulate the recording of `spec` and write it as a dataset at `out` (kwargs: write_dataset's overwrite,
-    on_rows)."""
+    on_rows, image_encoding)."""
     rfs, splits = synth_splits(spec)
     return write_dataset(
         out,

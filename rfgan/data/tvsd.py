@@ -66,6 +66,7 @@ class TVSDSpec:
     electrode_axis: str = "auto"
     drop_bad_rows: bool = False
     shard_rows: int = 1000
+    image_encoding: str = "raw"
     overwrite: bool = False
 
 
@@ -274,11 +275,11 @@ def _ingest(spec: TVSDSpec, area_of_array: dict[int, str], on_rows, stack: ExitS
     }
     source = {
         "kind": "tvsd",
-        **{k: v for k, v in asdict(spec).items() if k not in ("out", "overwrite", "shard_rows")},
+        **{k: v for k, v in asdict(spec).items() if k not in ("out", "overwrite", "shard_rows", "image_encoding")},
         **{k: os.path.abspath(getattr(spec, k)) for k in ("mua", "imgs", "image_root", "rfs")},
         "electrode_array": array[keep].tolist(),
         "report": report,
     }
     plan = Plan(rfs, fov_deg, images.shape, splits, source)
-    info = plan.write(spec.out, spec.shard_rows, spec.overwrite, on_rows)
+    info = plan.write(spec.out, spec.shard_rows, spec.overwrite, on_rows, spec.image_encoding)
     return info, report

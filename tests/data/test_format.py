@@ -1,4 +1,5 @@
 import dataclasses
+import io
 import json
 import os
 import shutil
@@ -9,9 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import TINY, concat_chunks, make_synth
+from PIL import Image
 
 from rfgan.cli import main
-from rfgan.data.format import open_split, read_info, read_rfs, read_split, split_files, to_tensors
+from rfgan.data.format import iter_split, open_split, read_info, read_rfs, read_split, split_files, to_tensors
 from rfgan.data.synth import synth_splits
 from rfgan.errors import DataError
 
@@ -257,3 +259,80 @@ def test_write_refuses_existing_output_and_leaves_it_alone(tmp_path):
     make_synth(out, overwrite=True)
     assert read_info(out).splits["train"] == TINY.n_train
     assert [p.name for p in tmp_path.iterdir()] == ["ds"]  # no temporary directory left behind
+
+
+@pytest.fixture(scope="module")
+def png_dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("png") / "tiny-png"
+    make_synth(out, image_encoding="png")
+    return out
+
+
+@pytest.mark.parametrize("gray", [False, True])
+def test_png_images_read_back_identical_to_raw(tiny_dataset, png_dataset, tmp_path, gray):
+    raw, png = tiny_dataset, png_dataset
+    if gray:
+        spec = dataclasses.replace(TINY, color=False)
+        raw, png = tmp_path / "raw", tmp_path / "png"
+        make_synth(raw, spec)
+        make_synth(png, spec, image_encoding="png")
+    meta = json.loads((png / "metadata.json").read_text())
+    assert meta["schema_version"] == 2 and meta["image_encoding"] == "png"
+    assert json.loads((raw / "metadata.json").read_text())["schema_version"] == 1  # raw: still readable by older rfgan
+    for split in ("train", "val"):
+        want, got = read_split(raw, split), read_split(png, split)
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key])
+        batches = list(iter_split(png, split, batch_rows=7))
+        np.testing.assert_array_equal(np.concatenate([b["image"] for b in batches]), want["image"])
+    on_disk = {p: sum(f.stat().st_size for f in (p / "train").iterdir()) for p in (raw, png)}
+    assert on_disk[png] < on_disk[raw]
+
+
+def rgba_png(data: bytes) -> bytes:
+    out = io.BytesIO()
+    Image.open(io.BytesIO(data)).convert("RGBA").save(out, format="PNG")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    "damage, why",
+    [(lambda data: data[:40], "cut short, or not a PNG"), (rgba_png, "its mode is RGBA, not RGB")],
+    ids=["cut short", "RGBA"],
+)
+def test_a_damaged_png_is_one_line_naming_the_sample(png_dataset, tmp_path, damage, why):
+    copy = tmp_path / "copy"
+    shutil.copytree(png_dataset, copy)
+
+    def change(t):
+        images = t.column("image").to_pylist()
+        images[2] = damage(images[2])
+        return t.set_column(t.schema.get_field_index("image"), "image", pa.array(images, pa.binary()))
+
+    rewrite_first_shard(copy, change)
+    sample = read_split(png_dataset, "train")["sample_id"][2]
+    with pytest.raises(DataError, match=rf"sample {sample}: its image is not a 32x32 PNG of 3 channel.*({why})") as err:
+        read_split(copy, "train")
+    assert "\n" not in str(err.value)
+
+
+def test_a_png_column_in_a_raw_dataset_is_refused(png_dataset, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(png_dataset, copy)
+    meta = json.loads((copy / "metadata.json").read_text())
+    meta.update(schema_version=1)  # version 1 knows raw pixels only: the PNG column does not fit it
+    (copy / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"column 'image' has type binary, expected fixed_size_list"):
+        read_split(copy, "train")
+    meta.update(schema_version=2, image_encoding="jpeg")
+    (copy / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"image_encoding 'jpeg' is not one of \['raw', 'png'\]"):
+        read_info(copy)
+
+
+def test_ray_reads_png_images_decoded(ray_session, tiny_dataset, png_dataset):
+    want = read_split(tiny_dataset, "val")
+    rows = open_split(png_dataset, "val").take_all()
+    got = {r["sample_id"]: r["image"] for r in rows}
+    for sample_id, image in zip(want["sample_id"], want["image"]):
+        np.testing.assert_array_equal(got[sample_id], image)

@@ -301,3 +301,13 @@ def test_ctrl_c_on_ingest_is_one_line_exit_130_and_leaves_nothing(lab, tmp_path,
     assert run_interrupted(ingest_argv(lab, lab.out)) == 130
     assert capsys.readouterr().err == "rfgan ingest: interrupted; nothing was written\n"
     assert tree(tmp_path) == before
+
+
+def test_ingest_image_encoding_png_reads_back_as_raw(lab, tmp_path, capsys):
+    assert main(ingest_argv(lab, str(tmp_path / "raw"))) == 0
+    assert main([*ingest_argv(lab, str(tmp_path / "png")), "--image-encoding", "png"]) == 0
+    assert read_info(tmp_path / "png").image_encoding == "png" and read_info(tmp_path / "raw").image_encoding == "raw"
+    for split in ("train", "val"):
+        raw, png = read_split(tmp_path / "raw", split), read_split(tmp_path / "png", split)
+        for key in raw:
+            np.testing.assert_array_equal(png[key], raw[key])

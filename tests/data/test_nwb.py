@@ -96,7 +96,9 @@ def test_units_become_rates_in_each_area_window(recording):
 def test_a_time_series_is_averaged_in_the_window(recording, capsys):
     spec, _, _ = recording
     argv = ["ingest-nwb", "--nwb", spec.path, "--fov-deg", "4", "--responses", "MUA", "--val-fraction", "0.34"]
-    assert main([*argv, "--out", spec.out, "--quiet"]) == 0
+    assert main([*argv, "--out", spec.out]) == 0
+    # The progress bar knows its total once the inputs are checked: every presentation, all splits.
+    assert f"{N_IMAGES * REPEATS}/{N_IMAGES * REPEATS} [" in capsys.readouterr().err
     part = read_split(spec.out, "train")
     want = np.arange(len(AREAS))[None, :] + 10 * part["sample_id"][:, None]
     np.testing.assert_allclose(part["responses"], want)
