@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from rfgan.data.format import read_info, read_rfs, read_split, to_tensors
 from rfgan.data.synth import SynthSpec, write_synth
 
 TINY = SynthSpec(n_train=40, n_val=12, electrodes=12, size=32, n_arrays=3, shard_rows=16, seed=3)
@@ -169,3 +170,12 @@ def run_interrupted(argv) -> int:
         return main(argv)
     except KeyboardInterrupt:
         pytest.fail("the KeyboardInterrupt left main() as a traceback")
+
+
+@pytest.fixture(scope="module")
+def problem(tiny_dataset):
+    """16 fixed samples of the tiny synthetic dataset (12 electrodes in V1/V4/IT, 32×32 RGB)."""
+    info, rfs = read_info(tiny_dataset), read_rfs(tiny_dataset)
+    batch = read_split(tiny_dataset, "train")
+    responses, images = to_tensors({k: batch[k][:16] for k in ("responses", "image")})
+    return info, rfs, responses, images
