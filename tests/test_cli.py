@@ -127,13 +127,3 @@ def test_usage_mistakes_are_one_line_errors(tmp_path, capsys):
     assert main(["tune", "--set", "loss.lambda_adv", "--out", str(tmp_path / "sweep")]) == 2
     assert capsys.readouterr().err.startswith("rfgan tune: error: --set needs KEY=VALUE, got 'loss.lambda_adv'")
     assert not (tmp_path / "sweep").exists()
-
-
-def test_train_dry_run_of_the_reference_preset_shows_its_input_and_mask(tiny_dataset, capsys):
-    # Issue 14: masked, unstandardised, maps summing to 1 over the field, and the original layout
-    assert main(["train", "--preset", "reference", "--data", str(tiny_dataset), "--dry-run"]) == 0
-    out = capsys.readouterr().out
-    for shown in ('"mask": true', '"standardize": false', '"rf_norm": "sum_full"', '"g_layout": "original"'):
-        assert shown in out
-    assert "input: raw responses (not standardised) x RF maps summing to 1 over the whole visual field" in out
-    assert "mask: target and output multiplied by the RF mask" in out and "before D, VGG" in out

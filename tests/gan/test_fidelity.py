@@ -174,3 +174,27 @@ def test_second_g_forward_runs_g_again_for_its_update(problem):
         gan.generator.register_forward_hook(lambda *_, calls=calls: calls.append(1))
         train_step(gan, build_optimizers(cfg, gan), responses, target, cfg)
         assert len(calls) == forwards
+
+
+def test_monkeysee_preset_has_one_channel_per_array_of_mean_responses_at_rf_pixels(problem):
+    # train_spatial.py:50-71 (array channels, pixel-wise mean over the array), :111-121 (0.01 / 1 / 0.5, batch 8),
+    # generator_vgg.py:187-198 (no dropout), :230-233 and discriminator.py:102 (Adam 2e-4, β1 0.5), :127 (D on the
+    # input stack with the image)
+    cfg = preset("monkeysee")
+    assert (cfg.loss.lambda_adv, cfg.loss.lambda_vgg, cfg.loss.lambda_pix, cfg.loss.pixel) == (0.01, 1.0, 0.5, "l1")
+    assert (cfg.optim.lr_g, cfg.optim.lr_d, cfg.optim.beta1, cfg.optim.batch_size) == (2e-4, 2e-4, 0.5, 8)
+    assert cfg.model.dropout == 0 and cfg.loss.vgg_layer_weights == (0.2,) * 5 and cfg.loss.vgg_imagenet_norm
+    info, rfs, responses, target = problem
+    small = cfg.with_overrides({"model.ngf": 8, "model.n_down": 3, "model.ndf": 8, "loss.lambda_vgg": 0.0})
+    torch.manual_seed(0)
+    gan = build_gan(small, info, rfs)
+    n_arrays = len(rfs.area_names())
+    assert gan.projection.out_channels == n_arrays and gan.discriminator.cond_channels == n_arrays
+    x = gan.projection(responses)  # (B, arrays, H, W)
+    for channel, area in enumerate(rfs.area_names()):
+        members = np.flatnonzero(rfs.area == area)
+        lit = gan.projection.maps[members].sum(0) > 0
+        assert torch.allclose(gan.projection.maps[members].sum(0)[lit], torch.tensor(1.0))  # a mean on each pixel
+        assert (x[:, channel][:, ~lit] == 0).all()
+    losses = train_step(gan, build_optimizers(small, gan), responses, target, small)
+    assert torch.isfinite(losses.g_total) and losses.errD > 0
