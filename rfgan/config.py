@@ -98,6 +98,10 @@ class ModelConfig:
         )
         _require(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
         _require(self.g_layout in G_LAYOUTS, f"model.g_layout must be one of {G_LAYOUTS}, not {self.g_layout!r}")
+        _require(
+            self.g_layout == "rfgan" or self.generator == "reference",
+            "model.g_layout='original' is the reference generator's layout: it needs model.generator='reference'",
+        )
         _require(self.init in INIT_KINDS, f"model.init must be one of {INIT_KINDS}, not {self.init!r}")
         _require(
             self.d_condition in D_CONDITIONS,

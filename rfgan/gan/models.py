@@ -166,7 +166,8 @@ class _DecoderBlock(nn.Module):
 
 
 class _ResidualBlock(nn.Module):
-    """x + bn2(conv2(relu(bn1(conv1(x))))), and in the original layout a ReLU after the sum (model_file.py:74-78)."""
+    """x + bn2(conv2(relu(bn1(conv1(x))))), and in the original layout a ReLU after the sum (RF_GANsynth
+    model_file.py:293-302)."""
 
     def __init__(self, channels: int, relu_after_sum: bool = False) -> None:
         super().__init__()
