@@ -212,12 +212,11 @@ class ResizedImages:
         return self.images.keys()
 
     def get(self, rows: np.ndarray) -> np.ndarray:
-        mode = "L" if self.shape[2] == 1 else "RGB"
-        stored = self.images.get(rows)
-        return np.stack(
-            [np.asarray(crop_and_resize(Image.fromarray(a.squeeze(-1) if mode == "L" else a, mode), self.crop,
-                                        self.size)).reshape(self.shape) for a in stored]
-        )  # fmt: skip
+        out = np.empty((len(rows), *self.shape), np.uint8)
+        for k, image in enumerate(self.images.get(rows)):  # (H, W, C) uint8: PIL reads C = 1 as L, C = 3 as RGB
+            im = Image.fromarray(image[..., 0] if self.shape[2] == 1 else image)
+            out[k] = np.asarray(crop_and_resize(im, self.crop, self.size)).reshape(self.shape)
+        return out
 
 
 def number_images(keys: Sequence) -> tuple[np.ndarray, np.ndarray]:
