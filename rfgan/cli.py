@@ -213,8 +213,9 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--rfs",
         required=True,
-        help="RF table CSV: electrode_id,x_deg,y_deg,sigma_deg[,area]; x/y in "
-        "degrees from the image centre (y up), sigma the Gaussian sd in degrees",
+        help="RF table CSV: electrode_id,x_deg,y_deg,sigma_deg[,area][,mask_radius_deg]; x/y in "
+        "degrees from the image centre (y up), sigma the Gaussian sd of the RF map in degrees, mask_radius_deg the "
+        "RF mask's radius where it is not data.mask_radius_sigmas x sigma",
     )
     p.add_argument("--fov-deg", type=float, required=True, help="degrees of visual angle the image width spans")
     p.add_argument("--out", required=True, help="dataset directory to write")
@@ -236,11 +237,29 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="drop rows with NaN/inf responses (and say how many) instead of refusing the input",
     )
+    p.add_argument(
+        "--crop",
+        type=_percent_range,
+        help="START:STOP: keep this part of each image axis, in percent (RF_GANsynth's stimuli: 27.5:67.5); "
+        "--fov-deg and the RF table then describe the cropped window",
+    )
+    p.add_argument("--resize", type=int, help="store the images RESIZE x RESIZE (RF_GANsynth: 96)")
     p.add_argument("--shard-rows", type=int, default=1000, help="rows per Parquet file")
     _add_image_encoding(p)
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_ingest)
+
+
+def _percent_range(text: str) -> tuple[float, float]:
+    """'27.5:67.5' → (0.275, 0.675)."""
+    start, sep, stop = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        return float(start) / 100, float(stop) / 100
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected START:STOP in percent, e.g. 27.5:67.5, got {text!r}") from None
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -262,6 +281,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         electrode_axis=args.electrode_axis,
         image_encoding=args.image_encoding,
+        crop=args.crop,
+        resize=args.resize,
     )
     with _progress(None, "ingest", args.quiet) as update, _nothing_written_if_interrupted():
         info, dropped = ingest(spec, on_rows=update)
@@ -563,6 +584,20 @@ def _init_ray(address: str | None, min_cpus: int) -> None:
     ray.init(num_cpus=max(os.cpu_count() or 1, min_cpus))
 
 
+def _describe_input(cfg) -> str:
+    """The generator input of a config in words (what `rfgan train --dry-run` says of it)."""
+    d = cfg.data
+    responses = "z-scored responses" if d.standardize else "raw responses (not standardised)"
+    maps = {
+        "peak": "RF maps peaking at 1",
+        "sum": "RF maps summing to 1 over the image",
+        "sum_full": "RF maps summing to 1 over the whole visual field",
+        "point": "the pixel of each RF centre",
+    }[d.rf_norm]
+    channels = "one channel per area" if d.sum_per_area else "one channel per electrode"
+    return f"{responses} x {maps}, {channels}" + (", plus a channel of N(0, 1) noise" if d.with_noise else "")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from rfgan.gan.build import build_gan
     from rfgan.gan.models import count_parameters
@@ -588,6 +623,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"generator: {count_parameters(gan.generator):,} parameters, {gan.projection.out_channels} input "
             f"channels -> {info.channels}x{info.image_size[0]}x{info.image_size[1]}"
         )
+        print(f"input: {_describe_input(cfg)}")
+        if gan.mask is not None:
+            print(
+                f"mask: target and output multiplied by the RF mask ({gan.mask.mean().item():.0%} of the pixels) "
+                "before D, VGG and the pixel loss; validation and checkpoint ranking on masked images"
+            )
         print(
             f"discriminator: {count_parameters(gan.discriminator):,} parameters"
             if gan.discriminator is not None

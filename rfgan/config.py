@@ -25,6 +25,13 @@ from rfgan.errors import ConfigError, UsageError
 ADV_KINDS: tuple[str, ...] = ("nonsaturating", "minimax", "lsgan")
 PIXEL_KINDS: tuple[str, ...] = ("l1", "mse")
 VGG_LAYERS: tuple[str, ...] = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+# How RF maps are scaled in the generator input (rfgan.data.rf.rf_maps), the reference G's layouts
+# (rfgan.gan.models.ReferenceGenerator), the weight inits (rfgan.gan.models.init_weights) and what a conditional D sees
+# of the input (rfgan.gan.build.GAN.condition).
+RF_NORMS: tuple[str, ...] = ("peak", "sum", "sum_full", "point")
+G_LAYOUTS: tuple[str, ...] = ("rfgan", "original")
+INIT_KINDS: tuple[str, ...] = ("dcgan", "original", "default")
+D_CONDITIONS: tuple[str, ...] = ("mean", "input")
 # Deeper layers weigh more: their activations are smaller and more semantic (the reference's weights).
 REFERENCE_VGG_WEIGHTS: tuple[float, ...] = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0)
 
@@ -39,13 +46,17 @@ class DataConfig:
     path: str | None = None  # dataset directory; None = the built-in synthetic dataset
     with_noise: bool = False  # one extra generator input channel of Gaussian noise (the reference "withNoise")
     sum_per_area: bool = False  # one input channel per area (V1/V4/IT) instead of per electrode
-    standardize: bool = True  # z-score each electrode with the training split's mean/std
-    rf_norm: str = "peak"  # RF maps in the generator input peak at 1 ("sum": sum to 1)
-    mask: bool = False  # RFmasked: compare output and target only inside the RFs
-    mask_radius_sigmas: float = 1.0
+    standardize: bool = True  # z-score each electrode with the training split's mean/std (False: raw responses)
+    # RF maps in the generator input: "peak" at 1; "sum" to 1 over the image; "sum_full" to 1 over the whole visual
+    # field (the originals: normalised before the crop); "point": one pixel at the RF centre, electrodes of a channel
+    # on one pixel averaged (MonkeySee)
+    rf_norm: str = "peak"
+    # The RF mask: D, VGG and pixel losses, validation and checkpoint ranking see output and target only inside it
+    mask: bool = False
+    mask_radius_sigmas: float = 1.0  # mask radius in map sigmas, for RF tables without a mask_radius_deg column
 
     def __post_init__(self) -> None:
-        _require(self.rf_norm in ("peak", "sum"), f"data.rf_norm must be 'peak' or 'sum', not {self.rf_norm!r}")
+        _require(self.rf_norm in RF_NORMS, f"data.rf_norm must be one of {RF_NORMS}, not {self.rf_norm!r}")
         _require(self.mask_radius_sigmas > 0, "data.mask_radius_sigmas must be > 0")
 
 
@@ -59,11 +70,14 @@ class ModelConfig:
     g_convs_per_block: tuple[int, ...] = (2, 2, 3, 3, 3)
     n_res: int = 5  # reference G residual blocks in the bottleneck
     dropout: float = 0.5
+    g_layout: str = "rfgan"  # reference G: "rfgan" or "original" (RF_GANsynth's model_file.py; docs/fidelity.md)
     norm: str = "batch"  # U-Net and PatchGAN normalisation: "batch", "instance" or "none"
     ndf: int = 64  # D base width
     d_layers: int = 3  # PatchGAN depth (3 = 70×70 patches)
-    conditional_d: bool = False  # D also sees the mean RF input (cGAN); PatchGAN only
-    init_std: float = 0.02  # DCGAN init N(0, init_std)
+    conditional_d: bool = False  # D also sees the RF input (cGAN); PatchGAN only
+    d_condition: str = "mean"  # what a conditional D sees: "mean" of the response channels, or the "input" stack
+    init: str = "dcgan"  # "dcgan", "original" (conv biases at PyTorch's default) or "default" (PyTorch's init)
+    init_std: float = 0.02  # N(0, init_std) conv weights for the "dcgan" and "original" inits
 
     def __post_init__(self) -> None:
         _require(
@@ -83,6 +97,16 @@ class ModelConfig:
             "model.g_widths and model.g_convs_per_block must have the same, non-zero length",
         )
         _require(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
+        _require(self.g_layout in G_LAYOUTS, f"model.g_layout must be one of {G_LAYOUTS}, not {self.g_layout!r}")
+        _require(
+            self.g_layout == "rfgan" or self.generator == "reference",
+            "model.g_layout='original' is the reference generator's layout: it needs model.generator='reference'",
+        )
+        _require(self.init in INIT_KINDS, f"model.init must be one of {INIT_KINDS}, not {self.init!r}")
+        _require(
+            self.d_condition in D_CONDITIONS,
+            f"model.d_condition must be one of {D_CONDITIONS}, not {self.d_condition!r}",
+        )
         _require(self.init_std > 0, "model.init_std must be > 0")
         _require(
             not (self.conditional_d and self.discriminator == "reference"),
@@ -90,7 +114,12 @@ class ModelConfig:
         )
 
     def size_divisor(self) -> int:
-        """Image sides must be a multiple of this for the generator's down/up-sampling to round-trip."""
+        """Image sides must be a multiple of this for the generator's down/up-sampling to round-trip: the reference
+        G unpools to the encoder's sizes, so any side round-trips (240 px included)."""
+        return 2**self.n_down if self.generator == "unet" else 1
+
+    def min_image_size(self) -> int:
+        """The smallest image side the generator takes."""
         return 2 ** (self.n_down if self.generator == "unet" else len(self.g_widths))
 
 
@@ -125,6 +154,9 @@ class OptimConfig:
     beta2: float = 0.999
     batch_size: int = 64  # global: split across workers
     d_steps: int = 1  # D updates per G update
+    # Exact reproduction: G runs again for its own update after D's (the originals' order: a fresh dropout draw, and
+    # BatchNorm statistics updated twice per step). Off: one G forward serves both, the same objective, faster.
+    second_g_forward: bool = False
     bf16: bool = False  # bfloat16 autocast for the forward passes
 
     def __post_init__(self) -> None:
@@ -311,32 +343,69 @@ def _preset(name: str, **sections: Mapping[str, Any]) -> Config:
     return Config.from_dict({"preset": name, **sections})
 
 
-# The reference model (RF_GANsynth): SegNet G, DCGAN D (ndf 18), BCE, errG + 2·vgg, Adam(2e-4, betas 0.8/0.999).
+# The reference model (RF_GANsynth, withoutNoise/SynthGAN_96_DO2.py), point by point in docs/fidelity.md: SegNet G
+# in the original layout (8 dropouts, ReLU after the residual sums, 64→32→3, conv biases) with weights_init, DCGAN D
+# (ndf 18), BCE, errG + 2·vgg, Adam(2e-4, betas 0.8/0.999); raw responses times RF maps summing to 1 over the whole
+# field; target and output masked to the RFs before D and VGG.
+_REFERENCE_DATA = {"standardize": False, "rf_norm": "sum_full", "mask": True}
 _REFERENCE = {
-    "model": {"generator": "reference", "discriminator": "reference", "ndf": 18},
+    "data": _REFERENCE_DATA,
+    "model": {"generator": "reference", "discriminator": "reference", "ndf": 18, "g_layout": "original",
+              "init": "original"},
     "loss": {"adversarial": "nonsaturating", "lambda_adv": 1.0, "lambda_vgg": 2.0, "lambda_pix": 0.0},
     "optim": {"lr_g": 2e-4, "lr_d": 2e-4, "beta1": 0.8, "batch_size": 64},
-}
+}  # fmt: skip
 
 PRESETS: dict[str, Config] = {
     "default": _preset("default"),
     "reference": _preset("reference", **_REFERENCE),
-    # withNoise: one extra noise channel, 0.05·errG + 1·vgg, batch 32.
+    # withNoise (SynthGAN_Noise.py): one extra noise channel, 0.05·errG + 1·vgg, batch 32.
     "reference-noise": _preset(
         "reference-noise",
-        data={"with_noise": True},
+        data={**_REFERENCE_DATA, "with_noise": True},
         model=_REFERENCE["model"],
         loss={**_REFERENCE["loss"], "lambda_adv": 0.05, "lambda_vgg": 1.0},
         optim={**_REFERENCE["optim"], "batch_size": 32},
     ),
-    # The non-adversarial RFmasked objective: output and target masked to the RFs, vgg + 0.1·MSE, no D.
+    # RFmasked (RFconfidence_mask_split.py): no D, output and target masked, vgg + 0.1·MSE; no dropout, PyTorch's
+    # default init, Adam's defaults (lr 1e-3, betas 0.9/0.999), batch 4.
     "rfmasked": _preset(
         "rfmasked",
-        data={"mask": True},
-        model=_REFERENCE["model"],
+        data=_REFERENCE_DATA,
+        model={**_REFERENCE["model"], "dropout": 0.0, "init": "default"},
         loss={"lambda_adv": 0.0, "lambda_vgg": 1.0, "lambda_pix": 0.1, "pixel": "mse"},
-        optim=_REFERENCE["optim"],
+        optim={"lr_g": 1e-3, "lr_d": 1e-3, "beta1": 0.9, "beta2": 0.999, "batch_size": 4},
     ),
+    # MonkeySee (neuralcodinglab/MonkeySee, SpatialBased/train_spatial.py): one input channel per electrode array
+    # (label each electrode's array in the RF table's area column) holding the array's responses at its RFs'
+    # pixels; pix2pix U-Net G without dropout; conditional PatchGAN D on the input stack with the image;
+    # 0.01·BCE + 1·VGG19 (mean of 5 layers, ImageNet-normalised) + 0.5·L1; Adam(2e-4, β1 0.5), batch 8.
+    "monkeysee": _preset(
+        "monkeysee",
+        data={"sum_per_area": True, "standardize": False, "rf_norm": "point"},
+        model={
+            "generator": "unet",
+            "ngf": 64,
+            "n_down": 5,
+            "dropout": 0.0,
+            "norm": "batch",
+            "discriminator": "patch",
+            "ndf": 64,
+            "d_layers": 3,
+            "conditional_d": True,
+            "d_condition": "input",
+        },
+        loss={
+            "adversarial": "nonsaturating",
+            "lambda_adv": 0.01,
+            "lambda_vgg": 1.0,
+            "lambda_pix": 0.5,
+            "pixel": "l1",
+            "vgg_imagenet_norm": True,
+            "vgg_layer_weights": [0.2] * 5,
+        },
+        optim={"lr_g": 2e-4, "lr_d": 2e-4, "beta1": 0.5, "batch_size": 8},
+    ),  # fmt: skip
     # Small nets and random VGG features: tests and laptop demos, no downloaded weights needed.
     # Small nets, no VGG loss (random VGG features cost most of the compute and are not perceptual), a light
     # adversarial weight and a fast G learning rate: tests and the laptop demo, which trains on the built-in

@@ -27,6 +27,24 @@ def test_reference_presets_hold_the_reference_numbers():
     assert masked.data.mask and not masked.adversarial
     assert (masked.loss.lambda_pix, masked.loss.pixel) == (0.1, "mse")
     assert ref.loss.vgg_layer_weights == (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0)
+    # Issue 14 (docs/fidelity.md): masked, raw responses, maps summing to 1 over the field, the original layout
+    for cfg in (ref, noise, masked):
+        assert (cfg.data.mask, cfg.data.standardize, cfg.data.rf_norm) == (True, False, "sum_full")
+        assert cfg.model.g_layout == "original" and not cfg.optim.second_g_forward
+    assert (ref.model.init, ref.model.dropout, masked.model.init, masked.model.dropout) == (
+        "original",
+        0.5,
+        "default",
+        0,
+    )
+
+
+def test_default_and_tiny_presets_keep_their_behaviour():
+    for name in ("default", "tiny"):
+        cfg = preset(name)
+        assert (cfg.data.mask, cfg.data.standardize, cfg.data.rf_norm) == (False, True, "peak")
+        assert (cfg.model.g_layout, cfg.model.init, cfg.model.d_condition) == ("rfgan", "dcgan", "mean")
+        assert not cfg.optim.second_g_forward
 
 
 def test_unknown_keys_are_errors_that_list_valid_keys():
@@ -50,6 +68,11 @@ def test_unknown_keys_are_errors_that_list_valid_keys():
         ({"optim.batch_size": "many"}, "must be an integer"),
         ({"data.mask": "yes"}, "true or false"),
         ({"model.conditional_d": True, "model.discriminator": "reference"}, "conditional_d"),
+        ({"data.rf_norm": "max"}, "data.rf_norm must be one of"),
+        ({"model.g_layout": "segnet"}, "model.g_layout must be one of"),
+        ({"model.g_layout": "original"}, "needs model.generator='reference'"),
+        ({"model.init": "xavier"}, "model.init must be one of"),
+        ({"model.d_condition": "image"}, "model.d_condition must be one of"),
     ],
 )
 def test_impossible_values_are_errors(overrides, message):

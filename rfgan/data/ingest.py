@@ -45,6 +45,8 @@ class IngestSpec:
     overwrite: bool = False
     electrode_axis: str = "auto"  # of the responses: "first", "last", or "auto" (the axis as long as the RF table)
     image_encoding: str = "raw"  # how the dataset stores images: "raw" pixels or "png" (rfgan.data.format)
+    crop: tuple[float, float] | None = None  # keep this share (start, stop) of each image axis, e.g. (0.275, 0.675)
+    resize: int | None = None  # store images resize × resize (needed with crop, or for files of several sizes)
 
 
 class RowSource(Protocol):
@@ -61,6 +63,15 @@ class ImageSource(Protocol):
     def __len__(self) -> int: ...
     def keys(self) -> list: ...  # one hashable per row; equal keys = the same image
     def get(self, rows: np.ndarray) -> np.ndarray: ...  # (n, H, W, C) uint8
+
+
+def crop_and_resize(im: Image.Image, crop: tuple[float, float], size: int) -> Image.Image:
+    """The share crop[0]..crop[1] of each axis, resized to size × size as one PIL resize (a box and a filter: no
+    second resampling). RF_GANsynth and RFmasked keep 27.5–67.5 % of each axis (RF_module.py:127-135,
+    cropping_images.ipynb) and train on 96 px."""
+    w, h = im.size
+    lo, hi = crop
+    return im.resize((size, size), Image.Resampling.LANCZOS, box=(w * lo, h * lo, w * hi, h * hi))
 
 
 class ArrayImages:
@@ -116,11 +127,11 @@ class ArrayImages:
 class FolderImages:
     """Image files, one per row (a file may repeat), decoded as their rows are written.
 
-    Without `size` all files must have one size; with it each is centre-cropped to `crop` (the share of its width
-    and height kept) and resized to `size` × `size`, as one PIL resize (a box and a filter: no second resampling).
+    Without `size` all files must have one size; with it each is cropped to `crop` (the share of its width and
+    height kept, from start to stop) and resized to `size` × `size` (crop_and_resize).
     """
 
-    def __init__(self, files: Sequence[str], path: str, size: int | None = None, crop: float = 1.0):
+    def __init__(self, files: Sequence[str], path: str, size: int | None = None, crop: tuple[float, float] = (0, 1)):
         self.path = path
         self.files = list(files)
         self.size, self.crop = size, crop
@@ -142,7 +153,7 @@ class FolderImages:
         self.shape = (*((size, size) if size else next(iter(sizes))), 1 if self.gray else 3)
 
     @classmethod
-    def from_folder(cls, folder: str, index: str | None) -> FolderImages:
+    def from_folder(cls, folder: str, index: str | None, **resized) -> FolderImages:
         root = Path(folder)
         if index is None:
             names = sorted(p.name for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -150,7 +161,7 @@ class FolderImages:
                 raise DataError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)}).")
         else:
             names = cls._read_index(index)
-        return cls([str(root / n) for n in names], folder)
+        return cls([str(root / n) for n in names], folder, **resized)
 
     @staticmethod
     def _read_index(index: str) -> list[str]:
@@ -172,10 +183,7 @@ class FolderImages:
     def _decode(self, im: Image.Image) -> np.ndarray:
         im = im.convert("L" if self.gray else "RGB")
         if self.size:
-            w, h = im.size
-            cw, ch = w * self.crop, h * self.crop
-            box = ((w - cw) / 2, (h - ch) / 2, (w + cw) / 2, (h + ch) / 2)
-            im = im.resize((self.size, self.size), Image.Resampling.LANCZOS, box=box)
+            im = crop_and_resize(im, self.crop, self.size)
         return np.asarray(im).reshape(self.shape)
 
     def get(self, rows: np.ndarray) -> np.ndarray:
@@ -187,6 +195,28 @@ class FolderImages:
                     out[k] = self._decode(im)
             except (OSError, UnidentifiedImageError) as e:
                 raise DataError(f"{self.files[i]}: cannot read this image ({e}); replace or remove it.") from e
+        return out
+
+
+class ResizedImages:
+    """Images of an array file, each cropped and resized as it is read (crop_and_resize)."""
+
+    def __init__(self, images: ArrayImages, size: int, crop: tuple[float, float]):
+        self.images, self.size, self.crop = images, size, crop
+        self.path = images.path
+        self.shape = (size, size, images.shape[2])
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def keys(self) -> list:
+        return self.images.keys()
+
+    def get(self, rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows), *self.shape), np.uint8)
+        for k, image in enumerate(self.images.get(rows)):  # (H, W, C) uint8: PIL reads C = 1 as L, C = 3 as RGB
+            im = Image.fromarray(image[..., 0] if self.shape[2] == 1 else image)
+            out[k] = np.asarray(crop_and_resize(im, self.crop, self.size)).reshape(self.shape)
         return out
 
 
@@ -296,10 +326,21 @@ def finite_rows(responses: RowSource, block_rows: int) -> np.ndarray:
     return good
 
 
-def open_images(ref: str, index: str | None, stack: ExitStack) -> ImageSource:
+def open_images(
+    ref: str, index: str | None, stack: ExitStack, resize: int | None = None, crop: tuple[float, float] | None = None
+) -> ImageSource:
+    """The images of `ref`, a folder or an array file, cropped to `crop` and resized to `resize` if given."""
+    if crop is not None and resize is None:
+        raise DataError("--crop needs --resize: the size to store the cropped images at.")
+    if crop is not None and not 0 <= crop[0] < crop[1] <= 1:
+        raise DataError(f"--crop must be START:STOP with 0 <= START < STOP <= 100 (percent), got {crop}.")
+    if resize is not None and resize < 1:
+        raise DataError(f"--resize must be >= 1, got {resize}.")
+    crop = crop or (0.0, 1.0)
     if os.path.isdir(ref):
-        return FolderImages.from_folder(ref, index)
-    return ArrayImages(open_array(ref, "images", stack))
+        return FolderImages.from_folder(ref, index, size=resize, crop=crop)
+    images = ArrayImages(open_array(ref, "images", stack))
+    return images if resize is None else ResizedImages(images, resize, crop)
 
 
 def ingest(spec: IngestSpec, on_rows=None) -> tuple[DatasetInfo, int]:
@@ -327,7 +368,7 @@ def _ingest(spec: IngestSpec, on_rows, stack: ExitStack) -> tuple[DatasetInfo, i
             "one row per stimulus presentation and one column per electrode."
         )
     responses = response_rows(stored, len(rfs), spec.electrode_axis, spec.rfs)
-    images = open_images(spec.images, spec.image_index, stack)
+    images = open_images(spec.images, spec.image_index, stack, spec.resize, spec.crop)
     if len(images) != len(responses):
         raise DataError(
             f"{spec.responses} has {len(responses)} rows but {images.path} has {len(images)} images; "
@@ -372,6 +413,8 @@ def _ingest(spec: IngestSpec, on_rows, stack: ExitStack) -> tuple[DatasetInfo, i
         "test_fraction": spec.test_fraction,
         "seed": spec.seed,
         "dropped_rows": n_dropped,
+        **({"crop": list(spec.crop)} if spec.crop else {}),
+        **({"resize": spec.resize} if spec.resize else {}),
     }
     plan = Plan(rfs, spec.fov_deg, images.shape, splits, source)
     info = plan.write(spec.out, spec.shard_rows, spec.overwrite, on_rows, spec.image_encoding)

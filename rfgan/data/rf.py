@@ -20,9 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rfgan.config import RF_NORMS
 from rfgan.errors import DataError
 
 RF_COLUMNS = ("electrode_id", "x_deg", "y_deg", "sigma_deg")
+# Optional columns: the area label, and the RF mask's radius when it is not a multiple of the map's sigma (the
+# originals draw maps of sigma √std but masks of radius std; docs/fidelity.md).
+OPTIONAL_COLUMNS = ("area", "mask_radius_deg")
 # An RF whose centre lies further than this many sigmas outside the window contributes < 1.2% of its mass.
 OUTSIDE_SIGMAS = 3.0
 
@@ -36,6 +40,7 @@ class RFTable:
     y_deg: np.ndarray  # (E,) float64
     sigma_deg: np.ndarray  # (E,) float64
     area: np.ndarray | None = None  # (E,) str, e.g. "V1", "V4", "IT"
+    mask_radius_deg: np.ndarray | None = None  # (E,) float64; None = data.mask_radius_sigmas · sigma_deg
 
     def __len__(self) -> int:
         return len(self.electrode_id)
@@ -44,12 +49,18 @@ class RFTable:
         same_area = (self.area is None and other.area is None) or (
             self.area is not None and other.area is not None and np.array_equal(self.area, other.area)
         )
+        same_radius = (self.mask_radius_deg is None and other.mask_radius_deg is None) or (
+            self.mask_radius_deg is not None
+            and other.mask_radius_deg is not None
+            and np.allclose(self.mask_radius_deg, other.mask_radius_deg)
+        )
         return (
             np.array_equal(self.electrode_id, other.electrode_id)
             and np.allclose(self.x_deg, other.x_deg)
             and np.allclose(self.y_deg, other.y_deg)
             and np.allclose(self.sigma_deg, other.sigma_deg)
             and same_area
+            and same_radius
         )
 
     def area_names(self) -> list[str]:
@@ -62,7 +73,8 @@ class RFTable:
         """Raise DataError naming `source` if ids repeat or a value is not finite or sigma <= 0."""
         if len(self) == 0:
             raise DataError(f"{source}: the RF table has no rows; it needs one row per electrode.")
-        for name in ("x_deg", "y_deg", "sigma_deg"):
+        radius = () if self.mask_radius_deg is None else ("mask_radius_deg",)
+        for name in ("x_deg", "y_deg", "sigma_deg", *radius):
             bad = np.flatnonzero(~np.isfinite(getattr(self, name)))
             if bad.size:
                 raise DataError(
@@ -74,13 +86,20 @@ class RFTable:
                 f"{source}: sigma_deg must be > 0, but electrode(s) {self.electrode_id[bad][:10].tolist()} have "
                 f"{self.sigma_deg[bad][:10].tolist()}. RF sizes are Gaussian standard deviations in degrees."
             )
+        if self.mask_radius_deg is not None and (self.mask_radius_deg <= 0).any():
+            bad = np.flatnonzero(self.mask_radius_deg <= 0)
+            raise DataError(
+                f"{source}: mask_radius_deg must be > 0, but electrode(s) {self.electrode_id[bad][:10].tolist()} have "
+                f"{self.mask_radius_deg[bad][:10].tolist()}."
+            )
         ids, counts = np.unique(self.electrode_id, return_counts=True)
         if (counts > 1).any():
             raise DataError(f"{source}: electrode_id repeats: {ids[counts > 1][:10].tolist()}; ids must be unique.")
 
     @classmethod
     def from_csv(cls, path: str | os.PathLike) -> RFTable:
-        """Read `electrode_id,x_deg,y_deg,sigma_deg[,area]` (x/y from the image centre, y up) and validate it."""
+        """Read `electrode_id,x_deg,y_deg,sigma_deg[,area][,mask_radius_deg]` (x/y from the image centre, y up) and
+        validate it."""
         path = os.fspath(path)
         try:
             with open(path, newline="") as f:
@@ -104,11 +123,12 @@ class RFTable:
                 f"{path}: the RF table lacks column(s) {missing}; it has {header}. "
                 f"Expected a CSV header of {','.join(RF_COLUMNS)}[,area]."
             )
-        columns: dict[str, list] = {c: [] for c in RF_COLUMNS}
+        numeric = RF_COLUMNS + (("mask_radius_deg",) if "mask_radius_deg" in header else ())
+        columns: dict[str, list] = {c: [] for c in numeric}
         areas = []
         for line, row in enumerate(rows, start=2):
             row = {k.strip(): v for k, v in row.items() if k is not None}
-            for c in RF_COLUMNS:
+            for c in numeric:
                 text = (row.get(c) or "").strip()
                 try:
                     columns[c].append(int(text) if c == "electrode_id" else float(text))
@@ -125,16 +145,14 @@ class RFTable:
             y_deg=np.asarray(columns["y_deg"], dtype=np.float64),
             sigma_deg=np.asarray(columns["sigma_deg"], dtype=np.float64),
             area=np.asarray(areas, dtype=str) if "area" in header else None,
+            mask_radius_deg=np.asarray(columns["mask_radius_deg"], np.float64) if "mask_radius_deg" in header else None,
         )
         table.validate(path)
         return table
 
     def to_dict(self) -> dict[str, list]:
         """Plain lists, for configs passed to Ray workers."""
-        d = {c: getattr(self, c).tolist() for c in RF_COLUMNS}
-        if self.area is not None:
-            d["area"] = self.area.tolist()
-        return d
+        return {c: getattr(self, c).tolist() for c in RF_COLUMNS + OPTIONAL_COLUMNS if getattr(self, c) is not None}
 
     @classmethod
     def from_dict(cls, d: dict[str, list]) -> RFTable:
@@ -144,20 +162,18 @@ class RFTable:
             np.asarray(d["y_deg"], np.float64),
             np.asarray(d["sigma_deg"], np.float64),
             np.asarray(d["area"], dtype=str) if "area" in d else None,
+            np.asarray(d["mask_radius_deg"], np.float64) if "mask_radius_deg" in d else None,
         )
 
     def to_csv(self, path: str | os.PathLike) -> None:
         with open(path, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(RF_COLUMNS + (("area",) if self.area is not None else ()))
+            optional = [c for c in OPTIONAL_COLUMNS if getattr(self, c) is not None]
+            w.writerow(RF_COLUMNS + tuple(optional))
             for i in range(len(self)):
-                row = [
-                    int(self.electrode_id[i]),
-                    repr(float(self.x_deg[i])),
-                    repr(float(self.y_deg[i])),
-                    repr(float(self.sigma_deg[i])),
-                ]
-                w.writerow(row + ([str(self.area[i])] if self.area is not None else []))
+                row = [int(self.electrode_id[i])] + [repr(float(getattr(self, c)[i])) for c in RF_COLUMNS[1:]]
+                extra = [str(self.area[i]) if c == "area" else repr(float(self.mask_radius_deg[i])) for c in optional]
+                w.writerow(row + extra)
 
 
 def pixel_grid(image_size: tuple[int, int], fov_deg: float) -> tuple[np.ndarray, np.ndarray]:
@@ -179,17 +195,36 @@ def rfs_outside_window(rfs: RFTable, image_size: tuple[int, int], fov_deg: float
 
 
 def rf_maps(rfs: RFTable, image_size: tuple[int, int], fov_deg: float, norm: str = "sum") -> np.ndarray:
-    """Isotropic Gaussian RF maps, (E, H, W) float32.
+    """RF maps, (E, H, W) float32: isotropic Gaussians of sd `sigma_deg`, or single pixels.
 
     norm="sum": each map sums to 1 over the window, so map·image is the RF-weighted mean luminance (the linear
-    response model). norm="peak": each map peaks at 1, so a channel of the generator input equals the response at
-    the RF centre whatever the RF size (sum-normalised maps would shrink large-RF channels by 1/sigma^2).
+    response model). norm="sum_full": each map sums to 1 over the whole visual field sampled at the pixel pitch, so
+    RFs reaching past the window keep only their share inside it (the originals normalise their maps over a 2.5×
+    larger grid, then crop: RF_module.py:108-135); the peak is pixel area / (2π sigma²), about 1e-3 for the originals.
+    norm="peak": each map peaks at 1, so a channel of the generator input equals the response at the RF centre
+    whatever the RF size (sum-normalised maps would shrink large-RF channels by 1/sigma^2). norm="point": 1 at the
+    pixel holding the RF centre, 0 elsewhere and for centres outside the window (MonkeySee's RF location images;
+    RFProjection.from_table averages the electrodes of one channel that share a pixel).
     """
-    if norm not in ("sum", "peak"):
-        raise ValueError(f"norm must be 'sum' or 'peak', not {norm!r}")
+    if norm not in RF_NORMS:
+        raise ValueError(f"norm must be one of {RF_NORMS}, not {norm!r}")
     gx, gy = pixel_grid(image_size, fov_deg)
+    if norm == "point":
+        h, w = image_size
+        deg_per_px = fov_deg / w
+        col = np.floor(rfs.x_deg / deg_per_px + w / 2).astype(np.int64)
+        row = np.floor(h / 2 - rfs.y_deg / deg_per_px).astype(np.int64)
+        inside = (col >= 0) & (col < w) & (row >= 0) & (row < h)
+        maps = np.zeros((len(rfs), h, w), np.float32)
+        maps[np.flatnonzero(inside), row[inside], col[inside]] = 1.0
+        return maps
     d2 = (gx[None] - rfs.x_deg[:, None, None]) ** 2 + (gy[None] - rfs.y_deg[:, None, None]) ** 2
     maps = np.exp(-d2 / (2 * rfs.sigma_deg[:, None, None] ** 2))
+    if norm == "sum_full":
+        # The sum over the infinite pixel grid: 2π sigma² / pixel area (Poisson summation: exact to 1e-8 for
+        # sigma above one pixel).
+        denom = 2 * np.pi * (rfs.sigma_deg[:, None, None] / (fov_deg / image_size[1])) ** 2
+        return (maps / denom).astype(np.float32)
     denom = maps.sum(axis=(1, 2), keepdims=True) if norm == "sum" else maps.max(axis=(1, 2), keepdims=True)
     # An RF far outside the window underflows to all zeros; leave it zero rather than divide by zero.
     maps = np.divide(maps, denom, out=np.zeros_like(maps), where=denom > 0)
@@ -197,10 +232,12 @@ def rf_maps(rfs: RFTable, image_size: tuple[int, int], fov_deg: float, norm: str
 
 
 def rf_mask(rfs: RFTable, image_size: tuple[int, int], fov_deg: float, radius_sigmas: float = 1.0) -> np.ndarray:
-    """(H, W) float32 in {0, 1}: the union of discs of `radius_sigmas`·sigma around each RF centre (RFmasked)."""
+    """(H, W) float32 in {0, 1}: the union of discs around each RF centre (RFmasked's confidence mask), of radius
+    the table's `mask_radius_deg` if it has one, else `radius_sigmas`·sigma."""
     gx, gy = pixel_grid(image_size, fov_deg)
     d2 = (gx[None] - rfs.x_deg[:, None, None]) ** 2 + (gy[None] - rfs.y_deg[:, None, None]) ** 2
-    inside = d2 <= (radius_sigmas * rfs.sigma_deg[:, None, None]) ** 2
+    radius = rfs.mask_radius_deg if rfs.mask_radius_deg is not None else radius_sigmas * rfs.sigma_deg
+    inside = d2 <= radius[:, None, None] ** 2
     return inside.any(axis=0).astype(np.float32)
 
 
@@ -238,6 +275,17 @@ class RFInput(NamedTuple):
         if key not in self.unfolded:
             self.unfolded[key] = F.unfold(self.maps[:, None], kernel, padding=padding, stride=stride)
         return self.unfolded[key]
+
+
+def _average_shared_pixels(maps: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Maps (E, H, W) divided, pixel by pixel, by the sum of their group's maps where that is not 0: a channel then
+    holds the mean response of its electrodes on each pixel (MonkeySee's RF images, train_spatial.py:50-60)."""
+    out = maps.copy()
+    for group in dict.fromkeys(groups.tolist()):
+        members = groups == group
+        total = maps[members].sum(axis=0)
+        out[members] = np.divide(maps[members], total, out=np.zeros_like(maps[members]), where=total > 0)
+    return out
 
 
 class RFProjection(nn.Module):
@@ -292,7 +340,10 @@ class RFProjection(nn.Module):
         cls, rfs: RFTable, image_size: tuple[int, int], fov_deg: float, norm: str = "peak", **kwargs
     ) -> RFProjection:
         areas = rfs.area.tolist() if rfs.area is not None else None
-        return cls(rf_maps(rfs, image_size, fov_deg, norm=norm), areas=areas, **kwargs)
+        maps = rf_maps(rfs, image_size, fov_deg, norm=norm)
+        if norm == "point" and kwargs.get("sum_per_area"):
+            maps = _average_shared_pixels(maps, rfs.area)
+        return cls(maps, areas=areas, **kwargs)
 
     @property
     def n_electrodes(self) -> int:

@@ -240,7 +240,7 @@ def _ingest(spec: TVSDSpec, area_of_array: dict[int, str], on_rows, stack: ExitS
     files = _resolve(train_paths, spec.image_root, "training stimuli")
     files += _resolve(test_paths, spec.image_root, "test stimuli")
     crop = (spec.crop_px or spec.stimulus_px) / spec.stimulus_px
-    images = FolderImages(files, spec.image_root, size=spec.resize, crop=crop)
+    images = FolderImages(files, spec.image_root, size=spec.resize, crop=((1 - crop) / 2, (1 + crop) / 2))
 
     n_train, n_test = len(train_paths), len(test_paths)
     if spec.test_repeats:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rfgan.config import Config, ConfigError
+from rfgan.config import Config, ConfigError, ModelConfig
 from rfgan.data.format import DatasetInfo
 from rfgan.data.rf import RFInput, RFProjection, RFTable, rf_mask
 from rfgan.gan.models import PatchDiscriminator, ReferenceDiscriminator, ReferenceGenerator, UNetGenerator, init_weights
@@ -26,7 +26,8 @@ class GAN:
     discriminator: nn.Module | None  # None when loss.lambda_adv == 0 (non-adversarial)
     vgg: VGGFeatures | None  # frozen; never checkpointed; None when no VGG loss is asked for
     mask: torch.Tensor | None  # (1, 1, H, W) RF mask for RFmasked, else None
-    conditional_d: bool = False  # D also sees the mean RF input (cGAN)
+    conditional_d: bool = False  # D also sees the RF input (cGAN)
+    d_condition: str = "mean"  # what it sees of it: the "mean" response channel, or the whole "input" stack
     compact: bool = True  # inputs() gives the compact form (perf.compact_input), which G's first layer reads as is
 
     def inputs(self, responses: torch.Tensor) -> torch.Tensor | RFInput:
@@ -39,9 +40,12 @@ class GAN:
 
     def condition(self, x: torch.Tensor | RFInput) -> torch.Tensor | None:
         """What a conditional D sees of the input x besides the image: the mean over the response channels,
-        (B, 1, H, W), leaving out the noise channel; None for an unconditional D."""
+        (B, 1, H, W), leaving out the noise channel, or the whole (B, C_in, H, W) input (MonkeySee); None for an
+        unconditional D."""
         if not self.conditional_d:
             return None
+        if self.d_condition == "input":
+            return x.dense() if isinstance(x, RFInput) else x
         if isinstance(x, RFInput):
             return x.signal_mean()
         n_signal = self.projection.out_channels - int(self.projection.with_noise)
@@ -74,13 +78,18 @@ class Optimizers(NamedTuple):
 
 def check_compatible(cfg: Config, info: DatasetInfo) -> None:
     """Refuse a dataset whose image size the generator cannot round-trip, before any net is built."""
-    divisor = cfg.model.size_divisor()
+    divisor, smallest = cfg.model.size_divisor(), cfg.model.min_image_size()
     h, w = info.image_size
     if h % divisor or w % divisor:
         raise ConfigError(
             f"images are {h}x{w} but the {cfg.model.generator} generator needs sides divisible by {divisor}; "
             f"use images of such a size (e.g. {h // divisor * divisor or divisor}), or a shallower generator "
             f"(model.n_down for unet, fewer model.g_widths for reference)."
+        )
+    if min(h, w) < smallest:
+        raise ConfigError(
+            f"images are {h}x{w} but the {cfg.model.generator} generator needs sides of at least {smallest}; "
+            "use larger images or a shallower generator (model.n_down for unet, fewer model.g_widths for reference)."
         )
 
 
@@ -112,17 +121,18 @@ def build_gan(cfg: Config, info: DatasetInfo, rfs: RFTable, with_vgg: bool = Tru
             convs_per_block=m.g_convs_per_block,
             n_res=m.n_res,
             dropout=m.dropout,
+            layout=m.g_layout,
         )
-    init_weights(generator, m.init_std)
+    init_weights(generator, m.init_std, m.init)
     discriminator = None
     if cfg.adversarial and with_d:
         if m.discriminator == "patch":
             discriminator = PatchDiscriminator(
-                info.channels, ndf=m.ndf, n_layers=m.d_layers, norm=m.norm, cond_channels=1 if m.conditional_d else 0
+                info.channels, ndf=m.ndf, n_layers=m.d_layers, norm=m.norm, cond_channels=_cond_channels(m, projection)
             )
         else:
             discriminator = ReferenceDiscriminator(info.channels, ndf=m.ndf)
-        init_weights(discriminator, m.init_std)
+        init_weights(discriminator, m.init_std, m.init)
     loss = cfg.loss
     vgg = None
     if with_vgg and loss.lambda_vgg > 0:
@@ -136,8 +146,22 @@ def build_gan(cfg: Config, info: DatasetInfo, rfs: RFTable, with_vgg: bool = Tru
     if d.mask:
         mask = torch.from_numpy(rf_mask(rfs, info.image_size, info.fov_deg, d.mask_radius_sigmas))[None, None]
     return GAN(
-        projection, generator, discriminator, vgg, mask, conditional_d=m.conditional_d, compact=cfg.perf.compact_input
+        projection,
+        generator,
+        discriminator,
+        vgg,
+        mask,
+        conditional_d=m.conditional_d,
+        d_condition=m.d_condition,
+        compact=cfg.perf.compact_input,
     )
+
+
+def _cond_channels(m: ModelConfig, projection: RFProjection) -> int:
+    """The channels a conditional D gets besides the image (GAN.condition), 0 for an unconditional one."""
+    if not m.conditional_d:
+        return 0
+    return projection.out_channels if m.d_condition == "input" else 1
 
 
 def on_device(gan: GAN, cfg: Config, device: torch.device | str) -> GAN:

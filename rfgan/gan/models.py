@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from rfgan.config import G_LAYOUTS, INIT_KINDS
 from rfgan.data.rf import RFInput
 
 _NORM_KINDS = ("batch", "instance", "none")
@@ -34,7 +35,7 @@ def _min_input_size(convs: Iterable[nn.Conv2d]) -> int:
     return size
 
 
-def _check_min_size(x: Tensor, min_size: int, owner: str) -> None:
+def _check_min_size(x: Tensor | RFInput, min_size: int, owner: str) -> None:
     height, width = x.shape[-2:]
     if min(height, width) < min_size:
         raise ValueError(
@@ -56,10 +57,10 @@ def _norm_layer(norm: str, channels: int) -> nn.Module:
     return nn.Identity()
 
 
-def _conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
-    # No conv bias: BatchNorm's shift makes it redundant.
+def _conv_bn_relu(in_channels: int, out_channels: int, bias: bool = False) -> nn.Sequential:
+    # No conv bias by default: BatchNorm's shift makes it redundant (the original layout keeps it, as model_file.py).
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=bias),
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
     )
@@ -134,58 +135,87 @@ def _forward_rf(module: nn.Module, x: Tensor | RFInput) -> Tensor:
 
 
 class _EncoderBlock(nn.Module):
-    """VGG-style conv block followed by a max-pool that remembers where the maxima were."""
+    """VGG-style conv block followed by a max-pool that remembers where the maxima were, then (original layout,
+    blocks 1–4) dropout on the pooled map."""
 
-    def __init__(self, in_channels: int, out_channels: int, n_convs: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, n_convs: int, bias: bool, dropout: float) -> None:
         super().__init__()
         self.convs = nn.Sequential(
-            *(_conv_bn_relu(in_channels if i == 0 else out_channels, out_channels) for i in range(n_convs))
+            *(_conv_bn_relu(in_channels if i == 0 else out_channels, out_channels, bias) for i in range(n_convs))
         )
         self.pool = nn.MaxPool2d(2, return_indices=True)
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()  # no parameters: state_dict keys unchanged
 
     def forward(self, x: Tensor | RFInput) -> tuple[Tensor, Tensor, torch.Size]:
         features = _forward_rf(self.convs, x)  # (B, C, H, W)
-        pooled, indices = self.pool(features)  # (B, C, H/2, W/2) twice
-        return pooled, indices, features.shape
+        pooled, indices = self.pool(features)  # (B, C, ⌊H/2⌋, ⌊W/2⌋) twice
+        return self.drop(pooled), indices, features.shape
 
 
 class _DecoderBlock(nn.Module):
-    """Unpools with the matching encoder's indices, then convs down to the next width."""
+    """Unpools with the matching encoder's indices to the encoder's size (odd sides round-trip), then convs down to
+    the next width. rfgan's layout ends each non-final block with a dropout layer (`end_dropout`); the original has
+    none there but drops right after the unpool (`start_dropout`)."""
 
-    def __init__(self, in_channels: int, out_channels: int, n_convs: int, dropout: float, final: bool) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        n_convs: int,
+        final: bool,
+        end_dropout: float | None = None,
+        start_dropout: float = 0.0,
+        hidden: int | None = None,
+        bias: bool = False,
+    ) -> None:
         super().__init__()
         self.unpool = nn.MaxUnpool2d(2)
-        layers: list[nn.Module] = [_conv_bn_relu(in_channels, in_channels) for _ in range(n_convs - 1)]
+        self.drop = nn.Dropout(start_dropout) if start_dropout > 0 else nn.Identity()  # no parameters
+        widths = [in_channels] + [hidden or in_channels] * (n_convs - 1)
+        layers: list[nn.Module] = [_conv_bn_relu(a, b, bias) for a, b in zip(widths[:-1], widths[1:])]
         if final:
             # Raw pre-tanh output: BN/ReLU here would clip the image range.
-            layers.append(nn.Conv2d(in_channels, out_channels, 3, padding=1))
+            layers.append(nn.Conv2d(widths[-1], out_channels, 3, padding=1))
         else:
-            layers += [_conv_bn_relu(in_channels, out_channels), nn.Dropout(dropout)]
+            layers.append(_conv_bn_relu(widths[-1], out_channels, bias))
+            if end_dropout is not None:
+                layers.append(nn.Dropout(end_dropout))
         self.convs = nn.Sequential(*layers)
 
     def forward(self, x: Tensor, indices: Tensor, size: torch.Size) -> Tensor:
-        x = self.unpool(x, indices, output_size=size)  # (B, C, 2H, 2W)
-        return self.convs(x)
+        x = self.unpool(x, indices, output_size=size)  # (B, C, H, W) of the matching encoder block
+        return self.convs(self.drop(x))
 
 
 class _ResidualBlock(nn.Module):
-    def __init__(self, channels: int) -> None:
+    """x + bn2(conv2(relu(bn1(conv1(x))))), and in the original layout a ReLU after the sum (RF_GANsynth
+    model_file.py:293-302)."""
+
+    def __init__(self, channels: int, relu_after_sum: bool = False) -> None:
         super().__init__()
         self.body = nn.Sequential(
             _conv_bn_relu(channels, channels),
             nn.Conv2d(channels, channels, 3, padding=1, bias=False),
             nn.BatchNorm2d(channels),
         )
+        self.relu_after_sum = relu_after_sum
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.body(x)
+        y = x + self.body(x)
+        return F.relu(y) if self.relu_after_sum else y
 
 
 class ReferenceGenerator(nn.Module):
     """SegNet/DeconvNet-style encoder–decoder with a residual bottleneck (about 53 M parameters at 191 inputs).
 
-    Decoder blocks reuse the encoder's max-pool indices, so spatial detail flows back
-    without concatenated skips.
+    Decoder blocks reuse the encoder's max-pool indices, so spatial detail flows back without concatenated skips;
+    unpooling to the encoder's sizes round-trips any side of at least 2**len(widths) (240 px included).
+
+    `layout="original"` is RF_GANsynth's model_file.py (ResblocksDeconv) as it is: conv biases before BatchNorm,
+    dropout after pools 1–4 and after unpools 5–2 (8 layers at 5 blocks), a ReLU after each residual sum, and a
+    last decoder block of 64→32→3; 53,136,835 parameters at 191 inputs. `layout="rfgan"` (the default, which older
+    checkpoints hold) has no conv biases before BatchNorm, dropout at the end of decoder blocks 5–2 only, no ReLU
+    after the residual sum and a last block of 64→64→3.
     """
 
     def __init__(
@@ -196,6 +226,7 @@ class ReferenceGenerator(nn.Module):
         convs_per_block: Sequence[int] = (2, 2, 3, 3, 3),
         n_res: int = 5,
         dropout: float = 0.5,
+        layout: str = "rfgan",
     ) -> None:
         super().__init__()
         if len(widths) != len(convs_per_block) or not widths:
@@ -203,27 +234,42 @@ class ReferenceGenerator(nn.Module):
                 f"widths and convs_per_block must be non-empty and of equal length; "
                 f"got {len(widths)} and {len(convs_per_block)}"
             )
-        self.divisor = 2 ** len(widths)
+        if layout not in G_LAYOUTS:
+            raise ValueError(f"layout must be one of {G_LAYOUTS}, got {layout!r}")
+        original = layout == "original"
+        self.min_size = 2 ** len(widths)
+        n = len(widths)
         ins = (in_channels, *widths[:-1])
         self.encoder = nn.ModuleList(
-            _EncoderBlock(c_in, c_out, n) for c_in, c_out, n in zip(ins, widths, convs_per_block)
+            _EncoderBlock(c_in, c_out, k, bias=original, dropout=dropout if original and i < n - 1 else 0.0)
+            for i, (c_in, c_out, k) in enumerate(zip(ins, widths, convs_per_block))
         )
-        self.bottleneck = nn.Sequential(*(_ResidualBlock(widths[-1]) for _ in range(n_res)))
+        self.bottleneck = nn.Sequential(*(_ResidualBlock(widths[-1], relu_after_sum=original) for _ in range(n_res)))
         outs = (out_channels, *widths[:-1])
         mirrored = reversed(list(enumerate(zip(widths, outs, convs_per_block))))
         # Stored deepest first, in the order forward runs them.
         self.decoder = nn.ModuleList(
-            _DecoderBlock(c_in, c_out, n, dropout, final=(i == 0)) for i, (c_in, c_out, n) in mirrored
+            _DecoderBlock(
+                c_in,
+                c_out,
+                k,
+                final=i == 0,
+                end_dropout=None if original else dropout,
+                start_dropout=dropout if original and i > 0 else 0.0,
+                hidden=max(1, c_in // 2) if original and i == 0 else None,  # model_file.py:147-150: 64→32→3
+                bias=original,
+            )
+            for i, (c_in, c_out, k) in mirrored
         )
 
     def forward(self, x: Tensor | RFInput) -> Tensor:
         """Map (B, in_channels, H, W) RF inputs, dense or compact, to (B, out_channels, H, W) images in [0, 1]."""
-        _check_divisible(x, self.divisor, type(self).__name__)
+        _check_min_size(x, self.min_size, type(self).__name__)
         skips = []
         for block in self.encoder:
-            x, indices, size = block(x)  # (B, C, H/2, W/2)
+            x, indices, size = block(x)  # (B, C, ⌊H/2⌋, ⌊W/2⌋)
             skips.append((indices, size))
-        x = self.bottleneck(x)  # (B, C_last, H/2**n, W/2**n)
+        x = self.bottleneck(x)  # (B, C_last, H/2**n, W/2**n), rounded down
         for block, (indices, size) in zip(self.decoder, reversed(skips)):
             x = block(x, indices, size)
         return _to_unit_range(x)  # (B, out_channels, H, W)
@@ -398,13 +444,19 @@ class PatchDiscriminator(nn.Module):
 # --------------------------------------------------------------------------- utilities
 
 
-def init_weights(module: nn.Module, std: float = 0.02) -> None:
-    """DCGAN init, in place: conv weights ~ N(0, std), affine norm weights ~ N(1, std), biases 0."""
+def init_weights(module: nn.Module, std: float = 0.02, kind: str = "dcgan") -> None:
+    """Initialise in place. "dcgan": conv weights ~ N(0, std), affine norm weights ~ N(1, std), biases 0.
+    "original": RF_GANsynth's weights_init (module_split.py:238-244): the same, except that conv biases keep
+    PyTorch's default init. "default": PyTorch's default init, untouched (RFmasked applies no init)."""
+    if kind not in INIT_KINDS:
+        raise ValueError(f"init kind must be one of {INIT_KINDS}, got {kind!r}")
+    if kind == "default":
+        return
 
     def init(m: nn.Module) -> None:
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
             nn.init.normal_(m.weight, 0.0, std)
-            if m.bias is not None:
+            if m.bias is not None and kind == "dcgan":
                 nn.init.zeros_(m.bias)
         elif isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d)) and m.affine:
             nn.init.normal_(m.weight, 1.0, std)

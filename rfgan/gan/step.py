@@ -6,6 +6,7 @@ Order (numbers as in the reference):
   (4–5) errD = errD_real + errD_fake, backward, D step   (repeated `d_steps` times on the same batch and fake)
   (6–7) D(fake) → errG, with D frozen   (8–9) VGG feature loss (and pixel loss) of the same fake
   (10) λ_adv·errG + λ_vgg·vgg + λ_pix·pix, backward, G step.
+With optim.second_g_forward, G runs again after the D updates and steps 6–10 use that fake: the originals' order.
 With no discriminator (λ_adv = 0) steps 1–7 are skipped: the non-adversarial RFmasked objective.
 """
 
@@ -78,7 +79,9 @@ def train_step(gan: GAN, opts: Optimizers, responses: Tensor, target: Tensor, cf
         # has nothing to all-reduce (freezing only some of D would need find_unused_parameters).
         discriminator.requires_grad_(False)
 
-    if fake is None:
+    if fake is None or cfg.optim.second_g_forward:
+        # (2') G for its own update: with D, only for exact reproduction (a fresh dropout draw, BatchNorm statistics
+        # updated a second time, as the originals' two forwards)
         with autocast:
             fake = generator(x).float()
     # (6–7) the adversarial loss of G: D's verdict on the same fake, not detached

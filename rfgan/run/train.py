@@ -28,6 +28,7 @@ from rfgan.data.rf import RFTable
 from rfgan.errors import ConfigError, TrainingDiverged
 from rfgan.evaluate.metrics import MetricAccumulator, eval_mode
 from rfgan.gan.build import GAN, build_gan, build_optimizers, check_compatible, on_device
+from rfgan.gan.losses import apply_mask
 from rfgan.gan.step import StepLosses, train_step
 from rfgan.gan.vgg import load_vgg19_state_dict
 from rfgan.run.artifacts import RunArtifacts
@@ -224,12 +225,13 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 
 
 def _validate(gan: GAN, val_batches, rank: int, world: int, device) -> dict[str, float]:
-    """Metrics over the whole validation split: this rank's share, summed over ranks."""
+    """Metrics over the whole validation split: this rank's share, summed over ranks; inside the RF mask, if any."""
     acc = MetricAccumulator()
     with eval_mode(gan.generator), torch.no_grad():
         for responses, image in val_batches[rank::world]:
             responses, target = to_tensors({"responses": responses, "image": image}, device)
-            acc.update(gan.reconstruct(responses), target, vgg=gan.vgg)
+            # Masked training is judged, and its checkpoints ranked, on masked images (as RFmasked did)
+            acc.update(apply_mask(gan.reconstruct(responses), gan.mask), apply_mask(target, gan.mask), vgg=gan.vgg)
     state = acc.state().to(device)
     return MetricAccumulator.from_state(_all_reduce_sum(state)).compute()
 

@@ -311,3 +311,33 @@ def test_ingest_image_encoding_png_reads_back_as_raw(lab, tmp_path, capsys):
         raw, png = read_split(tmp_path / "raw", split), read_split(tmp_path / "png", split)
         for key in raw:
             np.testing.assert_array_equal(png[key], raw[key])
+
+
+def test_crop_and_resize_keep_the_originals_window_of_array_and_folder_images(lab, tmp_path):
+    # RF_GANsynth's stimuli keep 27.5–67.5 % of each axis: of 40 px, pixels 11..26; stored at 16 px, that is them
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (N_IMAGES * REPEATS, 40, 40, 3), dtype=np.uint8)
+    np.save(tmp_path / "big.npy", images)
+    folder = tmp_path / "stimuli"
+    folder.mkdir()
+    for k in range(len(images)):
+        Image.fromarray(images[k]).save(folder / f"s{k:02d}.png")
+    for source in (tmp_path / "big.npy", folder):
+        out = tmp_path / f"out-{source.name}"
+        spec = dataclasses.replace(lab, images=str(source), out=str(out), crop=(0.275, 0.675), resize=16)
+        info, _ = ingest(spec)
+        assert info.image_size == (16, 16) and info.channels == 3
+        train = read_split(out, "train")
+        np.testing.assert_array_equal(train["image"], images[train["sample_id"]][:, 11:27, 11:27])
+        assert read_info(out).source["crop"] == [0.275, 0.675] and read_info(out).source["resize"] == 16
+
+
+def test_crop_flags_of_rfgan_ingest(lab, tmp_path, capsys):
+    flags = ["ingest", "--responses", lab.responses, "--images", lab.images, "--rfs", lab.rfs, "--fov-deg", "8"]
+    assert main([*flags, "--out", str(tmp_path / "a"), "--crop", "25:75", "--resize", "8", "--quiet"]) == 0
+    assert read_info(tmp_path / "a").image_size == (8, 8)
+    assert main([*flags, "--out", str(tmp_path / "b"), "--crop", "25:75"]) == 2
+    assert "--crop needs --resize" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*flags, "--out", str(tmp_path / "c"), "--crop", "25"])
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
