@@ -64,6 +64,9 @@ class ModelConfig:
     d_layers: int = 3  # PatchGAN depth (3 = 70×70 patches)
     conditional_d: bool = False  # D also sees the mean RF input (cGAN); PatchGAN only
     init_std: float = 0.02  # DCGAN init N(0, init_std)
+    # G corrects a linear read-out: a ridge decoder of the responses, fitted on the training split before training,
+    # is the base image and the CNN's output is added to it (rfgan.gan.linear_base); per-electrode input only.
+    linear_base: bool = False
 
     def __post_init__(self) -> None:
         _require(
@@ -171,6 +174,15 @@ class PerfConfig:
         _require(self.prefetch_batches >= 0, "perf.prefetch_batches must be >= 0")
 
 
+def _check_sections(cfg: Config) -> None:
+    """Checks that span sections."""
+    _require(
+        not (cfg.model.linear_base and cfg.data.sum_per_area),
+        "model.linear_base needs one input channel per electrode (data.sum_per_area=false): its read-out takes the "
+        "responses themselves",
+    )
+
+
 @dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
@@ -180,6 +192,9 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     perf: PerfConfig = field(default_factory=PerfConfig)
     preset: str = "default"  # the preset this config started from (provenance only)
+
+    def __post_init__(self) -> None:
+        _check_sections(self)
 
     @property
     def adversarial(self) -> bool:
