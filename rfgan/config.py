@@ -104,6 +104,7 @@ class LossConfig:
     lambda_vgg: float = 1.0
     lambda_pix: float = 10.0
     pixel: str = "l1"  # or "mse"
+    lambda_ssim: float = 0.0  # weight of 1 - SSIM (on luma, as rfgan eval measures it) in G's loss
     vgg_weights: str | None = None  # VGG19 weights file; None = torchvision's file in the torch hub cache
     vgg_random_init: bool = False  # random VGG features (tests, offline demos): not a perceptual loss
     vgg_imagenet_norm: bool = False  # the reference fed [0, 1] images to VGG without ImageNet normalisation
@@ -114,9 +115,12 @@ class LossConfig:
             self.adversarial in ADV_KINDS, f"loss.adversarial must be one of {ADV_KINDS}, not {self.adversarial!r}"
         )
         _require(self.pixel in PIXEL_KINDS, f"loss.pixel must be one of {PIXEL_KINDS}, not {self.pixel!r}")
-        for name in ("lambda_adv", "lambda_vgg", "lambda_pix"):
+        for name in ("lambda_adv", "lambda_vgg", "lambda_pix", "lambda_ssim"):
             _require(getattr(self, name) >= 0, f"loss.{name} must be >= 0, got {getattr(self, name)}")
-        _require(self.lambda_adv + self.lambda_vgg + self.lambda_pix > 0, "at least one loss weight must be > 0")
+        _require(
+            self.lambda_adv + self.lambda_vgg + self.lambda_pix + self.lambda_ssim > 0,
+            "at least one loss weight must be > 0",
+        )
         _require(len(self.vgg_layer_weights) == 5, "loss.vgg_layer_weights needs 5 values (relu1_1 … relu5_1)")
 
 
