@@ -78,6 +78,9 @@ class ModelConfig:
     d_condition: str = "mean"  # what a conditional D sees: "mean" of the response channels, or the "input" stack
     init: str = "dcgan"  # "dcgan", "original" (conv biases at PyTorch's default) or "default" (PyTorch's init)
     init_std: float = 0.02  # N(0, init_std) conv weights for the "dcgan" and "original" inits
+    # G corrects a linear read-out: a ridge decoder of the responses, fitted on the training split before training,
+    # is the base image and the CNN's output is added to it (rfgan.gan.linear_base); per-electrode input only.
+    linear_base: bool = False
 
     def __post_init__(self) -> None:
         _require(
@@ -130,6 +133,7 @@ class LossConfig:
     lambda_vgg: float = 1.0
     lambda_pix: float = 10.0
     pixel: str = "l1"  # or "mse"
+    lambda_ssim: float = 0.0  # weight of 1 - SSIM (on luma, as rfgan eval measures it) in G's loss
     vgg_weights: str | None = None  # VGG19 weights file; None = torchvision's file in the torch hub cache
     vgg_random_init: bool = False  # random VGG features (tests, offline demos): not a perceptual loss
     vgg_imagenet_norm: bool = False  # the reference fed [0, 1] images to VGG without ImageNet normalisation
@@ -140,9 +144,12 @@ class LossConfig:
             self.adversarial in ADV_KINDS, f"loss.adversarial must be one of {ADV_KINDS}, not {self.adversarial!r}"
         )
         _require(self.pixel in PIXEL_KINDS, f"loss.pixel must be one of {PIXEL_KINDS}, not {self.pixel!r}")
-        for name in ("lambda_adv", "lambda_vgg", "lambda_pix"):
+        for name in ("lambda_adv", "lambda_vgg", "lambda_pix", "lambda_ssim"):
             _require(getattr(self, name) >= 0, f"loss.{name} must be >= 0, got {getattr(self, name)}")
-        _require(self.lambda_adv + self.lambda_vgg + self.lambda_pix > 0, "at least one loss weight must be > 0")
+        _require(
+            self.lambda_adv + self.lambda_vgg + self.lambda_pix + self.lambda_ssim > 0,
+            "at least one loss weight must be > 0",
+        )
         _require(len(self.vgg_layer_weights) == 5, "loss.vgg_layer_weights needs 5 values (relu1_1 … relu5_1)")
 
 
@@ -203,6 +210,15 @@ class PerfConfig:
         _require(self.prefetch_batches >= 0, "perf.prefetch_batches must be >= 0")
 
 
+def _check_sections(cfg: Config) -> None:
+    """Checks that span sections."""
+    _require(
+        not (cfg.model.linear_base and cfg.data.sum_per_area),
+        "model.linear_base needs one input channel per electrode (data.sum_per_area=false): its read-out takes the "
+        "responses themselves",
+    )
+
+
 @dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
@@ -212,6 +228,9 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     perf: PerfConfig = field(default_factory=PerfConfig)
     preset: str = "default"  # the preset this config started from (provenance only)
+
+    def __post_init__(self) -> None:
+        _check_sections(self)
 
     @property
     def adversarial(self) -> bool:

@@ -12,6 +12,7 @@ from torch import nn
 from rfgan.config import Config, ConfigError, ModelConfig
 from rfgan.data.format import DatasetInfo
 from rfgan.data.rf import RFInput, RFProjection, RFTable, rf_mask
+from rfgan.gan.linear_base import LinearBaseGenerator
 from rfgan.gan.models import PatchDiscriminator, ReferenceDiscriminator, ReferenceGenerator, UNetGenerator, init_weights
 from rfgan.gan.vgg import VGGFeatures
 
@@ -124,6 +125,8 @@ def build_gan(cfg: Config, info: DatasetInfo, rfs: RFTable, with_vgg: bool = Tru
             layout=m.g_layout,
         )
     init_weights(generator, m.init_std, m.init)
+    if m.linear_base:
+        generator = LinearBaseGenerator(generator, projection.maps, (info.channels, *info.image_size))
     discriminator = None
     if cfg.adversarial and with_d:
         if m.discriminator == "patch":

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rfgan.config import ADV_KINDS, PIXEL_KINDS, REFERENCE_VGG_WEIGHTS
+from rfgan.evaluate.metrics import ssim
 from rfgan.gan.vgg import VGGFeatures
 
 AdvKind = Literal["nonsaturating", "minimax", "lsgan"]
@@ -89,6 +90,12 @@ def pixel_loss(fake: Tensor, target: Tensor, kind: PixelKind = "l1", mask: Tenso
     if kind == "l1":
         return F.l1_loss(fake, target)
     return F.mse_loss(fake, target)
+
+
+def ssim_loss(fake: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+    """1 - mean SSIM on luma (11×11 Gaussian window, data range 1) of both images multiplied by ``mask`` first:
+    the SSIM row of `rfgan eval`, as a loss. Differentiable in ``fake``."""
+    return 1 - ssim(apply_mask(fake, mask), apply_mask(target, mask)).mean()
 
 
 def feature_loss(

@@ -106,6 +106,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     # The same seed on every rank: identical initial weights (DDP broadcasts rank 0's anyway) and a known start.
     torch.manual_seed(cfg.run.seed)
     gan = on_device(build_gan(cfg, info, rfs), cfg, device)
+    if loop_config.get("readout") is not None:  # model.linear_base: the ridge read-out G refines
+        gan.generator.set_readout(*(loop_config["readout"][k].to(device) for k in ("weight", "bias")))
     # G and D wrapped separately (never one parent module); D sees real and fake before one backward, so DDP must
     # not re-broadcast its buffers between those forwards (rank 0's are broadcast once per epoch instead).
     ddp_kwargs = {"broadcast_buffers": False}
@@ -307,6 +309,28 @@ def resume_point(out: str) -> str | None:
     return storage.join(storage.absolute(out), newest)
 
 
+def linear_readout(cfg: Config, data: str) -> dict[str, Any] | None:
+    """The linear read-out that a `model.linear_base` generator refines, as weights on the responses it is given:
+    the ridge decoder of `rfgan baseline` (fitted on the training split, λ chosen on the validation split). None
+    without model.linear_base. A resumed run gets the same fit, and its checkpoint's copy wins anyway."""
+    if not cfg.model.linear_base:
+        return None
+    from rfgan.evaluate.ridge import fit_ridge
+
+    t0 = time.perf_counter()
+    ridge = fit_ridge(data)
+    weight, bias = ridge.decoder.weight, ridge.decoder.bias
+    if not cfg.data.standardize:  # G is given raw responses: fold the standardisation into the weights
+        weight = weight / ridge.decoder.std[:, None]
+        bias = bias - ridge.decoder.mean @ weight
+    print(
+        f"linear base: ridge read-out fitted on {ridge.n_train} training rows, λ = {ridge.lam:.4g} "
+        f"({time.perf_counter() - t0:.0f} s)",
+        file=sys.stderr,
+    )
+    return {"weight": weight, "bias": bias}
+
+
 def fit(
     cfg: Config,
     data: str,
@@ -337,6 +361,7 @@ def fit(
         "run_dir": storage.absolute(out),
         "torch_threads": torch_threads,
         "resume_from": resume_point(out),
+        "readout": linear_readout(cfg, data),
     }
     r = cfg.run
     datasets = {"train": open_split(data, "train"), "val": open_split(data, "val")}

@@ -8,7 +8,17 @@ import torchvision
 
 from rfgan.config import ADV_KINDS, REFERENCE_VGG_WEIGHTS, VGG_LAYERS
 from rfgan.errors import MissingVGGWeightsError
-from rfgan.gan.losses import apply_mask, d_adv_loss, d_fake_loss, d_real_loss, feature_loss, g_adv_loss, pixel_loss
+from rfgan.evaluate.metrics import ssim
+from rfgan.gan.losses import (
+    apply_mask,
+    d_adv_loss,
+    d_fake_loss,
+    d_real_loss,
+    feature_loss,
+    g_adv_loss,
+    pixel_loss,
+    ssim_loss,
+)
 from rfgan.gan.vgg import VGGFeatures, default_vgg19_weights_path
 
 VGG19_FILENAME = os.path.basename(torchvision.models.VGG19_Weights.IMAGENET1K_V1.url)
@@ -148,6 +158,23 @@ def test_pixel_loss_soft_mask_scales_both_sides():
     mask = torch.full((1, 1, 2, 2), 0.5)
     torch.testing.assert_close(pixel_loss(fake, target, "l1", mask), torch.tensor(0.5))
     torch.testing.assert_close(pixel_loss(fake, target, "mse", mask), torch.tensor(0.25))
+
+
+def test_ssim_loss_is_one_minus_the_metric_and_has_gradients():
+    torch.manual_seed(0)
+    target = torch.rand(3, 3, 24, 24)
+    fake = (target + 0.2 * torch.randn_like(target)).clamp(0, 1).requires_grad_(True)
+    assert ssim_loss(target, target).item() == pytest.approx(0.0, abs=1e-6)
+    loss = ssim_loss(fake, target)
+    assert loss.item() == pytest.approx(1 - ssim(fake.detach(), target).mean().item(), abs=1e-6)
+    assert 0 < loss.item() < 1
+    loss.backward()
+    assert fake.grad is not None and torch.isfinite(fake.grad).all() and fake.grad.abs().sum() > 0
+    mask = torch.zeros(1, 1, 24, 24)
+    mask[..., :12, :] = 1
+    outside = target.clone()
+    outside[..., 12:, :] = 1 - outside[..., 12:, :]
+    assert ssim_loss(outside, target, mask=mask).item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_apply_mask():

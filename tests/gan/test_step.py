@@ -139,6 +139,16 @@ def test_reconstruction_loss_goes_well_down_on_a_tiny_problem(problem, generator
     assert after < 0.3 * before, (before, after)
 
 
+def test_the_ssim_term_enters_g_total_with_its_weight(problem):
+    totals = {}
+    for weight in (0.0, 2.0):
+        cfg, gan, responses, target = build(problem, **{"loss.lambda_ssim": weight})
+        out = train_step(gan, build_optimizers(cfg, gan), responses, target, cfg)
+        totals[weight] = out
+    assert totals[0.0].ssim.item() == 0.0 and 0 < totals[2.0].ssim.item() < 1
+    torch.testing.assert_close(totals[2.0].g_total, totals[0.0].g_total + 2.0 * totals[2.0].ssim)
+
+
 def test_bf16_autocast_step_runs(problem):
     cfg, gan, responses, target = build(problem, **{"optim.bf16": True})
     out = train_step(gan, build_optimizers(cfg, gan), responses, target, cfg)
