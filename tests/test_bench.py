@@ -112,13 +112,3 @@ def test_the_step_benchmark_imports_neither_ray_nor_optuna():
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'optuna'}))"
     )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
-
-
-def test_pipeline_measures_the_data_path_and_one_against_two_workers(ray_session, tiny_dataset):
-    from rfgan.bench.pipeline import format_pipeline, run_pipeline
-
-    p = run_pipeline(str(tiny_dataset), "tiny", step_samples_per_s=10.0, scaling_rows=64, epochs=1)
-    assert p["data_path_samples_per_s"] > 0 and p["data_path_over_step"] == p["data_path_samples_per_s"] / 10.0
-    assert p["one_worker_samples_per_s"] > 0 and p["two_workers_samples_per_s"] > 0
-    text = format_pipeline(p)
-    assert "data path" in text and "2 workers" in text

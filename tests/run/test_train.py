@@ -338,5 +338,7 @@ def test_ctrl_c_on_train_exits_130_and_says_how_to_resume(tiny_dataset, tmp_path
     assert proc.returncode == 130, err
     last = err.strip().splitlines()[-1]
     assert last.startswith("rfgan train: interrupted;") and f"rfgan train --out {run} --resume" in last, err
-    assert "Traceback" not in err, err
+    # The driver's own output has no traceback (Ray forwards its workers' logs, each line tagged "(… pid=N)", and an
+    # aborted worker may log one there).
+    assert not [line for line in err.splitlines() if "Traceback" in line and "pid=" not in line], err
     assert existing_checkpoints(str(run))  # what `--resume` continues from is there
