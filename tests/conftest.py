@@ -11,6 +11,22 @@ from rfgan.data.synth import SynthSpec, write_synth
 TINY = SynthSpec(n_train=40, n_val=12, electrodes=12, size=32, n_arrays=3, shard_rows=16, seed=3)
 
 
+# Small nets and batches on the tiny dataset: what the Ray Train and Tune tests train.
+SMALL_NETS = {
+    "model.ngf": 8,
+    "model.n_down": 3,
+    "model.ndf": 8,
+    "model.d_layers": 2,
+    "optim.batch_size": 8,
+    "run.log_every": 1000,
+}
+
+
+def set_flags(overrides) -> list[str]:
+    """Dotted-key overrides as `rfgan` command-line flags: --set KEY=VALUE ..."""
+    return [a for k, v in overrides.items() for a in ("--set", f"{k}={v}")]
+
+
 def make_synth(out, spec: SynthSpec = TINY, **kwargs):
     return write_synth(out, spec, **kwargs)
 

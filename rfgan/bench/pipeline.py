@@ -64,7 +64,7 @@ def run_pipeline(
     with tempfile.TemporaryDirectory(prefix="rfgan-bench-data-") as tmp:
         spec = SynthSpec(n_train=scaling_rows, n_val=2 * batch, electrodes=info.n_electrodes, size=info.image_size[0])
         write_synth(f"{tmp}/data", spec)
-        cfg = cfg.with_overrides({"data.path": f"{tmp}/data", "run.log_every": 10**6})
+        cfg = cfg.with_overrides({"run.log_every": 10**6})
         one = workers_rate(cfg, f"{tmp}/data", 1, epochs)
         two = workers_rate(cfg, f"{tmp}/data", 2, epochs)
     return {

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SMALL_NETS, set_flags
 
 from rfgan.cli import main
 from rfgan.config import preset
@@ -17,16 +18,7 @@ from rfgan.run.artifacts import read_metrics_csv
 from rfgan.run.checkpoint import existing_checkpoints, find_checkpoint, load_checkpoint
 from rfgan.run.train import fit, preflight
 
-SMALL = {
-    "model.ngf": 8,
-    "model.n_down": 3,
-    "model.ndf": 8,
-    "model.d_layers": 2,
-    "optim.batch_size": 8,
-    "optim.lr_g": 1e-3,
-    "run.cpus_per_worker": 1,
-    "run.log_every": 1000,
-}
+SMALL = {**SMALL_NETS, "optim.lr_g": 1e-3, "run.cpus_per_worker": 1}
 
 
 def small(**overrides):
@@ -119,7 +111,7 @@ def test_a_crashed_worker_group_restarts_from_the_last_checkpoint(ray_session, t
 
 def test_train_cli_eval_report_and_reconstruct(ray_session, tiny_dataset, feature_weights, tmp_path, capsys):
     run = tmp_path / "cli"
-    sets = [a for k, v in SMALL.items() for a in ("--set", f"{k}={v}")]
+    sets = set_flags(SMALL)
     args = ["train", "--data", str(tiny_dataset), "--preset", "tiny", *sets, "--epochs", "1", "--out", str(run)]
     assert main(args) == 0
     out = capsys.readouterr().out
@@ -253,17 +245,9 @@ def test_a_diverging_run_stops_with_a_clear_reason(ray_session, tiny_dataset, tm
     assert "training diverged in epoch 1" in str(result.error) and "NaN/inf" in str(result.error)
     assert not (tmp_path / "nan" / "metrics.csv").exists()  # nothing was reported from the diverged epoch
     # Through the command: exit 1, rfgan's reason on one line, and how to go on from the last checkpoint.
-    sets = [
-        a
-        for k, v in {
-            **SMALL,
-            "loss.adversarial": "lsgan",
-            "optim.lr_d": 1e12,
-            "optim.lr_g": 1e12,
-            "run.max_failures": 0,
-        }.items()
-        for a in ("--set", f"{k}={v}")
-    ]
+    sets = set_flags(
+        {**SMALL, "loss.adversarial": "lsgan", "optim.lr_d": 1e12, "optim.lr_g": 1e12, "run.max_failures": 0}
+    )
     run = tmp_path / "nan-cli"
     assert (
         main(["train", "--data", str(tiny_dataset), "--preset", "tiny", *sets, "--epochs", "1", "--out", str(run)]) == 1
@@ -319,7 +303,7 @@ def test_ctrl_c_on_train_exits_130_and_says_how_to_resume(tiny_dataset, tmp_path
     import time
 
     run = tmp_path / "interrupted"
-    sets = [a for k, v in SMALL.items() for a in ("--set", f"{k}={v}")]
+    sets = set_flags(SMALL)
     argv = [sys.executable, "-m", "rfgan", "train", "--data", str(tiny_dataset), "--preset", "tiny", *sets]
     proc = subprocess.Popen(
         [*argv, "--epochs", "1000", "--out", str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import yaml
+from conftest import SMALL_NETS, set_flags
 
 from rfgan.cli import main
 from rfgan.config import ConfigError, preset
@@ -18,14 +19,7 @@ from rfgan.sweep.space import (
     validate_space,
 )
 
-SMALL = {
-    "model.ngf": 8,
-    "model.n_down": 3,
-    "model.ndf": 8,
-    "model.d_layers": 2,
-    "optim.batch_size": 8,
-    "run.log_every": 1000,
-}
+SMALL = SMALL_NETS
 SPACE = {
     "loss.lambda_adv": {"low": 0.001, "high": 1.0, "allow_zero": True},
     "loss.lambda_pix": {"low": 1.0, "high": 30.0},
@@ -76,7 +70,7 @@ def test_space_from_a_file_and_its_errors(tmp_path):
 
 
 def sweep_args(data, out, space_file, trials, **settings):
-    sets = [a for k, v in {**SMALL, **settings}.items() for a in ("--set", f"{k}={v}")]
+    sets = set_flags({**SMALL, **settings})
     return [
         "tune",
         "--data",
