@@ -32,6 +32,8 @@ RF_NORMS: tuple[str, ...] = ("peak", "sum", "sum_full", "point")
 G_LAYOUTS: tuple[str, ...] = ("rfgan", "original")
 INIT_KINDS: tuple[str, ...] = ("dcgan", "original", "default")
 D_CONDITIONS: tuple[str, ...] = ("mean", "input")
+# optim.precision (rfgan.gan.build.autocast_dtype).
+PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp32")
 # Deeper layers weigh more: their activations are smaller and more semantic (the reference's weights).
 REFERENCE_VGG_WEIGHTS: tuple[float, ...] = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0)
 
@@ -164,13 +166,17 @@ class OptimConfig:
     # Exact reproduction: G runs again for its own update after D's (the originals' order: a fresh dropout draw, and
     # BatchNorm statistics updated twice per step). Off: one G forward serves both, the same objective, faster.
     second_g_forward: bool = False
-    bf16: bool = False  # bfloat16 autocast for the forward passes
+    # Autocast of the forward passes: "bf16", "fp32", or "auto": bf16 where the device multiplies bf16 matrices in
+    # hardware (a CUDA GPU that supports it; a CPU with AMX tiles), fp32 elsewhere, where emulated bf16 is slower.
+    # Weights, optimizer state and losses stay fp32 either way (mixed precision, not a bf16 model).
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         _require(self.lr_g > 0 and self.lr_d > 0, "optim.lr_g and optim.lr_d must be > 0")
         _require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "optim.beta1 and optim.beta2 must be in [0, 1)")
         _require(self.batch_size >= 1, "optim.batch_size must be >= 1")
         _require(self.d_steps >= 1, "optim.d_steps must be >= 1")
+        _require(self.precision in PRECISIONS, f"optim.precision must be one of {list(PRECISIONS)}")
 
 
 @dataclass(frozen=True)
@@ -244,7 +250,7 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Config:
-        return _build(cls, d, "")
+        return _build(cls, _nest(_upgrade(flatten(d))) if isinstance(d, Mapping) else d, "")
 
     def get(self, key: str) -> Any:
         """One field by its dotted key, e.g. "loss.lambda_adv"."""
@@ -256,7 +262,7 @@ class Config:
     def with_overrides(self, overrides: Mapping[str, Any]) -> Config:
         """Apply dotted-key overrides, e.g. {"loss.lambda_adv": 0.5, "optim.lr_g": 1e-4}."""
         flat = flatten(self.to_dict())
-        for key, value in flatten(overrides).items():
+        for key, value in _upgrade(flatten(overrides)).items():
             if key not in flat:
                 raise _unknown_key(key, flat)
             flat[key] = value
@@ -272,6 +278,15 @@ def flatten(mapping: Mapping[str, Any]) -> dict[str, Any]:
             flat.update({f"{key}.{k}": v for k, v in flatten(value).items()})
         else:
             flat[key] = value
+    return flat
+
+
+def _upgrade(flat: dict[str, Any]) -> dict[str, Any]:
+    """Keys of earlier versions, as today's: the config.json of an older run resumes, and its commands still work.
+    optim.bf16 (a bool) became optim.precision."""
+    if "optim.bf16" in flat:
+        old = _coerce(bool, flat.pop("optim.bf16"), "optim.bf16")
+        flat.setdefault("optim.precision", "bf16" if old else "fp32")
     return flat
 
 

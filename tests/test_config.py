@@ -195,3 +195,16 @@ def test_an_unknown_preset_in_a_config_file_names_the_file(tmp_path):
     path.write_text("preset: nope\n")
     with pytest.raises(ConfigError, match=r"run.yaml: unknown preset 'nope'"):
         load_config(path)
+
+
+def test_precision_defaults_to_auto_and_reads_the_old_bf16_switch():
+    assert Config().optim.precision == "auto"
+    with pytest.raises(ConfigError, match="optim.precision must be one of"):
+        Config().with_overrides({"optim.precision": "fp16"})
+    # An older run's config.json and an older command line said optim.bf16; both still mean what they meant.
+    assert Config.from_dict({"optim": {"bf16": True}}).optim.precision == "bf16"
+    assert Config.from_dict({"optim": {"bf16": False, "lr_g": 1e-3}}).optim.precision == "fp32"
+    assert Config().with_overrides({"optim.bf16": "true"}).optim.precision == "bf16"
+    with pytest.raises(ConfigError, match="optim.bf16 must be true or false"):
+        Config().with_overrides({"optim.bf16": "maybe"})
+    assert "bf16" not in Config().to_dict()["optim"]

@@ -26,7 +26,7 @@ from rfgan.config import Config, preset
 from rfgan.data.format import DatasetInfo
 from rfgan.data.synth import SynthSpec, make_rfs
 from rfgan.errors import UsageError
-from rfgan.gan.build import build_gan, build_optimizers, on_device
+from rfgan.gan.build import autocast_dtype, build_gan, build_optimizers, on_device
 from rfgan.gan.step import train_step
 
 
@@ -67,7 +67,6 @@ def bench_config(name: str, device: torch.device, overrides: dict[str, Any] | No
     changes: dict[str, Any] = {
         "loss.vgg_random_init": True,
         "optim.batch_size": GPU_BATCH[name] if cuda else p.batch,
-        "optim.bf16": cuda,
         "perf.channels_last": cuda,
         **dict(p.overrides),
         **(overrides or {}),
@@ -107,7 +106,9 @@ def make_arm(which: str, cfg: Config, electrodes: int, size: int, device: torch.
 
     info, rfs, responses, images = synthetic_problem(cfg, electrodes, size)
     if which == "reference":
-        ref_cfg = cfg.with_overrides({"optim.bf16": False, "perf.channels_last": False, "perf.compact_input": False})
+        ref_cfg = cfg.with_overrides(
+            {"optim.precision": "fp32", "perf.channels_last": False, "perf.compact_input": False}
+        )
         gan = build_seeded(ref_cfg, info, rfs)
         projection = gan.projection  # stays on the host: the reference builds its input there
         gan = gan.to(device)
@@ -240,7 +241,7 @@ def run_bench(
     if memory and dev.type == "cpu":
         for arm in arms:
             baseline, arm.peak_bytes = cpu_peak_rss(arm.name, cfg, electrodes, size)
-    peak_dtype = torch.bfloat16 if cfg.optim.bf16 else torch.float32
+    peak_dtype = autocast_dtype(cfg, dev) or torch.float32
     peak = matmul_tflops(dev, peak_dtype)
     rates = {arm.name: batch * steps / statistics.median(arm.times) for arm in arms}
     ratios = [ta / tb for ta, tb in zip(arms[0].times, arms[1].times)]  # same work: time ratio = rate ratio
@@ -254,7 +255,7 @@ def run_bench(
         "batch": batch,
         "steps_per_round": steps,
         "rounds": rounds,
-        "bf16": cfg.optim.bf16,
+        "bf16": autocast_dtype(cfg, dev) is not None,
         "reference_samples_per_s": rates["reference"],
         "rfgan_samples_per_s": rates["rfgan"],
         "speedup": statistics.median(ratios),

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from rfgan.config import Config
-from rfgan.gan.build import GAN, Optimizers
+from rfgan.gan.build import GAN, Optimizers, autocast_dtype
 from rfgan.gan.losses import apply_mask, d_fake_loss, d_real_loss, feature_loss, g_adv_loss, pixel_loss, ssim_loss
 
 
@@ -48,7 +48,8 @@ def train_step(gan: GAN, opts: Optimizers, responses: Tensor, target: Tensor, cf
     if loss.lambda_adv > 0 and discriminator is None:
         raise ValueError("loss.lambda_adv > 0 needs a discriminator")
     # Autocast covers the forwards only; losses are taken in float32.
-    autocast = torch.autocast(target.device.type, dtype=torch.bfloat16) if cfg.optim.bf16 else nullcontext()
+    dtype = autocast_dtype(cfg, target.device)  # optim.precision
+    autocast = torch.autocast(target.device.type, dtype=dtype) if dtype is not None else nullcontext()
     x = gan.inputs(responses)  # (B, C_in, H, W), built once: G and a conditional D see the same noise channel
     if x.shape[-2:] != target.shape[-2:]:
         raise ValueError(f"input {tuple(x.shape)} and target {tuple(target.shape)} differ in image size")

@@ -27,7 +27,7 @@ from rfgan.data.format import DatasetInfo, open_split, read_info, read_rfs, to_t
 from rfgan.data.rf import RFTable
 from rfgan.errors import ConfigError, TrainingDiverged
 from rfgan.evaluate.metrics import MetricAccumulator, eval_mode
-from rfgan.gan.build import GAN, build_gan, build_optimizers, check_compatible, on_device
+from rfgan.gan.build import GAN, autocast_dtype, build_gan, build_optimizers, check_compatible, on_device
 from rfgan.gan.losses import apply_mask
 from rfgan.gan.step import StepLosses, train_step
 from rfgan.gan.vgg import load_vgg19_state_dict
@@ -106,6 +106,14 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     # The same seed on every rank: identical initial weights (DDP broadcasts rank 0's anyway) and a known start.
     torch.manual_seed(cfg.run.seed)
     gan = on_device(build_gan(cfg, info, rfs), cfg, device)
+    if rank == 0:
+        dtype = autocast_dtype(cfg, device)
+        log.info(
+            "precision: %s (optim.precision=%s) on %s",
+            "bf16 autocast" if dtype is not None else "fp32",
+            cfg.optim.precision,
+            device,
+        )
     if loop_config.get("readout") is not None:  # model.linear_base: the ridge read-out G refines
         gan.generator.set_readout(*(loop_config["readout"][k].to(device) for k in ("weight", "bias")))
     # G and D wrapped separately (never one parent module); D sees real and fake before one backward, so DDP must
@@ -175,7 +183,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             bad = [k for k, v in zip(StepLosses._fields, totals.tolist()) if not math.isfinite(v)]
             raise TrainingDiverged(
                 f"training diverged in epoch {epoch}: {', '.join(bad)} became NaN/inf. Lower the learning rates "
-                "(optim.lr_g, optim.lr_d) or loss.lambda_adv, or try optim.bf16=false."
+                "(optim.lr_g, optim.lr_d) or loss.lambda_adv, or try optim.precision=fp32."
             )
         train = {f"train_{k}": v for k, v in zip(StepLosses._fields, (totals[:-1] / totals[-1]).tolist())}
 

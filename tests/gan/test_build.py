@@ -30,3 +30,16 @@ def test_inference_builds_neither_d_nor_vgg_and_the_same_g(tiny_dataset):
     assert full.discriminator is not None and bare.discriminator is None and bare.vgg is None
     for a, b in zip(full.generator.state_dict().values(), bare.generator.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_precision_auto_is_bf16_only_where_the_hardware_has_it(monkeypatch):
+    import torch
+
+    from rfgan.gan import build
+
+    cfg = preset("tiny")
+    assert build.autocast_dtype(cfg.with_overrides({"optim.precision": "fp32"}), "cpu") is None
+    assert build.autocast_dtype(cfg.with_overrides({"optim.precision": "bf16"}), "cpu") is torch.bfloat16
+    for native in (True, False):
+        monkeypatch.setattr(build, "native_bf16", lambda kind, native=native: native)
+        assert build.autocast_dtype(cfg, "cpu") is (torch.bfloat16 if native else None)

@@ -37,6 +37,7 @@ def build(problem, compact: bool, overrides: dict):
     info, rfs, _, _ = problem
     cfg = preset("tiny").with_overrides(
         {"model.ngf": 8, "model.n_down": 3, "model.ndf": 8, "loss.lambda_vgg": 1.0, "perf.compact_input": compact,
+         "optim.precision": "fp32",
          **overrides}
     )  # fmt: skip
     torch.manual_seed(0)

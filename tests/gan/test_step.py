@@ -12,7 +12,8 @@ from rfgan.gan.step import train_step
 
 def build(problem, **overrides):
     info, rfs, responses, images = problem
-    cfg = preset("tiny").with_overrides({"model.dropout": 0.0, **overrides})
+    # fp32: these tests check the step's arithmetic exactly ("auto" would be bf16 on a CPU with AMX)
+    cfg = preset("tiny").with_overrides({"model.dropout": 0.0, "optim.precision": "fp32", **overrides})
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "VGGFeatures.random_init")
@@ -150,7 +151,7 @@ def test_the_ssim_term_enters_g_total_with_its_weight(problem):
 
 
 def test_bf16_autocast_step_runs(problem):
-    cfg, gan, responses, target = build(problem, **{"optim.bf16": True})
+    cfg, gan, responses, target = build(problem, **{"optim.precision": "bf16"})
     out = train_step(gan, build_optimizers(cfg, gan), responses, target, cfg)
     assert all(torch.isfinite(t) for t in out) and out.g_total.dtype == torch.float32
 
