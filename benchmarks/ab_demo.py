@@ -1,4 +1,4 @@
-"""The README demo (`rfgan train`, the `tiny` preset) with two versions of rfgan, alternating A B A B on one machine.
+"""The README demo (`rfgan train`: the `tiny` preset on the built-in dataset) with two versions of rfgan, alternating A B A B on one machine.
 
     python benchmarks/ab_demo.py --before d68e766 [--after WORKTREE] [--pairs 2] [--epochs 1] [--data data/synthetic]
 
@@ -32,6 +32,8 @@ def run_demo(tree: Path, data: Path, out: Path, epochs: int, sets: list[str]) ->
         "-m",
         "rfgan",
         "train",
+        "--preset",
+        "tiny",
         "--data",
         str(data),
         "--out",

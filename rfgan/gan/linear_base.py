@@ -27,6 +27,14 @@ class LinearBaseGenerator(nn.Module):
     def __init__(self, net: nn.Module, maps: Tensor, image_shape: tuple[int, int, int]) -> None:
         super().__init__()
         self.net = net
+        # The CNN's output layer starts at zero, so G starts at the ridge image exactly (z = 0) and training moves
+        # it from there (as ControlNet's zero convolutions do); the layer's weight gradient is not zero, so it
+        # learns from the first step, and the layers below it from the second.
+        convs = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+        for p in convs[-1:]:
+            nn.init.zeros_(p.weight)
+            if p.bias is not None:
+                nn.init.zeros_(p.bias)
         self.image_shape = tuple(image_shape)
         n_electrodes, numel = len(maps), int(torch.tensor(image_shape).prod())
         self.register_buffer("weight", torch.zeros(n_electrodes, numel))  # (E, C·H·W)
@@ -55,8 +63,11 @@ class LinearBaseGenerator(nn.Module):
 
     def base(self, x: Tensor | RFInput) -> Tensor:
         """The linear read-out of x as (B, C, H, W) images, clipped to [0, 1]: the ridge decoder's output."""
-        r = self.responses(x)
-        return torch.addmm(self.bias.to(r.dtype), r, self.weight.to(r.dtype)).clamp(0, 1).view(-1, *self.image_shape)
+        # fp32 under bf16 autocast too: the ridge image is what the CNN corrects, so its rounding would be an error
+        # of the base that no training removes (and the read-out is a small share of the step).
+        with torch.autocast(self.weight.device.type, enabled=False):
+            r = self.responses(x).float()
+            return torch.addmm(self.bias, r, self.weight).clamp(0, 1).view(-1, *self.image_shape)
 
     def forward(self, x: Tensor | RFInput) -> Tensor:
         correction = 2 * self.net(x) - 1  # tanh(z), the CNN's own output in [-1, 1]

@@ -47,6 +47,28 @@ def test_a_neutral_cnn_gives_the_ridge_image(problem, tiny_dataset):
     torch.testing.assert_close(gan.reconstruct(responses), expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("generator", ["unet", "reference"])
+def test_training_starts_at_the_ridge_image_and_moves_from_it(problem, tiny_dataset, generator):
+    from rfgan.gan.build import build_optimizers
+    from rfgan.gan.step import train_step
+
+    _, _, responses, target = problem
+    extra = {"model.g_widths": [8, 8, 8, 8, 8], "model.n_res": 1} if generator == "reference" else {}
+    cfg, gan = _gan(
+        problem, **{"model.generator": generator, "optim.precision": "fp32", "loss.lambda_adv": 0.0, **extra}
+    )
+    gan.generator.set_readout(**linear_readout(cfg, str(tiny_dataset)))
+    gan.generator.eval()  # dropout off, so the start is deterministic
+    ridge = fit_ridge(str(tiny_dataset)).decoder(responses).clamp(1e-3, 1 - 1e-3)
+    torch.testing.assert_close(gan.reconstruct(responses), ridge, atol=1e-5, rtol=0)
+    gan.generator.train()
+    opts = build_optimizers(cfg, gan)
+    for _ in range(2):  # the zeroed output layer learns in step 1, the layers below it from step 2
+        train_step(gan, opts, responses, target, cfg)
+    gan.generator.eval()
+    assert (gan.reconstruct(responses) - ridge).abs().max() > 1e-4
+
+
 @pytest.mark.parametrize("value", [0.0, 1.0])
 def test_any_correction_stays_in_range_with_finite_gradients(problem, tiny_dataset, value):
     info, _, responses, _ = problem
