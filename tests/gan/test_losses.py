@@ -177,6 +177,21 @@ def test_ssim_loss_is_one_minus_the_metric_and_has_gradients():
     assert ssim_loss(outside, target, mask=mask).item() == pytest.approx(0.0, abs=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(4, 3, 96, 96), (2, 1, 32, 48), (3, 3, 11, 11), (2, 3, 7, 9)])
+def test_ssim_loss_has_torchmetrics_values_and_gradients(shape):
+    """The loss's own SSIM (two matrix products per blur, fast in backward) against the metric's (torchmetrics'
+    convolution), values and gradients, with reflected edges on small and non-square images."""
+    torch.manual_seed(0)
+    target = torch.rand(shape)
+    fake = (target + 0.3 * torch.randn_like(target)).clamp(0, 1).requires_grad_(True)
+    loss = ssim_loss(fake, target)
+    (grad,) = torch.autograd.grad(loss, fake)
+    reference = 1 - ssim(fake, target).mean()
+    (expected,) = torch.autograd.grad(reference, fake)
+    assert loss.item() == pytest.approx(reference.item(), abs=1e-6)
+    torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+
 def test_apply_mask():
     x = torch.rand(2, 3, 4, 4)
     assert apply_mask(x, None) is x
