@@ -16,7 +16,7 @@ from pathlib import Path
 from rfgan.errors import UsageError, user_error
 
 DEFAULT_DATA = "data/synthetic"
-DEMO_PRESET = "tiny"
+DEMO_PRESET = "demo"
 OVERWRITE_HELP = (
     "replace --out if it holds an rfgan dataset (any other folder, the current folder, a parent of it "
     "or a home folder is refused)"
