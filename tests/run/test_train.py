@@ -179,6 +179,27 @@ def test_train_cli_eval_report_and_reconstruct(ray_session, tiny_dataset, featur
     assert "needs (N, 12)" in capsys.readouterr().err
 
 
+def test_the_demo_preset_trains_on_top_of_the_ridge_decoder(ray_session, tiny_dataset, tmp_path, capsys):
+    """`rfgan train --preset demo` (what `make run` trains) through Ray Train: the driver fits the ridge read-out,
+    the worker's G corrects it, and the checkpoint carries it, so the decoder that eval and reconstruct load has it."""
+    from rfgan.evaluate.inference import load_decoder
+    from rfgan.run.train import linear_readout
+
+    run = tmp_path / "demo"
+    args = ["train", "--data", str(tiny_dataset), "--preset", "demo", *set_flags(SMALL), "--epochs", "2"]
+    assert main([*args, "--out", str(run)]) == 0
+    assert '"preset": "demo"' in capsys.readouterr().out
+    assert [r["epoch"] for r in rows(run)] == [1, 2] and all(r["train_ssim"] > 0 for r in rows(run))
+    ckpt = load_checkpoint(find_checkpoint(run, "last"))
+    cfg = preset("demo").with_overrides(SMALL)
+    readout = linear_readout(cfg, str(tiny_dataset))
+    torch.testing.assert_close(ckpt.nets["generator"]["weight"], readout["weight"])
+    decoder = load_decoder(find_checkpoint(run, "best"))
+    assert decoder.config["model"]["linear_base"]
+    images = decoder.reconstruct(torch.randn(5, 12))
+    assert images.shape == (5, 3, 32, 32) and 0 <= images.min() and images.max() <= 1
+
+
 def test_dry_run_prints_config_and_parameter_counts(tiny_dataset, capsys):
     assert (
         main(
