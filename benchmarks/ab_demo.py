@@ -1,4 +1,4 @@
-"""The README demo (`rfgan train`: the `tiny` preset on the built-in dataset) with two versions of rfgan, alternating A B A B on one machine.
+"""A demo `rfgan train` (`--preset tiny` on the built-in dataset) with two versions of rfgan, alternating A B A B.
 
     python benchmarks/ab_demo.py --before d68e766 [--after WORKTREE] [--pairs 2] [--epochs 1] [--data data/synthetic]
 
