@@ -390,6 +390,15 @@ _REFERENCE = {
     "optim": {"lr_g": 2e-4, "lr_d": 2e-4, "beta1": 0.8, "batch_size": 64},
 }  # fmt: skip
 
+# Small nets, no VGG loss (random VGG features cost most of the compute and are not perceptual), a light adversarial
+# weight and a fast G learning rate: tests and quick runs, and the base of the demo's preset.
+_TINY = {
+    "model": {"ngf": 16, "n_down": 4, "ndf": 16, "d_layers": 3},
+    "loss": {"vgg_random_init": True, "lambda_vgg": 0.0, "lambda_pix": 10.0, "lambda_adv": 0.02},
+    "optim": {"batch_size": 32, "lr_g": 1e-3},
+    "run": {"epochs": 6},
+}
+
 PRESETS: dict[str, Config] = {
     "default": _preset("default"),
     "reference": _preset("reference", **_REFERENCE),
@@ -440,35 +449,19 @@ PRESETS: dict[str, Config] = {
         },
         optim={"lr_g": 2e-4, "lr_d": 2e-4, "beta1": 0.5, "batch_size": 8},
     ),  # fmt: skip
-    # Small nets and random VGG features: tests and laptop demos, no downloaded weights needed.
-    # Small nets, no VGG loss (random VGG features cost most of the compute and are not perceptual), a light
-    # adversarial weight and a fast G learning rate: tests and the laptop demo, which trains on the built-in
-    # synthetic dataset in a few minutes on 2 CPU cores.
-    "tiny": _preset(
-        "tiny",
-        model={"ngf": 16, "n_down": 4, "ndf": 16, "d_layers": 3},
-        loss={"vgg_random_init": True, "lambda_vgg": 0.0, "lambda_pix": 10.0, "lambda_adv": 0.02},
-        optim={"batch_size": 32, "lr_g": 1e-3},
-        run={"epochs": 6},
-    ),
+    # No downloaded weights needed (_TINY above).
+    "tiny": _preset("tiny", **_TINY),
     # The README demo (`rfgan train` without --data): tiny's nets refining the ridge decoder's image (the CNN's
     # output layer starts at zero, so G starts at ridge) with an SSIM term, an MSE pixel term and a light adversarial
     # weight; 9 epochs fit the old demo's 6.4 minutes on 2 CPU cores. On the built-in dataset it beats
     # `rfgan baseline` on SSIM and top-1 retrieval within 0.1 dB of its PSNR (docs/quality.md).
     "demo": _preset(
         "demo",
-        model={"ngf": 16, "n_down": 4, "ndf": 16, "d_layers": 3, "dropout": 0.0, "linear_base": True},
-        loss={
-            "vgg_random_init": True,
-            "lambda_vgg": 0.0,
-            "pixel": "mse",
-            "lambda_pix": 100.0,
-            "lambda_ssim": 10.0,
-            "lambda_adv": 0.005,
-        },
-        optim={"batch_size": 32, "lr_g": 3e-4},
+        model={**_TINY["model"], "dropout": 0.0, "linear_base": True},
+        loss={**_TINY["loss"], "pixel": "mse", "lambda_pix": 100.0, "lambda_ssim": 10.0, "lambda_adv": 0.005},
+        optim={**_TINY["optim"], "lr_g": 3e-4},
         run={"epochs": 9},
-    ),  # fmt: skip
+    ),
 }
 
 

@@ -31,10 +31,10 @@ class LinearBaseGenerator(nn.Module):
         # it from there (as ControlNet's zero convolutions do); the layer's weight gradient is not zero, so it
         # learns from the first step, and the layers below it from the second.
         convs = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
-        for p in convs[-1:]:
-            nn.init.zeros_(p.weight)
-            if p.bias is not None:
-                nn.init.zeros_(p.bias)
+        for last in convs[-1:]:  # none in a stand-in without convolutions
+            nn.init.zeros_(last.weight)
+            if last.bias is not None:
+                nn.init.zeros_(last.bias)
         self.image_shape = tuple(image_shape)
         n_electrodes, numel = len(maps), int(torch.tensor(image_shape).prod())
         self.register_buffer("weight", torch.zeros(n_electrodes, numel))  # (E, C·H·W)
