@@ -211,9 +211,15 @@ class PerfConfig:
     cudnn_benchmark: bool = True  # on CUDA: let cuDNN pick the fastest kernels for the (fixed) shapes
     fused_adam: bool = True  # on CUDA: Adam's fused multi-tensor kernel
     prefetch_batches: int = 2  # batches Ray Data prepares ahead of the step, per worker
+    # A worker keeps its shard (as read: uint8 images) after the first epoch when it fits in this many MB, and
+    # shuffles it in memory in later epochs instead of streaming it from Parquet again (rfgan/run/shard_cache.py).
+    # This one changes which rows form a batch (a full permutation of the shard, not a 4-batch shuffle window);
+    # 0 streams every epoch.
+    cache_shard_mb: int = 2048
 
     def __post_init__(self) -> None:
         _require(self.prefetch_batches >= 0, "perf.prefetch_batches must be >= 0")
+        _require(self.cache_shard_mb >= 0, "perf.cache_shard_mb must be >= 0 (0 streams the shard every epoch)")
 
 
 def _check_sections(cfg: Config) -> None:

@@ -4,7 +4,8 @@
   iterates its shard (same batch size, local shuffle and prefetch), in samples/s, set against the samples/s the step
   consumes (from the step benchmark): the data path must not be what the step waits for.
 - Worker scaling: the same training run (epochs, data, config) with 1 Ray Train worker and with 2, each worker with
-  one torch thread, in training samples/s of the last epoch (the first holds start-up).
+  one torch thread, in training samples/s of the last epoch (the first holds start-up), with each worker's shard
+  kept in memory after the first epoch (the default, `perf.cache_shard_mb`) and streamed from Parquet every epoch.
 """
 
 from __future__ import annotations
@@ -38,11 +39,15 @@ def data_path_rate(data: str, batch_size: int, prefetch_batches: int, epochs: in
     return rate
 
 
-def workers_rate(cfg: Config, data: str, workers: int, epochs: int = 2) -> float:
-    """Training samples/s of the last epoch of a run with `workers` Ray Train workers of one torch thread each."""
+def workers_rate(cfg: Config, data: str, workers: int, epochs: int = 2, keep_shard: bool = True) -> float:
+    """Training samples/s of the last epoch of a run with `workers` Ray Train workers of one torch thread each;
+    `keep_shard=False` streams the shard from Parquet every epoch (perf.cache_shard_mb=0)."""
     from rfgan.run.train import fit
 
-    run_cfg = cfg.with_overrides({"run.workers": workers, "run.epochs": epochs, "run.cpus_per_worker": 1})
+    run_cfg = cfg.with_overrides(
+        {"run.workers": workers, "run.epochs": epochs, "run.cpus_per_worker": 1}
+        | ({} if keep_shard else {"perf.cache_shard_mb": 0})
+    )
     with tempfile.TemporaryDirectory(prefix="rfgan-bench-") as out:
         result = fit(run_cfg, data, f"{out}/run", torch_threads=1)
     if result.error is not None:
@@ -67,6 +72,8 @@ def run_pipeline(
         cfg = cfg.with_overrides({"run.log_every": 10**6})
         one = workers_rate(cfg, f"{tmp}/data", 1, epochs)
         two = workers_rate(cfg, f"{tmp}/data", 2, epochs)
+        one_streamed = workers_rate(cfg, f"{tmp}/data", 1, epochs, keep_shard=False)
+        two_streamed = workers_rate(cfg, f"{tmp}/data", 2, epochs, keep_shard=False)
     return {
         "data": data,
         "batch": batch,
@@ -77,6 +84,9 @@ def run_pipeline(
         "one_worker_samples_per_s": one,
         "two_workers_samples_per_s": two,
         "two_over_one_worker": two / one,
+        "one_worker_streamed_samples_per_s": one_streamed,
+        "two_workers_streamed_samples_per_s": two_streamed,
+        "two_over_one_worker_streamed": two_streamed / one_streamed,
     }
 
 
@@ -86,8 +96,11 @@ def format_pipeline(p: dict[str, Any]) -> str:
             f"data path (Parquet -> Ray Data -> tensors, one consumer, batch {p['batch']}): "
             f"{p['data_path_samples_per_s']:.0f} samples/s = {p['data_path_over_step']:.1f}x what rfgan's step "
             f"consumes ({p['step_samples_per_s']:.1f} samples/s)",
-            f"Ray Train, {p['scaling_rows']} rows, one torch thread per worker: 1 worker "
+            f"Ray Train, {p['scaling_rows']} rows, one torch thread per worker, shard kept after epoch 1: 1 worker "
             f"{p['one_worker_samples_per_s']:.1f} samples/s, 2 workers {p['two_workers_samples_per_s']:.1f} "
             f"samples/s = {p['two_over_one_worker']:.2f}x",
+            f"  the same, shard streamed from Parquet every epoch (perf.cache_shard_mb=0): 1 worker "
+            f"{p['one_worker_streamed_samples_per_s']:.1f} samples/s, 2 workers "
+            f"{p['two_workers_streamed_samples_per_s']:.1f} samples/s = {p['two_over_one_worker_streamed']:.2f}x",
         ]
     )

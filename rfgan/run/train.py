@@ -33,6 +33,7 @@ from rfgan.gan.step import StepLosses, train_step
 from rfgan.gan.vgg import load_vgg19_state_dict
 from rfgan.run.artifacts import RunArtifacts
 from rfgan.run.checkpoint import SCORE, intact_checkpoints, load_checkpoint, open_checkpoint, save_checkpoint, unwrap
+from rfgan.run.shard_cache import ShardCache
 
 # Ray Train's record of a run's checkpoints, in the run directory (ray.train.v2 constants).
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
@@ -54,6 +55,20 @@ def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def _all_reduce_min(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return t
+
+
+def _streamed(batches, per_worker: int, cache: ShardCache):
+    """The first epoch's batches from Ray Data, each also given to the cache; only full batches are trained on."""
+    for batch in batches:
+        cache.add(batch)
+        if len(batch["responses"]) == per_worker:
+            yield batch
 
 
 def _broadcast_buffers(module: torch.nn.Module | None) -> None:
@@ -149,20 +164,30 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     ]
     artifacts = RunArtifacts(loop_config["run_dir"], resume_epoch=start_epoch - 1) if rank == 0 else None
 
+    # The shard is kept after this process's first epoch if more epochs follow and it fits (perf.cache_shard_mb).
+    cache = ShardCache(cfg.perf.cache_shard_mb if cfg.run.epochs > start_epoch else 0)
     for epoch in range(start_epoch, cfg.run.epochs + 1):
         # -- train: one pass over this rank's shard
         torch.manual_seed(epoch_seed(cfg.run.seed, epoch, rank))
         gan.train()
         sums = torch.zeros(len(StepLosses._fields), device=device)
         n_steps, t0 = 0, time.perf_counter()
-        batches = ray.train.get_dataset_shard("train").iter_torch_batches(
-            batch_size=per_worker,
-            device=device,
-            drop_last=True,
-            local_shuffle_buffer_size=4 * per_worker,
-            local_shuffle_seed=epoch_seed(cfg.run.seed, epoch, rank),
-            prefetch_batches=cfg.perf.prefetch_batches,
-        )
+        from_memory = cache.ready
+        if from_memory:
+            batches = cache.batches(per_worker, epoch_seed(cfg.run.seed, epoch, rank))
+        else:
+            batches = _streamed(
+                ray.train.get_dataset_shard("train").iter_torch_batches(
+                    batch_size=per_worker,
+                    device=device,
+                    drop_last=cache.decided,  # else the short last batch is kept, not trained on
+                    local_shuffle_buffer_size=4 * per_worker,
+                    local_shuffle_seed=epoch_seed(cfg.run.seed, epoch, rank),
+                    prefetch_batches=cfg.perf.prefetch_batches,
+                ),
+                per_worker,
+                cache,
+            )
         for batch in batches:
             responses, target = to_tensors(batch, device)
             losses = train_step(gan, opts, responses, target, cfg)
@@ -177,6 +202,19 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         if n_steps == 0:
             raise ValueError(f"no full batch of {per_worker} training rows per worker; lower optim.batch_size")
         elapsed = time.perf_counter() - t0
+        if not cache.decided:  # after this process's first epoch, on every rank together
+            # Every rank keeps its shard, or none does; all keep the fewest rows any kept (equal steps for DDP).
+            agreed = _all_reduce_min(torch.tensor([int(not cache.overflowed), cache.kept_rows()], device=device))
+            cache.agree(bool(agreed[0]) and int(agreed[1]) >= per_worker, int(agreed[1]))
+            if rank == 0 and cache.ready:
+                log.info(
+                    "training shard kept in memory (%d rows per worker); later epochs shuffle it there", cache.rows
+                )
+            elif rank == 0:
+                log.info(
+                    "training shard not kept (over perf.cache_shard_mb=%d): each epoch streams it",
+                    cfg.perf.cache_shard_mb,
+                )
         # -- losses of the epoch, over all ranks; a NaN stops the run with its reason
         totals = _all_reduce_sum(torch.cat([sums, torch.tensor([n_steps], device=device, dtype=sums.dtype)]))
         if not torch.isfinite(totals).all():
@@ -198,6 +236,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             **{f"val_{k}": v for k, v in val.items()},
             "samples_per_s": float(totals[-1]) * per_worker / elapsed,
             "epoch_s": elapsed,
+            "shard_in_memory": float(from_memory),  # 1: this epoch's rows came from the kept shard
             "ddp_divergence_g": _replica_divergence(gan.generator),
             "ddp_divergence_d": _replica_divergence(gan.discriminator),
         }

@@ -45,7 +45,10 @@ def test_two_cpu_workers_keep_both_nets_identical_and_losses_fall(ray_session, t
     assert history[-1]["train_pix"] < 0.92 * history[0]["train_pix"]
     assert history[-1]["train_g_total"] < history[0]["train_g_total"]
     assert history[-1]["val_pixel_corr"] > history[0]["val_pixel_corr"]
-    # 40 training rows, 2 workers × 4 per batch: 5 steps an epoch, the same on both ranks.
+    # Epoch 1 streams each rank's shard from Parquet and keeps it; epochs 2–4 shuffle the kept rows.
+    assert [r["shard_in_memory"] for r in history] == [0, 1, 1, 1]
+    # 40 training rows, 2 workers × 4 per batch: 5 steps an epoch, the same on both ranks, streamed or kept.
+    assert all(int(b["step"]) - int(a["step"]) == 5 for a, b in zip(history, history[1:]))
     assert history[-1]["step"] == 20 and adam_steps(find_checkpoint(run, "last")) == 20
     for key in ("val_psnr", "val_ssim", "val_pixel_corr", "train_errD", "train_errG", "samples_per_s"):
         assert key in history[-1]
@@ -65,6 +68,8 @@ def test_a_stopped_run_continues_where_it_stopped(ray_session, tiny_dataset, tmp
     after = rows(run)
     assert [r["epoch"] for r in after] == [1, 2, 3, 4]
     assert after[:2] == before  # epochs 1–2 were not trained again
+    # Each process streams its first epoch and keeps the shard for the next; one epoch left keeps nothing.
+    assert [r["shard_in_memory"] for r in after] == [0, 1, 0, 1]
     assert after[2]["step"] == 3 * steps_per_epoch  # the step count continued
     # The optimizer continued too: Adam's step count covers all four epochs.
     assert adam_steps(find_checkpoint(run, "last")) == 4 * steps_per_epoch

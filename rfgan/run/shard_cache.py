@@ -1,0 +1,76 @@
+"""A training worker's shard, kept in memory after the first epoch when it fits (`perf.cache_shard_mb`).
+
+Ray Data re-reads and re-decodes the Parquet shard every epoch: its read tasks, its split coordinator and the
+worker's own Arrow → tensor conversion take CPU the step would otherwise use. On a machine with few cores per worker
+that is most of what keeps 2 workers from running at twice the rate of one (docs/benchmarks.md). The rows as read
+(uint8 images, float32 responses: a quarter of the float images' bytes) are small next to RAM at this task's sizes,
+4,000 rows of 96×96 RGB are 110 MB, the THINGS set's 22,248 are 0.7 GB, so later epochs shuffle the kept rows with
+one permutation per epoch instead (on the worker's device: on a GPU no batch crosses the bus again).
+
+What changes is only which rows form each batch: a full permutation of the shard each epoch (seeded by the epoch
+seed, so a restarted run draws the same), where Ray Data's local shuffle mixes a window of 4 batches. Pure PyTorch,
+no Ray: the training loop decides, with every rank, whether all kept their shard (`agree`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import torch
+
+Batch = dict[str, torch.Tensor]  # {"responses": (B, E) float32, "image": (B, H, W, C) uint8}, as Ray Data yields
+
+
+class ShardCache:
+    def __init__(self, budget_mb: int) -> None:
+        self.budget = budget_mb * 2**20
+        self.parts: list[Batch] = []
+        self.nbytes = 0
+        self.overflowed = budget_mb <= 0
+        # With no budget there is nothing for the ranks to agree on (they share the config); else `agree` decides,
+        # once, on every rank together.
+        self.decided = self.overflowed
+        self.rows = 0
+        self._kept: Batch | None = None
+
+    @property
+    def ready(self) -> bool:
+        """True once the shard is kept and every rank agreed to use it (`agree`)."""
+        return self._kept is not None
+
+    def add(self, batch: Mapping[str, torch.Tensor]) -> None:
+        """Keep one batch of the first epoch's stream; past the budget keep nothing (the stream goes on)."""
+        if self.overflowed:
+            return
+        part = {k: torch.as_tensor(batch[k]) for k in ("responses", "image")}
+        self.nbytes += sum(t.numel() * t.element_size() for t in part.values())
+        if self.nbytes > self.budget:
+            self.overflowed, self.parts = True, []
+            return
+        self.parts.append(part)
+
+    def agree(self, all_kept: bool, rows: int) -> None:
+        """Seal the cache with what every rank agreed: `all_kept` (no rank overflowed) and `rows` (the fewest rows
+        any rank kept, so all ranks run the same number of steps, as DDP needs). Otherwise free it."""
+        self.decided = True
+        if not all_kept or self.overflowed or not self.parts or rows <= 0:
+            self.parts, self.overflowed = [], True
+            return
+        kept = {k: torch.cat([p[k] for p in self.parts]) for k in ("responses", "image")}
+        self.parts = []
+        self._kept = {k: v[:rows] for k, v in kept.items()}
+        self.rows = rows
+
+    def kept_rows(self) -> int:
+        """Rows this rank has kept so far (0 once it overflowed)."""
+        return 0 if self.overflowed else sum(len(p["responses"]) for p in self.parts)
+
+    def batches(self, batch_size: int, seed: int) -> Iterator[Batch]:
+        """One epoch: the kept rows in a fresh permutation, in full batches (the remainder is dropped, as in the
+        streamed epochs)."""
+        assert self._kept is not None, "batches() before agree()"
+        device = self._kept["responses"].device
+        order = torch.randperm(self.rows, generator=torch.Generator().manual_seed(seed)).to(device)
+        for start in range(0, self.rows - batch_size + 1, batch_size):
+            idx = order[start : start + batch_size]
+            yield {k: v.index_select(0, idx) for k, v in self._kept.items()}
