@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,21 @@ def killed_once_before_reporting(epoch: int, marker: str):
     def loop(loop_config):
         import ray.train
 
+        # Defined in here so that it travels with the function: Ray's workers cannot import this test module.
+        def wait_for_recorded(run_dir: Path, recorded: int, timeout_s: float = 120.0) -> None:
+            """Until Ray's record of the run (its checkpoint manager's snapshot) lists a checkpoint of epoch
+            `recorded`."""
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                try:
+                    snapshot = json.loads((run_dir / train.RAY_SNAPSHOT).read_text())
+                    if any(c["metrics"]["epoch"] == recorded for c in snapshot["checkpoint_results"]):
+                        return
+                except (OSError, ValueError, KeyError):  # not written yet, or being replaced
+                    pass
+                time.sleep(0.2)
+            raise AssertionError(f"Ray recorded no checkpoint of epoch {recorded} in {timeout_s:.0f} s")
+
         real_report = ray.train.report
 
         def report(metrics, checkpoint=None, **kwargs):
@@ -92,6 +108,11 @@ def killed_once_before_reporting(epoch: int, marker: str):
                 and ray.train.get_context().get_world_rank() == 0
                 and not os.path.exists(marker)
             ):
+                # Ray Train's controller takes in reports by polling the workers: a worker killed within a poll of
+                # its last report loses that report, and the group restarts from the one before (Ray's behaviour;
+                # an epoch from the kept shard can take a fifth of a second here). Crash once Ray has recorded the
+                # previous epoch's checkpoint, as a crash an epoch later would find it.
+                wait_for_recorded(Path(loop_config["run_dir"]), epoch - 1)
                 Path(marker).write_text("killed once")
                 os.kill(os.getpid(), signal.SIGKILL)
             real_report(metrics, checkpoint=checkpoint, **kwargs)
