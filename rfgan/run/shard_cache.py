@@ -9,7 +9,8 @@ one permutation per epoch instead (on the worker's device: on a GPU no batch cro
 
 What changes is only which rows form each batch: a full permutation of the shard each epoch (seeded by the epoch
 seed, so a restarted run draws the same), where Ray Data's local shuffle mixes a window of 4 batches. Pure PyTorch,
-no Ray: the training loop decides, with every rank, whether all kept their shard (`agree`).
+no Ray: the training loop decides, with every rank, whether all kept their shard (`agree` with the fewest rows any
+rank kept, 0 when one kept none).
 """
 
 from __future__ import annotations
@@ -30,13 +31,17 @@ class ShardCache:
         # With no budget there is nothing for the ranks to agree on (they share the config); else `agree` decides,
         # once, on every rank together.
         self.decided = self.overflowed
-        self.rows = 0
         self._kept: Batch | None = None
 
     @property
     def ready(self) -> bool:
         """True once the shard is kept and every rank agreed to use it (`agree`)."""
         return self._kept is not None
+
+    @property
+    def rows(self) -> int:
+        """Rows kept for the later epochs (0 until `agree` kept any)."""
+        return 0 if self._kept is None else len(self._kept["responses"])
 
     def add(self, batch: Mapping[str, torch.Tensor]) -> None:
         """Keep one batch of the first epoch's stream; past the budget keep nothing (the stream goes on)."""
@@ -49,17 +54,16 @@ class ShardCache:
             return
         self.parts.append(part)
 
-    def agree(self, all_kept: bool, rows: int) -> None:
-        """Seal the cache with what every rank agreed: `all_kept` (no rank overflowed) and `rows` (the fewest rows
-        any rank kept, so all ranks run the same number of steps, as DDP needs). Otherwise free it."""
+    def agree(self, rows: int) -> None:
+        """Seal the cache with `rows`, the fewest rows any rank kept (`kept_rows`, all-reduced by MIN): all ranks then
+        run the same number of steps, as DDP needs. 0 (some rank overflowed, so kept none) frees it on every rank."""
         self.decided = True
-        if not all_kept or self.overflowed or not self.parts or rows <= 0:
+        if rows <= 0 or self.overflowed:
             self.parts, self.overflowed = [], True
             return
         kept = {k: torch.cat([p[k] for p in self.parts]) for k in ("responses", "image")}
         self.parts = []
         self._kept = {k: v[:rows] for k, v in kept.items()}
-        self.rows = rows
 
     def kept_rows(self) -> int:
         """Rows this rank has kept so far (0 once it overflowed)."""

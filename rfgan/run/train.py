@@ -51,15 +51,9 @@ class TrainResult:
     error: BaseException | None
 
 
-def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+def _all_reduce(t: torch.Tensor, op: str = "SUM") -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
-
-
-def _all_reduce_min(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        dist.all_reduce(t, op=getattr(dist.ReduceOp, op))
     return t
 
 
@@ -203,9 +197,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             raise ValueError(f"no full batch of {per_worker} training rows per worker; lower optim.batch_size")
         elapsed = time.perf_counter() - t0
         if not cache.decided:  # after this process's first epoch, on every rank together
-            # Every rank keeps its shard, or none does; all keep the fewest rows any kept (equal steps for DDP).
-            agreed = _all_reduce_min(torch.tensor([int(not cache.overflowed), cache.kept_rows()], device=device))
-            cache.agree(bool(agreed[0]) and int(agreed[1]) >= per_worker, int(agreed[1]))
+            # Every rank keeps its shard, or none does; all keep the fewest rows any kept (equal steps for DDP). A rank
+            # that overflowed kept 0, and a rank with fewer rows than a batch stopped above (n_steps == 0).
+            cache.agree(int(_all_reduce(torch.tensor([cache.kept_rows()], device=device), "MIN")))
             if rank == 0 and cache.ready:
                 log.info(
                     "training shard kept in memory (%d rows per worker); later epochs shuffle it there", cache.rows
@@ -216,7 +210,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                     cfg.perf.cache_shard_mb,
                 )
         # -- losses of the epoch, over all ranks; a NaN stops the run with its reason
-        totals = _all_reduce_sum(torch.cat([sums, torch.tensor([n_steps], device=device, dtype=sums.dtype)]))
+        totals = _all_reduce(torch.cat([sums, torch.tensor([n_steps], device=device, dtype=sums.dtype)]))
         if not torch.isfinite(totals).all():
             bad = [k for k, v in zip(StepLosses._fields, totals.tolist()) if not math.isfinite(v)]
             raise TrainingDiverged(
@@ -282,7 +276,7 @@ def _validate(gan: GAN, val_batches, rank: int, world: int, device) -> dict[str,
             # Masked training is judged, and its checkpoints ranked, on masked images (as RFmasked did)
             acc.update(apply_mask(gan.reconstruct(responses), gan.mask), apply_mask(target, gan.mask), vgg=gan.vgg)
     state = acc.state().to(device)
-    return MetricAccumulator.from_state(_all_reduce_sum(state)).compute()
+    return MetricAccumulator.from_state(_all_reduce(state)).compute()
 
 
 def _samples(gan: GAN, val_batches, device) -> tuple[torch.Tensor, torch.Tensor]:

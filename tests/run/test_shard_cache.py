@@ -23,7 +23,7 @@ def _filled(rows: int, batch: int, budget_mb: int = 1) -> ShardCache:
 def test_kept_shard_is_reshuffled_each_epoch_with_rows_intact():
     cache = _filled(rows=50, batch=8)
     assert not cache.decided and cache.kept_rows() == 50
-    cache.agree(True, 50)
+    cache.agree(50)
     assert cache.decided and cache.ready and cache.rows == 50
 
     epoch = list(cache.batches(8, seed=3))
@@ -44,7 +44,7 @@ def test_kept_shard_is_reshuffled_each_epoch_with_rows_intact():
 
 def test_ranks_keep_the_fewest_rows_any_rank_kept():
     cache = _filled(rows=50, batch=8)
-    cache.agree(True, 41)  # another rank kept 41: every rank runs 41 // 8 = 5 steps
+    cache.agree(41)  # another rank kept 41: every rank runs 41 // 8 = 5 steps
     assert cache.rows == 41 and len(list(cache.batches(8, seed=0))) == 5
     ids = torch.cat([b["responses"][:, 0] for b in cache.batches(8, seed=0)]).long()
     assert set(ids.tolist()) <= set(range(41))
@@ -55,13 +55,13 @@ def test_a_shard_over_the_budget_is_not_kept():
     for b in _stream(200, 16, size=96):  # 200 rows of 96×96×3 bytes: 5.5 MB
         cache.add(b)
     assert cache.overflowed and cache.kept_rows() == 0 and not cache.parts
-    cache.agree(False, 0)
+    cache.agree(cache.kept_rows())
     assert cache.decided and not cache.ready
 
 
 def test_no_rank_keeps_its_shard_unless_all_did():
     cache = _filled(rows=50, batch=8)
-    cache.agree(False, 50)  # another rank overflowed
+    cache.agree(0)  # another rank overflowed: it kept 0 rows, the fewest
     assert cache.decided and not cache.ready and not cache.parts
 
 
