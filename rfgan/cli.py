@@ -9,9 +9,10 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from rfgan.errors import UsageError, user_error
 
@@ -84,10 +85,39 @@ def _dir_size_mb(path: str) -> float:
     return sum(e.size for e in entries if e.type == pafs.FileType.File) / 1e6
 
 
-def _add_synth(sub: argparse._SubParsersAction) -> None:
-    from rfgan.data.synth import SynthSpec
+SYNTH_HELP = {
+    "n_train": "training images (rows = images x repeats)",
+    "n_val": "validation images",
+    "n_test": "test images (0: no test split)",
+    "electrodes": "number of electrodes",
+    "size": "images are SIZE x SIZE pixels",
+    "fov_deg": "degrees of visual angle the image width spans",
+    "n_arrays": "electrode arrays (about half V1, a third V4, the rest IT)",
+    "photo_fraction": "share of images cropped from photographs; the rest are generated scenes",
+    "tuning": "color: each electrode weighs luminance plus a red-green/blue-yellow signal of its own hue "
+    "(stronger in V4); luminance: every electrode sees luma only",
+    "nonlinearity": "relu rectifies the drive after subtracting --threshold",
+    "threshold": "subtracted from the drive before the nonlinearity",
+    "gain": "response units per unit drive (for Poisson noise: expected spike count per unit drive)",
+    "noise": "response noise",
+    "noise_sd": "sd of Gaussian noise, in response units",
+    "repeats": "presentations of each image, each with independent noise",
+    "seed": "random seed; the same seed gives the same dataset",
+    "shard_rows": "rows per Parquet file",
+}
 
-    d = SynthSpec()
+
+def _add_colour_flags(p: argparse.ArgumentParser, default: bool) -> None:
+    # Said in words: both flags share the `color` default, which the formatter would print as True on each.
+    colour = p.add_mutually_exclusive_group()
+    said = f"default: {'colour' if default else 'gray'}"
+    colour.add_argument("--color", dest="color", action="store_true", default=default, help=f"RGB images ({said})")
+    colour.add_argument("--gray", dest="color", action="store_false", help=f"grayscale images ({said})")
+
+
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    from rfgan.data.synth import NOISE_KINDS, NONLINEARITIES, TUNINGS, SynthSpec
+
     p = sub.add_parser(
         "synth",
         help="write a dataset from a simulated recording",
@@ -100,70 +130,23 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
         formatter_class=_DefaultsInWords,
     )
     p.add_argument("--out", default=DEFAULT_DATA, help="dataset directory to write")
-    p.add_argument("--n-train", type=int, default=d.n_train, help="training images (rows = images x repeats)")
-    p.add_argument("--n-val", type=int, default=d.n_val, help="validation images")
-    p.add_argument("--n-test", type=int, default=d.n_test, help="test images (0: no test split)")
-    p.add_argument("--electrodes", type=int, default=d.electrodes, help="number of electrodes")
-    p.add_argument("--size", type=int, default=d.size, help="images are SIZE x SIZE pixels")
-    # Said in words: both flags share the `color` default, which the formatter would print as True on each.
-    colour = p.add_mutually_exclusive_group()
-    default = f"default: {'colour' if d.color else 'gray'}"
-    colour.add_argument("--color", dest="color", action="store_true", default=d.color, help=f"RGB images ({default})")
-    colour.add_argument("--gray", dest="color", action="store_false", help=f"grayscale images ({default})")
-    p.add_argument("--fov-deg", type=float, default=d.fov_deg, help="degrees of visual angle the image width spans")
-    p.add_argument(
-        "--arrays",
-        type=int,
-        default=d.n_arrays,
-        dest="n_arrays",
-        help="electrode arrays (about half V1, a third V4, the rest IT)",
+    _add_spec_flags(
+        p,
+        SynthSpec,
+        SYNTH_HELP,
+        flags={"n_arrays": "--arrays"},
+        choices={"tuning": TUNINGS, "nonlinearity": NONLINEARITIES, "noise": NOISE_KINDS},
+        custom={"color": _add_colour_flags},
     )
-    p.add_argument(
-        "--photo-fraction",
-        type=float,
-        default=d.photo_fraction,
-        help="share of images cropped from photographs; the rest are generated scenes",
-    )
-    p.add_argument(
-        "--tuning",
-        choices=("color", "luminance"),
-        default=d.tuning,
-        help="color: each electrode weighs luminance plus a red-green/blue-yellow signal of its own hue "
-        "(stronger in V4); luminance: every electrode sees luma only",
-    )
-    p.add_argument(
-        "--nonlinearity",
-        choices=("linear", "relu"),
-        default=d.nonlinearity,
-        help="relu rectifies the drive after subtracting --threshold",
-    )
-    p.add_argument(
-        "--threshold", type=float, default=d.threshold, help="subtracted from the drive before the nonlinearity"
-    )
-    p.add_argument(
-        "--gain",
-        type=float,
-        default=d.gain,
-        help="response units per unit drive (for Poisson noise: expected spike count per unit drive)",
-    )
-    p.add_argument("--noise", choices=("gaussian", "poisson", "none"), default=d.noise, help="response noise")
-    p.add_argument("--noise-sd", type=float, default=d.noise_sd, help="sd of Gaussian noise, in response units")
-    p.add_argument(
-        "--repeats", type=int, default=d.repeats, help="presentations of each image, each with independent noise"
-    )
-    p.add_argument("--seed", type=int, default=d.seed, help="random seed; the same seed gives the same dataset")
-    p.add_argument("--shard-rows", type=int, default=d.shard_rows, help="rows per Parquet file")
     _add_image_encoding(p)
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_synth)
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
     from rfgan.data.synth import SynthSpec, write_synth
 
-    # Every SynthSpec field has a flag of the same name (the parser's defaults come from SynthSpec()).
-    spec = SynthSpec(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SynthSpec)})
+    spec = _spec_from_args(SynthSpec, args)
     try:
         spec.validate()
     except ValueError as e:
@@ -180,74 +163,47 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+INGEST_HELP = {
+    "responses": "FILE.npy, FILE.npz:KEY, FILE.h5:/GROUP/KEY or FILE.mat:KEY (MATLAB v7.3 or v5): N stimulus "
+    "presentations x E electrodes, either way round (the axis as long as the RF table is the electrodes; "
+    "MATLAB arrays in MATLAB's order), electrodes in the order of the RF table's rows; read a shard at a time",
+    "images": "FILE.npy or FILE.h5:/KEY of shape (N, H, W) or (N, H, W, 3), uint8 or float in "
+    "[0, 1]; or a folder of image files (one per row, sorted by name, unless --image-index is given)",
+    "rfs": "RF table CSV: electrode_id,x_deg,y_deg,sigma_deg[,area][,mask_radius_deg]; x/y in "
+    "degrees from the image centre (y up), sigma the Gaussian sd of the RF map in degrees, mask_radius_deg the "
+    "RF mask's radius where it is not data.mask_radius_sigmas x sigma",
+    "fov_deg": "degrees of visual angle the image width spans",
+    "out": "dataset directory to write",
+    "image_index": "CSV with a 'filename' column naming each row's image file in --images "
+    "(a file may repeat: repeats of one image) (default: none)",
+    "image_ids": ".npy of N integers: rows with equal ids show the same image (default: "
+    "rows with identical pixels, or the same file, are one image)",
+    "val_fraction": "share of distinct images for validation",
+    "test_fraction": "share of distinct images for a test split",
+    "seed": "seed of the split",
+    "drop_bad_rows": "drop rows with NaN/inf responses (and say how many) instead of refusing the input",
+    "shard_rows": "rows per Parquet file",
+    "overwrite": OVERWRITE_HELP,
+    "electrode_axis": "which axis of --responses holds the electrodes (first/last as the file's own tools show "
+    "it); needed only when both axes are as long as the RF table",
+    "image_encoding": IMAGE_ENCODING_HELP,
+    "crop": "START:STOP: keep this part of each image axis, in percent (RF_GANsynth's stimuli: 27.5:67.5); "
+    "--fov-deg and the RF table then describe the cropped window (default: none)",
+    "resize": "store the images RESIZE x RESIZE (RF_GANsynth: 96) (default: as they are)",
+}
+
+
 def _add_ingest(sub: argparse._SubParsersAction) -> None:
-    from rfgan.data.arrays import ELECTRODE_AXES
+    from rfgan.data.ingest import IngestSpec
 
     p = sub.add_parser(
         "ingest",
         help="build a dataset from a lab's own arrays",
         description="Build an rfgan dataset from responses, images and an RF table. Everything is checked before "
         "anything is written; on any error nothing is left behind.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsInWords,
     )
-    p.add_argument(
-        "--responses",
-        required=True,
-        help="FILE.npy, FILE.npz:KEY, FILE.h5:/GROUP/KEY or FILE.mat:KEY (MATLAB v7.3 or v5): N stimulus "
-        "presentations x E electrodes, either way round (the axis as long as the RF table is the electrodes; "
-        "MATLAB arrays in MATLAB's order), electrodes in the order of the RF table's rows; read a shard at a time",
-    )
-    p.add_argument(
-        "--electrode-axis",
-        choices=ELECTRODE_AXES,
-        default="auto",
-        help="which axis of --responses holds the electrodes (first/last as the file's own tools show it); "
-        "needed only when both axes are as long as the RF table",
-    )
-    p.add_argument(
-        "--images",
-        required=True,
-        help="FILE.npy or FILE.h5:/KEY of shape (N, H, W) or (N, H, W, 3), uint8 or float in "
-        "[0, 1]; or a folder of image files (one per row, sorted by name, unless --image-index is given)",
-    )
-    p.add_argument(
-        "--rfs",
-        required=True,
-        help="RF table CSV: electrode_id,x_deg,y_deg,sigma_deg[,area][,mask_radius_deg]; x/y in "
-        "degrees from the image centre (y up), sigma the Gaussian sd of the RF map in degrees, mask_radius_deg the "
-        "RF mask's radius where it is not data.mask_radius_sigmas x sigma",
-    )
-    p.add_argument("--fov-deg", type=float, required=True, help="degrees of visual angle the image width spans")
-    p.add_argument("--out", required=True, help="dataset directory to write")
-    p.add_argument(
-        "--image-index",
-        help="CSV with a 'filename' column naming each row's image file in --images "
-        "(a file may repeat: repeats of one image)",
-    )
-    p.add_argument(
-        "--image-ids",
-        help=".npy of N integers: rows with equal ids show the same image (default: "
-        "rows with identical pixels, or the same file, are one image)",
-    )
-    p.add_argument("--val-fraction", type=float, default=0.1, help="share of distinct images for validation")
-    p.add_argument("--test-fraction", type=float, default=0.0, help="share of distinct images for a test split")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split")
-    p.add_argument(
-        "--drop-bad-rows",
-        action="store_true",
-        help="drop rows with NaN/inf responses (and say how many) instead of refusing the input",
-    )
-    p.add_argument(
-        "--crop",
-        type=_percent_range,
-        help="START:STOP: keep this part of each image axis, in percent (RF_GANsynth's stimuli: 27.5:67.5); "
-        "--fov-deg and the RF table then describe the cropped window",
-    )
-    p.add_argument("--resize", type=int, help="store the images RESIZE x RESIZE (RF_GANsynth: 96)")
-    p.add_argument("--shard-rows", type=int, default=1000, help="rows per Parquet file")
-    _add_image_encoding(p)
-    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_spec_flags(p, IngestSpec, INGEST_HELP, types={"crop": _percent_range})
     p.set_defaults(func=cmd_ingest)
 
 
@@ -265,25 +221,7 @@ def _percent_range(text: str) -> tuple[float, float]:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from rfgan.data.ingest import IngestSpec, ingest
 
-    spec = IngestSpec(
-        responses=args.responses,
-        images=args.images,
-        rfs=args.rfs,
-        fov_deg=args.fov_deg,
-        out=args.out,
-        image_index=args.image_index,
-        image_ids=args.image_ids,
-        val_fraction=args.val_fraction,
-        test_fraction=args.test_fraction,
-        seed=args.seed,
-        drop_bad_rows=args.drop_bad_rows,
-        shard_rows=args.shard_rows,
-        overwrite=args.overwrite,
-        electrode_axis=args.electrode_axis,
-        image_encoding=args.image_encoding,
-        crop=args.crop,
-        resize=args.resize,
-    )
+    spec = _spec_from_args(IngestSpec, args)
     with _progress(None, "ingest", args.quiet) as update, _nothing_written_if_interrupted():
         info, dropped = ingest(spec, on_rows=update)
     if dropped:
@@ -334,27 +272,44 @@ TVSD_HELP = {
 }
 
 
-def _add_spec_flags(p: argparse.ArgumentParser, spec: type, helps: dict[str, str], flags: dict[str, str]) -> None:
-    """A flag for every field of the dataclass `spec`, named after it (or as `flags` says), its default the field's;
-    fields without a default are required flags."""
+def _add_spec_flags(
+    p: argparse.ArgumentParser,
+    spec: type,
+    helps: dict[str, str],
+    flags: dict[str, str] | None = None,
+    *,
+    types: dict[str, Callable[[str], Any]] | None = None,
+    choices: dict[str, Sequence[str]] | None = None,
+    custom: dict[str, Callable[[argparse.ArgumentParser, Any], None]] | None = None,
+) -> None:
+    """The one way a command's flags are made from the dataclass `spec` that its work takes (`_spec_from_args` reads
+    them back): a flag for every field, named after it (or as `flags` says), its default the field's, parsed by
+    `types` or the field's type, limited to `choices`; fields without a default are required flags. `custom` adds
+    a field's flags itself, given the parser and the default. Then --quiet, which every such command has."""
     from rfgan.data.arrays import ELECTRODE_AXES
 
+    flags, types, custom = flags or {}, types or {}, custom or {}
+    choices = {"electrode_axis": ELECTRODE_AXES, **(choices or {})}
     kinds = {"int": int, "float": float, "int | None": int, "float | None": float}
     for field in dataclasses.fields(spec):
         flag = flags.get(field.name, "--" + field.name.replace("_", "-"))
         required = field.default is dataclasses.MISSING
+        if field.name in custom:
+            custom[field.name](p, field.default)
+            continue
         common = {"dest": field.name, "help": helps[field.name]}
-        if field.type == "bool":
-            p.add_argument(flag, action="store_true", **common)
-        elif field.name == "electrode_axis":
-            p.add_argument(flag, choices=ELECTRODE_AXES, default=field.default, **common)
-        elif field.name == "image_encoding":
+        if field.name == "image_encoding":
             _add_image_encoding(p)
+        elif field.type == "bool":
+            p.add_argument(flag, action="store_true", **common)
         elif field.type == "Sequence[str]":
             p.add_argument(flag, action="append", default=[], **common)
         else:
             default = argparse.SUPPRESS if required else field.default
-            p.add_argument(flag, type=kinds.get(field.type, str), required=required, default=default, **common)
+            kind = types.get(field.name, kinds.get(field.type, str))
+            p.add_argument(
+                flag, type=kind, required=required, default=default, choices=choices.get(field.name), **common
+            )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -431,6 +386,8 @@ def _add_ingest_nwb(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
+    from rfgan.data.format import SPLITS
+
     p = sub.add_parser(
         "export",
         help="write a dataset as an NWB file (to share on DANDI)",
@@ -440,13 +397,12 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         "(pip install 'rfgan[nwb]'). The file appears only when complete.",
         formatter_class=_DefaultsInWords,
     )
-    p.add_argument("--nwb", action="store_true", required=True, help="write NWB (the one export format)")
     p.add_argument("--data", required=True, help="the dataset to export")
     p.add_argument("--out", required=True, help="the NWB file to write (FILE.nwb)")
     p.add_argument(
         "--split",
         action="append",
-        choices=("train", "val", "test"),
+        choices=SPLITS,
         help="a split to export, repeatable (default: all the dataset's splits)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -507,7 +463,7 @@ def _add_check(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from rfgan.data.check import check_dataset
+    from rfgan.run.check import check_dataset
 
     data = dataset_or_synth(args.data)
     for line in check_dataset(data, batch_size=args.batch_size, address=args.address):
@@ -516,6 +472,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
+    from rfgan.config import PRESETS
+
     p = sub.add_parser(
         "train",
         help="train an RF-GAN with Ray Train (local Ray, or a cluster)",
@@ -529,8 +487,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="dataset directory (default: the built-in synthetic dataset)")
     p.add_argument(
         "--preset",
-        help="starting config: default, reference, reference-noise, rfmasked, tiny "
-        f"(default: 'default' with --data, '{DEMO_PRESET}' without)",
+        choices=sorted(PRESETS),
+        help=f"starting config (default: 'default' with --data, '{DEMO_PRESET}' without)",
     )
     p.add_argument(
         "--config",
@@ -599,9 +557,9 @@ def _describe_input(cfg) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from rfgan.checkpoint import existing_checkpoints
     from rfgan.gan.build import build_gan
     from rfgan.gan.models import count_parameters
-    from rfgan.run.checkpoint import existing_checkpoints
     from rfgan.run.train import fit, preflight, write_resolved_config
 
     cfg = _config(
@@ -823,6 +781,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 def _add_tune(sub: argparse._SubParsersAction) -> None:
+    from rfgan.config import PRESETS
+
     p = sub.add_parser(
         "tune",
         help="search loss weights and learning rates with Ray Tune + Optuna",
@@ -833,7 +793,11 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--data", help="dataset directory or URI (default: the built-in synthetic dataset)")
-    p.add_argument("--preset", help=f"base config (default: 'default' with --data, '{DEMO_PRESET}' without)")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help=f"base config (default: 'default' with --data, '{DEMO_PRESET}' without)",
+    )
     p.add_argument("--config", help="base config file instead of a preset")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the base config")
     p.add_argument(
@@ -894,6 +858,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
+    from rfgan.bench.step import BENCH_PRESETS
+
     p = sub.add_parser(
         "bench",
         help="rfgan's step against the reference loop, side by side (and the data path, workers)",
@@ -903,7 +869,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         "Pure PyTorch (no Ray) unless --pipeline is given.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--preset", default="tiny", help="bench preset: tiny (seconds), medium, reference")
+    p.add_argument("--preset", default="tiny", choices=BENCH_PRESETS, help="bench preset (tiny takes seconds)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--rounds", type=int, default=3, help="alternating A B pairs")
     p.add_argument("--steps", type=int, help="steps per arm per round (default: the preset's)")

@@ -25,11 +25,13 @@ from rfgan.errors import ConfigError, UsageError
 ADV_KINDS: tuple[str, ...] = ("nonsaturating", "minimax", "lsgan")
 PIXEL_KINDS: tuple[str, ...] = ("l1", "mse")
 VGG_LAYERS: tuple[str, ...] = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
-# How RF maps are scaled in the generator input (rfgan.data.rf.rf_maps), the reference G's layouts
-# (rfgan.gan.models.ReferenceGenerator), the weight inits (rfgan.gan.models.init_weights) and what a conditional D sees
-# of the input (rfgan.gan.build.GAN.condition).
+# How RF maps are scaled in the generator input (rfgan.data.rf.rf_maps), the nets (rfgan.gan.build), their
+# normalisation layers and weight inits (rfgan.gan.models) and what a conditional D sees of the input
+# (rfgan.gan.build.GAN.condition).
 RF_NORMS: tuple[str, ...] = ("peak", "sum", "sum_full", "point")
-G_LAYOUTS: tuple[str, ...] = ("rfgan", "original")
+GENERATORS: tuple[str, ...] = ("unet", "reference")
+DISCRIMINATORS: tuple[str, ...] = ("patch", "reference")
+NORM_KINDS: tuple[str, ...] = ("batch", "instance", "none")
 INIT_KINDS: tuple[str, ...] = ("dcgan", "original", "default")
 D_CONDITIONS: tuple[str, ...] = ("mean", "input")
 # optim.precision (rfgan.gan.build.autocast_dtype).
@@ -72,7 +74,6 @@ class ModelConfig:
     g_convs_per_block: tuple[int, ...] = (2, 2, 3, 3, 3)
     n_res: int = 5  # reference G residual blocks in the bottleneck
     dropout: float = 0.5
-    g_layout: str = "rfgan"  # reference G: "rfgan" or "original" (RF_GANsynth's model_file.py; docs/fidelity.md)
     norm: str = "batch"  # U-Net and PatchGAN normalisation: "batch", "instance" or "none"
     ndf: int = 64  # D base width
     d_layers: int = 3  # PatchGAN depth (3 = 70×70 patches)
@@ -85,28 +86,18 @@ class ModelConfig:
     linear_base: bool = False
 
     def __post_init__(self) -> None:
+        _require(self.generator in GENERATORS, f"model.generator must be one of {GENERATORS}, not {self.generator!r}")
         _require(
-            self.generator in ("unet", "reference"),
-            f"model.generator must be 'unet' or 'reference', not {self.generator!r}",
+            self.discriminator in DISCRIMINATORS,
+            f"model.discriminator must be one of {DISCRIMINATORS}, not {self.discriminator!r}",
         )
-        _require(
-            self.discriminator in ("patch", "reference"),
-            f"model.discriminator must be 'patch' or 'reference', not {self.discriminator!r}",
-        )
-        _require(
-            self.norm in ("batch", "instance", "none"), f"model.norm must be batch|instance|none, not {self.norm!r}"
-        )
+        _require(self.norm in NORM_KINDS, f"model.norm must be one of {NORM_KINDS}, not {self.norm!r}")
         _require(min(self.ngf, self.ndf, self.n_down, self.d_layers) >= 1, "model widths and depths must be >= 1")
         _require(
             len(self.g_widths) == len(self.g_convs_per_block) and len(self.g_widths) >= 1,
             "model.g_widths and model.g_convs_per_block must have the same, non-zero length",
         )
         _require(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
-        _require(self.g_layout in G_LAYOUTS, f"model.g_layout must be one of {G_LAYOUTS}, not {self.g_layout!r}")
-        _require(
-            self.g_layout == "rfgan" or self.generator == "reference",
-            "model.g_layout='original' is the reference generator's layout: it needs model.generator='reference'",
-        )
         _require(self.init in INIT_KINDS, f"model.init must be one of {INIT_KINDS}, not {self.init!r}")
         _require(
             self.d_condition in D_CONDITIONS,
@@ -256,7 +247,7 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Config:
-        return _build(cls, _nest(_upgrade(flatten(d))) if isinstance(d, Mapping) else d, "")
+        return _build(cls, _nest(flatten(d)) if isinstance(d, Mapping) else d, "")
 
     def get(self, key: str) -> Any:
         """One field by its dotted key, e.g. "loss.lambda_adv"."""
@@ -268,7 +259,7 @@ class Config:
     def with_overrides(self, overrides: Mapping[str, Any]) -> Config:
         """Apply dotted-key overrides, e.g. {"loss.lambda_adv": 0.5, "optim.lr_g": 1e-4}."""
         flat = flatten(self.to_dict())
-        for key, value in _upgrade(flatten(overrides)).items():
+        for key, value in flatten(overrides).items():
             if key not in flat:
                 raise _unknown_key(key, flat)
             flat[key] = value
@@ -284,15 +275,6 @@ def flatten(mapping: Mapping[str, Any]) -> dict[str, Any]:
             flat.update({f"{key}.{k}": v for k, v in flatten(value).items()})
         else:
             flat[key] = value
-    return flat
-
-
-def _upgrade(flat: dict[str, Any]) -> dict[str, Any]:
-    """Keys of earlier versions, as today's: the config.json of an older run resumes, and its commands still work.
-    optim.bf16 (a bool) became optim.precision."""
-    if "optim.bf16" in flat:
-        old = _coerce(bool, flat.pop("optim.bf16"), "optim.bf16")
-        flat.setdefault("optim.precision", "bf16" if old else "fp32")
     return flat
 
 
@@ -390,8 +372,7 @@ def _preset(name: str, **sections: Mapping[str, Any]) -> Config:
 _REFERENCE_DATA = {"standardize": False, "rf_norm": "sum_full", "mask": True}
 _REFERENCE = {
     "data": _REFERENCE_DATA,
-    "model": {"generator": "reference", "discriminator": "reference", "ndf": 18, "g_layout": "original",
-              "init": "original"},
+    "model": {"generator": "reference", "discriminator": "reference", "ndf": 18, "init": "original"},
     "loss": {"adversarial": "nonsaturating", "lambda_adv": 1.0, "lambda_vgg": 2.0, "lambda_pix": 0.0},
     "optim": {"lr_g": 2e-4, "lr_d": 2e-4, "beta1": 0.8, "batch_size": 64},
 }  # fmt: skip
@@ -459,8 +440,8 @@ PRESETS: dict[str, Config] = {
     "tiny": _preset("tiny", **_TINY),
     # The README demo (`rfgan train` without --data): tiny's nets refining the ridge decoder's image (the CNN's
     # output layer starts at zero, so G starts at ridge) with an SSIM term, an MSE pixel term and a light adversarial
-    # weight; 9 epochs fit the old demo's 6.4 minutes on 2 CPU cores. On the built-in dataset it beats
-    # `rfgan baseline` on SSIM and top-1 retrieval within 0.1 dB of its PSNR (docs/quality.md).
+    # weight. On the built-in dataset it beats `rfgan baseline` on SSIM and top-1 retrieval at about its PSNR
+    # (docs/quality.md).
     "demo": _preset(
         "demo",
         model={**_TINY["model"], "dropout": 0.0, "linear_base": True},

@@ -119,8 +119,8 @@ def trained(tiny_dataset, seed=0, steps=3, cfg=None):
 def make_gan_run(run, tiny_dataset, cfg=None, steps=3):
     """A run directory as rfgan train leaves one (config.json, a checkpoint, curves.png), of a GAN trained a few
     steps without Ray (trained)."""
+    from rfgan.checkpoint import save_checkpoint
     from rfgan.run.artifacts import plot_curves
-    from rfgan.run.checkpoint import save_checkpoint
 
     cfg, info, rfs, gan, opts, _ = trained(tiny_dataset, steps=steps, cfg=cfg)
     save_checkpoint(
@@ -165,9 +165,9 @@ def one_line_error(capsys, command: str) -> str:
 
 def interrupt_on_shard(monkeypatch, n: int) -> None:
     """Ctrl-C arriving while the dataset writer writes its n-th shard."""
-    from rfgan.data import format as fmt
+    from rfgan.data import write as writer
 
-    write_table, calls = fmt.pq.write_table, []
+    write_table, calls = writer.pq.write_table, []
 
     def write(*args, **kwargs):
         calls.append(1)
@@ -175,7 +175,7 @@ def interrupt_on_shard(monkeypatch, n: int) -> None:
             raise KeyboardInterrupt
         return write_table(*args, **kwargs)
 
-    monkeypatch.setattr(fmt.pq, "write_table", write)
+    monkeypatch.setattr(writer.pq, "write_table", write)
 
 
 def run_interrupted(argv) -> int:

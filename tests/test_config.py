@@ -30,7 +30,7 @@ def test_reference_presets_hold_the_reference_numbers():
     # Issue 14 (docs/fidelity.md): masked, raw responses, maps summing to 1 over the field, the original layout
     for cfg in (ref, noise, masked):
         assert (cfg.data.mask, cfg.data.standardize, cfg.data.rf_norm) == (True, False, "sum_full")
-        assert cfg.model.g_layout == "original" and not cfg.optim.second_g_forward
+        assert not cfg.optim.second_g_forward
     assert (ref.model.init, ref.model.dropout, masked.model.init, masked.model.dropout) == (
         "original",
         0.5,
@@ -43,7 +43,7 @@ def test_default_and_tiny_presets_keep_their_behaviour():
     for name in ("default", "tiny"):
         cfg = preset(name)
         assert (cfg.data.mask, cfg.data.standardize, cfg.data.rf_norm) == (False, True, "peak")
-        assert (cfg.model.g_layout, cfg.model.init, cfg.model.d_condition) == ("rfgan", "dcgan", "mean")
+        assert (cfg.model.generator, cfg.model.init, cfg.model.d_condition) == ("unet", "dcgan", "mean")
         assert not cfg.optim.second_g_forward
 
 
@@ -69,8 +69,7 @@ def test_unknown_keys_are_errors_that_list_valid_keys():
         ({"data.mask": "yes"}, "true or false"),
         ({"model.conditional_d": True, "model.discriminator": "reference"}, "conditional_d"),
         ({"data.rf_norm": "max"}, "data.rf_norm must be one of"),
-        ({"model.g_layout": "segnet"}, "model.g_layout must be one of"),
-        ({"model.g_layout": "original"}, "needs model.generator='reference'"),
+        ({"model.norm": "group"}, "model.norm must be one of"),
         ({"model.init": "xavier"}, "model.init must be one of"),
         ({"model.d_condition": "image"}, "model.d_condition must be one of"),
     ],
@@ -197,14 +196,10 @@ def test_an_unknown_preset_in_a_config_file_names_the_file(tmp_path):
         load_config(path)
 
 
-def test_precision_defaults_to_auto_and_reads_the_old_bf16_switch():
+def test_precision_defaults_to_auto():
     assert Config().optim.precision == "auto"
     with pytest.raises(ConfigError, match="optim.precision must be one of"):
         Config().with_overrides({"optim.precision": "fp16"})
-    # An older run's config.json and an older command line said optim.bf16; both still mean what they meant.
-    assert Config.from_dict({"optim": {"bf16": True}}).optim.precision == "bf16"
-    assert Config.from_dict({"optim": {"bf16": False, "lr_g": 1e-3}}).optim.precision == "fp32"
-    assert Config().with_overrides({"optim.bf16": "true"}).optim.precision == "bf16"
-    with pytest.raises(ConfigError, match="optim.bf16 must be true or false"):
-        Config().with_overrides({"optim.bf16": "maybe"})
-    assert "bf16" not in Config().to_dict()["optim"]
+    # The switch it replaced is no key of the config (rfgan has no released version whose configs would need it).
+    with pytest.raises(ConfigError, match=r"unknown config key.*optim.bf16.*precision"):
+        Config.from_dict({"optim": {"bf16": True}})

@@ -1,7 +1,7 @@
 """A lab's own arrays → an rfgan dataset, after checking everything that can be wrong with them.
 
 Every check runs before anything is written, except that image files are decoded in full only as their rows are
-written (a truncated file shows then); the writer is atomic (rfgan.data.format.write_dataset), so bad input leaves no
+written (a truncated file shows then); the writer is atomic (rfgan.data.write.write_dataset), so bad input leaves no
 output behind either way. Nothing is held whole in memory: responses are read a shard of rows at a time
 (rfgan.data.arrays), images are read or decoded as their shard is written.
 """
@@ -21,8 +21,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from rfgan.data.arrays import Stored, load_npy, open_array, response_rows, split_ref
-from rfgan.data.format import DatasetInfo, Samples, check_output, write_dataset
+from rfgan.data.format import DatasetInfo
 from rfgan.data.rf import RFTable, rfs_outside_window
+from rfgan.data.write import Samples, check_output, write_dataset
 from rfgan.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")

@@ -27,9 +27,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rfgan.data.format import DatasetInfo, check_output
+from rfgan.data.format import DatasetInfo
 from rfgan.data.ingest import Part, Plan, finite_rows, number_images, split_images
 from rfgan.data.rf import RFTable, rfs_outside_window
+from rfgan.data.write import check_output
 from rfgan.errors import DataError, UsageError
 
 

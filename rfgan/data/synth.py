@@ -15,8 +15,9 @@ import numpy as np
 from skimage import data as skdata
 from skimage import draw, transform
 
-from rfgan.data.format import DatasetInfo, Samples, write_dataset
+from rfgan.data.format import DatasetInfo
 from rfgan.data.rf import RFTable, rf_maps
+from rfgan.data.write import Samples, write_dataset
 
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 # Rec. 601 luma: what "luminance" means for a colour image throughout rfgan.
@@ -48,6 +49,8 @@ OPPONENT *= np.linalg.norm(LUMA) / np.linalg.norm(OPPONENT, axis=1, keepdims=Tru
 # Typical chroma weight by area: V4 is the most colour-selective, V1 multi-unit activity the least.
 AREA_CHROMA = {"V1": 0.5, "V4": 1.0, "IT": 0.7}
 TUNINGS = ("color", "luminance")
+NONLINEARITIES = ("linear", "relu")
+NOISE_KINDS = ("gaussian", "poisson", "none")
 SCENE_KINDS = ("pink_noise", "shapes", "edges", "texture", "photo")
 
 
@@ -83,9 +86,9 @@ class SynthSpec:
             (1 <= self.n_arrays <= self.electrodes, "n_arrays must be between 1 and the electrode count"),
             (0.0 <= self.photo_fraction <= 1.0, "photo_fraction must be in [0, 1]"),
             (self.tuning in TUNINGS, f"tuning must be one of {TUNINGS}"),
-            (self.nonlinearity in ("linear", "relu"), "nonlinearity must be 'linear' or 'relu'"),
+            (self.nonlinearity in NONLINEARITIES, f"nonlinearity must be one of {NONLINEARITIES}"),
             (self.gain > 0, "gain must be > 0"),
-            (self.noise in ("gaussian", "poisson", "none"), "noise must be 'gaussian', 'poisson' or 'none'"),
+            (self.noise in NOISE_KINDS, f"noise must be one of {NOISE_KINDS}"),
             (self.noise_sd >= 0, "noise_sd must be >= 0"),
             (self.repeats >= 1, "repeats must be >= 1"),
             (self.shard_rows >= 1, "shard_rows must be >= 1"),

@@ -26,9 +26,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from rfgan.data.arrays import ResponseRows, open_array, read_strings, read_variable, response_rows, split_ref
-from rfgan.data.format import DatasetInfo, check_output
+from rfgan.data.format import DatasetInfo
 from rfgan.data.ingest import FolderImages, Part, Plan, finite_rows, split_images
 from rfgan.data.rf import RFTable, rfs_outside_window
+from rfgan.data.write import check_output
 from rfgan.errors import DataError, UsageError
 
 DEFAULT_AREAS = "V1:1-8,V4:9-12,IT:13-16"

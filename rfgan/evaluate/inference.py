@@ -18,15 +18,7 @@ from PIL import Image
 from torch import Tensor
 
 from rfgan import storage
-from rfgan.data.format import DatasetInfo, read_info, read_rfs, read_split, to_tensors
-from rfgan.data.rf import RFTable
-from rfgan.errors import DataError, UsageError
-from rfgan.evaluate.features import FeatureNets
-from rfgan.evaluate.ridge import RIDGE_KIND, fit_ridge, load_ridge, save_ridge
-from rfgan.evaluate.table import per_image_metrics, summarize
-from rfgan.gan.build import build_gan
-from rfgan.run.artifacts import save_grid
-from rfgan.run.checkpoint import (
+from rfgan.checkpoint import (
     check_data_matches,
     checkpoint_kind,
     existing_checkpoints,
@@ -35,6 +27,14 @@ from rfgan.run.checkpoint import (
     local_copy,
     read_checkpoint,
 )
+from rfgan.data.format import DatasetInfo, read_info, read_rfs, read_split, to_tensors
+from rfgan.data.rf import RFTable
+from rfgan.errors import DataError, UsageError
+from rfgan.evaluate.features import FeatureNets
+from rfgan.evaluate.grid import save_grid
+from rfgan.evaluate.ridge import RIDGE_KIND, fit_ridge, load_ridge, save_ridge
+from rfgan.evaluate.table import per_image_metrics, summarize
+from rfgan.gan.build import build_gan
 
 BATCH = 64
 GRID_IMAGES = 8  # pairs in the eval grid

@@ -19,6 +19,7 @@ from torchmetrics.functional.image import (
     structural_similarity_index_measure,
 )
 
+from rfgan.gan.losses import to_luma
 from rfgan.gan.vgg import VGGFeatures
 
 __all__ = [
@@ -51,9 +52,6 @@ PSNR_CAP_DB = 100.0
 CORR_EPS = 1e-8
 METRIC_NAMES: tuple[str, ...] = ("psnr", "ssim", "pixel_corr", "feature_corr")
 
-# Rec. 601 luma weights for R, G, B.
-_LUMA = (0.299, 0.587, 0.114)
-
 
 def _check_pair(fake: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     """Validate a (B, C, H, W) pair and return both as float32 (metrics in half precision lose digits)."""
@@ -67,16 +65,6 @@ def _check_pair(fake: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         # uint8 images would silently give nonsense with data_range 1.0.
         raise ValueError(f"expected float images in [0, 1], got fake {fake.dtype} and target {target.dtype}")
     return fake.float(), target.float()
-
-
-def to_luma(x: Tensor) -> Tensor:
-    """(B, 3, H, W) RGB in [0, 1] -> (B, 1, H, W) Rec. 601 luma; (B, 1, H, W) is returned as is."""
-    if x.ndim != 4 or x.shape[1] not in (1, 3):
-        raise ValueError(f"to_luma expects (B, 1, H, W) or (B, 3, H, W), got {tuple(x.shape)}")
-    if x.shape[1] == 1:
-        return x
-    # Python-float weights are kernel arguments: no weight tensor to copy to the device on every call.
-    return _LUMA[0] * x[:, 0:1] + _LUMA[1] * x[:, 1:2] + _LUMA[2] * x[:, 2:3]  # (B, 1, H, W)
 
 
 def psnr(fake: Tensor, target: Tensor) -> Tensor:

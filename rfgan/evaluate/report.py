@@ -19,11 +19,11 @@ import torch
 from torchvision.transforms.functional import to_pil_image
 
 from rfgan import __version__, storage
+from rfgan.checkpoint import CURVES_FILE
 from rfgan.data.format import iter_split, read_info, read_rfs, to_tensors
 from rfgan.errors import DataError
 from rfgan.evaluate.inference import Decoder, eval_file, load_decoder
 from rfgan.evaluate.table import METRICS, feature_nets_text, mean_se_text
-from rfgan.run.artifacts import CURVES_FILE
 
 GRID_IMAGES = 8
 DISPLAY_PX = 128  # images are shown at least this wide, pixelated rather than blurred

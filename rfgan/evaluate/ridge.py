@@ -18,11 +18,11 @@ import torch
 from torch import Tensor, nn
 
 from rfgan import storage
+from rfgan.checkpoint import CONTENT_FILES, STATE_FILE, CheckpointFiles, write_checkpoint
 from rfgan.data.format import DatasetInfo, iter_split, read_info, to_tensors
 from rfgan.data.rf import RFTable
 from rfgan.errors import DataError
 from rfgan.evaluate.metrics import sum_dtype
-from rfgan.run.checkpoint import CONTENT_FILES, STATE_FILE, CheckpointFiles, write_checkpoint
 
 RIDGE_KIND = "ridge"
 CHECKPOINT_NAME = "checkpoint_ridge"

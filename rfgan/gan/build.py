@@ -12,9 +12,10 @@ from torch import nn
 
 from rfgan.config import Config, ConfigError, ModelConfig
 from rfgan.data.format import DatasetInfo
-from rfgan.data.rf import RFInput, RFProjection, RFTable, rf_mask
+from rfgan.data.rf import RFTable, rf_mask
 from rfgan.gan.linear_base import LinearBaseGenerator
 from rfgan.gan.models import PatchDiscriminator, ReferenceDiscriminator, ReferenceGenerator, UNetGenerator, init_weights
+from rfgan.gan.rf_input import RFInput, RFProjection
 from rfgan.gan.vgg import VGGFeatures
 
 
@@ -123,7 +124,6 @@ def build_gan(cfg: Config, info: DatasetInfo, rfs: RFTable, with_vgg: bool = Tru
             convs_per_block=m.g_convs_per_block,
             n_res=m.n_res,
             dropout=m.dropout,
-            layout=m.g_layout,
         )
     init_weights(generator, m.init_std, m.init)
     if m.linear_base:
@@ -170,9 +170,8 @@ def _cond_channels(m: ModelConfig, projection: RFProjection) -> int:
 
 @functools.cache
 def native_bf16(device_type: str) -> bool:
-    """Whether `device_type` multiplies bf16 matrices in hardware: there bf16 autocast is 2-5x faster than fp32 (the
-    `medium` bench on an AMX CPU: 4.9x against the reference loop, 1.4x in fp32); elsewhere bf16 is emulated, slower
-    than fp32."""
+    """Whether `device_type` multiplies bf16 matrices in hardware: there bf16 autocast is several times faster than
+    fp32 (docs/benchmarks.md); elsewhere bf16 is emulated, slower than fp32."""
     if device_type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if device_type == "cpu":

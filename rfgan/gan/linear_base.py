@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from rfgan.data.rf import RFInput
+from rfgan.gan.rf_input import RFInput
 
 # The base is kept this far inside (0, 1), so that the CNN can still move a pixel the ridge image saturates.
 BASE_MARGIN = 1e-3

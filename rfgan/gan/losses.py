@@ -1,4 +1,4 @@
-"""Losses for rfgan: adversarial (on logits), pixel and VGG19 feature losses.
+"""Losses for rfgan: adversarial (on logits), pixel, SSIM and VGG19 feature losses.
 
 Every loss is a pure function returning a scalar tensor; none calls backward and none reads values back to the
 host, so they are safe inside compiled or distributed training steps.
@@ -13,9 +13,9 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchmetrics.functional.image import structural_similarity_index_measure
 
 from rfgan.config import ADV_KINDS, PIXEL_KINDS, REFERENCE_VGG_WEIGHTS
-from rfgan.evaluate.metrics import ssim, to_luma
 from rfgan.gan.vgg import VGGFeatures
 
 AdvKind = Literal["nonsaturating", "minimax", "lsgan"]
@@ -49,11 +49,6 @@ def d_fake_loss(fake_logits: Tensor, kind: AdvKind = "nonsaturating") -> Tensor:
     if kind == "lsgan":
         return fake_logits.pow(2).mean()
     return F.softplus(fake_logits).mean()  # BCE(sigmoid(l), 0) = -log(1 - sigmoid(l))
-
-
-def d_adv_loss(real_logits: Tensor, fake_logits: Tensor, kind: AdvKind = "nonsaturating") -> Tensor:
-    """errD = errD_real + errD_fake."""
-    return d_real_loss(real_logits, kind) + d_fake_loss(fake_logits, kind)
 
 
 def g_adv_loss(fake_logits: Tensor, kind: AdvKind = "nonsaturating") -> Tensor:
@@ -114,11 +109,25 @@ def _gaussian_band(n: int, device: torch.device) -> Tensor:
     return band.to(device, torch.float32)
 
 
+# Rec. 601 luma weights for R, G, B.
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def to_luma(x: Tensor) -> Tensor:
+    """(B, 3, H, W) RGB in [0, 1] -> (B, 1, H, W) Rec. 601 luma; (B, 1, H, W) is returned as is."""
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"to_luma expects (B, 1, H, W) or (B, 3, H, W), got {tuple(x.shape)}")
+    if x.shape[1] == 1:
+        return x
+    # Python-float weights are kernel arguments: no weight tensor to copy to the device on every call.
+    return _LUMA[0] * x[:, 0:1] + _LUMA[1] * x[:, 1:2] + _LUMA[2] * x[:, 2:3]  # (B, 1, H, W)
+
+
 def _ssim_luma(fake: Tensor, target: Tensor) -> Tensor:
     """(B,) SSIM of luma images (B, 1, H, W): the values of rfgan.evaluate.metrics.ssim (torchmetrics), computed
     with the separable Gaussian window as two matrix products. torchmetrics' one-channel 11×11 convolution has a
-    backward that took ~90 % of a CPU training step (0.24 s of 0.26 s at 32×96×96 in bf16); these products cost
-    milliseconds. fp32 even under autocast: σ² = E[x²] - E[x]² loses every digit in bf16."""
+    backward that dominated a CPU training step (docs/benchmarks.md); these products are cheap. fp32 even under
+    autocast: σ² = E[x²] - E[x]² loses every digit in bf16."""
     with torch.autocast(fake.device.type, enabled=False):
         x, y = fake.float()[:, 0], target.float()[:, 0]  # (B, H, W)
         rows, cols = _gaussian_band(x.shape[1], x.device), _gaussian_band(x.shape[2], x.device)
@@ -139,7 +148,8 @@ def ssim_loss(fake: Tensor, target: Tensor, mask: Tensor | None = None) -> Tenso
     the SSIM row of `rfgan eval`, as a loss. Differentiable in ``fake``."""
     fake, target = apply_mask(fake, mask), apply_mask(target, mask)
     if min(fake.shape[-2:]) <= _SSIM_TAPS // 2:
-        return 1 - ssim(fake, target).mean()  # too small to reflect the window's half inside: torchmetrics' error
+        # Too small to reflect the window's half inside: torchmetrics' SSIM, which says why.
+        return 1 - structural_similarity_index_measure(to_luma(fake), to_luma(target), data_range=1.0)
     return 1 - _ssim_luma(to_luma(fake), to_luma(target)).mean()
 
 

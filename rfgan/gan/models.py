@@ -11,12 +11,9 @@ from collections.abc import Iterable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
-from rfgan.config import G_LAYOUTS, INIT_KINDS
-from rfgan.data.rf import RFInput
-
-_NORM_KINDS = ("batch", "instance", "none")
+from rfgan.config import INIT_KINDS, NORM_KINDS
+from rfgan.gan.rf_input import RFConv2d, RFInput
 
 
 def _check_divisible(x: Tensor | RFInput, divisor: int, owner: str) -> None:
@@ -44,8 +41,8 @@ def _check_min_size(x: Tensor | RFInput, min_size: int, owner: str) -> None:
 
 
 def _check_norm(norm: str) -> None:
-    if norm not in _NORM_KINDS:
-        raise ValueError(f"norm must be one of {_NORM_KINDS}, got {norm!r}")
+    if norm not in NORM_KINDS:
+        raise ValueError(f"norm must be one of {NORM_KINDS}, got {norm!r}")
 
 
 def _norm_layer(norm: str, channels: int) -> nn.Module:
@@ -57,10 +54,10 @@ def _norm_layer(norm: str, channels: int) -> nn.Module:
     return nn.Identity()
 
 
-def _conv_bn_relu(in_channels: int, out_channels: int, bias: bool = False) -> nn.Sequential:
+def _conv_bn_relu(in_channels: int, out_channels: int, bias: bool = False, conv: type = nn.Conv2d) -> nn.Sequential:
     # No conv bias by default: BatchNorm's shift makes it redundant (the original layout keeps it, as model_file.py).
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=bias),
+        conv(in_channels, out_channels, 3, padding=1, bias=bias),
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
     )
@@ -70,67 +67,6 @@ def _to_unit_range(x: Tensor) -> Tensor:
     return (torch.tanh(x) + 1) / 2
 
 
-# --------------------------------------------------------------------------- the first layer, from compact input
-
-
-def rf_conv2d(conv: nn.Conv2d, x: RFInput) -> Tensor:
-    """conv(x.dense()) without building the dense input: conv is linear in it, and channel c of the input is
-    Σ r_e·M_e over the electrodes e of channel c, so conv(x) = Σ_e r_e·(W[:, c(e)] ⋆ M_e) + conv(noise) + bias.
-    The filtered maps W ⋆ M_e cost one sample's convolution (a batched matmul with the maps' patches, unfolded
-    once), and the batch is one (B×E)·(E×C_out·L) matmul: about k² times fewer FLOPs than the direct conv.
-    Returns (B, C_out, H', W')."""
-    if conv.groups != 1 or conv.dilation != (1, 1) or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-        return conv(x.dense())  # geometries the generators do not use: build the stack
-    (k, _), (stride, _), (pad, _) = conv.kernel_size, conv.stride, conv.padding
-    weight = conv.weight  # (C_out, C_in, k, k)
-    c_out, e = weight.shape[0], len(x.maps)
-    patches = x.unfold(k, stride, pad)  # (E, k·k, L)
-    per_electrode = weight[:, x.channel].transpose(0, 1).reshape(e, c_out, k * k)  # (E, C_out, k·k)
-    h_out = (x.maps.shape[1] + 2 * pad - k) // stride + 1
-    n_out = c_out * patches.shape[-1]
-    chunk = max(1, FILTERED_MAPS_BYTES // (4 * n_out))
-    if chunk >= e:
-        out = _filtered_matmul(per_electrode, patches, x.responses)
-    else:
-        # Many electrodes × wide layers (1,024 × the SegNet's 64 maps at 96×96 is 2.4 GB of filtered maps): sum over
-        # groups of electrodes, each recomputed in backward rather than kept, so memory stays bounded.
-        out = sum(
-            checkpoint(_filtered_matmul, per_electrode[i : i + chunk], patches[i : i + chunk],
-                       x.responses[:, i : i + chunk], use_reentrant=False)
-            for i in range(0, e, chunk)
-        )  # fmt: skip
-    out = out.view(-1, c_out, h_out, patches.shape[-1] // h_out)
-    if x.noise is not None:
-        out = out + F.conv2d(x.noise, weight[:, x.n_signal :], stride=stride, padding=pad)
-    if conv.bias is not None:
-        out = out + conv.bias[:, None, None]
-    return out
-
-
-# Above this many bytes of filtered maps (E × C_out × L float32), rf_conv2d works through the electrodes in groups.
-FILTERED_MAPS_BYTES = 256 * 2**20
-
-
-def _filtered_matmul(per_electrode: Tensor, patches: Tensor, responses: Tensor) -> Tensor:
-    """Σ_e r_e·(W_e ⋆ M_e) over a group of electrodes: (E, C_out, k·k), (E, k·k, L), (B, E) → (B, C_out·L)."""
-    filtered = torch.bmm(per_electrode.to(patches.dtype), patches)  # (E, C_out, L): W[:, c(e)] ⋆ M_e
-    return responses @ filtered.reshape(len(filtered), -1)
-
-
-def _forward_rf(module: nn.Module, x: Tensor | RFInput) -> Tensor:
-    """module(x), where x may be compact: then the module's first layer, a conv, takes it with rf_conv2d."""
-    if isinstance(x, Tensor):
-        return module(x)
-    if isinstance(module, nn.Conv2d):
-        return rf_conv2d(module, x)
-    if isinstance(module, nn.Sequential) and len(module):
-        h = _forward_rf(module[0], x)
-        for layer in list(module)[1:]:
-            h = layer(h)
-        return h
-    raise TypeError(f"{type(module).__name__} cannot take a compact RF input; give it x.dense()")
-
-
 # --------------------------------------------------------------------------- reference G
 
 
@@ -138,24 +74,34 @@ class _EncoderBlock(nn.Module):
     """VGG-style conv block followed by a max-pool that remembers where the maxima were, then (original layout,
     blocks 1–4) dropout on the pooled map."""
 
-    def __init__(self, in_channels: int, out_channels: int, n_convs: int, bias: bool, dropout: float) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, n_convs: int, bias: bool, dropout: float, first: bool = False
+    ) -> None:
         super().__init__()
+        # The generator's first block takes its input, which may be compact: an RFConv2d reads it.
         self.convs = nn.Sequential(
-            *(_conv_bn_relu(in_channels if i == 0 else out_channels, out_channels, bias) for i in range(n_convs))
+            *(
+                _conv_bn_relu(
+                    in_channels if i == 0 else out_channels,
+                    out_channels,
+                    bias,
+                    RFConv2d if first and i == 0 else nn.Conv2d,
+                )
+                for i in range(n_convs)
+            )
         )
         self.pool = nn.MaxPool2d(2, return_indices=True)
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()  # no parameters: state_dict keys unchanged
 
     def forward(self, x: Tensor | RFInput) -> tuple[Tensor, Tensor, torch.Size]:
-        features = _forward_rf(self.convs, x)  # (B, C, H, W)
+        features = self.convs(x)  # (B, C, H, W)
         pooled, indices = self.pool(features)  # (B, C, ⌊H/2⌋, ⌊W/2⌋) twice
         return self.drop(pooled), indices, features.shape
 
 
 class _DecoderBlock(nn.Module):
     """Unpools with the matching encoder's indices to the encoder's size (odd sides round-trip), then convs down to
-    the next width. rfgan's layout ends each non-final block with a dropout layer (`end_dropout`); the original has
-    none there but drops right after the unpool (`start_dropout`)."""
+    the next width; `start_dropout` drops right after the unpool, as the original does."""
 
     def __init__(
         self,
@@ -163,10 +109,9 @@ class _DecoderBlock(nn.Module):
         out_channels: int,
         n_convs: int,
         final: bool,
-        end_dropout: float | None = None,
         start_dropout: float = 0.0,
         hidden: int | None = None,
-        bias: bool = False,
+        bias: bool = True,
     ) -> None:
         super().__init__()
         self.unpool = nn.MaxUnpool2d(2)
@@ -178,8 +123,6 @@ class _DecoderBlock(nn.Module):
             layers.append(nn.Conv2d(widths[-1], out_channels, 3, padding=1))
         else:
             layers.append(_conv_bn_relu(widths[-1], out_channels, bias))
-            if end_dropout is not None:
-                layers.append(nn.Dropout(end_dropout))
         self.convs = nn.Sequential(*layers)
 
     def forward(self, x: Tensor, indices: Tensor, size: torch.Size) -> Tensor:
@@ -188,21 +131,18 @@ class _DecoderBlock(nn.Module):
 
 
 class _ResidualBlock(nn.Module):
-    """x + bn2(conv2(relu(bn1(conv1(x))))), and in the original layout a ReLU after the sum (RF_GANsynth
-    model_file.py:293-302)."""
+    """relu(x + bn2(conv2(relu(bn1(conv1(x)))))) (RF_GANsynth model_file.py:293-302)."""
 
-    def __init__(self, channels: int, relu_after_sum: bool = False) -> None:
+    def __init__(self, channels: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
             _conv_bn_relu(channels, channels),
             nn.Conv2d(channels, channels, 3, padding=1, bias=False),
             nn.BatchNorm2d(channels),
         )
-        self.relu_after_sum = relu_after_sum
 
     def forward(self, x: Tensor) -> Tensor:
-        y = x + self.body(x)
-        return F.relu(y) if self.relu_after_sum else y
+        return F.relu(x + self.body(x))
 
 
 class ReferenceGenerator(nn.Module):
@@ -211,11 +151,9 @@ class ReferenceGenerator(nn.Module):
     Decoder blocks reuse the encoder's max-pool indices, so spatial detail flows back without concatenated skips;
     unpooling to the encoder's sizes round-trips any side of at least 2**len(widths) (240 px included).
 
-    `layout="original"` is RF_GANsynth's model_file.py (ResblocksDeconv) as it is: conv biases before BatchNorm,
-    dropout after pools 1–4 and after unpools 5–2 (8 layers at 5 blocks), a ReLU after each residual sum, and a
-    last decoder block of 64→32→3; 53,136,835 parameters at 191 inputs. `layout="rfgan"` (the default, which older
-    checkpoints hold) has no conv biases before BatchNorm, dropout at the end of decoder blocks 5–2 only, no ReLU
-    after the residual sum and a last block of 64→64→3.
+    The layout is RF_GANsynth's model_file.py (ResblocksDeconv) as it is: conv biases before BatchNorm, dropout after
+    pools 1–4 and after unpools 5–2 (8 layers at 5 blocks), a ReLU after each residual sum, and a last decoder block
+    of 64→32→3; 53,136,835 parameters at 191 inputs (docs/fidelity.md).
     """
 
     def __init__(
@@ -226,7 +164,6 @@ class ReferenceGenerator(nn.Module):
         convs_per_block: Sequence[int] = (2, 2, 3, 3, 3),
         n_res: int = 5,
         dropout: float = 0.5,
-        layout: str = "rfgan",
     ) -> None:
         super().__init__()
         if len(widths) != len(convs_per_block) or not widths:
@@ -234,17 +171,14 @@ class ReferenceGenerator(nn.Module):
                 f"widths and convs_per_block must be non-empty and of equal length; "
                 f"got {len(widths)} and {len(convs_per_block)}"
             )
-        if layout not in G_LAYOUTS:
-            raise ValueError(f"layout must be one of {G_LAYOUTS}, got {layout!r}")
-        original = layout == "original"
         self.min_size = 2 ** len(widths)
         n = len(widths)
         ins = (in_channels, *widths[:-1])
         self.encoder = nn.ModuleList(
-            _EncoderBlock(c_in, c_out, k, bias=original, dropout=dropout if original and i < n - 1 else 0.0)
+            _EncoderBlock(c_in, c_out, k, bias=True, dropout=dropout if i < n - 1 else 0.0, first=i == 0)
             for i, (c_in, c_out, k) in enumerate(zip(ins, widths, convs_per_block))
         )
-        self.bottleneck = nn.Sequential(*(_ResidualBlock(widths[-1], relu_after_sum=original) for _ in range(n_res)))
+        self.bottleneck = nn.Sequential(*(_ResidualBlock(widths[-1]) for _ in range(n_res)))
         outs = (out_channels, *widths[:-1])
         mirrored = reversed(list(enumerate(zip(widths, outs, convs_per_block))))
         # Stored deepest first, in the order forward runs them.
@@ -254,10 +188,8 @@ class ReferenceGenerator(nn.Module):
                 c_out,
                 k,
                 final=i == 0,
-                end_dropout=None if original else dropout,
-                start_dropout=dropout if original and i > 0 else 0.0,
-                hidden=max(1, c_in // 2) if original and i == 0 else None,  # model_file.py:147-150: 64→32→3
-                bias=original,
+                start_dropout=dropout if i > 0 else 0.0,
+                hidden=max(1, c_in // 2) if i == 0 else None,  # model_file.py:147-150: 64→32→3
             )
             for i, (c_in, c_out, k) in mirrored
         )
@@ -372,7 +304,7 @@ class UNetGenerator(nn.Module):
             level = _UNetLevel(widths[depth - 1], widths[depth], level, norm, level_dropout)
         # Outermost: no activation/norm on the raw input, no skip around the whole net.
         self.model = nn.Sequential(
-            nn.Conv2d(in_channels, widths[0], 4, stride=2, padding=1),
+            RFConv2d(in_channels, widths[0], 4, stride=2, padding=1),
             level,
             nn.ReLU(inplace=True),
             nn.ConvTranspose2d(2 * widths[0], out_channels, 4, stride=2, padding=1),
@@ -381,7 +313,7 @@ class UNetGenerator(nn.Module):
     def forward(self, x: Tensor | RFInput) -> Tensor:
         """Map (B, in_channels, H, W) RF inputs, dense or compact, to (B, out_channels, H, W) images in [0, 1]."""
         _check_divisible(x, self.divisor, type(self).__name__)
-        return _to_unit_range(_forward_rf(self.model, x))
+        return _to_unit_range(self.model(x))
 
 
 # --------------------------------------------------------------------------- PatchGAN D

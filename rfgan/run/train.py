@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from rfgan import storage
+from rfgan.checkpoint import SCORE, intact_checkpoints, load_checkpoint, open_checkpoint, save_checkpoint, unwrap
 from rfgan.config import Config
 from rfgan.data.format import DatasetInfo, open_split, read_info, read_rfs, to_tensors
 from rfgan.data.rf import RFTable
@@ -32,7 +33,6 @@ from rfgan.gan.losses import apply_mask
 from rfgan.gan.step import StepLosses, train_step
 from rfgan.gan.vgg import load_vgg19_state_dict
 from rfgan.run.artifacts import RunArtifacts
-from rfgan.run.checkpoint import SCORE, intact_checkpoints, load_checkpoint, open_checkpoint, save_checkpoint, unwrap
 from rfgan.run.shard_cache import ShardCache
 
 # Ray Train's record of a run's checkpoints, in the run directory (ray.train.v2 constants).

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rfgan import storage
-from rfgan.run.checkpoint import SCORE
+from rfgan.checkpoint import SCORE
 from rfgan.sweep.runner import trial_config, trial_params
 from rfgan.sweep.space import SWITCH_SUFFIX, Range
 

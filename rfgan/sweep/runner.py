@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from rfgan import storage
+from rfgan.checkpoint import SCORE
 from rfgan.config import Config, ConfigError, flatten
-from rfgan.run.checkpoint import SCORE
 from rfgan.run.train import fit, run_paths
 from rfgan.sweep.space import DefineByRun, Range, overrides_from_trial, start_point, validate_space
 

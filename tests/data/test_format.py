@@ -92,7 +92,11 @@ def test_wrong_image_length_is_refused(copy):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda m: m.update(schema_version=99), "schema_version 99 is not supported"),
+        (lambda m: m.update(schema_version=99), "schema_version 99 was written by another rfgan version"),
+        (
+            lambda m: m.update(schema_version=1),
+            "schema_version 1 was written by an rfgan from before its first release",
+        ),
         (lambda m: m.update(format="other"), "'format'"),
         (lambda m: m.pop("fov_deg"), "fov_deg"),
         (lambda m: m.update(channels=4), "channels is 4"),
@@ -163,7 +167,7 @@ def test_check_of_a_dataset_with_a_missing_shard_says_so(ray_session, copy, caps
 
 def test_metadata_lists_every_shard_with_its_rows(tiny_dataset):
     meta = json.loads((tiny_dataset / "metadata.json").read_text())
-    assert meta["schema_version"] == 1
+    assert (meta["schema_version"], meta["image_encoding"]) == (2, "raw")
     assert meta["shards"] == {
         split: [{"file": f"{split}/part-{k:05d}.parquet", "rows": n} for k, n in enumerate(rows)]
         for split, rows in (("train", [16, 16, 8]), ("val", [12]))
@@ -200,15 +204,12 @@ def test_a_shard_with_fewer_rows_is_refused(copy):
         read_split(copy, "train")
 
 
-def test_a_dataset_written_before_shards_were_listed_is_read_and_checked_by_its_total(copy):
+def test_a_dataset_without_its_shard_list_is_refused(copy):
     meta = json.loads((copy / "metadata.json").read_text())
     del meta["shards"]
     (copy / "metadata.json").write_text(json.dumps(meta))
-    assert read_info(copy).shards is None
-    assert len(read_split(copy, "train")["sample_id"]) == TINY.n_train
-    (copy / "train" / "part-00002.parquet").unlink()  # the last 8 rows
-    with pytest.raises(DataError, match="hold 32 rows but metadata.json says 40; a shard is missing.*re-create"):
-        read_split(copy, "train")
+    with pytest.raises(DataError, match=r"missing key\(s\) \['shards'\]"):
+        read_info(copy)
 
 
 def test_shards_that_contradict_the_splits_are_refused(copy):
@@ -278,7 +279,7 @@ def test_png_images_read_back_identical_to_raw(tiny_dataset, png_dataset, tmp_pa
         make_synth(png, spec, image_encoding="png")
     meta = json.loads((png / "metadata.json").read_text())
     assert meta["schema_version"] == 2 and meta["image_encoding"] == "png"
-    assert json.loads((raw / "metadata.json").read_text())["schema_version"] == 1  # raw: still readable by older rfgan
+    assert json.loads((raw / "metadata.json").read_text())["image_encoding"] == "raw"
     for split in ("train", "val"):
         want, got = read_split(raw, split), read_split(png, split)
         for key in want:
@@ -320,11 +321,11 @@ def test_a_png_column_in_a_raw_dataset_is_refused(png_dataset, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(png_dataset, copy)
     meta = json.loads((copy / "metadata.json").read_text())
-    meta.update(schema_version=1)  # version 1 knows raw pixels only: the PNG column does not fit it
+    meta.update(image_encoding="raw")  # metadata that says raw pixels over a PNG column
     (copy / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(DataError, match=r"column 'image' has type binary, expected fixed_size_list"):
         read_split(copy, "train")
-    meta.update(schema_version=2, image_encoding="jpeg")
+    meta.update(image_encoding="jpeg")
     (copy / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(DataError, match=r"image_encoding 'jpeg' is not one of \['raw', 'png'\]"):
         read_info(copy)

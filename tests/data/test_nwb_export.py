@@ -1,4 +1,4 @@
-"""rfgan export --nwb: a dataset written as NWB with pynwb, read back by rfgan's own ingest-nwb to the same responses,
+"""rfgan export: a dataset written as NWB with pynwb, read back by rfgan's own ingest-nwb to the same responses,
 images and RF table."""
 
 import dataclasses
@@ -32,7 +32,7 @@ def rows_in_order(path, splits):
 
 def test_export_reads_back_to_the_same_rows_images_and_rfs(dataset, tmp_path, capsys):
     nwb = tmp_path / "ds.nwb"
-    assert main(["export", "--nwb", "--data", str(dataset), "--out", str(nwb)]) == 0
+    assert main(["export", "--data", str(dataset), "--out", str(nwb)]) == 0
     out = capsys.readouterr()
     images = SPEC.n_train + SPEC.n_val + SPEC.n_test
     rows = 2 * images
@@ -65,7 +65,7 @@ def test_export_reads_back_to_the_same_rows_images_and_rfs(dataset, tmp_path, ca
 
 def test_export_of_one_split(dataset, tmp_path):
     nwb = tmp_path / "val.nwb"
-    assert main(["export", "--nwb", "--data", str(dataset), "--out", str(nwb), "--split", "val", "--quiet"]) == 0
+    assert main(["export", "--data", str(dataset), "--out", str(nwb), "--split", "val", "--quiet"]) == 0
     want = rows_in_order(dataset, ("val",))
     with NWBHDF5IO(nwb, "r") as io:
         f = io.read()
@@ -87,7 +87,7 @@ def test_bad_export_is_one_line_exit_2_nothing_written(dataset, tmp_path, capsys
         data = tmp_path / "no-test"
         make_synth(data, dataclasses.replace(SPEC, n_test=0))
     before = tree(tmp_path)
-    argv = ["export", "--nwb", "--data", str(data), "--out", str(out), "--quiet"]
+    argv = ["export", "--data", str(data), "--out", str(out), "--quiet"]
     assert main([*argv, *(["--split", "test"] if case == "no such split" else [])]) == 2
     err = one_line_error(capsys, "export")
     assert {
@@ -104,6 +104,6 @@ def test_a_failure_while_writing_leaves_no_file(dataset, tmp_path, monkeypatch, 
         raise OSError("disk full")
 
     monkeypatch.setattr("rfgan.data.nwb_export.decode_table", broken)  # fails mid-write, once pynwb reads the rows
-    assert main(["export", "--nwb", "--data", str(dataset), "--out", str(tmp_path / "x.nwb"), "--quiet"]) != 0
+    assert main(["export", "--data", str(dataset), "--out", str(tmp_path / "x.nwb"), "--quiet"]) != 0
     assert "disk full" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []

@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from rfgan.data.rf import RFProjection, RFTable, pixel_grid, rf_maps, rf_mask, rfs_outside_window
+from rfgan.data.rf import RFTable, pixel_grid, rf_maps, rf_mask, rfs_outside_window
 from rfgan.errors import DataError
+from rfgan.gan.rf_input import RFProjection
 
 
 def table(x, y, s, area=None):

@@ -14,7 +14,7 @@ from conftest import TINY, interrupt_on_shard, make_synth, one_line_error, run_i
 
 import rfgan
 from rfgan.cli import main
-from rfgan.data import format as fmt
+from rfgan.data import write as writer
 from rfgan.data.format import read_info, read_split
 from rfgan.errors import DataError
 
@@ -146,16 +146,15 @@ def test_stale_staging_beside_out_is_removed_on_the_next_write(tmp_path):
             os.utime(p, (when, when))
         return folder
 
-    host, day = fmt._host(), fmt.STALE_AFTER_S
+    host, day = writer._host(), writer.STALE_AFTER_S
     stale = [
         leftover(f".ds.tmp-{host}-{dead_pid()}-0123abcd"),  # its writer is gone
         leftover(f".ds.old-{host}-{dead_pid()}-0123abce"),  # a replaced dataset a killed write had moved aside
-        leftover(".ds.tmp-89abcdef", age_s=day + 60),  # an older rfgan's, untouched for over a day
         leftover(f".ds.tmp-otherhost-{os.getpid()}-0123abcf", age_s=day + 60),
     ]
     live = [
         leftover(f".ds.tmp-{host}-{os.getpid()}-456789ab"),  # a writer still running here
-        leftover(".ds.tmp-456789ac", age_s=day - 600),  # recent: maybe a live writer on another host
+        leftover(".ds.tmp-456789ac", age_s=day + 60),  # no name rfgan writes (no host, no pid): not rfgan's
         leftover(f".ds.tmp-otherhost-{dead_pid()}-456789ad"),  # another host's ids say nothing here
         leftover(f".other.tmp-{host}-{dead_pid()}-456789ae"),  # another --out's
     ]

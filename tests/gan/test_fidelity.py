@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 from rfgan.config import preset
-from rfgan.data.rf import RFProjection, RFTable, rf_maps, rf_mask
+from rfgan.data.rf import RFTable, rf_maps, rf_mask
 from rfgan.gan.build import build_gan, build_optimizers, check_compatible
 from rfgan.gan.models import ReferenceGenerator, _ResidualBlock, count_parameters
+from rfgan.gan.rf_input import RFProjection
 from rfgan.gan.step import train_step
 
 SMALL = dict(widths=(8, 8, 16, 16, 16), n_res=1)
@@ -30,7 +31,7 @@ def _original_convs(c_in: int) -> list[tuple[int, int, bool]]:
 
 
 def test_original_layout_has_the_originals_layers_and_53_136_835_parameters():
-    g = ReferenceGenerator(191, layout="original")
+    g = ReferenceGenerator(191)
     convs = [(m.in_channels, m.out_channels, m.bias is not None) for m in g.modules() if isinstance(m, nn.Conv2d)]
     assert convs == _original_convs(191)
     assert all(m.kernel_size == (3, 3) and m.padding == (1, 1) for m in g.modules() if isinstance(m, nn.Conv2d))
@@ -56,21 +57,16 @@ def _call_order(g: nn.Module, x: torch.Tensor) -> list[str]:
 
 def test_original_layout_drops_out_after_pools_1_to_4_and_unpools_5_to_2():
     # model_file.py:167,177,190,203 (after pools) and 224,236,248,261 (after unpools): 8 layers, p = 0.5
-    order = _call_order(ReferenceGenerator(3, layout="original", **SMALL).train(), torch.randn(2, 3, 32, 32))
+    order = _call_order(ReferenceGenerator(3, **SMALL).train(), torch.randn(2, 3, 32, 32))
     pool, unpool, drop = "MaxPool2d", "MaxUnpool2d", "Dropout(0.5)"
     assert order == [pool, drop] * 4 + [pool] + [unpool, drop] * 4 + [unpool]
-
-
-def test_rfgan_layout_keeps_its_four_dropouts_at_the_ends_of_decoder_blocks():
-    order = _call_order(ReferenceGenerator(3, **SMALL).train(), torch.randn(2, 3, 32, 32))
-    assert order == ["MaxPool2d"] * 5 + ["MaxUnpool2d", "Dropout(0.5)"] * 4 + ["MaxUnpool2d"]
 
 
 def test_rfmasked_generator_has_no_dropout_and_pytorch_default_init(tiny_dataset):
     from rfgan.data.format import read_info, read_rfs
 
     cfg = preset("rfmasked")
-    assert (cfg.model.dropout, cfg.model.init, cfg.model.g_layout) == (0.0, "default", "original")
+    assert (cfg.model.dropout, cfg.model.init) == (0.0, "default")
     assert (cfg.optim.lr_g, cfg.optim.beta1, cfg.optim.beta2, cfg.optim.batch_size) == (1e-3, 0.9, 0.999, 4)
     torch.manual_seed(0)
     gan = build_gan(cfg, read_info(tiny_dataset), read_rfs(tiny_dataset), with_vgg=False)
@@ -82,7 +78,7 @@ def test_rfmasked_generator_has_no_dropout_and_pytorch_default_init(tiny_dataset
 
 def test_residual_block_ends_with_a_relu_in_the_original_layout():
     torch.manual_seed(0)
-    block = _ResidualBlock(4, relu_after_sum=True).eval()
+    block = _ResidualBlock(4).eval()
     x = torch.randn(2, 4, 5, 5)
     with torch.no_grad():
         y = block(x)
@@ -92,7 +88,7 @@ def test_residual_block_ends_with_a_relu_in_the_original_layout():
 
 def test_segnet_generator_round_trips_240_pixels():
     # RFmasked trains on 240×240 (RFconfidence_mask_split.py:40): 240 → 120 → 60 → 30 → 15 → 7 and back
-    g = ReferenceGenerator(3, layout="original", **SMALL)
+    g = ReferenceGenerator(3, **SMALL)
     assert g(torch.randn(2, 3, 240, 240)).shape == (2, 3, 240, 240)
     for name in ("reference", "rfmasked"):
         check_compatible(preset(name), SimpleNamespace(image_size=(240, 240)))  # no divisibility asked

@@ -11,7 +11,6 @@ from rfgan.errors import MissingVGGWeightsError
 from rfgan.evaluate.metrics import ssim
 from rfgan.gan.losses import (
     apply_mask,
-    d_adv_loss,
     d_fake_loss,
     d_real_loss,
     feature_loss,
@@ -65,27 +64,18 @@ def test_lsgan_d_losses_known_values():
     fake = torch.tensor([0.0, -2.0, 1.0, 1.0])  # (0 + 4 + 1 + 1) / 4 = 1.5
     torch.testing.assert_close(d_real_loss(real, "lsgan"), torch.tensor(2.0))
     torch.testing.assert_close(d_fake_loss(fake, "lsgan"), torch.tensor(1.5))
-    torch.testing.assert_close(d_adv_loss(real, fake, "lsgan"), torch.tensor(3.5))
 
 
 def test_bce_known_value_at_zero_logits():
     zeros = torch.zeros(3)
     ln2 = torch.log(torch.tensor(2.0))
-    torch.testing.assert_close(d_adv_loss(zeros, zeros), 2 * ln2)
+    torch.testing.assert_close(d_real_loss(zeros) + d_fake_loss(zeros), 2 * ln2)
     torch.testing.assert_close(g_adv_loss(zeros), ln2)
-
-
-@pytest.mark.parametrize("kind", ADV_KINDS)
-def test_d_adv_loss_is_sum_of_halves(kind):
-    total = d_adv_loss(REAL, FAKE, kind)
-    assert total.dim() == 0
-    torch.testing.assert_close(total, d_real_loss(REAL, kind) + d_fake_loss(FAKE, kind))
 
 
 @pytest.mark.parametrize(
     "fn",
     [
-        lambda k: d_adv_loss(REAL, FAKE, k),
         lambda k: d_real_loss(REAL, k),
         lambda k: d_fake_loss(FAKE, k),
         lambda k: g_adv_loss(FAKE, k),
@@ -107,14 +97,14 @@ def test_g_loss_decreases_as_fake_logits_increase(kind):
 def test_d_losses_gradient_signs():
     real = REAL.clone().requires_grad_(True)
     fake = FAKE.clone().requires_grad_(True)
-    d_adv_loss(real, fake).backward()
+    (d_real_loss(real) + d_fake_loss(fake)).backward()
     assert (real.grad < 0).all()  # D wants real logits up
     assert (fake.grad > 0).all()  # and fake logits down
 
 
 def test_bce_losses_stable_for_large_logits():
     big = torch.tensor([1e4, -1e4])
-    for value in (d_adv_loss(big, big), g_adv_loss(big), g_adv_loss(big, "minimax")):
+    for value in (d_real_loss(big), d_fake_loss(big), g_adv_loss(big), g_adv_loss(big, "minimax")):
         assert torch.isfinite(value)
 
 

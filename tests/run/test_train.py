@@ -11,12 +11,12 @@ import pytest
 import torch
 from conftest import SMALL_NETS, set_flags
 
+from rfgan.checkpoint import existing_checkpoints, find_checkpoint, load_checkpoint
 from rfgan.cli import main
 from rfgan.config import preset
 from rfgan.errors import ConfigError
 from rfgan.run import train
 from rfgan.run.artifacts import read_metrics_csv
-from rfgan.run.checkpoint import existing_checkpoints, find_checkpoint, load_checkpoint
 from rfgan.run.train import fit, preflight
 
 SMALL = {**SMALL_NETS, "optim.lr_g": 1e-3, "run.cpus_per_worker": 1}
@@ -252,7 +252,7 @@ def test_train_dry_run_of_the_reference_preset_shows_its_input_and_mask(tiny_dat
     # Issue 14: masked, unstandardised, maps summing to 1 over the field, and the original layout
     assert main(["train", "--preset", "reference", "--data", str(tiny_dataset), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    for shown in ('"mask": true', '"standardize": false', '"rf_norm": "sum_full"', '"g_layout": "original"'):
+    for shown in ('"mask": true', '"standardize": false', '"rf_norm": "sum_full"', '"init": "original"'):
         assert shown in out
     assert "input: raw responses (not standardised) x RF maps summing to 1 over the whole visual field" in out
     assert "mask: target and output multiplied by the RF mask" in out and "before D, VGG" in out

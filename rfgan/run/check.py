@@ -1,4 +1,5 @@
-"""`rfgan check`: read a dataset end to end the way training will, and say what is in it."""
+"""`rfgan check`: read a dataset end to end the way training will (Ray Data, the RF projection), and say what is in
+it."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from collections.abc import Iterator
 import numpy as np
 
 from rfgan.data.format import open_split, read_info, read_rfs, split_files, to_tensors
-from rfgan.data.rf import RFProjection, rf_mask
+from rfgan.data.rf import rf_mask
 from rfgan.errors import DataError
+from rfgan.gan.rf_input import RFProjection
 
 
 def check_dataset(path: str | os.PathLike, batch_size: int = 64, address: str | None = None) -> Iterator[str]:

@@ -6,8 +6,8 @@ import pytest
 import torch
 from conftest import trained
 
+from rfgan.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from rfgan.errors import DataError
-from rfgan.run.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from rfgan.run.train import RAY_SNAPSHOT, resume_point
 
 
@@ -49,6 +49,10 @@ def test_checkpoint_for_other_data_is_refused(tiny_dataset, tmp_path):
     state = json.loads((tmp_path / "c" / "state.json").read_text())
     (tmp_path / "c" / "state.json").write_text(json.dumps({**state, "checkpoint_version": 99}))
     with pytest.raises(DataError, match="checkpoint_version 99"):
+        load_checkpoint(tmp_path / "c")
+    # One written before this rfgan's format (its config may hold keys no longer read) is refused with its writer.
+    (tmp_path / "c" / "state.json").write_text(json.dumps({**state, "checkpoint_version": 1, "rfgan_version": "0.0.9"}))
+    with pytest.raises(DataError, match=r"checkpoint_version 1, written by rfgan 0.0.9, is not read by this rfgan"):
         load_checkpoint(tmp_path / "c")
     with pytest.raises(DataError, match="not an rfgan checkpoint"):
         load_checkpoint(tmp_path)

@@ -35,13 +35,18 @@ NETS_FILE, CONFIG_FILE, STATE_FILE, RFS_FILE, DATASET_FILE = (
     "dataset.json",
 )
 CONTENT_FILES = (NETS_FILE, CONFIG_FILE, RFS_FILE, DATASET_FILE)  # all but state.json, which lists their sizes
-CHECKPOINT_VERSION = 1
+# Version 1 (rfgan before its first release) could hold configs and datasets this rfgan no longer reads; it is
+# refused with the rfgan version that wrote it.
+CHECKPOINT_VERSION = 2
 # Checkpoints are ranked by validation SSIM: a reconstruction metric, comparable across runs and configs (the
 # adversarial losses are not).
 SCORE = "val_ssim"
-# What a checkpoint holds (state.json "kind"; absent in rfgan 0.1.0's, which are all GANs): a GAN, or the ridge
-# weights of `rfgan baseline`, which eval, reconstruct and report read too (rfgan.evaluate.inference).
+# What a checkpoint holds (state.json "kind"): a GAN, or the ridge weights of `rfgan baseline`, which eval,
+# reconstruct and report read too (rfgan.evaluate.inference).
 GAN_KIND = "gan"
+# The training curves a run directory holds beside its checkpoints (rfgan.run.artifacts writes them, the report
+# page shows them).
+CURVES_FILE = "curves.png"
 
 
 def unwrap(module: nn.Module | None) -> nn.Module | None:
@@ -186,15 +191,16 @@ def read_state(directory: str | os.PathLike) -> dict[str, Any]:
         raise DataError(f"{state_file}: cannot read it ({e}); the checkpoint is damaged.") from e
     if state.get("checkpoint_version") != CHECKPOINT_VERSION:
         raise DataError(
-            f"{directory}: checkpoint_version {state.get('checkpoint_version')} is not supported "
-            f"(this rfgan reads version {CHECKPOINT_VERSION})."
+            f"{directory}: checkpoint_version {state.get('checkpoint_version')}, written by rfgan "
+            f"{state.get('rfgan_version', '(unknown)')}, is not read by this rfgan {__version__} (it reads version "
+            f"{CHECKPOINT_VERSION}): train the model again with this rfgan, or read it with the rfgan that wrote it."
         )
     sizes = storage.file_sizes(directory)
     for name in CONTENT_FILES:
         if name not in sizes:
             raise DataError(f"{storage.join(directory, name)} is missing; the checkpoint is incomplete.")
-        expected = state.get("files", {}).get(name)  # checkpoints of rfgan 0.1.0 record no sizes
-        if expected is not None and sizes[name] != expected:
+        expected = state.get("files", {}).get(name)
+        if sizes[name] != expected:
             raise DataError(
                 f"{storage.join(directory, name)} has {sizes[name]} bytes, {expected} were written; "
                 "the checkpoint is damaged (cut short)."
@@ -258,7 +264,7 @@ def gan_checkpoint(files: CheckpointFiles, where: str | os.PathLike) -> Checkpoi
 
 def checkpoint_kind(state: dict[str, Any]) -> str:
     """The kind of model a checkpoint's state.json describes."""
-    return str(state.get("kind", GAN_KIND))
+    return str(state.get("kind"))
 
 
 @contextmanager

@@ -1,0 +1,376 @@
+"""Writing an rfgan dataset (for synth and ingest), safely: everything goes to a staging folder beside --out that
+replaces it in one rename once complete, so that a crash, Ctrl-C or bad input leaves no half-dataset that looks
+whole; an --out that is not a dataset (or a home folder) is refused before any work. The format itself is
+rfgan.data.format.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import socket
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from PIL import Image
+
+from rfgan import storage
+from rfgan.data.format import FORMAT, IMAGE_ENCODINGS, METADATA_FILE, RFS_FILE, SPLITS, DatasetInfo, parquet_schema
+from rfgan.data.rf import RFTable
+from rfgan.errors import DataError, UsageError
+
+# A staging folder left by a writer that was killed is removed by the next write to the same --out once nothing in
+# it has changed for this long (a live writer adds a shard every few seconds), or at once if its writer is known dead.
+STALE_AFTER_S = 24 * 3600
+
+
+@dataclass(frozen=True)
+class Samples:
+    """A chunk of rows of one split, in memory."""
+
+    sample_id: np.ndarray  # (n,) int64
+    image_id: np.ndarray  # (n,) int64
+    repeat: np.ndarray  # (n,) int32
+    responses: np.ndarray  # (n, E) float32
+    images: np.ndarray  # (n, H, W, C) uint8
+
+    def __len__(self) -> int:
+        return len(self.sample_id)
+
+
+# zlib level 1: on natural-like scenes it stores nearly level 6's bytes and encodes faster; decoding costs the same
+# (benchmarks/bench_image_encoding.py).
+PNG_LEVEL = 1
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """One (H, W, C) uint8 image as a PNG (grayscale for C = 1, RGB for C = 3)."""
+    out = io.BytesIO()
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(out, format="PNG", compress_level=PNG_LEVEL)
+    return out.getvalue()
+
+
+def _samples_to_table(s: Samples, schema: pa.Schema) -> pa.Table:
+    n, e = s.responses.shape
+    if pa.types.is_binary(schema.field("image").type):
+        image = pa.array([encode_png(im) for im in s.images], pa.binary())
+    else:
+        image = pa.FixedSizeListArray.from_arrays(pa.array(s.images.reshape(-1), pa.uint8()), s.images[0].size)
+    return pa.table(
+        {
+            "sample_id": pa.array(s.sample_id, pa.int64()),
+            "image_id": pa.array(s.image_id, pa.int64()),
+            "repeat": pa.array(s.repeat, pa.int32()),
+            "responses": pa.FixedSizeListArray.from_arrays(pa.array(s.responses.reshape(-1), pa.float32()), e),
+            "image": image,
+        },
+        schema=schema,
+    )
+
+
+def _check_chunk(s: Samples, split: str, n_electrodes: int, image_shape: tuple[int, int, int]) -> None:
+    n = len(s)
+    if s.responses.shape != (n, n_electrodes):
+        raise DataError(f"{split}: responses have shape {s.responses.shape}, expected ({n}, {n_electrodes}).")
+    if s.images.shape != (n, *image_shape) or s.images.dtype != np.uint8:
+        raise DataError(f"{split}: images are {s.images.dtype}{s.images.shape}, expected uint8 ({n}, {image_shape}).")
+    bad = ~np.isfinite(s.responses).all(axis=1)
+    if bad.any():
+        raise DataError(f"{split}: responses are NaN or infinite in sample(s) {s.sample_id[bad][:10].tolist()}.")
+
+
+def write_dataset(
+    out: str | os.PathLike,
+    *,
+    rfs: RFTable,
+    fov_deg: float,
+    image_size: tuple[int, int],
+    channels: int,
+    splits: Mapping[str, Iterable[Samples]],
+    source: dict[str, Any],
+    overwrite: bool = False,
+    on_rows: Callable[[int], None] | None = None,
+    image_encoding: str = "raw",
+) -> DatasetInfo:
+    """Write a dataset atomically: everything goes to a hidden sibling directory that is renamed to `out` only when
+    complete, so a failure part-way (bad chunk, full disk, Ctrl-C) leaves nothing behind and loses nothing.
+
+    `overwrite` replaces only an existing rfgan dataset (see `check_output`). Each chunk of `splits[name]` becomes
+    one Parquet shard. `on_rows(n)` is called after each shard (progress bars). A URI (`s3://…`) is written locally
+    first, then uploaded with metadata.json last: a dataset without it is not read as one, so a failed upload
+    leaves no half-dataset that looks whole. `image_encoding` "png" stores each image as a PNG (schema version 2):
+    about half the bytes, at the cost of encoding here and decoding in every reader.
+    """
+    if image_encoding not in IMAGE_ENCODINGS:
+        raise UsageError(f"image encoding {image_encoding!r}: choose one of {list(IMAGE_ENCODINGS)}.")
+    check_output(out, overwrite)
+    if storage.is_remote(out):
+        return _write_remote(
+            os.fspath(out),
+            overwrite=overwrite,
+            rfs=rfs,
+            fov_deg=fov_deg,
+            image_size=image_size,
+            channels=channels,
+            splits=splits,
+            source=source,
+            on_rows=on_rows,
+            image_encoding=image_encoding,
+        )
+    given = os.fspath(out)
+    # Symlinks resolved: the staging folder must sit on the same filesystem as the folder it is renamed to.
+    out = Path(os.path.realpath(given))
+    unknown = set(splits) - set(SPLITS)
+    if unknown or "train" not in splits or "val" not in splits:
+        raise ValueError(f"splits must include 'train' and 'val' and only {SPLITS}, got {sorted(splits)}")
+    n_electrodes = len(rfs)
+    image_shape = (*image_size, channels)
+    schema = parquet_schema(n_electrodes, int(np.prod(image_shape)), image_encoding)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(
+            f"cannot write {given}: cannot create its folder {out.parent} ({e.strerror}); choose another --out."
+        ) from e
+    _remove_stale_staging(out)
+    tmp = out.parent / f".{out.name}.tmp-{_owner_tag()}"
+    try:
+        tmp.mkdir()
+    except OSError as e:
+        raise DataError(
+            f"cannot write {given}: cannot create anything in {out.parent} ({e.strerror}); choose "
+            f"another --out, or make {out.parent} writable."
+        ) from e
+    old = None
+    try:
+        counts: dict[str, int] = {}
+        shards: dict[str, list[tuple[str, int]]] = {}
+        # Float64 running sums: a float32 sum over thousands of rows loses digits.
+        total = np.zeros(n_electrodes)
+        total_sq = np.zeros(n_electrodes)
+        for split, chunks in splits.items():
+            (tmp / split).mkdir()
+            counts[split] = 0
+            shards[split] = []
+            for k, chunk in enumerate(chunks):
+                if len(chunk) == 0:
+                    continue
+                _check_chunk(chunk, split, n_electrodes, image_shape)
+                name = f"{split}/part-{k:05d}.parquet"
+                pq.write_table(_samples_to_table(chunk, schema), tmp / name, compression="zstd")
+                counts[split] += len(chunk)
+                shards[split].append((name, len(chunk)))
+                if split == "train":
+                    r = chunk.responses.astype(np.float64)
+                    total += r.sum(axis=0)
+                    total_sq += (r * r).sum(axis=0)
+                if on_rows is not None:
+                    on_rows(len(chunk))
+            if counts[split] == 0:
+                raise DataError(f"the {split!r} split is empty; it needs at least one sample.")
+        mean = total / counts["train"]
+        # A silent electrode (zero variance) gets std 1 so standardising it cannot divide by zero.
+        std = np.sqrt(np.maximum(total_sq / counts["train"] - mean**2, 0.0))
+        std = np.where(std > 1e-8, std, 1.0)
+        info = DatasetInfo(
+            image_size=tuple(image_size),
+            channels=channels,
+            fov_deg=float(fov_deg),
+            n_electrodes=n_electrodes,
+            splits=counts,
+            response_mean=tuple(mean.tolist()),
+            response_std=tuple(std.tolist()),
+            source=source,
+            image_encoding=image_encoding,
+            shards={split: tuple(files) for split, files in shards.items()},
+        )
+        rfs.to_csv(tmp / RFS_FILE)
+        (tmp / METADATA_FILE).write_text(json.dumps(info.to_json(), indent=1) + "\n")
+        if out.exists():
+            # The old dataset (or empty folder) is moved aside, not deleted, until the new one is in its place:
+            # a failure in between puts it back.
+            old = out.parent / f".{out.name}.old-{_owner_tag()}"
+            out.rename(old)
+        try:
+            tmp.rename(out)
+        except BaseException:
+            if old is not None:
+                old.rename(out)
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        try:
+            shutil.rmtree(old, ignore_errors=True)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(
+                f"{given} was written; what is left of the dataset it replaced ({old.name}) goes "
+                "at the next write to it"
+            ) from None
+    return info
+
+
+def _write_remote(uri: str, overwrite: bool, **dataset: Any) -> DatasetInfo:
+    fs, root = storage.filesystem(uri)
+    existing = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    with tempfile.TemporaryDirectory(prefix="rfgan-dataset-") as staging:
+        local = Path(staging, "dataset")
+        info = write_dataset(local, **dataset)
+        metadata = (local / METADATA_FILE).read_bytes()
+        (local / METADATA_FILE).unlink()
+        deleted = False
+        try:
+            if existing:
+                # Object stores cannot swap a folder in one step: the old dataset goes before the new one is up.
+                fs.delete_dir_contents(root)
+                deleted = True
+            storage.upload(local, uri)
+            storage.write_bytes(storage.join(uri, METADATA_FILE), metadata)
+        except BaseException as e:
+            try:
+                fs.delete_dir(root)
+            except OSError:
+                pass  # the upload's own error is the one to report
+            if deleted and isinstance(e, KeyboardInterrupt):
+                raise KeyboardInterrupt(
+                    f"{uri} was being replaced: the old dataset is deleted and the new one was not finished"
+                ) from None
+            raise
+    return info
+
+
+def check_output(out: str | os.PathLike, overwrite: bool = False) -> None:
+    """Refuse an --out that `write_dataset` must not write, before any work: one that holds something other than
+    an rfgan dataset (even with `overwrite`, which replaces only a dataset: its metadata.json says format
+    rfgan-dataset), an existing dataset without `overwrite`, the current folder, a parent of it or a home folder
+    (a dataset replaces its folder whole), or a path through a regular file."""
+    given = os.fspath(out)
+    fs, path = storage.filesystem(given)
+    if isinstance(fs, pafs.LocalFileSystem):  # also file:// URIs
+        path = os.path.realpath(path)
+        place = _protected_place(path)
+        if place is not None:
+            raise DataError(
+                f"{given} is {place}; rfgan writes a dataset as a folder of its own and replaces that "
+                "folder whole, so it will not write there: give a new folder, e.g. --out "
+                f"{storage.join(given, 'dataset')}."
+            )
+        for p in (path, *(str(a) for a in Path(path).parents)):
+            kind = fs.get_file_info(p).type
+            if kind == pafs.FileType.Directory:
+                break
+            if kind != pafs.FileType.NotFound:
+                where = "it" if p == path else f"{p}, a folder on its path,"
+                raise DataError(f"cannot write {given}: {where} is a file, not a folder; choose another --out.")
+    elif fs.get_file_info(path).type == pafs.FileType.File:
+        raise DataError(f"cannot write {given}: it is a file, not a folder; choose another --out.")
+    if not fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
+        return  # nothing there, or an empty folder: nothing to lose
+    problem = _not_a_dataset(given)
+    if problem is not None:
+        hint = " (--overwrite replaces only an rfgan dataset)" if overwrite else ""
+        raise DataError(
+            f"{given} already exists and is not an rfgan dataset ({problem}); choose another --out, or "
+            f"empty or remove it yourself if you mean to replace it{hint}."
+        )
+    if not overwrite:
+        raise DataError(f"{given} already exists and is not empty; choose another --out or pass --overwrite.")
+
+
+def _not_a_dataset(path: str) -> str | None:
+    """Why the existing folder `path` is not recognisably an rfgan dataset; None if it is one."""
+    meta = storage.join(path, METADATA_FILE)
+    if not storage.is_file(meta):
+        # A dataset's upload sends metadata.json last: one cut off part-way has none.
+        cut_off = ", which a dataset whose upload was cut off also lacks" if storage.is_remote(path) else ""
+        return f"it has no {METADATA_FILE}{cut_off}"
+    try:
+        fmt = json.loads(storage.read_text(meta)).get("format")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return f"its {METADATA_FILE} cannot be read as rfgan's"
+    return None if fmt == FORMAT else f"its {METADATA_FILE} has format {fmt!r}, not {FORMAT!r}"
+
+
+def _protected_place(real: str) -> str | None:
+    """What `real` (a resolved local path) is, if it is a folder no dataset may replace."""
+    try:
+        cwd = os.path.realpath(os.getcwd())
+    except OSError:  # the current folder was deleted
+        cwd = None
+    if real == cwd:
+        return "the current folder"
+    if cwd is not None and cwd.startswith(real.rstrip("/") + "/"):
+        return f"a parent of the current folder ({cwd})"
+    homes = {os.path.realpath(os.path.expanduser("~"))}
+    try:
+        import pwd
+
+        homes.add(os.path.realpath(pwd.getpwuid(os.getuid()).pw_dir))
+    except (ImportError, KeyError):
+        pass
+    if real in homes:
+        return "a home folder"
+    return None
+
+
+def _owner_tag() -> str:
+    """host-pid-random: which process a staging folder belongs to, so a later write can tell a dead one's."""
+    return f"{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _host() -> str:
+    # Cut short: the staging folder's name must stay within the 255 bytes a file name may have.
+    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())[:32] or "host"
+
+
+def _remove_stale_staging(out: Path) -> None:
+    """Remove what killed writes to `out` left beside it (`.NAME.tmp-*` staging folders, `.NAME.old-*` datasets
+    being replaced), when that is safe: the writer ran on this host and its process is gone (a live process keeps
+    its id; a reused id only delays the removal), or, for one from another host sharing the filesystem,
+    nothing in it has changed for STALE_AFTER_S (a live writer adds a shard every few seconds)."""
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(?:tmp|old)-(?P<host>[\w.]+)-(?P<pid>\d+)-[0-9a-f]{{8}}")
+    try:
+        candidates = [p for p in out.parent.iterdir() if pattern.fullmatch(p.name)]
+    except OSError:
+        return
+    for p in candidates:
+        if p.is_symlink() or not p.is_dir():
+            continue
+        m = pattern.fullmatch(p.name)
+        dead = m["host"] == _host() and not _process_exists(int(m["pid"]))
+        if dead or time.time() - _last_change(p) > STALE_AFTER_S:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists but is another user's
+        return True
+    return True
+
+
+def _last_change(folder: Path) -> float:
+    latest = folder.lstat().st_mtime
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            try:
+                latest = max(latest, os.lstat(os.path.join(root, name)).st_mtime)
+            except OSError:
+                pass
+    return latest
