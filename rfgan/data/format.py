@@ -273,7 +273,7 @@ def _describe(column: str, info: DatasetInfo) -> str:
         "image": f"{info.image_size[0]}x{info.image_size[1]}x{info.channels} uint8 pixels, row-major"
         if info.image_encoding == "raw"
         else "one PNG per row, as metadata.json's image_encoding says",
-    }.get(column, "see the dataset format in the README")
+    }.get(column, "see docs/format.md")
 
 
 COLUMNS = ("sample_id", "image_id", "repeat", "responses", "image")
