@@ -52,7 +52,7 @@ def _call_order(g: nn.Module, x: torch.Tensor) -> list[str]:
     g(x)
     for h in hooks:
         h.remove()
-    return [c for c in calls if c not in ("Identity", "BatchNorm2d", "ReLU", "Conv2d")]
+    return [c for c in calls if c not in ("Identity", "BatchNorm2d", "ReLU", "Conv2d", "RFConv2d")]
 
 
 def test_original_layout_drops_out_after_pools_1_to_4_and_unpools_5_to_2():
