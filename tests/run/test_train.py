@@ -190,9 +190,9 @@ def test_train_cli_eval_report_and_reconstruct(trained_run, tiny_dataset, featur
     # Runs and datasets given as URIs (how s3:// and gs:// ones are read): the same answer through pyarrow's
     # filesystems, and the grid written back through them.
     (run / "eval_val.png").unlink()
-    assert main(["eval", "--run", run.as_uri(), "--data", tiny_dataset.as_uri(), "--checkpoint", "last", "--json"]) == 0
+    assert main(["eval", "--run", run.as_uri(), "--data", tiny_dataset.as_uri(), "--checkpoint", "best", "--json"]) == 0
     by_uri = json.loads(capsys.readouterr().out)
-    assert by_uri["checkpoint"].startswith(run.as_uri() + "/checkpoint")
+    assert by_uri["checkpoint"] == f"{run.as_uri()}/{Path(metrics['checkpoint']).name}"  # the default is the best
     assert by_uri["metrics"]["psnr"]["mean"] == pytest.approx(table["psnr"]["mean"]) and (run / "eval_val.png").exists()
 
     responses = torch.randn(3, 12).numpy()

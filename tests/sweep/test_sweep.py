@@ -69,8 +69,7 @@ def test_space_from_a_file_and_its_errors(tmp_path):
         validate_space({"optim.lr_d": Range(-1.0, 1.0, log=False)}, preset("tiny"))
 
 
-def sweep_args(data, out, space_file, trials, **settings):
-    """One trial at a time: a sweep interrupted as one trial completes then always has the next one unfinished."""
+def sweep_args(data, out, space_file, trials, concurrent=2, **settings):
     sets = set_flags({**SMALL, **settings})
     return [
         "tune",
@@ -90,7 +89,7 @@ def sweep_args(data, out, space_file, trials, **settings):
         "--workers-per-trial",
         "1",
         "--max-concurrent",
-        "1",
+        str(concurrent),
     ]
 
 
@@ -129,39 +128,25 @@ def interrupt_after_one_trial(monkeypatch, tmp_path):
     return marker
 
 
-def test_a_sweep_with_a_crash_and_an_interruption_resumes_and_writes_results_and_a_trainable_best_config(
-    ray_session, tiny_dataset, tmp_path, trial_fault, interrupt_after_one_trial, capsys
+def test_sweep_of_three_trials_with_one_crash_writes_results_and_a_trainable_best_config(
+    ray_session, tiny_dataset, tmp_path, trial_fault, capsys
 ):
-    """Three trials, one at a time: the first raises, the second completes and the sweep is interrupted (Ctrl-C),
-    then `--resume` finishes the third without training the finished one again or retrying the crashed one."""
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
     out = tmp_path / "sweep"
     # Run settings of the user's own, which trials replace with the sweep's (no retries, one checkpoint kept) but
     # best_config.json keeps.
     user = {"run.max_failures": 2, "run.keep_checkpoints": 2}
-    args = sweep_args(tiny_dataset, out, tmp_path / "space.yaml", 3, **user)
-    assert main(args) == 0
-    assert trial_fault.read_text() == "raised" and interrupt_after_one_trial.exists()
+    # Two trials at a time, the first to start raising: two finished trials are left to rank.
+    assert main(sweep_args(tiny_dataset, out, tmp_path / "space.yaml", 3, **user)) == 0
     printed = capsys.readouterr().out
-    assert "trial_id" in printed and "ERROR" in printed
-    first = {r["trial_id"]: r for r in table(out)}
-    finished = {tid for tid, row in first.items() if row["status"] == "DONE"}
-    assert len(finished) == 1 and sum(r["status"] == "ERROR" for r in first.values()) == 1
-    # The finished trial's Train run must not run again: remember its files.
-    runs = {p.name: sorted(q.name for q in p.iterdir()) for p in (out / "trials").iterdir()}
-
-    assert main([*args, "--resume"]) == 0
+    assert trial_fault.read_text() == "raised"
     rows = table(out)
     assert len(rows) == 3 and "loss.lambda_adv" in rows[0] and "best_val_ssim" in rows[0]
-    assert sorted(r["status"] for r in rows) == ["DONE", "DONE", "ERROR"]
+    assert sorted(r["status"] == "ERROR" for r in rows) == [False, False, True]
     errored = next(r for r in rows if r["status"] == "ERROR")
-    assert "raises on purpose" in errored["error"] and errored["trial_id"] in first  # not retried
-    second = {r["trial_id"]: r for r in rows}
-    for tid in finished:
-        assert second[tid] == first[tid]
-        name = f"train-{tid}"
-        assert sorted(q.name for q in (out / "trials" / name).iterdir()) == runs[name]
+    assert "raises on purpose" in errored["error"]
     assert all(float(r["best_val_ssim"]) > 0 for r in rows if r["status"] != "ERROR")
+    assert "trial_id" in printed and "ERROR" in printed
     for plot in ("trials.png", "param_importances.png"):
         assert (out / plot).stat().st_size > 1000
     best = json.loads((out / "best_config.json").read_text())
@@ -195,6 +180,29 @@ def test_a_sweep_with_a_crash_and_an_interruption_resumes_and_writes_results_and
         == 0
     )
     assert (tmp_path / "best-run" / "metrics.csv").exists()
+
+
+def test_an_interrupted_sweep_resumes_without_repeating_finished_trials(
+    ray_session, tiny_dataset, tmp_path, interrupt_after_one_trial
+):
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
+    out = tmp_path / "sweep"
+    # One trial at a time: interrupted as the first completes, the second is then unfinished (started or not).
+    args = sweep_args(tiny_dataset, out, tmp_path / "space.yaml", 2, concurrent=1)
+    assert main(args) == 0
+    assert interrupt_after_one_trial.exists()
+    first = {r["trial_id"]: r for r in table(out)}
+    finished = {tid for tid, row in first.items() if row["status"] == "DONE"}
+    assert len(finished) == 1
+    # The finished trial's Train run must not run again: remember its files.
+    runs = {p.name: sorted(q.name for q in p.iterdir()) for p in (out / "trials").iterdir()}
+    assert main([*args, "--resume"]) == 0
+    second = {r["trial_id"]: r for r in table(out)}
+    assert len(second) == 2 and all(r["status"] == "DONE" for r in second.values())
+    for tid in finished:
+        assert second[tid] == first[tid]
+        name = f"train-{tid}"
+        assert sorted(q.name for q in (out / "trials" / name).iterdir()) == runs[name]
 
 
 def table(out):
