@@ -47,8 +47,8 @@ def train_args(data, run, settings) -> list[str]:
 
 @pytest.fixture(scope="module")
 def trained_run(ray_session, tiny_dataset, tmp_path_factory):
-    """One `rfgan train` of SHARED on the tiny dataset, for the tests of this module to read (never to change: they
-    change copy_of it): (its run directory, what the command printed)."""
+    """One `rfgan train` of SHARED on the tiny dataset, for the tests of this module to read; a test that changes a
+    run works on copy_of it. (Its run directory, what the command printed.)"""
     run = tmp_path_factory.mktemp("trained") / "run"
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
