@@ -1,10 +1,11 @@
-# The README's two Quickstart commands: `make run` and `make test` (lint, then every test). Each installs what it
-# needs first.
+# The README's two Quickstart commands: `make run` and `make test` (lint, then the fast lane: every test that starts no
+# Ray). `make test-all` is lint and the whole suite, the `ray` lane included (real local Ray Train, Tune and Data
+# runs, a Ray head for `ray job submit`): what CI runs (.ci/run). Each installs what it needs first.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint
+.PHONY: install run test test-all lint
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,4 +23,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 test: install lint
+	$(BIN)/python -m pytest -m "not ray"
+
+test-all: install lint
 	$(BIN)/python -m pytest

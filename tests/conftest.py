@@ -31,7 +31,8 @@ def make_synth(out, spec: SynthSpec = TINY, **kwargs):
     return write_synth(out, spec, **kwargs)
 
 
-# Fixtures that start Ray: a test using one is in the slow lane (marker `ray`); the rest is pure PyTorch/NumPy.
+# Fixtures that start Ray: a test using one is in the slow lane (marker `ray`); the rest is pure PyTorch/NumPy. A test
+# that starts Ray another way (a subprocess running `rfgan train`) carries the marker itself.
 RAY_FIXTURES = {"ray_session", "head_node"}
 
 
@@ -39,6 +40,20 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.ray)
+
+
+@pytest.fixture(autouse=True)
+def _ray_stays_in_its_lane(request, monkeypatch):
+    """Outside the `ray` lane, starting Ray in this process (`ray.init`, also Ray Data's automatic one) fails the test:
+    otherwise a test that reaches Ray through `main([...])` would slip into the fast lane unmarked and slow it down."""
+    if request.node.get_closest_marker("ray"):
+        return
+    import ray
+
+    def refuse(*args, **kwargs):
+        pytest.fail(f"{request.node.nodeid} starts Ray: give it the ray_session fixture (or mark it ray)")
+
+    monkeypatch.setattr(ray, "init", refuse)
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from rfgan import storage
 from rfgan.checkpoint import SCORE, intact_checkpoints, load_checkpoint, open_checkpoint, save_checkpoint, unwrap
 from rfgan.config import Config
-from rfgan.data.format import DatasetInfo, open_split, read_info, read_rfs, to_tensors
+from rfgan.data.format import DatasetInfo, open_split, read_info, read_rfs, split_files, to_tensors
 from rfgan.data.rf import RFTable
 from rfgan.errors import ConfigError, TrainingDiverged
 from rfgan.evaluate.metrics import MetricAccumulator, eval_mode
@@ -295,12 +295,15 @@ def run_paths(out: str) -> tuple[str, str]:
 
 def preflight(cfg: Config, data: str, training: bool = True) -> tuple[DatasetInfo, RFTable]:
     """Check, before Ray starts, what would otherwise fail on every worker: the dataset's metadata and RF table and
-    an image size the generator can round-trip; for `training` (not a dry run) also a batch every worker can fill
-    and the VGG weights if the loss needs them."""
+    an image size the generator can round-trip; for `training` (not a dry run) also the shards metadata.json lists,
+    a batch every worker can fill and the VGG weights if the loss needs them."""
     info, rfs = read_info(data), read_rfs(data)
     check_compatible(cfg, info)
     if not training:
         return info, rfs
+    # A lost, extra or cut-short shard: refused here, from the Parquet footers, rather than by Ray Data's reads.
+    for split in ("train", "val"):
+        split_files(data, split, info)
     # Ray Data splits the training rows evenly over the workers, and each drops its last partial batch: every
     # worker needs one full batch, or its epoch has no step.
     batch, workers, rows = cfg.optim.batch_size, cfg.run.workers, info.splits["train"]

@@ -133,7 +133,7 @@ def test_reconstruction_loss_goes_well_down_on_a_tiny_problem(problem, generator
         return value
 
     before = mse()
-    for _ in range(200):
+    for _ in range(100):
         out = train_step(gan, opts, responses, target, cfg)
     after = mse()
     assert np.isfinite(out.g_total.item())

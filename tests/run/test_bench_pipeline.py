@@ -1,14 +1,59 @@
-"""`rfgan bench --pipeline` on a real local Ray: the data path and 1 against 2 Ray Train workers (small sizes; the
-figures are benchmarks, never asserted). In tests/run so that it runs beside the other Ray Train tests."""
+"""`rfgan bench --pipeline` on a real local Ray: the data path and 1 against 2 Ray Train workers, each with the
+shard kept in memory and streamed (small sizes; the figures are benchmarks, never asserted: what is asserted is what
+they are figures of). In tests/run so that it runs beside the other Ray Train tests."""
+
+import torch
+from conftest import TINY
+
+from rfgan.bench import pipeline
+from rfgan.bench.step import bench_config
+from rfgan.run import train
+from rfgan.run.artifacts import read_metrics_csv
 
 
-def test_pipeline_measures_the_data_path_and_one_against_two_workers(ray_session, tiny_dataset):
-    from rfgan.bench.pipeline import format_pipeline, run_pipeline
+def test_pipeline_times_the_last_epoch_of_kept_and_streamed_runs_over_every_row(ray_session, tiny_dataset, monkeypatch):
+    # The real functions, watched: the rows the data path turns into tensors, and each run's config and epochs (read
+    # before the pipeline removes its temporary run directory).
+    tensor_rows, runs = [], []
+    to_tensors, fit = pipeline.to_tensors, train.fit
 
-    # Two epochs, so that the second runs from the kept shard (or, streamed, from Parquet again).
-    p = run_pipeline(str(tiny_dataset), "tiny", step_samples_per_s=10.0, scaling_rows=64, epochs=2)
-    assert p["data_path_samples_per_s"] > 0 and p["data_path_over_step"] == p["data_path_samples_per_s"] / 10.0
-    for k in ("one_worker", "two_workers", "one_worker_streamed", "two_workers_streamed"):
-        assert p[f"{k}_samples_per_s"] > 0
-    text = format_pipeline(p)
+    def counted(batch, *args, **kwargs):
+        tensor_rows.append(len(batch["responses"]))
+        return to_tensors(batch, *args, **kwargs)
+
+    def recorded(cfg, data, out, **kwargs):
+        result = fit(cfg, data, out, **kwargs)
+        runs.append((cfg, read_metrics_csv(open(f"{out}/metrics.csv").read()), result.metrics["samples_per_s"]))
+        return result
+
+    monkeypatch.setattr(pipeline, "to_tensors", counted)
+    monkeypatch.setattr(train, "fit", recorded)
+    batch, rows, epochs = bench_config("tiny", torch.device("cpu")).optim.batch_size, 64, 2
+    p = pipeline.run_pipeline(str(tiny_dataset), "tiny", step_samples_per_s=10.0, scaling_rows=rows, epochs=epochs)
+
+    # The data path reads every full batch of the training split, every epoch.
+    assert sum(tensor_rows) == epochs * (TINY.n_train // batch * batch) and p["batch"] == batch
+    assert p["data_path_over_step"] == p["data_path_samples_per_s"] / 10.0
+    # Four runs, each figure from its own run's last epoch: 1 and 2 workers with the shard kept (its last epoch from
+    # memory), then streamed from Parquet every epoch.
+    names = ("one_worker", "two_workers", "one_worker_streamed", "two_workers_streamed")
+    assert [(cfg.run.workers, cfg.perf.cache_shard_mb > 0) for cfg, _, _ in runs] == [
+        (1, True),
+        (2, True),
+        (1, False),
+        (2, False),
+    ]
+    for name, (cfg, history, reported) in zip(names, runs):
+        assert [r["epoch"] for r in history] == list(range(1, epochs + 1)), name
+        kept = cfg.perf.cache_shard_mb > 0
+        assert [r["shard_in_memory"] for r in history] == [0] + [int(kept)] * (epochs - 1), name
+        # Every epoch trains all of the rows in full batches, whether from Parquet or from memory.
+        assert [r["step"] * batch for r in history] == [e * (rows // batch * batch) for e in range(1, epochs + 1)]
+        assert p[f"{name}_samples_per_s"] == reported == history[-1]["samples_per_s"], name
+    assert p["two_over_one_worker"] == p["two_workers_samples_per_s"] / p["one_worker_samples_per_s"]
+    assert p["two_over_one_worker_streamed"] == (
+        p["two_workers_streamed_samples_per_s"] / p["one_worker_streamed_samples_per_s"]
+    )
+    text = pipeline.format_pipeline(p)
     assert "data path" in text and "2 workers" in text and "streamed" in text
+    assert f"{p['two_over_one_worker']:.2f}x" in text and f"{p['two_over_one_worker_streamed']:.2f}x" in text

@@ -1,5 +1,10 @@
-"""Ray Train on a real local Ray: DDP of both nets, resume, restart after a crash, and the `rfgan train` CLI."""
+"""Ray Train on a real local Ray: DDP of both nets, resume, restart after a crash, and the `rfgan train` CLI.
 
+Most tests here share one trained run (trained_run): they read it, or continue or damage a copy of it, instead of
+each training its own from scratch: a Ray Train run's start-up is most of what a tiny run costs."""
+
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -9,17 +14,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SMALL_NETS, set_flags
+from conftest import SMALL_NETS, set_flags, tree
 
 from rfgan.checkpoint import existing_checkpoints, find_checkpoint, load_checkpoint
 from rfgan.cli import main
-from rfgan.config import preset
+from rfgan.config import load_config, preset
 from rfgan.errors import ConfigError
 from rfgan.run import train
 from rfgan.run.artifacts import read_metrics_csv
 from rfgan.run.train import fit, preflight
 
 SMALL = {**SMALL_NETS, "optim.lr_g": 1e-3, "run.cpus_per_worker": 1}
+# The shared run: two workers, so that DDP is exercised, and every checkpoint kept, so that tests can damage them.
+SHARED = {**SMALL, "optim.lr_g": 3e-3, "run.workers": 2, "run.epochs": 4, "run.keep_checkpoints": 10}
 
 
 def small(**overrides):
@@ -34,11 +41,34 @@ def adam_steps(checkpoint_dir):
     return int(load_checkpoint(checkpoint_dir).nets["opt_g"]["state"][0]["step"])
 
 
-def test_two_cpu_workers_keep_both_nets_identical_and_losses_fall(ray_session, tiny_dataset, tmp_path):
-    run = tmp_path / "ddp"
-    cfg = small(**{"run.workers": 2, "run.epochs": 4, "optim.lr_g": 3e-3})
-    result = fit(cfg, str(tiny_dataset), str(run), torch_threads=1)
-    assert result.error is None
+def train_args(data, run, settings) -> list[str]:
+    return ["train", "--data", str(data), "--preset", "tiny", *set_flags(settings), "--out", str(run)]
+
+
+@pytest.fixture(scope="module")
+def trained_run(ray_session, tiny_dataset, tmp_path_factory):
+    """One `rfgan train` of SHARED on the tiny dataset, for the tests of this module to read; a test that changes a
+    run works on copy_of it. (Its run directory, what the command printed.)"""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(train_args(tiny_dataset, run, SHARED)) == 0
+    return run, printed.getvalue()
+
+
+def copy_of(trained_run, tmp_path) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(trained_run[0], run)
+    return run
+
+
+def continued(run, epochs: int):
+    """The config that `run` was trained with, for `epochs` epochs in all: what continues it."""
+    return load_config(run / "config.json").with_overrides({"run.epochs": epochs})
+
+
+def test_two_cpu_workers_keep_both_nets_identical_and_losses_fall(trained_run):
+    run = trained_run[0]  # its command exited 0: no error
     history = rows(run)
     assert [r["epoch"] for r in history] == [1, 2, 3, 4]
     # G and D parameters agree across the two ranks after every epoch (max |rank r - rank 0|).
@@ -57,23 +87,21 @@ def test_two_cpu_workers_keep_both_nets_identical_and_losses_fall(ray_session, t
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
 
 
-def test_a_stopped_run_continues_where_it_stopped(ray_session, tiny_dataset, tmp_path):
-    run = tmp_path / "resume"
-    first = fit(small(**{"run.workers": 1, "run.epochs": 2}), str(tiny_dataset), str(run), torch_threads=1)
-    assert first.error is None
+def test_a_stopped_run_continues_where_it_stopped(trained_run, tiny_dataset, tmp_path):
+    run = copy_of(trained_run, tmp_path)
     before = rows(run)
     steps_per_epoch = int(before[0]["step"])
-    assert adam_steps(find_checkpoint(run, "last")) == 2 * steps_per_epoch
-    second = fit(small(**{"run.workers": 1, "run.epochs": 4}), str(tiny_dataset), str(run), torch_threads=1)
-    assert second.error is None
-    after = rows(run)
-    assert [r["epoch"] for r in after] == [1, 2, 3, 4]
-    assert after[:2] == before  # epochs 1–2 were not trained again
-    # Each process streams its first epoch and keeps the shard for the next; one epoch left keeps nothing.
-    assert [r["shard_in_memory"] for r in after] == [0, 1, 0, 1]
-    assert after[2]["step"] == 3 * steps_per_epoch  # the step count continued
-    # The optimizer continued too: Adam's step count covers all four epochs.
     assert adam_steps(find_checkpoint(run, "last")) == 4 * steps_per_epoch
+    result = fit(continued(run, 6), str(tiny_dataset), str(run), torch_threads=1)
+    assert result.error is None
+    after = rows(run)
+    assert [r["epoch"] for r in after] == [1, 2, 3, 4, 5, 6]
+    assert after[:4] == before  # epochs 1–4 were not trained again
+    # Each process streams its first epoch and keeps the shard for the next.
+    assert [r["shard_in_memory"] for r in after] == [0, 1, 1, 1, 0, 1]
+    assert after[4]["step"] == 5 * steps_per_epoch  # the step count continued
+    # The optimizer continued too: Adam's step count covers all six epochs.
+    assert adam_steps(find_checkpoint(run, "last")) == 6 * steps_per_epoch
 
 
 def killed_once_before_reporting(epoch: int, marker: str):
@@ -86,19 +114,19 @@ def killed_once_before_reporting(epoch: int, marker: str):
         import ray.train
 
         # Defined in here so that it travels with the function: Ray's workers cannot import this test module.
-        def wait_for_recorded(run_dir: Path, recorded: int, timeout_s: float = 120.0) -> None:
-            """Until Ray's record of the run (its checkpoint manager's snapshot) lists a checkpoint of epoch
+        def wait_for_recorded(run_dir: str, recorded: int, timeout_s: float = 120.0) -> None:
+            """Until Ray's record of the run, as Ray's public API reads it back, holds a checkpoint of epoch
             `recorded`."""
-            deadline = time.monotonic() + timeout_s
+            deadline, last = time.monotonic() + timeout_s, None
             while time.monotonic() < deadline:
                 try:
-                    snapshot = json.loads((run_dir / train.RAY_SNAPSHOT).read_text())
-                    if any(c["metrics"]["epoch"] == recorded for c in snapshot["checkpoint_results"]):
+                    result = ray.train.Result.from_path(run_dir)
+                    if any(metrics["epoch"] == recorded for _, metrics in result.best_checkpoints):
                         return
-                except (OSError, ValueError, KeyError):  # not written yet, or being replaced
-                    pass
+                except Exception as e:  # Ray's record not written yet, or read while Ray rewrites it
+                    last = e
                 time.sleep(0.2)
-            raise AssertionError(f"Ray recorded no checkpoint of epoch {recorded} in {timeout_s:.0f} s")
+            raise AssertionError(f"Ray recorded no checkpoint of epoch {recorded} in {timeout_s:.0f} s ({last!r})")
 
         real_report = ray.train.report
 
@@ -112,7 +140,7 @@ def killed_once_before_reporting(epoch: int, marker: str):
                 # its last report loses that report, and the group restarts from the one before (Ray's behaviour;
                 # an epoch from the kept shard can take a fifth of a second here). Crash once Ray has recorded the
                 # previous epoch's checkpoint, as a crash an epoch later would find it.
-                wait_for_recorded(Path(loop_config["run_dir"]), epoch - 1)
+                wait_for_recorded(loop_config["run_dir"], epoch - 1)
                 Path(marker).write_text("killed once")
                 os.kill(os.getpid(), signal.SIGKILL)
             real_report(metrics, checkpoint=checkpoint, **kwargs)
@@ -123,30 +151,31 @@ def killed_once_before_reporting(epoch: int, marker: str):
     return loop
 
 
-def test_a_crashed_worker_group_restarts_from_the_last_checkpoint(ray_session, tiny_dataset, tmp_path, monkeypatch):
-    run, marker = tmp_path / "crash", tmp_path / "crashed"
-    monkeypatch.setattr(train, "train_loop", killed_once_before_reporting(2, str(marker)))
-    cfg = small(**{"run.workers": 2, "run.epochs": 3, "run.max_failures": 1, "run.keep_checkpoints": 10})
+def test_a_crashed_worker_group_restarts_from_the_last_checkpoint(trained_run, tiny_dataset, tmp_path, monkeypatch):
+    run, marker = copy_of(trained_run, tmp_path), tmp_path / "crashed"
+    monkeypatch.setattr(train, "train_loop", killed_once_before_reporting(6, str(marker)))
+    cfg = continued(run, 6)
+    assert cfg.run.max_failures == 1 and cfg.run.keep_checkpoints >= 6
     result = fit(cfg, str(tiny_dataset), str(run), torch_threads=1)
     assert marker.exists()  # the fault did happen
-    assert result.error is None and result.metrics["epoch"] == 3
-    assert [r["epoch"] for r in rows(run)] == [1, 2, 3]
-    # One checkpoint per epoch: 3 in all. A restart from scratch would have reported epoch 1 twice (4).
-    assert len([p for p in run.glob("checkpoint_*") if p.is_dir()]) == 3
+    assert result.error is None and result.metrics["epoch"] == 6
+    assert [r["epoch"] for r in rows(run)] == [1, 2, 3, 4, 5, 6]
+    # One checkpoint per epoch: 6 in all. A restart from where this run started (epoch 4) would have reported
+    # epoch 5 twice (7).
+    assert len([p for p in run.glob("checkpoint_*") if p.is_dir()]) == 6
 
 
-def test_train_cli_eval_report_and_reconstruct(ray_session, tiny_dataset, feature_weights, tmp_path, capsys):
-    run = tmp_path / "cli"
-    sets = set_flags(SMALL)
-    args = ["train", "--data", str(tiny_dataset), "--preset", "tiny", *sets, "--epochs", "1", "--out", str(run)]
-    assert main(args) == 0
-    out = capsys.readouterr().out
+def test_train_cli_eval_report_and_reconstruct(trained_run, tiny_dataset, feature_weights, tmp_path, capsys):
+    out = trained_run[1]  # what `rfgan train` printed
     assert '"preset": "tiny"' in out and "best checkpoint:" in out
+    run = copy_of(trained_run, tmp_path)
     saved = json.loads((run / "config.json").read_text())
-    assert saved["model"]["ngf"] == 8 and saved["run"]["epochs"] == 1
+    assert saved["model"]["ngf"] == 8 and saved["run"]["epochs"] == 4 and saved["run"]["workers"] == 2
     # The same --out again without --resume is refused, and nothing is touched.
-    assert main(args) == 2
+    kept = tree(run)
+    assert main(train_args(tiny_dataset, run, SHARED)) == 2
     assert "--resume" in capsys.readouterr().err
+    assert tree(run) == kept
 
     assert main(["eval", "--run", str(run), "--data", str(tiny_dataset), "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
@@ -161,9 +190,9 @@ def test_train_cli_eval_report_and_reconstruct(ray_session, tiny_dataset, featur
     # Runs and datasets given as URIs (how s3:// and gs:// ones are read): the same answer through pyarrow's
     # filesystems, and the grid written back through them.
     (run / "eval_val.png").unlink()
-    assert main(["eval", "--run", run.as_uri(), "--data", tiny_dataset.as_uri(), "--checkpoint", "last", "--json"]) == 0
+    assert main(["eval", "--run", run.as_uri(), "--data", tiny_dataset.as_uri(), "--checkpoint", "best", "--json"]) == 0
     by_uri = json.loads(capsys.readouterr().out)
-    assert by_uri["checkpoint"].startswith(run.as_uri() + "/checkpoint")
+    assert by_uri["checkpoint"] == f"{run.as_uri()}/{Path(metrics['checkpoint']).name}"  # the default is the best
     assert by_uri["metrics"]["psnr"]["mean"] == pytest.approx(table["psnr"]["mean"]) and (run / "eval_val.png").exists()
 
     responses = torch.randn(3, 12).numpy()
@@ -276,31 +305,23 @@ def test_masked_training_is_validated_on_masked_images(tiny_dataset):
 
 
 def test_a_diverging_run_stops_with_a_clear_reason(ray_session, tiny_dataset, tmp_path, capsys):
-    cfg = small(
-        **{
-            "run.workers": 1,
-            "run.epochs": 2,
-            "run.max_failures": 0,
-            "loss.adversarial": "lsgan",
-            "loss.lambda_adv": 1.0,
-            "optim.lr_d": 1e12,
-            "optim.lr_g": 1e12,
-        }
-    )
-    result = fit(cfg, str(tiny_dataset), str(tmp_path / "nan"), torch_threads=1)
-    assert result.error is not None
-    assert "training diverged in epoch 1" in str(result.error) and "NaN/inf" in str(result.error)
-    assert not (tmp_path / "nan" / "metrics.csv").exists()  # nothing was reported from the diverged epoch
-    # Through the command: exit 1, rfgan's reason on one line, and how to go on from the last checkpoint.
-    sets = set_flags(
-        {**SMALL, "loss.adversarial": "lsgan", "optim.lr_d": 1e12, "optim.lr_g": 1e12, "run.max_failures": 0}
-    )
-    run = tmp_path / "nan-cli"
-    assert (
-        main(["train", "--data", str(tiny_dataset), "--preset", "tiny", *sets, "--epochs", "1", "--out", str(run)]) == 1
-    )
+    run = tmp_path / "nan"
+    settings = {
+        **SMALL,
+        "run.workers": 1,
+        "run.epochs": 2,
+        "run.max_failures": 0,
+        "loss.adversarial": "lsgan",
+        "loss.lambda_adv": 1.0,
+        "optim.lr_d": 1e12,
+        "optim.lr_g": 1e12,
+    }
+    # Through the command: exit 1 (the run failed), rfgan's reason on one line, and how to go on from the last
+    # checkpoint.
+    assert main(train_args(tiny_dataset, run, settings)) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "training diverged in epoch 1" in err and f"rfgan train --out {run} --resume" in err
+    assert "training diverged in epoch 1" in err and "NaN/inf" in err and f"rfgan train --out {run} --resume" in err
+    assert not (run / "metrics.csv").exists()  # nothing was reported from the diverged epoch
 
 
 def test_preflight_refuses_a_batch_no_worker_can_fill_before_ray_starts(tiny_dataset):
@@ -320,26 +341,20 @@ def epochs_of_checkpoints(run):
     return {json.loads((p / "state.json").read_text())["epoch"]: p for p in run.glob("checkpoint_*") if p.is_dir()}
 
 
-def test_resume_after_the_newest_checkpoint_was_deleted_or_cut_short(ray_session, tiny_dataset, tmp_path, capsys):
-    run, data = tmp_path / "damaged", str(tiny_dataset)
-    cfg = small(**{"run.workers": 1, "run.keep_checkpoints": 10})
-    assert fit(replace_epochs(cfg, 3), data, str(run), torch_threads=1).error is None
+def test_resume_after_the_newest_checkpoint_was_deleted_or_cut_short(trained_run, tiny_dataset, tmp_path, capsys):
+    run, data = copy_of(trained_run, tmp_path), str(tiny_dataset)
     steps_per_epoch = int(rows(run)[0]["step"])
-    shutil.rmtree(epochs_of_checkpoints(run)[3])  # Ray's snapshot still names it: Ray alone would refuse to start
-    result = fit(replace_epochs(cfg, 4), data, str(run), torch_threads=1)
-    assert result.error is None and result.metrics["epoch"] == 4
-    assert "(epoch 2), the newest complete checkpoint" in capsys.readouterr().err
-    assert [r["epoch"] for r in rows(run)] == [1, 2, 3, 4] and rows(run)[2]["step"] == 3 * steps_per_epoch
-    nets = epochs_of_checkpoints(run)[4] / "nets.pt"
-    nets.write_bytes(nets.read_bytes()[:1000])  # cut short, as by an interrupted upload
-    result = fit(replace_epochs(cfg, 5), data, str(run), torch_threads=1)
+    shutil.rmtree(epochs_of_checkpoints(run)[4])  # Ray's snapshot still names it: Ray alone would refuse to start
+    result = fit(continued(run, 5), data, str(run), torch_threads=1)
     assert result.error is None and result.metrics["epoch"] == 5
     assert "(epoch 3), the newest complete checkpoint" in capsys.readouterr().err
-    assert adam_steps(find_checkpoint(run, "last")) == 5 * steps_per_epoch
-
-
-def replace_epochs(cfg, epochs):
-    return cfg.with_overrides({"run.epochs": epochs})
+    assert [r["epoch"] for r in rows(run)] == [1, 2, 3, 4, 5] and rows(run)[3]["step"] == 4 * steps_per_epoch
+    nets = epochs_of_checkpoints(run)[5] / "nets.pt"
+    nets.write_bytes(nets.read_bytes()[:1000])  # cut short, as by an interrupted upload
+    result = fit(continued(run, 6), data, str(run), torch_threads=1)
+    assert result.error is None and result.metrics["epoch"] == 6
+    assert "(epoch 4), the newest complete checkpoint" in capsys.readouterr().err
+    assert adam_steps(find_checkpoint(run, "last")) == 6 * steps_per_epoch
 
 
 @pytest.mark.ray
@@ -347,7 +362,6 @@ def test_ctrl_c_on_train_exits_130_and_says_how_to_resume(tiny_dataset, tmp_path
     """A real SIGINT to a real `rfgan train` process (its own local Ray), once an epoch has been reported."""
     import subprocess
     import sys
-    import time
 
     run = tmp_path / "interrupted"
     sets = set_flags(SMALL)
