@@ -1,4 +1,4 @@
-"""`ray start --head`, then the README's `ray job submit` command trains a tiny run to completion."""
+"""`ray start --head`, then the `ray job submit` command of docs/cluster.md trains a tiny run to completion."""
 
 import os
 import re
@@ -88,7 +88,7 @@ def job_env():
 
 def test_job_submit_trains_a_tiny_run(head_node, tiny_dataset, tmp_path):
     out = tmp_path / "job-run"
-    # The README's command, with a tiny run's flags after the entrypoint.
+    # docs/cluster.md's command, with a tiny run's flags after the entrypoint.
     command = [
         str(BIN / "ray"),
         "job",
