@@ -28,8 +28,13 @@ def summarize(results, space: Mapping[str, Range], out: str) -> list[dict[str, A
     """trials.csv, best_config.json and the plots in the sweep directory; returns the table's rows, best first."""
     rows, best = [], None
     for r in results:
-        if not r.config or "space" not in r.config:  # interrupted before it started: nothing to show yet
-            rows.append({"trial_id": _trial_id(r), "status": "PENDING"})
+        if not r.config or "space" not in r.config:
+            # Nothing reported: it failed before its first epoch (a resumed sweep restores its error, not its
+            # config), or it had not started when the sweep was interrupted.
+            if r.error:
+                rows.append({"trial_id": _trial_id(r), "status": "ERROR", "error": _first_line(r.error)})
+            else:
+                rows.append({"trial_id": _trial_id(r), "status": "PENDING"})
             continue
         cfg = trial_config(r.config)
         history = r.metrics_dataframe

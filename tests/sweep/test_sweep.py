@@ -280,3 +280,24 @@ def test_tune_flags_are_run_settings_of_the_base_config(tiny_dataset, tmp_path, 
         )
     assert seen["base"] == preset("tiny").with_overrides({"data.path": str(tiny_dataset), "run": run})
     assert seen["spec"] == runner.SweepSpec(data=str(tiny_dataset), out=str(tmp_path), trials=3, seed=5)
+
+
+def test_a_trial_that_failed_before_reporting_is_an_error_not_pending(tmp_path):
+    """A resumed sweep gets back such a trial with its error but no config: it is listed as ERROR with its reason;
+    only a trial with neither (not started when the sweep stopped) is PENDING."""
+    from ray.tune import Result
+
+    from rfgan.sweep.results import summarize
+
+    failed = Result(
+        metrics=None,
+        checkpoint=None,
+        error=RuntimeError("Traceback\nValueError: no full batch"),
+        path=str(tmp_path / "trial_a"),
+    )
+    waiting = Result(metrics=None, checkpoint=None, error=None, path=str(tmp_path / "trial_b"))
+    rows = summarize([failed, waiting], {}, str(tmp_path / "sweep"))
+    assert {r["trial_id"]: (r["status"], r.get("error")) for r in rows} == {
+        "a": ("ERROR", "ValueError: no full batch"),
+        "b": ("PENDING", None),
+    }
