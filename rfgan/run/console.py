@@ -94,6 +94,7 @@ class EpochProgress:
                 leave=False,
                 file=self.bar_out,
                 dynamic_ncols=True,
+                mininterval=0,  # events come at most twice a second already (ProgressSender)
             )
         self.bar.update(done - self.bar.n)
 
