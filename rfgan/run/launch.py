@@ -38,6 +38,8 @@ def init_ray(address: str | None, min_cpus: int, dashboard: bool = False) -> boo
     if on_cluster(address):
         ray.init(address=address)  # a cluster (also what `ray job submit` sets up)
         return True
+    # A machine of one's own is not preempted: no watcher actor (a process start) for Train to poll.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     # More logical CPUs than the workers take, so Ray Data's read tasks always get a slot. The dashboard's processes
     # start with Ray and take their share of a laptop's cores: only on request.
     ray.init(num_cpus=max(os.cpu_count() or 1, min_cpus), include_dashboard=dashboard)
