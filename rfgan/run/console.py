@@ -235,6 +235,12 @@ def _terminal_handler(h: logging.Handler) -> bool:
     return isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
 
 
+def note(line: str) -> None:
+    """A note of rfgan's for the user (a resumed run's starting point, the ridge fit), on the terminal's stderr also
+    inside a RunLog."""
+    print(line, file=RunLog.active.err if RunLog.active is not None else sys.stderr, flush=True)
+
+
 def say(line: str) -> None:
     """A line of rfgan's on the terminal, also from code that runs inside a RunLog without holding it (Tune's
     callbacks, restored from a sweep's saved state)."""

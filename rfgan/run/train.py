@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -30,7 +29,7 @@ from rfgan.gan.step import StepLosses
 from rfgan.gan.vgg import load_vgg19_state_dict
 from rfgan.run.artifacts import RunArtifacts
 from rfgan.run.checkpoint import SCORE, intact_checkpoints, load_checkpoint, open_checkpoint, save_checkpoint
-from rfgan.run.console import ProgressSender
+from rfgan.run.console import ProgressSender, note
 from rfgan.run.epoch import (
     ValBatch,
     all_reduce,
@@ -309,20 +308,19 @@ def resume_point(out: str) -> str | None:
     if named is not None and not set(named) & set(damaged) and (newest is None or newest in named):
         return None
     for name in sorted(set(named or []) - set(intact) - set(damaged)) if named is not None else []:
-        print(f"note: checkpoint {storage.join(out, name)} is gone", file=sys.stderr)
+        note(f"note: checkpoint {storage.join(out, name)} is gone")
     if named is None:
-        print(f"note: Ray's record of {out} names a checkpoint that is gone", file=sys.stderr)
+        note(f"note: Ray's record of {out} names a checkpoint that is gone")
     for why in damaged.values():
-        print(f"note: skipping a damaged checkpoint: {why}", file=sys.stderr)
+        note(f"note: skipping a damaged checkpoint: {why}")
     if storage.is_file(snapshot):
         storage.move(snapshot, snapshot + ".damaged")
     if newest is None:
-        print(f"note: {out} has no complete checkpoint left; training starts from epoch 1", file=sys.stderr)
+        note(f"note: {out} has no complete checkpoint left; training starts from epoch 1")
         return None
-    print(
+    note(
         f"note: resuming from {storage.join(out, newest)} (epoch {intact[newest]['epoch']}), the newest complete "
-        "checkpoint",
-        file=sys.stderr,
+        "checkpoint"
     )
     return storage.join(storage.absolute(out), newest)
 
@@ -341,10 +339,9 @@ def linear_readout(cfg: Config, data: str) -> dict[str, Any] | None:
     if not cfg.data.standardize:  # G is given raw responses: fold the standardisation into the weights
         weight = weight / ridge.decoder.std[:, None]
         bias = bias - ridge.decoder.mean @ weight
-    print(
+    note(
         f"linear base: ridge read-out fitted on {ridge.n_train} training rows, λ = {ridge.lam:.4g} "
-        f"({time.perf_counter() - t0:.0f} s)",
-        file=sys.stderr,
+        f"({time.perf_counter() - t0:.0f} s)"
     )
     return {"weight": weight, "bias": bias}
 
