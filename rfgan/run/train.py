@@ -1,9 +1,11 @@
 """Ray Train: the per-worker training loop and the TorchTrainer driver.
 
 Each worker builds the GAN, wraps G and D separately in DDP (`prepare_model`), streams its shard of the training
-split from Parquet straight onto its device, builds the generator input there with the RF projection, and runs the
-pure-PyTorch step. Validation covers the whole validation split: every worker holds it, evaluates a 1/world share,
-and the metric sums are all-reduced. Rank 0 writes checkpoints and artifacts; every rank reports equally often.
+split from Parquet straight onto its device (kept in memory after the first epoch when it fits: shard_cache), and
+runs the pure-PyTorch epoch of rfgan.run.epoch. Validation covers the whole validation split, which the driver reads
+once into Ray's object store: every worker holds it, evaluates a 1/world share, and the metric sums are all-reduced.
+Rank 0 writes checkpoints and artifacts and sends its progress to the driver's terminal; every rank reports equally
+often.
 """
 
 from __future__ import annotations
