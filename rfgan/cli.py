@@ -514,6 +514,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 VERBOSE_HELP = "also show Ray's own output on the terminal (it is always in the log file in --out)"
+DASHBOARD_HELP = "start a local Ray with its dashboard (off by default: its processes slow the start on few cores)"
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -557,6 +558,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and parameter counts, exit")
     p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
+    p.add_argument("--dashboard", action="store_true", help=DASHBOARD_HELP)
     p.set_defaults(func=cmd_train)
 
 
@@ -627,7 +629,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         return 0
     out = args.out or f"runs/{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run = launch.train(cfg, data, out, (info, rfs), resume=args.resume, address=args.address, verbose=args.verbose)
+    run = launch.train(
+        cfg,
+        data,
+        out,
+        (info, rfs),
+        resume=args.resume,
+        address=args.address,
+        verbose=args.verbose,
+        dashboard=args.dashboard,
+    )
     if run.error is not None:
         reason = user_error(run.error) or run.error  # rfgan's own reason, if Ray wrapped one
         print(
@@ -828,6 +839,7 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep in --out")
     p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
+    p.add_argument("--dashboard", action="store_true", help=DASHBOARD_HELP)
     p.set_defaults(func=cmd_tune)
 
 
@@ -851,7 +863,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     out = args.out or f"sweeps/{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     space = load_space(args.space)
     spec = SweepSpec(data=data, out=out, trials=args.trials, max_concurrent=args.max_concurrent, seed=args.seed)
-    results = sweep(cfg, spec, space, resume=args.resume, address=args.address, verbose=args.verbose)
+    results = sweep(
+        cfg, spec, space, resume=args.resume, address=args.address, verbose=args.verbose, dashboard=args.dashboard
+    )
     rows = summarize(results, space, out)
     print(table_text(rows, space))
     print(

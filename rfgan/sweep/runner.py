@@ -85,6 +85,7 @@ def sweep(
     resume: bool = False,
     address: str | None = None,
     verbose: bool = False,
+    dashboard: bool = False,
 ):
     """`rfgan tune`: check the data, start or connect to Ray, run (or continue) the sweep with a line per finished
     trial on the terminal, Ray's output in the sweep's log file (and on the terminal too when `verbose`); returns
@@ -95,7 +96,7 @@ def sweep(
 
     preflight(base, spec.data)
     with launch.run_log(spec.out, LOG_FILE, verbose) as log:
-        started = launch.init_ray(address, launch.min_cpus(base))
+        started = launch.init_ray(address, launch.min_cpus(base), dashboard)
         log.after_ray_init()
         try:
             return run_sweep(
