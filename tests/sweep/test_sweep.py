@@ -120,8 +120,8 @@ def interrupt_after_two_trials(monkeypatch, tmp_path):
 
     marker, run_sweep = tmp_path / "interrupted", runner.run_sweep
 
-    def interrupted(*args, resume=False, **kwargs):
-        callbacks = None if resume else [sweep_faults.InterruptAfter(2, marker)]
+    def interrupted(*args, resume=False, callbacks=None, **kwargs):
+        callbacks = None if resume else [*(callbacks or []), sweep_faults.InterruptAfter(2, marker)]
         return run_sweep(*args, resume=resume, callbacks=callbacks, **kwargs)
 
     monkeypatch.setattr(runner, "run_sweep", interrupted)
