@@ -87,8 +87,10 @@ class EpochProgress:
         if self.bar is None or epoch != self.bar_epoch:
             self._close_bar()
             self.bar_epoch = epoch
+            # Counted from the first event (a step already done): the rate is then the rate since.
             self.bar = tqdm(
                 total=total,
+                initial=done,
                 desc=f"epoch {epoch}/{self.epochs}",
                 unit="samples",
                 leave=False,
