@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -471,6 +469,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+VERBOSE_HELP = "also show Ray's own output on the terminal (it is always in the log file in --out)"
+DASHBOARD_HELP = "start a local Ray with its dashboard (off by default: its processes slow the start on few cores)"
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     from rfgan.config import PRESETS
 
@@ -513,6 +515,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="continue the run in --out from its last checkpoint (epoch, optimizers, RNG)",
     )
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and parameter counts, exit")
+    p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
+    p.add_argument("--dashboard", action="store_true", help=DASHBOARD_HELP)
     p.set_defaults(func=cmd_train)
 
 
@@ -530,18 +534,6 @@ def _config(args: argparse.Namespace, flags: dict):
     )
 
 
-def _init_ray(address: str | None, min_cpus: int) -> None:
-    import ray
-
-    if ray.is_initialized():  # e.g. called from a notebook or a test that started Ray already
-        return
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address)  # a cluster (also what `ray job submit` sets up)
-        return
-    # A local Ray with more logical CPUs than the workers take, so Ray Data's read tasks always get a slot.
-    ray.init(num_cpus=max(os.cpu_count() or 1, min_cpus))
-
-
 def _describe_input(cfg) -> str:
     """The generator input of a config in words (what `rfgan train --dry-run` says of it)."""
     d = cfg.data
@@ -557,10 +549,11 @@ def _describe_input(cfg) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from rfgan.checkpoint import existing_checkpoints
     from rfgan.gan.build import build_gan
     from rfgan.gan.models import count_parameters
-    from rfgan.run.train import fit, preflight, write_resolved_config
+    from rfgan.run import launch
+    from rfgan.run.console import final_table
+    from rfgan.run.train import preflight
 
     cfg = _config(
         args,
@@ -594,42 +587,30 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         return 0
     out = args.out or f"runs/{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    found = existing_checkpoints(out)
-    if found and not args.resume:
-        raise UsageError(
-            f"{out} already holds {len(found)} checkpoint(s); pass --resume to continue that run, or "
-            "choose another --out."
-        )
-    if args.resume and not found:
-        print(f"--resume: {out} has no checkpoint yet; starting from epoch 1")
-    write_resolved_config(cfg, out)
-    _init_ray(args.address, math.ceil(cfg.run.workers * cfg.run.cpus_per_worker) + 2)
-    local = not (args.address or os.environ.get("RAY_ADDRESS"))
-    threads = max(1, (os.cpu_count() or 1) // cfg.run.workers) if local else None
-    start = time.perf_counter()
-    # Whatever stops the run (Ctrl-C, a crash beyond run.max_failures), its checkpoints stay: say how to go on.
-    go_on = f"`rfgan train --out {out} --resume` continues the run from its last checkpoint"
-    try:
-        result = fit(cfg, data, out, dataset=(info, rfs), torch_threads=threads)
-    except KeyboardInterrupt:
-        raise KeyboardInterrupt(go_on) from None
-    wall = time.perf_counter() - start
-    if result.error is not None:
-        reason = user_error(result.error) or result.error  # rfgan's own reason, if Ray wrapped one
+    run = launch.train(
+        cfg,
+        data,
+        out,
+        (info, rfs),
+        resume=args.resume,
+        address=args.address,
+        verbose=args.verbose,
+        dashboard=args.dashboard,
+    )
+    if run.error is not None:
+        reason = user_error(run.error) or run.error  # rfgan's own reason, if Ray wrapped one
         print(
-            f"rfgan train: training failed after {wall:.0f} s: {str(reason).strip().splitlines()[0]}; {go_on}",
+            f"rfgan train: training failed after {run.wall_s:.0f} s: {str(reason).strip().splitlines()[0]}; "
+            f"{run.resume_hint}; Ray's log: {run.log_file}",
             file=sys.stderr,
         )
         return 1
-    metrics = result.metrics
-    summary = ", ".join(
-        f"{k}={metrics[k]:.4g}" for k in ("val_psnr", "val_ssim", "val_pixel_corr", "val_feature_corr") if k in metrics
-    )
+    print(f"done in {run.wall_s:.0f} s: {run.metrics.get('epoch')} epochs")
+    print(final_table(run.metrics))
     print(
-        f"done in {wall:.0f} s: {metrics.get('epoch')} epochs, {summary}\n"
-        f"run directory: {result.run_dir}\nbest checkpoint: {result.best_checkpoint}\n"
-        f"samples: {result.run_dir}/samples/  curves: {result.run_dir}/curves.png  "
-        f"tensorboard --logdir {result.run_dir}/tensorboard"
+        f"run directory: {run.run_dir}\nbest checkpoint: {run.best_checkpoint}\n"
+        f"samples: {run.run_dir}/samples/  curves: {run.run_dir}/curves.png  "
+        f"tensorboard --logdir {run.run_dir}/tensorboard\nlog (Ray's output too): {run.log_file}"
     )
     return 0
 
@@ -821,13 +802,14 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep in --out")
+    p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
+    p.add_argument("--dashboard", action="store_true", help=DASHBOARD_HELP)
     p.set_defaults(func=cmd_tune)
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from rfgan.run.train import preflight
     from rfgan.sweep.results import summarize, table_text
-    from rfgan.sweep.runner import SweepSpec, run_sweep
+    from rfgan.sweep.runner import SweepSpec, sweep
     from rfgan.sweep.space import load_space
 
     gpus = args.gpus_per_worker
@@ -842,17 +824,18 @@ def cmd_tune(args: argparse.Namespace) -> int:
         },
     )
     data = dataset_or_synth(cfg.data.path)
-    preflight(cfg, data)
     out = args.out or f"sweeps/{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     space = load_space(args.space)
     spec = SweepSpec(data=data, out=out, trials=args.trials, max_concurrent=args.max_concurrent, seed=args.seed)
-    _init_ray(args.address, math.ceil(cfg.run.workers * cfg.run.cpus_per_worker) + 2)
-    results = run_sweep(cfg, spec, space, resume=args.resume)
+    results = sweep(
+        cfg, spec, space, resume=args.resume, address=args.address, verbose=args.verbose, dashboard=args.dashboard
+    )
     rows = summarize(results, space, out)
     print(table_text(rows, space))
     print(
         f"sweep directory: {out}\nbest config: {out}/best_config.json  (rfgan train --config "
-        f"{out}/best_config.json)\nplots: {out}/trials.png {out}/param_importances.png"
+        f"{out}/best_config.json)\nplots: {out}/trials.png {out}/param_importances.png\n"
+        f"log (Ray's output too): {out}/tune.log"
     )
     return 0
 
@@ -921,9 +904,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(profile_table(args.preset, device))
     if args.pipeline:
         from rfgan.bench.pipeline import format_pipeline, run_pipeline
+        from rfgan.run.launch import init_ray
 
         data = dataset_or_synth(args.data)
-        _init_ray(None, 4)
+        init_ray(None, 4)
         result["pipeline"] = run_pipeline(data, args.preset, step_samples_per_s=result["rfgan_samples_per_s"])
         print(format_pipeline(result["pipeline"]))
     if args.json:

@@ -76,11 +76,24 @@ def run_with_two_checkpoints(tiny_dataset, tmp_path):
             step=epoch,
             metrics={"val_ssim": ssim},
         )
-    (run / RAY_SNAPSHOT).write_text(
-        json.dumps(
-            {"checkpoint_results": [{"checkpoint_dir_name": "checkpoint_a"}, {"checkpoint_dir_name": "checkpoint_b"}]}
-        )
-    )
+    # Ray Train 2.60's record of them, as its checkpoint manager writes it.
+    results = [
+        {"version": 0, "checkpoint_dir_name": name, "metrics": {"epoch": epoch, "val_ssim": ssim}}
+        for name, epoch, ssim in (("checkpoint_a", 1, 0.6), ("checkpoint_b", 2, 0.5))
+    ]
+    snapshot = {
+        "ray_version": "2.60.0",
+        "checkpoint_results": results,
+        "checkpoint_report_indices": [0, 1],
+        "latest_checkpoint_result": results[1],
+        "pending_training_results": [],
+        "pending_validation_specs": [],
+        "current_report_index": 2,
+        "validated_checkpoint_dir_names": [],
+        "timed_out_validation_checkpoint_dir_names": [],
+        "failed_validation_checkpoint_dir_names": [],
+    }
+    (run / RAY_SNAPSHOT).write_text(json.dumps(snapshot))
     return run
 
 

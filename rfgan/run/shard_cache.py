@@ -9,13 +9,13 @@ one permutation per epoch instead (on the worker's device: on a GPU no batch cro
 
 What changes is only which rows form each batch: a full permutation of the shard each epoch (seeded by the epoch
 seed, so a restarted run draws the same), where Ray Data's local shuffle mixes a window of 4 batches. Pure PyTorch,
-no Ray: the training loop decides, with every rank, whether all kept their shard (`agree` with the fewest rows any
-rank kept, 0 when one kept none).
+no Ray: `epoch` is the one call a training loop makes; it streams, keeps, and at the end of the first epoch decides
+with every rank whether all kept their shard (`agree` with the fewest rows any rank kept, 0 when one kept none).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import torch
 
@@ -78,3 +78,27 @@ class ShardCache:
         for start in range(0, self.rows - batch_size + 1, batch_size):
             idx = order[start : start + batch_size]
             yield {k: v.index_select(0, idx) for k, v in self._kept.items()}
+
+    def epoch(
+        self,
+        stream: Callable[[bool], Iterable[Batch]],
+        batch_size: int,
+        seed: int,
+        fewest: Callable[[int], int],
+    ) -> Iterator[Batch]:
+        """One epoch's full batches of `batch_size`: the kept rows reshuffled (`batches`) once the ranks agreed to
+        keep them, else `stream(drop_last)`'s (Ray Data's). Before that agreement the stream keeps its short last
+        batch, so that its rows are kept too (not trained on), and its batches are kept as they pass; when it ends,
+        the ranks agree through `fewest(rows)`, the fewest rows any rank kept (an all-reduce MIN over the ranks:
+        every rank must run this epoch to its end)."""
+        if self.ready:
+            yield from self.batches(batch_size, seed)
+            return
+        deciding = not self.decided
+        for batch in stream(not deciding):
+            if deciding:
+                self.add(batch)
+            if len(batch["responses"]) == batch_size:
+                yield batch
+        if deciding:
+            self.agree(fewest(self.kept_rows()))

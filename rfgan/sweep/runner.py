@@ -74,16 +74,52 @@ def concurrency(base: Config, spec: SweepSpec, resources: Mapping[str, float]) -
     return min(n, spec.trials)
 
 
+LOG_FILE = "tune.log"
+
+
+def sweep(
+    base: Config,
+    spec: SweepSpec,
+    space: Mapping[str, Range],
+    *,
+    resume: bool = False,
+    address: str | None = None,
+    verbose: bool = False,
+    dashboard: bool = False,
+):
+    """`rfgan tune`: check the data, start or connect to Ray, run (or continue) the sweep with a line per finished
+    trial on the terminal, Ray's output in the sweep's log file (and on the terminal too when `verbose`); returns
+    Tune's ResultGrid."""
+    from rfgan.run import launch
+    from rfgan.run.train import preflight
+    from rfgan.sweep.progress import TrialLines
+
+    preflight(base, spec.data)
+    with launch.run_log(spec.out, LOG_FILE, verbose) as log:
+        started = launch.init_ray(address, launch.min_cpus(base), dashboard)
+        log.after_ray_init()
+        try:
+            return run_sweep(
+                base, spec, space, resume=resume, callbacks=None if resume else [TrialLines()], verbose=verbose
+            )
+        finally:
+            if started:
+                import ray
+
+                ray.shutdown()
+
+
 def run_sweep(
     base: Config,
     spec: SweepSpec,
     space: Mapping[str, Range],
     resume: bool = False,
     callbacks: Sequence[Any] | None = None,
+    verbose: bool = False,
 ):
     """Run (or, with `resume`, continue) a sweep of `base` on the connected Ray cluster; returns Tune's ResultGrid.
     `callbacks` are Ray Tune callbacks for a new sweep: a resumed one runs with those it started with, which Tune
-    keeps in the sweep's state."""
+    keeps in the sweep's state. Tune's status tables only when `verbose`."""
     import optuna
     import ray
     import ray.tune
@@ -141,6 +177,7 @@ def run_sweep(
             storage_path=storage_path,
             failure_config=ray.tune.FailureConfig(max_failures=0),
             callbacks=list(callbacks or []),
+            verbose=None if verbose else 0,
         ),
     )
     return tuner.fit()

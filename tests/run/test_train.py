@@ -22,6 +22,7 @@ from rfgan.config import load_config, preset
 from rfgan.errors import ConfigError
 from rfgan.run import train
 from rfgan.run.artifacts import read_metrics_csv
+from rfgan.run.epoch import validate
 from rfgan.run.train import fit, preflight
 
 SMALL = {**SMALL_NETS, "optim.lr_g": 1e-3, "run.cpus_per_worker": 1}
@@ -299,7 +300,7 @@ def test_masked_training_is_validated_on_masked_images(tiny_dataset):
         cfg = preset("tiny").with_overrides({"data.mask": mask, "data.mask_radius_sigmas": 0.5})
         torch.manual_seed(0)
         gan = build_gan(cfg, info, rfs, with_vgg=False)
-        scores[mask] = train._validate(gan, batches, 0, 1, "cpu")
+        scores[mask] = validate(gan, batches, 0, 1, "cpu")
     # The same generator: outside the mask both images are 0, so masked images agree better (SSIM ranks checkpoints)
     assert scores[True]["ssim"] > scores[False]["ssim"] and scores[True]["psnr"] > scores[False]["psnr"]
 

@@ -120,8 +120,8 @@ def interrupt_after_one_trial(monkeypatch, tmp_path):
 
     marker, run_sweep = tmp_path / "interrupted", runner.run_sweep
 
-    def interrupted(*args, resume=False, **kwargs):
-        callbacks = None if resume else [sweep_faults.InterruptAfter(1, marker)]
+    def interrupted(*args, resume=False, callbacks=None, **kwargs):
+        callbacks = None if resume else [*(callbacks or []), sweep_faults.InterruptAfter(1, marker)]
         return run_sweep(*args, resume=resume, callbacks=callbacks, **kwargs)
 
     monkeypatch.setattr(runner, "run_sweep", interrupted)
@@ -250,17 +250,17 @@ class _Stop(Exception):
     ],
 )
 def test_tune_flags_are_run_settings_of_the_base_config(tiny_dataset, tmp_path, monkeypatch, flags, run):
-    from rfgan import cli
+    from rfgan.run import launch
     from rfgan.sweep import runner
 
     seen = {}
 
-    def run_sweep(base, spec, space, resume=False):
+    def run_sweep(base, spec, space, resume=False, **kwargs):
         seen.update(base=base, spec=spec)
         raise _Stop
 
     monkeypatch.setattr(runner, "run_sweep", run_sweep)
-    monkeypatch.setattr(cli, "_init_ray", lambda *args: None)
+    monkeypatch.setattr(launch, "init_ray", lambda *args: False)
     with pytest.raises(_Stop):
         main(
             [

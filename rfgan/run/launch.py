@@ -1,0 +1,141 @@
+"""`rfgan train` from the driver's side: refuse to overwrite a run, write its resolved config, start or connect to
+Ray, train, and keep Ray's output in the run's log file while the terminal shows rfgan's progress."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from rfgan import storage
+from rfgan.checkpoint import existing_checkpoints
+from rfgan.config import Config
+from rfgan.data.format import DatasetInfo
+from rfgan.data.rf import RFTable
+from rfgan.errors import UsageError
+from rfgan.run.console import EpochProgress, QueueFollower, RunLog
+from rfgan.run.train import fit, write_resolved_config
+
+LOG_FILE = "train.log"
+
+
+def on_cluster(address: str | None) -> bool:
+    return bool(address or os.environ.get("RAY_ADDRESS"))
+
+
+def init_ray(address: str | None, min_cpus: int, dashboard: bool = False) -> bool:
+    """Connect to the cluster at `address` ($RAY_ADDRESS), else start a local Ray; True when this call did either
+    (the caller then shuts it down), False when Ray was running in this process already (a notebook, a test)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if on_cluster(address):
+        ray.init(address=address)  # a cluster (also what `ray job submit` sets up)
+        return True
+    # A machine of one's own is not preempted: no watcher actor (a process start) for Train to poll.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    # More logical CPUs than the workers take, so Ray Data's read tasks always get a slot. The dashboard's processes
+    # start with Ray and take their share of a laptop's cores: only on request.
+    ray.init(num_cpus=max(os.cpu_count() or 1, min_cpus), include_dashboard=dashboard)
+    return True
+
+
+def min_cpus(cfg: Config) -> int:
+    """Logical CPUs a local Ray needs: the workers' and two for Ray Data and the driver's actors."""
+    return math.ceil(cfg.run.workers * cfg.run.cpus_per_worker) + 2
+
+
+@contextmanager
+def run_log(out: str, name: str, verbose: bool) -> Iterator[RunLog]:
+    """RunLog into `out`/`name`; written locally first when `out` is a URI, and uploaded when the run ends."""
+    if not storage.is_remote(out):
+        os.makedirs(out, exist_ok=True)
+        with RunLog(os.path.join(out, name), verbose) as log:
+            yield log
+        return
+    with tempfile.TemporaryDirectory(prefix="rfgan-log-") as tmp:
+        try:
+            with RunLog(os.path.join(tmp, name), verbose) as log:
+                yield log
+        finally:
+            storage.upload(tmp, out, [name])
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    run_dir: str
+    log_file: str
+    wall_s: float
+    metrics: dict[str, Any]  # the last epoch's
+    best_checkpoint: str | None
+    error: BaseException | None  # what stopped training (rfgan's own reason, if Ray wrapped one: errors.user_error)
+
+    @property
+    def resume_hint(self) -> str:
+        return resume_hint(self.run_dir)
+
+
+def resume_hint(out: str) -> str:
+    return f"`rfgan train --out {out} --resume` continues the run from its last checkpoint"
+
+
+def train(
+    cfg: Config,
+    data: str,
+    out: str,
+    dataset: tuple[DatasetInfo, RFTable],
+    *,
+    resume: bool = False,
+    address: str | None = None,
+    verbose: bool = False,
+    dashboard: bool = False,
+) -> TrainOutcome:
+    """Train `cfg` on `data` into `out` (a new run, or with `resume` the one there), on a local Ray or the cluster at
+    `address`, showing each epoch on the terminal. Ctrl-C ends it with a KeyboardInterrupt saying how to go on."""
+    found = existing_checkpoints(out)
+    if found and not resume:
+        raise UsageError(
+            f"{out} already holds {len(found)} checkpoint(s); pass --resume to continue that run, or choose another "
+            "--out."
+        )
+    if resume and not found:
+        print(f"--resume: {out} has no checkpoint yet; starting from epoch 1")
+    write_resolved_config(cfg, out)
+    start = time.perf_counter()
+    with run_log(out, LOG_FILE, verbose) as log:
+        started = init_ray(address, min_cpus(cfg), dashboard)
+        log.after_ray_init()
+        try:
+            from ray.util.queue import Queue
+
+            # Torch threads that share the machine's cores among the local workers; a cluster's nodes decide their own.
+            threads = None if on_cluster(address) else max(1, (os.cpu_count() or 1) // cfg.run.workers)
+            events = Queue(actor_options={"num_cpus": 0})
+            progress = EpochProgress(cfg.run.epochs, log.out, log.err)
+            follower = QueueFollower(events, progress.handle)
+            try:
+                result = fit(cfg, data, out, dataset=dataset, torch_threads=threads, progress=events)
+            except KeyboardInterrupt:
+                raise KeyboardInterrupt(resume_hint(out)) from None
+            finally:
+                follower.stop()
+                progress.close()
+        finally:
+            if started:
+                import ray
+
+                ray.shutdown()
+    return TrainOutcome(
+        run_dir=result.run_dir,
+        log_file=storage.join(result.run_dir, LOG_FILE),
+        wall_s=time.perf_counter() - start,
+        metrics=result.metrics,
+        best_checkpoint=result.best_checkpoint,
+        error=result.error,
+    )
