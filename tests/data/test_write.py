@@ -248,6 +248,6 @@ def test_any_interrupted_command_is_one_line_and_exit_130(monkeypatch, capsys):
     def stopped(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("rfgan.cli.cmd_check", stopped)
+    monkeypatch.setattr("rfgan.cli.data.cmd_check", stopped)
     assert run_interrupted(["check"]) == 130
     assert capsys.readouterr().err == "rfgan check: interrupted\n"
