@@ -117,7 +117,16 @@ def test_reconstruction_loss_goes_well_down_on_a_tiny_problem(problem, generator
         "optim.lr_g": 1e-3,
     }
     if generator == "reference":
-        overrides.update({"model.g_widths": [16, 16, 32], "model.g_convs_per_block": [1, 1, 1], "model.n_res": 1})
+        # No dropout: the original layout drops half of every pooled map, which on 16 images keeps the loss at
+        # about 0.4 of its start for hundreds of steps; what this test checks is the step, not that regulariser.
+        overrides.update(
+            {
+                "model.g_widths": [16, 16, 32],
+                "model.g_convs_per_block": [1, 1, 1],
+                "model.n_res": 1,
+                "model.dropout": 0.0,
+            }
+        )
     torch.manual_seed(0)
     cfg = preset("tiny").with_overrides(overrides)
     info, rfs, responses, target = problem
