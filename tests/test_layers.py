@@ -38,6 +38,12 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def is_module(dotted: str) -> bool:
+    """Whether rfgan's dotted name is a module or a package (not a name defined in one)."""
+    path = ROOT.parent / dotted.replace(".", "/")
+    return path.with_suffix(".py").exists() or (path / "__init__.py").exists()
+
+
 def imports(path: Path) -> list[tuple[int, str]]:
     """(line, dotted rfgan module) of every import in a file, at any depth (function-level imports too)."""
     found = []
@@ -47,10 +53,7 @@ def imports(path: Path) -> list[tuple[int, str]]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "rfgan":
             # `from rfgan import storage` imports the module rfgan.storage
             subs = [f"{node.module}.{a.name}" for a in node.names]
-            found += [
-                (node.lineno, s if (ROOT.parent / (s.replace(".", "/") + ".py")).exists() else node.module)
-                for s in subs
-            ]
+            found += [(node.lineno, s if is_module(s) else node.module) for s in subs]
     return found
 
 
