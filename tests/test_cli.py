@@ -31,6 +31,22 @@ def test_help_explains_the_options(command, options, capsys, monkeypatch):
         assert option in out
 
 
+@pytest.mark.parametrize("command", ["train", "tune", "bench"])
+def test_preset_choices_are_the_presets_themselves(command, capsys, monkeypatch):
+    """--preset lists, and accepts, exactly the presets that exist: the choices come from the one table of them."""
+    from rfgan.bench.step import BENCH_PRESETS
+    from rfgan.config import PRESETS
+
+    presets = BENCH_PRESETS if command == "bench" else PRESETS
+    monkeypatch.setenv("COLUMNS", "400")  # the choices on one line
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    assert "{" + ",".join(sorted(presets) if command != "bench" else presets) + "}" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as refused:
+        main([command, "--preset", "nope"])
+    assert refused.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err
+
+
 def test_synth_command_writes_a_dataset(tmp_path, capsys):
     out = tmp_path / "ds"
     code = main(
