@@ -256,6 +256,11 @@ class Config:
             raise _unknown_key(key, flat)
         return flat[key]
 
+    def changes_from(self, base: Config) -> dict[str, Any]:
+        """The dotted keys whose values differ from `base`'s, with this config's values."""
+        mine, theirs = flatten(self.to_dict()), flatten(base.to_dict())
+        return {k: v for k, v in mine.items() if theirs.get(k) != v}
+
     def with_overrides(self, overrides: Mapping[str, Any]) -> Config:
         """Apply dotted-key overrides, e.g. {"loss.lambda_adv": 0.5, "optim.lr_g": 1e-4}."""
         flat = flatten(self.to_dict())

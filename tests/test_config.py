@@ -203,3 +203,10 @@ def test_precision_defaults_to_auto():
     # The switch it replaced is no key of the config (rfgan has no released version whose configs would need it).
     with pytest.raises(ConfigError, match=r"unknown config key.*optim.bf16.*precision"):
         Config.from_dict({"optim": {"bf16": True}})
+
+
+def test_changes_from_lists_what_differs_from_the_base():
+    tiny = preset("tiny")
+    assert tiny.changes_from(tiny) == {}
+    changed = tiny.with_overrides({"run.epochs": 2, "loss.lambda_adv": 0.5})
+    assert changed.changes_from(tiny) == {"loss.lambda_adv": 0.5, "run.epochs": 2}

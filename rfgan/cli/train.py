@@ -73,6 +73,7 @@ def _describe_input(cfg) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from rfgan.config import PRESETS, preset
     from rfgan.gan.build import build_gan
     from rfgan.gan.models import count_parameters
     from rfgan.run import launch
@@ -91,8 +92,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     data = dataset_or_synth(cfg.data.path)
     # A dry run builds no VGG and trains on no batch: it checks only that the nets fit the data.
     info, rfs = preflight(cfg, data, training=not args.dry_run)
-    print(f"config (preset {cfg.preset!r}, data {data}):\n{cfg.to_json()}")
     if args.dry_run:
+        print(f"config (preset {cfg.preset!r}, data {data}):\n{cfg.to_json()}")
         gan = build_gan(cfg, info, rfs, with_vgg=False)
         print(
             f"generator: {count_parameters(gan.generator):,} parameters, {gan.projection.out_channels} input "
@@ -111,6 +112,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         return 0
     out = args.out or f"runs/{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    # What differs from the preset, not the whole config (that is in the run's config.json, and --dry-run prints it).
+    changed = cfg.changes_from(preset(cfg.preset)) if cfg.preset in PRESETS else {}
+    print(
+        f"config: preset {cfg.preset!r}"
+        + (f" with {', '.join(f'{k}={v}' for k, v in changed.items())}" if changed else "")
+        + f"; data {data}; all of it in {out}/config.json"
+    )
     run = launch.train(
         cfg,
         data,

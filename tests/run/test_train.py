@@ -168,7 +168,7 @@ def test_a_crashed_worker_group_restarts_from_the_last_checkpoint(trained_run, t
 
 def test_train_cli_eval_report_and_reconstruct(trained_run, tiny_dataset, feature_weights, tmp_path, capsys):
     out = trained_run[1]  # what `rfgan train` printed
-    assert '"preset": "tiny"' in out and "best checkpoint:" in out
+    assert out.startswith("config: preset 'tiny' with ") and "run.workers=2" in out and "best checkpoint:" in out
     run = copy_of(trained_run, tmp_path)
     saved = json.loads((run / "config.json").read_text())
     assert saved["model"]["ngf"] == 8 and saved["run"]["epochs"] == 4 and saved["run"]["workers"] == 2
@@ -244,7 +244,7 @@ def test_the_demo_preset_trains_on_top_of_the_ridge_decoder(ray_session, tiny_da
     run = tmp_path / "demo"
     args = ["train", "--data", str(tiny_dataset), "--preset", "demo", *set_flags(SMALL), "--epochs", "2"]
     assert main([*args, "--out", str(run)]) == 0
-    assert '"preset": "demo"' in capsys.readouterr().out
+    assert "config: preset 'demo' with " in capsys.readouterr().out
     assert [r["epoch"] for r in rows(run)] == [1, 2] and all(r["train_ssim"] > 0 for r in rows(run))
     ckpt = load_checkpoint(find_checkpoint(run, "last"))
     cfg = preset("demo").with_overrides(SMALL)
