@@ -30,11 +30,10 @@ def add_image_encoding(p: argparse.ArgumentParser) -> None:
 @contextmanager
 def progress(total: int | None, desc: str, quiet: bool, unit: str = "rows") -> Iterator:
     """A bar and its callback `update(n, total=None)`: an ingest learns its row count only once it has checked its
-    inputs, and tells it with the first call (rfgan.data.ingest.Plan.write). Only on a terminal: in a log file its
-    redraws would be one long line."""
+    inputs, and tells it with the first call (rfgan.data.ingest.Plan.write)."""
     from tqdm import tqdm
 
-    with tqdm(total=total, desc=desc, unit=unit, disable=True if quiet else None) as bar:
+    with tqdm(total=total, desc=desc, unit=unit, disable=quiet) as bar:
 
         def update(n: int, total: int | None = None) -> None:
             if total is not None:
