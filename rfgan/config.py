@@ -207,9 +207,15 @@ class PerfConfig:
     # This one changes which rows form a batch (a full permutation of the shard, not a 4-batch shuffle window);
     # 0 streams every epoch.
     cache_shard_mb: int = 2048
+    # A training split at most this many MB as read, whose share per worker also fits cache_shard_mb, is read once
+    # by the driver and handed to the workers through Ray's object store: each keeps its share in memory from the
+    # first epoch on, and no Ray Data job starts (its actors and read tasks are most of a small run's start-up).
+    # A larger split streams through Ray Data. 0 always streams.
+    driver_read_mb: int = 512
 
     def __post_init__(self) -> None:
         _require(self.prefetch_batches >= 0, "perf.prefetch_batches must be >= 0")
+        _require(self.driver_read_mb >= 0, "perf.driver_read_mb must be >= 0 (0 streams through Ray Data always)")
         _require(self.cache_shard_mb >= 0, "perf.cache_shard_mb must be >= 0 (0 streams the shard every epoch)")
 
 

@@ -34,7 +34,7 @@ def test_help_explains_the_options(command, options, capsys, monkeypatch):
 @pytest.mark.parametrize("command", ["train", "tune", "bench"])
 def test_preset_choices_are_the_presets_themselves(command, capsys, monkeypatch):
     """--preset lists, and accepts, exactly the presets that exist: the choices come from the one table of them."""
-    from rfgan.bench.step import BENCH_PRESETS
+    from rfgan.bench.presets import BENCH_PRESETS
     from rfgan.config import PRESETS
 
     presets = BENCH_PRESETS if command == "bench" else PRESETS

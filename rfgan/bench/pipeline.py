@@ -5,7 +5,8 @@
   consumes (from the step benchmark): the data path must not be what the step waits for.
 - Worker scaling: the same training run (epochs, data, config) with 1 Ray Train worker and with 2, each worker with
   one torch thread, in training samples/s of the last epoch (the first holds start-up), with each worker's shard
-  kept in memory after the first epoch (the default, `perf.cache_shard_mb`) and streamed from Parquet every epoch.
+  kept in memory (the default: the driver reads a split this small, `perf.driver_read_mb`) and streamed from Parquet
+  every epoch.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def format_pipeline(p: dict[str, Any]) -> str:
             f"data path (Parquet -> Ray Data -> tensors, one consumer, batch {p['batch']}): "
             f"{p['data_path_samples_per_s']:.0f} samples/s = {p['data_path_over_step']:.1f}x what rfgan's step "
             f"consumes ({p['step_samples_per_s']:.1f} samples/s)",
-            f"Ray Train, {p['scaling_rows']} rows, one torch thread per worker, shard kept after epoch 1: 1 worker "
+            f"Ray Train, {p['scaling_rows']} rows, one torch thread per worker, shard kept in memory: 1 worker "
             f"{p['one_worker_samples_per_s']:.1f} samples/s, 2 workers {p['two_workers_samples_per_s']:.1f} "
             f"samples/s = {p['two_over_one_worker']:.2f}x",
             f"  the same, shard streamed from Parquet every epoch (perf.cache_shard_mb=0): 1 worker "

@@ -22,33 +22,13 @@ from typing import Any
 
 import torch
 
+from rfgan.bench.presets import BENCH_PRESETS, GPU_BATCH
 from rfgan.config import Config, preset
 from rfgan.data.format import DatasetInfo
 from rfgan.data.synth import SynthSpec, make_rfs
 from rfgan.errors import UsageError
 from rfgan.gan.build import autocast_dtype, build_gan, build_optimizers, on_device
 from rfgan.gan.step import train_step
-
-
-@dataclass(frozen=True)
-class BenchPreset:
-    config: str  # the rfgan config preset
-    batch: int
-    steps: int  # per arm per round
-    electrodes: int = 191
-    size: int = 96
-    overrides: tuple[tuple[str, Any], ...] = ()  # dotted config overrides
-
-
-# Sizes: `tiny` takes seconds on a laptop CPU; `medium` is the default config (U-Net 64, PatchGAN 64, VGG19 feature
-# loss with random-init weights: the same FLOPs as ImageNet's) at a CPU-sized batch; `reference` is RF_GANsynth's
-# model (SegNet G of 53 M parameters, DCGAN D, VGG loss), a few steps on a CPU.
-BENCH_PRESETS: dict[str, BenchPreset] = {
-    "tiny": BenchPreset("tiny", batch=32, steps=4),
-    "medium": BenchPreset("default", batch=16, steps=2),
-    "reference": BenchPreset("reference", batch=8, steps=1),
-}
-GPU_BATCH = {"tiny": 256, "medium": 128, "reference": 256}
 
 
 @dataclass

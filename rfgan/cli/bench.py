@@ -9,7 +9,7 @@ from rfgan.cli.data import dataset_or_synth
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    from rfgan.bench.step import BENCH_PRESETS
+    from rfgan.bench.presets import BENCH_PRESETS
 
     p = sub.add_parser(
         "bench",

@@ -14,13 +14,12 @@ from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
-from torchmetrics.functional.image import (
-    peak_signal_noise_ratio,
-    structural_similarity_index_measure,
-)
 
 from rfgan.gan.losses import to_luma
 from rfgan.gan.vgg import VGGFeatures
+
+# torchmetrics is imported where it is used: importing it costs about a second (it pulls in scipy), and the
+# driver of `rfgan train` never needs it.
 
 __all__ = [
     "PSNR_CAP_DB",
@@ -69,6 +68,8 @@ def _check_pair(fake: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
 
 def psnr(fake: Tensor, target: Tensor) -> Tensor:
     """(B,) PSNR in dB on luma, data range 1.0, capped at PSNR_CAP_DB so identical pairs stay finite."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
     fake, target = _check_pair(fake, target)
     values = peak_signal_noise_ratio(
         to_luma(fake), to_luma(target), data_range=1.0, reduction="none", dim=(1, 2, 3)
@@ -78,6 +79,8 @@ def psnr(fake: Tensor, target: Tensor) -> Tensor:
 
 def ssim(fake: Tensor, target: Tensor) -> Tensor:
     """(B,) SSIM on luma, data range 1.0, 11x11 Gaussian window (sigma 1.5); images need H, W >= 6."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     fake, target = _check_pair(fake, target)
     return structural_similarity_index_measure(to_luma(fake), to_luma(target), data_range=1.0, reduction="none")  # (B,)
 
@@ -135,6 +138,8 @@ def psnr_masked(fake: Tensor, target: Tensor, mask: Tensor) -> Tensor:
 def ssim_masked(fake: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     """(B,) mean of the SSIM map (on luma, as ssim) over the pixels inside `mask`."""
     fake, target = _check_pair(fake, target)
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     m = _inside(mask, fake)
     _, ssim_map = structural_similarity_index_measure(
         to_luma(fake), to_luma(target), data_range=1.0, reduction="none", return_full_image=True

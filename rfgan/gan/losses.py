@@ -13,7 +13,6 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics.functional.image import structural_similarity_index_measure
 
 from rfgan.config import ADV_KINDS, PIXEL_KINDS, REFERENCE_VGG_WEIGHTS
 from rfgan.gan.vgg import VGGFeatures
@@ -148,7 +147,10 @@ def ssim_loss(fake: Tensor, target: Tensor, mask: Tensor | None = None) -> Tenso
     the SSIM row of `rfgan eval`, as a loss. Differentiable in ``fake``."""
     fake, target = apply_mask(fake, mask), apply_mask(target, mask)
     if min(fake.shape[-2:]) <= _SSIM_TAPS // 2:
-        # Too small to reflect the window's half inside: torchmetrics' SSIM, which says why.
+        # Too small to reflect the window's half inside: torchmetrics' SSIM, which says why. Imported here: it
+        # costs about a second to import, and this is the only use.
+        from torchmetrics.functional.image import structural_similarity_index_measure
+
         return 1 - structural_similarity_index_measure(to_luma(fake), to_luma(target), data_range=1.0)
     return 1 - _ssim_luma(to_luma(fake), to_luma(target)).mean()
 

@@ -11,10 +11,12 @@ import warnings
 from collections.abc import Mapping
 
 import torch
-import torchvision
 from torch import Tensor, nn
 
 from rfgan.errors import MissingVGGWeightsError
+
+# torchvision is imported where it is used: importing it costs about a second (it pulls in torch._dynamo), and
+# the driver of `rfgan train` and the CLI's parser never need it.
 
 # Indices of VGG_LAYERS in torchvision's vgg19().features.
 _RELU_INDICES: tuple[int, ...] = (1, 6, 11, 20, 29)
@@ -25,12 +27,16 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def default_vgg19_weights_path() -> str:
     """Where torchvision caches IMAGENET1K_V1 VGG19 weights (honours $TORCH_HOME)."""
+    import torchvision
+
     filename = os.path.basename(torchvision.models.VGG19_Weights.IMAGENET1K_V1.url)
     return os.path.join(torch.hub.get_dir(), "checkpoints", filename)
 
 
 def _how_to_fix(path: str) -> str:
     # One line (rfgan prints errors on one line), the CLI's way first, then what to copy where.
+    import torchvision
+
     filename = os.path.basename(torchvision.models.VGG19_Weights.IMAGENET1K_V1.url)
     return (
         f"give the file with --set loss.vgg_weights=PATH (in Python VGGFeatures(weights=PATH)), or copy torchvision's "
@@ -43,6 +49,8 @@ def _how_to_fix(path: str) -> str:
 
 def _build_features(device: torch.device | str) -> nn.Sequential:
     """torchvision's vgg19().features truncated after relu5_1, uninitialised."""
+    import torchvision
+
     # Built on meta so the unused 100M-parameter classifier never allocates.
     with torch.device("meta"):
         features = torchvision.models.vgg19().features[: _RELU_INDICES[-1] + 1]

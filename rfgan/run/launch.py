@@ -40,6 +40,9 @@ def init_ray(address: str | None, min_cpus: int, dashboard: bool = False) -> boo
         return True
     # A machine of one's own is not preempted: no watcher actor (a process start) for Train to poll.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    # Train's controller polls its workers every 2 s by default, so a run's end waits up to that long to be noticed;
+    # a few local workers are cheap to poll more often.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     # More logical CPUs than the workers take, so Ray Data's read tasks always get a slot. The dashboard's processes
     # start with Ray and take their share of a laptop's cores: only on request.
     ray.init(num_cpus=max(os.cpu_count() or 1, min_cpus), include_dashboard=dashboard)

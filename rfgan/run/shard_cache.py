@@ -1,4 +1,5 @@
-"""A training worker's shard, kept in memory after the first epoch when it fits (`perf.cache_shard_mb`).
+"""A training worker's shard, kept in memory after the first epoch when it fits (`perf.cache_shard_mb`), or from the
+start when the driver read the split (`ShardCache.holding`, perf.driver_read_mb).
 
 Ray Data re-reads and re-decodes the Parquet shard every epoch: its read tasks, its split coordinator and the
 worker's own Arrow → tensor conversion take CPU the step would otherwise use. On a machine with few cores per worker
@@ -32,6 +33,14 @@ class ShardCache:
         # once, on every rank together.
         self.decided = self.overflowed
         self._kept: Batch | None = None
+
+    @classmethod
+    def holding(cls, rows: Batch) -> ShardCache:
+        """A cache that already keeps `rows` (the whole shard, the same number of rows on every rank): every epoch
+        shuffles them, and no stream is read."""
+        cache = cls(0)
+        cache._kept, cache.overflowed = rows, False
+        return cache
 
     @property
     def ready(self) -> bool:
@@ -81,7 +90,7 @@ class ShardCache:
 
     def epoch(
         self,
-        stream: Callable[[bool], Iterable[Batch]],
+        stream: Callable[[bool], Iterable[Batch]] | None,
         batch_size: int,
         seed: int,
         fewest: Callable[[int], int],
@@ -94,6 +103,7 @@ class ShardCache:
         if self.ready:
             yield from self.batches(batch_size, seed)
             return
+        assert stream is not None, "a cache that keeps no rows needs a stream"
         deciding = not self.decided
         for batch in stream(not deciding):
             if deciding:

@@ -1,8 +1,9 @@
 """Ray Train: the per-worker training loop and the TorchTrainer driver.
 
-Each worker builds the GAN, wraps G and D separately in DDP (`prepare_model`), streams its shard of the training
-split from Parquet straight onto its device (kept in memory after the first epoch when it fits: shard_cache), and
-runs the pure-PyTorch epoch of rfgan.run.epoch. Validation covers the whole validation split, which the driver reads
+Each worker builds the GAN, wraps G and D separately in DDP (`prepare_model`), takes its shard of the training
+split (a small split read once by the driver, perf.driver_read_mb; else streamed by Ray Data from Parquet straight
+onto its device, kept in memory after the first epoch when it fits: shard_cache), and runs the pure-PyTorch epoch of
+rfgan.run.epoch. Validation covers the whole validation split, which the driver reads
 once into Ray's object store: every worker holds it, evaluates a 1/world share, and the metric sums are all-reduced.
 Rank 0 writes checkpoints and artifacts and sends its progress to the driver's terminal; every rank reports equally
 often.
@@ -100,6 +101,24 @@ def _val_batches(split: dict[str, Any]) -> list[ValBatch]:
     return [(responses[i : i + VAL_BATCH], image[i : i + VAL_BATCH]) for i in range(0, len(responses), VAL_BATCH)]
 
 
+def reads_on_driver(cfg: Config, info: DatasetInfo) -> bool:
+    """Whether the driver reads the training split and hands it to the workers (perf.driver_read_mb), rather than
+    Ray Data streaming it."""
+    split = info.splits["train"] * (info.n_electrodes * 4 + info.image_numel)  # float32 responses, uint8 images
+    share = split / cfg.run.workers
+    return split <= cfg.perf.driver_read_mb * 2**20 and share <= cfg.perf.cache_shard_mb * 2**20
+
+
+def rank_rows(split: dict[str, Any], rank: int, world: int, seed: int, device) -> dict[str, torch.Tensor]:
+    """This rank's share of a training split the driver read: an equal number of rows per rank (as Ray Data's
+    split gives), drawn by one permutation of the rows that every rank computes alike."""
+    n = len(split["responses"])
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    idx = order[rank::world][: n // world].numpy()
+    # Fancy indexing copies out of Ray's read-only arrays.
+    return {k: torch.from_numpy(split[k][idx]).to(device) for k in ("responses", "image")}
+
+
 def _shard_stream(shard, per_worker: int, device, cfg: Config, seed: int) -> Callable[[bool], Iterable]:
     """This rank's shard as Ray Data streams it, for ShardCache.epoch: `drop_last` is its to choose."""
 
@@ -179,9 +198,17 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     val_batches = _val_batches(ray.get(loop_config["val"]))
     artifacts = RunArtifacts(loop_config["run_dir"], resume_epoch=start_epoch - 1) if rank == 0 else None
     progress = ProgressSender(loop_config.get("progress")) if rank == 0 else None
-    shard = ray.train.get_dataset_shard("train")
-    # The shard is kept after this process's first epoch if more epochs follow and it fits (perf.cache_shard_mb).
-    cache = ShardCache(cfg.perf.cache_shard_mb if cfg.run.epochs > start_epoch else 0)
+    if loop_config.get("train") is not None:  # read by the driver (reads_on_driver): kept from the first epoch
+        shard, cache = (
+            None,
+            ShardCache.holding(rank_rows(ray.get(loop_config["train"]), rank, world, cfg.run.seed, device)),
+        )
+        if rank == 0:
+            log.info("training split read by the driver: %d rows per worker, kept in memory", cache.rows)
+    else:
+        shard = ray.train.get_dataset_shard("train")
+        # Kept after this process's first epoch if more epochs follow and it fits (perf.cache_shard_mb).
+        cache = ShardCache(cfg.perf.cache_shard_mb if cfg.run.epochs > start_epoch else 0)
     for epoch in range(start_epoch, cfg.run.epochs + 1):
         # -- train: one pass over this rank's shard, streamed by Ray Data or shuffled from memory
         seed = epoch_seed(cfg.run.seed, epoch, rank)
@@ -191,7 +218,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         rows = cache.rows if from_memory else info.splits["train"] // world
         epoch_samples = rows // per_worker * per_worker * world
         watch = _StepWatch(progress, cfg, epoch, step, per_worker * world, epoch_samples) if rank == 0 else None
-        batches = cache.epoch(_shard_stream(shard, per_worker, device, cfg, seed), per_worker, seed, _fewest(device))
+        stream = None if shard is None else _shard_stream(shard, per_worker, device, cfg, seed)
+        batches = cache.epoch(stream, per_worker, seed, _fewest(device))
         totals = run_epoch(gan, opts, batches, cfg, epoch, device, on_step=watch)
         step += totals.steps
         if rank == 0 and deciding and cache.decided:
@@ -364,7 +392,8 @@ def fit(
 ) -> TrainResult:
     """Train with Ray Train on the connected Ray cluster (call `ray.init` first). Re-running with the same `out`
     continues from its last checkpoint. `materialize` reads the training split into Ray's object store first: for
-    sweeps, where a trial stopped early must not leave a streaming read holding a CPU. `progress`: a
+    sweeps, where a trial stopped early must not leave a streaming read holding a CPU (when Ray Data reads it at
+    all: reads_on_driver). `progress`: a
     ray.util.queue.Queue that rank 0 sends its progress and each epoch's metrics to (console.ProgressSender)."""
     import ray
     import ray.data
@@ -387,12 +416,14 @@ def fit(
         "readout": linear_readout(cfg, data),
         # Every worker holds all of the validation split: read once here, not by a Ray Data job in each worker.
         "val": ray.put(read_split(data, "val")),
+        "train": ray.put(read_split(data, "train")) if reads_on_driver(cfg, info) else None,
         "progress": progress,
     }
     r = cfg.run
-    train = open_split(data, "train")
-    if materialize:
-        train = train.materialize()
+    datasets = {}
+    if loop_config["train"] is None:
+        train = open_split(data, "train")
+        datasets["train"] = (train.materialize() if materialize else train).randomize_block_order(seed=r.seed)
     resources = {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if r.use_gpu else {})}
     trainer = TorchTrainer(
         train_loop,
@@ -409,7 +440,7 @@ def fit(
             ),
             **(run_config_kwargs or {}),
         ),
-        datasets={"train": train.randomize_block_order(seed=r.seed)},
+        datasets=datasets,
     )
     try:
         result = trainer.fit()

@@ -70,3 +70,19 @@ def test_no_budget_means_nothing_to_agree_on():
     assert cache.decided and not cache.ready
     cache.add(next(_stream(8, 8)))
     assert cache.kept_rows() == 0
+
+
+def test_a_cache_holding_the_whole_shard_shuffles_it_from_the_first_epoch():
+    rows = next(_stream(50, 50))
+    cache = ShardCache.holding(rows)
+    assert cache.decided and cache.ready and cache.rows == 50
+
+    def no_stream(drop_last):
+        raise AssertionError("a held shard reads no stream")
+
+    first = list(cache.epoch(no_stream, 8, seed=1, fewest=lambda n: n))
+    assert len(first) == 6  # full batches only, as in every epoch
+    ids = torch.cat([b["responses"][:, 0] for b in first]).long().tolist()
+    assert len(set(ids)) == 48 and ids != sorted(ids)
+    second = torch.cat([b["responses"][:, 0] for b in cache.epoch(None, 8, seed=2, fewest=lambda n: n)]).long()
+    assert second.tolist() != ids
