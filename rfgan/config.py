@@ -178,7 +178,11 @@ class RunConfig:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0  # leave CPUs over for Ray Data's read tasks
     gpus_per_worker: float = 1.0  # with use_gpu; fractions let sweep trials share a GPU
-    max_failures: int = 1  # restarts of a crashed worker group, from the last checkpoint
+    # Restarts of the worker group from the last checkpoint, in two budgets as Ray Train keeps them: max_failures for
+    # crashes and nodes lost without notice; max_preemption_failures for nodes that the cloud drained as preempted
+    # (spot), unlimited by default since each restart keeps the epochs done. -1: unlimited.
+    max_failures: int = 3
+    max_preemption_failures: int = -1
     keep_checkpoints: int = 3  # best N by validation SSIM
     log_every: int = 50  # steps between progress lines
 
@@ -188,6 +192,7 @@ class RunConfig:
         _require(self.cpus_per_worker > 0, "run.cpus_per_worker must be > 0")
         _require(self.gpus_per_worker > 0, "run.gpus_per_worker must be > 0")
         _require(self.max_failures >= -1, "run.max_failures must be >= 0 (or -1 for unlimited)")
+        _require(self.max_preemption_failures >= -1, "run.max_preemption_failures must be >= 0 (or -1 for unlimited)")
         _require(self.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1")
         _require(self.log_every >= 1, "run.log_every must be >= 1")
 

@@ -55,3 +55,24 @@ def user_error(exc: BaseException) -> BaseException | None:
     if found and isinstance(globals().get(found[-1][0]), type) and issubclass(globals()[found[-1][0]], RfganError):
         return globals()[found[-1][0]](found[-1][1])
     return None
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line saying why a run failed: rfgan's own reason if one is inside (user_error); for Ray Train's worker
+    group, what the first failed rank died of (a lost node, a killed process, an error), whose text otherwise sits
+    below a header line that says only "Training failed due to worker errors:"."""
+    reason = user_error(exc)
+    if reason is not None:
+        return _first_line(str(reason))
+    failures = getattr(exc, "worker_failures", None)  # ray.train's WorkerGroupError
+    if failures:
+        # A rank whose process died (Ray's RayActorError: a lost node, a kill) before one that failed as a result
+        # (the collective it was in broke); then the lowest.
+        rank = min(failures, key=lambda r: (not hasattr(failures[r], "actor_id"), r))
+        more = f" (and {len(failures) - 1} more rank(s))" if len(failures) > 1 else ""
+        return f"rank {rank}: {type(failures[rank]).__name__}: {_first_line(str(failures[rank]))}{more}"
+    return _first_line(str(exc)) or type(exc).__name__
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")

@@ -34,11 +34,18 @@ def make_synth(out, spec: SynthSpec = TINY, **kwargs):
 # Fixtures that start Ray: a test using one is in the slow lane (marker `ray`); the rest is pure PyTorch/NumPy. A test
 # that starts Ray another way (a subprocess running `rfgan train`) carries the marker itself.
 RAY_FIXTURES = {"ray_session", "head_node"}
+pytest_plugins = ["cluster_fixtures"]
+# The cluster lane's (tests/cluster): several Ray nodes and an S3 endpoint. Its tests are in the `ray` lane too, and
+# need a process of their own (one Ray per driver process): `pytest -m cluster`.
+CLUSTER_FIXTURES = {"ray_cluster", "s3"}
 
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+        used = set(getattr(item, "fixturenames", ()))
+        if CLUSTER_FIXTURES & used:
+            item.add_marker(pytest.mark.cluster)
+        if (RAY_FIXTURES | CLUSTER_FIXTURES) & used:
             item.add_marker(pytest.mark.ray)
 
 

@@ -8,7 +8,7 @@ import time
 
 from rfgan.cli.common import DASHBOARD_HELP, DEFAULT_DATA, DEMO_PRESET, VERBOSE_HELP, config_from_args
 from rfgan.cli.data import dataset_or_synth
-from rfgan.errors import user_error
+from rfgan.errors import failure_reason
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -130,9 +130,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         dashboard=args.dashboard,
     )
     if run.error is not None:
-        reason = user_error(run.error) or run.error  # rfgan's own reason, if Ray wrapped one
+        r = cfg.run
         print(
-            f"rfgan train: training failed after {run.wall_s:.0f} s: {str(reason).strip().splitlines()[0]}; "
+            f"rfgan train: training failed after {run.wall_s:.0f} s: {failure_reason(run.error)} (restarts allowed: "
+            f"run.max_failures={r.max_failures}, run.max_preemption_failures={r.max_preemption_failures}); "
             f"{run.resume_hint}; Ray's log: {run.log_file}",
             file=sys.stderr,
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import shutil
 import tempfile
@@ -24,6 +25,16 @@ from rfgan.evaluate.grid import sample_grid, save_grid
 METRICS_FILE = "metrics.csv"
 SAMPLES_DIR = "samples"
 TENSORBOARD_DIR = "tensorboard"
+WORKERS_FILE = "workers.json"
+
+
+def record_workers(run_dir: str, first_epoch: int, ranks: list[Mapping[str, Any]]) -> None:
+    """Add one start of the worker group to the run's workers.json: the epoch it began with and where each rank ran
+    (on a cluster, what placement and a lost node did to the run)."""
+    path = storage.join(run_dir, WORKERS_FILE)
+    starts = json.loads(storage.read_text(path)) if storage.is_file(path) else []
+    starts.append({"first_epoch": first_epoch, "ranks": list(ranks)})
+    storage.write_bytes(path, (json.dumps(starts, indent=1) + "\n").encode())
 
 
 def read_metrics_csv(text: str) -> list[dict[str, Any]]:

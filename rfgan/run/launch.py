@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -17,9 +18,10 @@ from rfgan.checkpoint import existing_checkpoints
 from rfgan.config import Config
 from rfgan.data.format import DatasetInfo
 from rfgan.data.rf import RFTable
-from rfgan.errors import UsageError
+from rfgan.errors import ConfigError, UsageError
+from rfgan.run.cluster_checks import check_cluster
 from rfgan.run.console import EpochProgress, QueueFollower, RunLog
-from rfgan.run.train import fit, write_resolved_config
+from rfgan.run.train import fit, reads_on_driver, train_split_mb, write_resolved_config
 
 LOG_FILE = "train.log"
 
@@ -45,7 +47,9 @@ def init_ray(address: str | None, min_cpus: int, dashboard: bool = False) -> boo
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     # More logical CPUs than the workers take, so Ray Data's read tasks always get a slot. The dashboard's processes
     # start with Ray and take their share of a laptop's cores: only on request.
-    ray.init(num_cpus=max(os.cpu_count() or 1, min_cpus), include_dashboard=dashboard)
+    # address="local": a Ray of its own even when `ray start` left one running on this machine, which a plain
+    # ray.init() would join (the way to use that one is --address or $RAY_ADDRESS).
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, min_cpus), include_dashboard=dashboard)
     return True
 
 
@@ -56,18 +60,31 @@ def min_cpus(cfg: Config) -> int:
 
 @contextmanager
 def run_log(out: str, name: str, verbose: bool) -> Iterator[RunLog]:
-    """RunLog into `out`/`name`; written locally first when `out` is a URI, and uploaded when the run ends."""
+    """RunLog into `out`/`name`; written locally first when `out` is a URI, and uploaded when the run ends. A run
+    refused inside it (UsageError, ConfigError: before anything else was written) leaves no log behind, nor the
+    folder it made for it."""
     if not storage.is_remote(out):
+        made = not os.path.exists(out)
         os.makedirs(out, exist_ok=True)
-        with RunLog(os.path.join(out, name), verbose) as log:
-            yield log
+        try:
+            with RunLog(os.path.join(out, name), verbose) as log:
+                yield log
+        except (UsageError, ConfigError):
+            if made:
+                shutil.rmtree(out, ignore_errors=True)
+            raise
         return
     with tempfile.TemporaryDirectory(prefix="rfgan-log-") as tmp:
+        refused = False
         try:
             with RunLog(os.path.join(tmp, name), verbose) as log:
                 yield log
+        except (UsageError, ConfigError):
+            refused = True
+            raise
         finally:
-            storage.upload(tmp, out, [name])
+            if not refused:
+                storage.upload(tmp, out, [name])
 
 
 @dataclass(frozen=True)
@@ -109,12 +126,15 @@ def train(
         )
     if resume and not found:
         print(f"--resume: {out} has no checkpoint yet; starting from epoch 1")
-    write_resolved_config(cfg, out)
     start = time.perf_counter()
+    info = dataset[0]
     with run_log(out, LOG_FILE, verbose) as log:
         started = init_ray(address, min_cpus(cfg), dashboard)
         log.after_ray_init()
         try:
+            streams = not reads_on_driver(cfg, info)
+            check_cluster(cfg, data, {"--out": out}, streams=streams, split_mb=train_split_mb(info))
+            write_resolved_config(cfg, out)
             from ray.util.queue import Queue
 
             # Torch threads that share the machine's cores among the local workers; a cluster's nodes decide their own.

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -31,7 +32,7 @@ from rfgan.errors import ConfigError
 from rfgan.gan.build import GAN, autocast_dtype, build_gan, build_optimizers, check_compatible, on_device
 from rfgan.gan.step import StepLosses
 from rfgan.gan.vgg import load_vgg19_state_dict
-from rfgan.run.artifacts import RunArtifacts
+from rfgan.run.artifacts import RunArtifacts, record_workers
 from rfgan.run.console import ProgressSender, note
 from rfgan.run.epoch import (
     ValBatch,
@@ -101,12 +102,16 @@ def _val_batches(split: dict[str, Any]) -> list[ValBatch]:
     return [(responses[i : i + VAL_BATCH], image[i : i + VAL_BATCH]) for i in range(0, len(responses), VAL_BATCH)]
 
 
+def train_split_mb(info: DatasetInfo) -> float:
+    """The training split's size as read: float32 responses, uint8 images."""
+    return info.splits["train"] * (info.n_electrodes * 4 + info.image_numel) / 2**20
+
+
 def reads_on_driver(cfg: Config, info: DatasetInfo) -> bool:
     """Whether the driver reads the training split and hands it to the workers (perf.driver_read_mb), rather than
     Ray Data streaming it."""
-    split = info.splits["train"] * (info.n_electrodes * 4 + info.image_numel)  # float32 responses, uint8 images
-    share = split / cfg.run.workers
-    return split <= cfg.perf.driver_read_mb * 2**20 and share <= cfg.perf.cache_shard_mb * 2**20
+    mb = train_split_mb(info)
+    return mb <= cfg.perf.driver_read_mb and mb / cfg.run.workers <= cfg.perf.cache_shard_mb
 
 
 def rank_rows(split: dict[str, Any], rank: int, world: int, seed: int, device) -> dict[str, torch.Tensor]:
@@ -194,6 +199,12 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     start_epoch, step = _restore(loop_config, gan, opts, info, rfs, device)
     if rank == 0 and start_epoch > 1:
         log.info("resumed from epoch %d (step %d)", start_epoch - 1, step)
+    where = {"rank": rank, "node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname()}
+    ranks = [where] * world
+    if torch.distributed.is_initialized():
+        torch.distributed.all_gather_object(ranks, where)
+    if rank == 0:
+        record_workers(loop_config["run_dir"], start_epoch, ranks)
 
     val_batches = _val_batches(ray.get(loop_config["val"]))
     artifacts = RunArtifacts(loop_config["run_dir"], resume_epoch=start_epoch - 1) if rank == 0 else None
@@ -434,7 +445,9 @@ def fit(
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=storage_path,
-            failure_config=ray.train.FailureConfig(max_failures=r.max_failures),
+            failure_config=ray.train.FailureConfig(
+                max_failures=r.max_failures, max_preemption_failures=r.max_preemption_failures
+            ),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=r.keep_checkpoints, checkpoint_score_attribute=SCORE, checkpoint_score_order="max"
             ),
@@ -448,7 +461,7 @@ def fit(
         # Ray Train takes Ctrl-C itself (in the main thread): it aborts the run gracefully, then ends the driver
         # with SystemExit from inside fit(). Give callers the interrupt it was, so they can say what was kept.
         raise KeyboardInterrupt from None
-    except ray.train.TrainingFailedError as e:  # workers failed more often than run.max_failures allows
+    except ray.train.TrainingFailedError as e:  # more failures than run.max_failures (or preemptions) allow
         return TrainResult(run_dir=loop_config["run_dir"], metrics={}, best_checkpoint=None, error=e)
     best = None
     if result.best_checkpoints:

@@ -94,6 +94,9 @@ def test_two_cpu_workers_keep_both_nets_identical_and_losses_fall(trained_run):
     for key in ("val_psnr", "val_ssim", "val_pixel_corr", "train_errD", "train_errG", "samples_per_s"):
         assert key in history[-1]
     assert (run / "samples" / "epoch_0004.png").exists() and (run / "curves.png").exists()
+    [start] = json.loads((run / "workers.json").read_text())  # one start of the group, both ranks on this node
+    assert start["first_epoch"] == 1 and [r["rank"] for r in start["ranks"]] == [0, 1]
+    assert len({r["node_id"] for r in start["ranks"]}) == 1
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
 
 

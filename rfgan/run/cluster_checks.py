@@ -1,0 +1,77 @@
+"""What a Ray cluster must offer a run before it starts: paths that every node reaches, and a CPU for Ray Data's reads.
+
+Checked by the driver once it is connected and before it writes anything, so that what would otherwise fail on
+another node after an epoch of training (and then again on every retry) is refused in seconds with what to change:
+- a local `--out` on a cluster of several nodes: Train's rank 0 writes the checkpoints from whichever node holds it;
+- a local `--data` whose training split streams through Ray Data: its read tasks run on any node (a split the driver
+  reads, perf.driver_read_mb, is read on the driver's node only, so a local path is fine for it);
+- Train workers that take every CPU the cluster has or can grow to while Ray Data streams: its read tasks then wait
+  for a CPU forever (Ray Data says "The job may hang forever", and it does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from rfgan import storage
+from rfgan.config import Config
+from rfgan.errors import ConfigError, UsageError
+
+
+def _autoscaler_capacity() -> dict[str, float] | None:
+    """The most of each resource the cluster's autoscaler may grow it to; None without an autoscaler (`ray start`
+    by hand, a local Ray). Read where Ray Train reads it for its own worker-group check (ray.train.v2's WorkerGroup),
+    from Ray's private state API: there is no public one."""
+    from ray._private.state import state
+
+    return state.get_max_resources_from_cluster_config()
+
+
+def cluster_shape() -> tuple[int, dict[str, float]]:
+    """(nodes alive now, the most of each resource the cluster has or may grow to)."""
+    import ray
+
+    now = ray.cluster_resources()
+    grown = _autoscaler_capacity()
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    if grown is None:
+        return nodes, dict(now)
+    # An autoscaling cluster can add nodes even when one is up now: count it as several.
+    return max(nodes, 2), {k: max(now.get(k, 0.0), float(grown.get(k, 0))) for k in set(now) | set(grown)}
+
+
+def check_paths(paths: Mapping[str, str], nodes: int) -> None:
+    """Refuse a local path among `paths` ({flag: path}, those the cluster's other nodes must reach) when the cluster
+    has (or may grow to) more than one node."""
+    if nodes <= 1:
+        return
+    for flag, path in paths.items():
+        if not storage.is_remote(path):
+            raise UsageError(
+                f"{flag} {path} is a path on this machine, but the cluster has or may add other nodes, which cannot "
+                "see it; give a URI that every node reaches (s3://bucket/..., gs://...), or file:///... for a "
+                "filesystem that every node mounts at the same place."
+            )
+
+
+def check_read_cpus(cfg: Config, capacity: Mapping[str, float], streams: bool, split_mb: float) -> None:
+    """Refuse Train workers that leave no CPU for Ray Data's read tasks while the training split `streams`."""
+    if not streams:
+        return
+    r = cfg.run
+    need, cpus = r.workers * r.cpus_per_worker, capacity.get("CPU", 0.0)
+    if cpus - need < 1:
+        raise ConfigError(
+            f"run.workers={r.workers} x run.cpus_per_worker={r.cpus_per_worker:g} take {need:g} of the cluster's "
+            f"{cpus:g} CPUs, and Ray Data's reads of the training split need one more (the run would wait for it "
+            "forever); lower --cpus-per-worker or --workers, add a node, or let the driver read the split: "
+            f"--set perf.driver_read_mb={int(split_mb) + 1} (it is {split_mb:.0f} MB as read)."
+        )
+
+
+def check_cluster(cfg: Config, data: str, outs: Mapping[str, str], streams: bool, split_mb: float) -> None:
+    """Both checks on the connected cluster: `outs` ({flag: path}) are written from any node, `data` is read from
+    any node only when the training split `streams` through Ray Data."""
+    nodes, capacity = cluster_shape()
+    check_paths({**({"--data": data} if streams else {}), **outs}, nodes)
+    check_read_cpus(cfg, capacity, streams, split_mb)

@@ -1,0 +1,161 @@
+"""rfgan on several Ray nodes with its data and runs in an S3 bucket (tests/cluster/conftest.py): placement, the
+driver's refusals, and the loss of a node, plain or drained as a preemption."""
+
+import contextlib
+import dataclasses
+import io
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from cluster_fixtures import WORKER_CPUS, worker_nodes
+from conftest import SMALL_NETS, TINY, make_synth, set_flags
+
+from rfgan import storage
+from rfgan.cli import main
+from rfgan.run.artifacts import read_metrics_csv
+from rfgan.run.train import RAY_SNAPSHOT
+
+# One worker per node: each takes all of a node's CPUs, so two workers must use two nodes.
+SPREAD = {**SMALL_NETS, "run.workers": 2, "run.cpus_per_worker": WORKER_CPUS, "run.epochs": 2}
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def bucket_data(s3):
+    data = f"{s3}/data/tiny"
+    make_synth(data)
+    return data
+
+
+@pytest.fixture(scope="module")
+def longer_data(s3):
+    """Enough rows that an epoch outlasts the removal of a node and the start of another."""
+    data = f"{s3}/data/longer"
+    make_synth(data, dataclasses.replace(TINY, n_train=240))
+    return data
+
+
+def train(data, out, settings, *flags) -> tuple[int, str]:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["train", "--data", data, "--preset", "tiny", *set_flags(settings), "--out", out, *flags])
+    return code, err.getvalue()
+
+
+def workers(run) -> list[dict]:
+    return json.loads(storage.read_text(f"{run}/workers.json"))
+
+
+def log_tail(run) -> str:
+    """The end of the run's train.log, for a failure's message: the bucket is gone after the session."""
+    return storage.read_text(f"{run}/train.log")[-4000:] if storage.is_file(f"{run}/train.log") else ""
+
+
+def epochs(run) -> list[int]:
+    return [r["epoch"] for r in read_metrics_csv(storage.read_text(f"{run}/metrics.csv"))]
+
+
+def test_two_workers_train_on_two_nodes_from_the_bucket_into_it(ray_cluster, bucket_data, s3, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing may land on the local disk
+    run = f"{s3}/runs/spread"
+    assert train(bucket_data, run, SPREAD)[0] == 0
+    assert epochs(run) == [1, 2]
+    [start] = workers(run)
+    nodes = {r["node_id"] for r in start["ranks"]}
+    assert len(nodes) == 2 and ray_cluster.head_node.node_id not in nodes
+    assert nodes == {n.node_id for n in worker_nodes(ray_cluster)}
+    # Evaluated straight from the bucket, as a user would.
+    assert main(["eval", "--run", run, "--data", bucket_data, "--no-feature-metrics"]) == 0
+    assert storage.is_file(f"{run}/eval_val.json")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_paths_other_nodes_cannot_see_are_refused_before_anything_starts(ray_cluster, bucket_data, s3, tmp_path):
+    local_out = tmp_path / "run"
+    t0 = time.perf_counter()
+    code, err = train(bucket_data, str(local_out), SPREAD)
+    assert code == 2 and f"--out {local_out} is a path on this machine" in err and len(err.strip().splitlines()) == 1
+    assert not local_out.exists()
+    # A local dataset is refused once Ray Data would read it on other nodes (the driver reads a small one itself).
+    local_data = tmp_path / "data"
+    make_synth(local_data)
+    run = f"{s3}/runs/refused"
+    code, err = train(str(local_data), run, {**SPREAD, "perf.driver_read_mb": 0})
+    assert code == 2 and f"--data {local_data} is a path on this machine" in err
+    assert storage.list_dirs(f"{s3}/runs") == ["spread"] or "refused" not in storage.list_dirs(f"{s3}/runs")
+    assert time.perf_counter() - t0 < 60
+
+
+def test_workers_that_leave_ray_data_no_cpu_are_refused(ray_cluster, bucket_data, s3):
+    run = f"{s3}/runs/starved"
+    code, err = train(bucket_data, run, {**SPREAD, "perf.driver_read_mb": 0})
+    assert code == 2 and "take 4 of the cluster's 4 CPUs" in err and "perf.driver_read_mb=" in err
+    assert "starved" not in storage.list_dirs(f"{s3}/runs")
+
+
+def _lose_a_node_mid_run(cluster, run, settings, data, drain: bool) -> tuple[int, str]:
+    """Train `settings` into `run` in a thread; once its first checkpoint is committed in the bucket, take away the
+    node of rank 1 (drained first as a spot preemption when `drain`) without grace, and add a fresh node. (exit
+    code, stderr)."""
+    outcome = []
+    thread = threading.Thread(target=lambda: outcome.append(train(data, run, settings)), daemon=True)
+    thread.start()
+    deadline = time.time() + 300
+    # Ray's record of the run's checkpoints is written once one is committed (a folder alone may be mid-upload).
+    while not storage.is_file(f"{run}/{RAY_SNAPSHOT}"):
+        assert thread.is_alive() and time.time() < deadline, outcome
+        time.sleep(0.2)
+    victim_id = next(r["node_id"] for r in workers(run)[0]["ranks"] if r["rank"] == 1)
+    victim = next(n for n in worker_nodes(cluster) if n.node_id == victim_id)
+    if drain:
+        subprocess.run(
+            [
+                str(BIN / "ray"),
+                "drain-node",
+                f"--address={cluster.address}",
+                f"--node-id={victim_id}",
+                "--reason=DRAIN_NODE_REASON_PREEMPTION",
+                "--reason-message=spot instance reclaimed",
+                "--deadline-remaining-seconds=5",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        time.sleep(2)  # the cloud takes the node at its deadline; Train sees the drain first
+    cluster.remove_node(victim, allow_graceful=False)
+    cluster.add_node(num_cpus=WORKER_CPUS)
+    thread.join(timeout=600)
+    assert outcome, "the run did not end"
+    return outcome[0]
+
+
+LOSS = {**SPREAD, "run.epochs": 5}
+
+
+def test_a_lost_node_restarts_the_run_from_its_last_checkpoint_in_the_bucket(ray_cluster, longer_data, s3):
+    run = f"{s3}/runs/lost-node"
+    code, err = _lose_a_node_mid_run(ray_cluster, run, LOSS, longer_data, drain=False)
+    assert code == 0, err + log_tail(run)
+    assert epochs(run) == [1, 2, 3, 4, 5]  # every epoch once: the restart continued, it did not redo
+    first, second = workers(run)
+    assert second["first_epoch"] > 1  # from a checkpoint, not from scratch
+    lost = {r["node_id"] for r in first["ranks"]} - {r["node_id"] for r in second["ranks"]}
+    assert len(lost) == 1
+
+
+def test_a_plain_node_loss_is_charged_to_max_failures(ray_cluster, longer_data, s3):
+    run = f"{s3}/runs/no-failures-left"
+    code, err = _lose_a_node_mid_run(ray_cluster, run, {**LOSS, "run.max_failures": 0}, longer_data, drain=False)
+    assert code == 1 and "rank 1: " in err and "died" in err and "run.max_failures=0" in err, err
+
+
+def test_a_preemption_is_charged_to_its_own_budget(ray_cluster, longer_data, s3):
+    run = f"{s3}/runs/preempted"
+    code, err = _lose_a_node_mid_run(ray_cluster, run, {**LOSS, "run.max_failures": 0}, longer_data, drain=True)
+    assert code == 0, err + log_tail(run)
+    assert epochs(run) == [1, 2, 3, 4, 5] and len(workers(run)) == 2

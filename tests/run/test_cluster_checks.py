@@ -1,0 +1,35 @@
+"""The driver's checks of a cluster before a run starts (rfgan.run.cluster_checks), on the cluster's shape as Ray
+reports it; tests/cluster runs them against a real multi-node Ray."""
+
+import pytest
+
+from rfgan.config import preset
+from rfgan.errors import ConfigError, UsageError
+from rfgan.run.cluster_checks import check_paths, check_read_cpus
+
+
+def test_one_node_takes_any_path():
+    check_paths({"--data": "data/x", "--out": "runs/x"}, nodes=1)
+
+
+@pytest.mark.parametrize("flag,path", [("--out", "runs/x"), ("--out", "/abs/runs/x"), ("--data", "data/x")])
+def test_several_nodes_refuse_a_local_path_naming_it_and_the_way_out(flag, path):
+    with pytest.raises(UsageError) as e:
+        check_paths({"--data": "s3://b/data", "--out": "s3://b/runs/x", flag: path}, nodes=3)
+    message = str(e.value)
+    assert f"{flag} {path} is a path on this machine" in message and "s3://" in message and "file:///" in message
+    assert "\n" not in message
+
+
+def test_several_nodes_take_uris_and_shared_mounts():
+    check_paths({"--data": "gs://b/data", "--out": "file:///mnt/shared/runs/x"}, nodes=3)
+
+
+def test_workers_leaving_no_cpu_for_streamed_reads_are_refused_with_what_to_change():
+    cfg = preset("tiny").with_overrides({"run.workers": 2, "run.cpus_per_worker": 2.0})
+    with pytest.raises(ConfigError) as e:
+        check_read_cpus(cfg, {"CPU": 4.0}, streams=True, split_mb=700.0)
+    message = str(e.value)
+    assert "take 4 of the cluster's 4 CPUs" in message and "perf.driver_read_mb=701" in message
+    check_read_cpus(cfg, {"CPU": 5.0}, streams=True, split_mb=700.0)  # one CPU left for the reads
+    check_read_cpus(cfg, {"CPU": 4.0}, streams=False, split_mb=1.0)  # the driver reads it: no read tasks

@@ -1,0 +1,26 @@
+"""The one line a failed run is reported with (rfgan.errors.failure_reason), on Ray's own exception types."""
+
+from ray.exceptions import ActorDiedError
+from ray.train.v2.api.exceptions import WorkerGroupError
+
+from rfgan.errors import TrainingDiverged, failure_reason
+
+
+def test_a_worker_group_failure_names_the_rank_that_died_not_the_one_its_collective_broke():
+    broken = RuntimeError("Connection closed by peer [127.0.0.1]:35411\nTraceback ...")
+    error = WorkerGroupError("[Rank 0]\n...\n[Rank 1]\n...", {0: broken, 1: ActorDiedError()})
+    assert str(error).splitlines()[0] == "Training failed due to worker errors:"  # what it said before
+    reason = failure_reason(error)
+    assert reason == (
+        "rank 1: ActorDiedError: The actor died unexpectedly before finishing this task. (and 1 more rank(s))"
+    )
+
+
+def test_rfgan_own_reason_wins_and_other_errors_give_their_first_line():
+    diverged = TrainingDiverged("training diverged in epoch 3: errG became NaN/inf. Lower the learning rates")
+    error = WorkerGroupError("...", {0: diverged})
+    error.__cause__ = diverged
+    assert failure_reason(error).startswith("training diverged in epoch 3")
+    bad = WorkerGroupError("", {2: ValueError("\n  bad value\nmore")})
+    assert failure_reason(bad) == "rank 2: ValueError: bad value"
+    assert failure_reason(RuntimeError("")) == "RuntimeError"
