@@ -7,6 +7,7 @@ import time
 
 from rfgan.cli.common import DASHBOARD_HELP, DEMO_PRESET, VERBOSE_HELP, config_from_args
 from rfgan.cli.data import dataset_or_synth
+from rfgan.errors import UsageError
 
 
 def _add_tune(sub: argparse._SubParsersAction) -> None:
@@ -32,7 +33,7 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--space",
         help="search space file (YAML/JSON) replacing the default space "
-        "(rfgan.sweep.space.DEFAULT_SPACE; see tune/space.yaml)",
+        "(rfgan.sweep.space.DEFAULT_SPACE; see tune/space.yaml); --resume takes the sweep's own",
     )
     p.add_argument("--out", help="sweep directory or storage URI (s3://...); default sweeps/PRESET-TIME")
     p.add_argument("--trials", type=int, default=20, help="number of trials")
@@ -46,7 +47,12 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
         type=float,
         help="GPUs per Train worker, fractions share a GPU, 0 none (run.gpus_per_worker, run.use_gpu)",
     )
-    p.add_argument("--max-concurrent", type=int, help="cap on trials at once (default: what the resources allow)")
+    p.add_argument(
+        "--max-concurrent",
+        type=int,
+        help="trials at once (default: as many as fit in what the cluster can grow to; all of them on a cluster "
+        "that does not say how far it grows)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep in --out")
@@ -57,7 +63,7 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from rfgan.sweep.results import summarize, table_text
-    from rfgan.sweep.runner import SweepSpec, sweep
+    from rfgan.sweep.runner import SweepSpec, resumed_space, sweep
     from rfgan.sweep.space import load_space
 
     gpus = args.gpus_per_worker
@@ -71,9 +77,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
             "run.gpus_per_worker": gpus or None,
         },
     )
-    data = dataset_or_synth(cfg.data.path)
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise UsageError(f"--max-concurrent must be at least 1, not {args.max_concurrent}")
     out = args.out or f"sweeps/{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    space = load_space(args.space)
+    given = load_space(args.space) if args.space else None
+    space = resumed_space(out, given) if args.resume else load_space(args.space)
+    data = dataset_or_synth(cfg.data.path)
     spec = SweepSpec(data=data, out=out, trials=args.trials, max_concurrent=args.max_concurrent, seed=args.seed)
     results = sweep(
         cfg, spec, space, resume=args.resume, address=args.address, verbose=args.verbose, dashboard=args.dashboard

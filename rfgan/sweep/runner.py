@@ -7,6 +7,8 @@ validation split: the adversarial losses are not comparable across trials.
 
 from __future__ import annotations
 
+import itertools
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -15,13 +17,21 @@ from typing import Any
 from rfgan import storage
 from rfgan.checkpoint import SCORE
 from rfgan.config import Config, ConfigError, flatten
+from rfgan.errors import UsageError
+from rfgan.run.console import note
 from rfgan.run.train import fit, run_paths
-from rfgan.sweep.space import DefineByRun, Range, overrides_from_trial, start_point, validate_space
+from rfgan.sweep.space import DEFAULT_SPACE, DefineByRun, Range, overrides_from_trial, start_point, validate_space
 
 PARAM_SECTIONS = ("data", "model", "loss", "optim", "run", "perf")
-# Settings of the sweep, not of the config it finds, so they are applied to trials only: a diverged or crashed trial
-# is an answer and is not retried (the sweep goes on without it), and a trial needs only its best checkpoint.
+# Settings of the sweep, not of the config it finds, so they are applied to trials only: a trial needs only its best
+# checkpoint, and Ray Train never restarts a trial's run itself, because it would restart a diverged one too (a
+# diverged or crashed trial is an answer: the sweep goes on without it). The trial driver restarts a run that lost a
+# worker or its node instead, up to the base config's run.max_failures times (restarts_on).
 TRIAL_ONLY: dict[str, Any] = {"run.max_failures": 0, "run.keep_checkpoints": 1}
+# What each trial driver asks of the head node's built-in resource (one in all): a sliver, so that the head holds
+# the drivers of every trial a sweep runs at once.
+HEAD_SHARE = 0.001
+SPACE_FILE = "space.json"
 
 
 def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -35,18 +45,75 @@ def trial_config(config: Mapping[str, Any]) -> Config:
     return Config.from_dict(config["base"]).with_overrides(overrides_from_trial(trial_params(config), space))
 
 
+def trial_resources() -> dict[str, float]:
+    """What a trial driver asks of Ray. It only waits on its Train run, whose workers hold the real resources; it
+    runs on the head node, as does the Train controller that Ray Train places on the driver's node, so that losing a
+    worker node loses workers only, which restarts_on can restart. Ray's built-in head-node resource rather than a
+    custom one: every Ray head has it, with no change to a cluster's manifests. No CPU: cluster heads have none."""
+    from ray._common.constants import HEAD_NODE_RESOURCE_NAME
+
+    return {"CPU": 0, HEAD_NODE_RESOURCE_NAME: HEAD_SHARE}
+
+
+def lost_workers(error: BaseException) -> bool:
+    """Whether a Train run failed because Ray lost a process or a node (a worker killed, its node gone, an object
+    that lived there), not because of what it computed: then running it again from its checkpoint can succeed. Any
+    such loss counts, as Ray Train's own preemption rule does: when one rank dies, the others fail with collateral
+    errors."""
+    import ray.exceptions
+
+    lost = (
+        ray.exceptions.RayActorError,  # ActorDiedError, ActorUnavailableError
+        ray.exceptions.NodeDiedError,
+        ray.exceptions.WorkerCrashedError,
+        ray.exceptions.LocalRayletDiedError,
+        ray.exceptions.ObjectLostError,
+    )
+    seen, stack = set(), [error]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, lost):
+            return True
+        # Ray Train's wrappers: WorkerGroupError (per rank), a worker's failed health check, a controller error, a
+        # worker's own exception (UserExceptionWithTraceback keeps it privately); Ray's task errors (cause).
+        stack += list(getattr(e, "worker_failures", {}).values())
+        for name in ("health_check_failure", "controller_failure", "_base_exc", "cause", "__cause__"):
+            stack.append(getattr(e, name, None))
+    return False
+
+
+def restarts_on(error: BaseException | None, restarts: int, budget: int) -> bool:
+    """Whether a trial driver runs its Train run again after it ended with `error`, having done so `restarts` times
+    of `budget` (run.max_failures, -1 for no limit)."""
+    return error is not None and lost_workers(error) and (budget == -1 or restarts < budget)
+
+
 def trial_driver(config: dict[str, Any]) -> None:
-    """One Tune trial: one Ray Train run, reporting every epoch to Tune."""
+    """One Tune trial: one Ray Train run, reporting every epoch to Tune; restarted from its last checkpoint when it
+    lost workers. Tune sees one trial throughout (its iterations go on), and an error only when the trial's answer is
+    one: it diverged, its config failed, or it lost workers more often than run.max_failures allows."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    cfg = trial_config(config).with_overrides(TRIAL_ONLY)
+    base = trial_config(config)
+    cfg = base.with_overrides(TRIAL_ONLY)
     trial_id = ray.tune.get_context().get_trial_id()
-    # A name from the trial id, not a timestamp: a restored sweep re-enters the same Train run and resumes it.
+    # A name from the trial id, not a timestamp: a restarted run and a restored sweep re-enter the same Train run and
+    # resume it.
     out = f"{config['trials_dir']}/train-{trial_id}"
-    result = fit(
-        cfg, config["dataset_path"], out, run_config_kwargs={"callbacks": [TuneReportCallback()]}, materialize=True
-    )
+    for restarts in itertools.count():
+        result = fit(
+            cfg, config["dataset_path"], out, run_config_kwargs={"callbacks": [TuneReportCallback()]}, materialize=True
+        )
+        if not restarts_on(result.error, restarts, base.run.max_failures):
+            break
+        note(
+            f"trial {trial_id}: its run lost a worker or its node; restarting it from its last checkpoint "
+            f"(restart {restarts + 1} of {'unlimited' if base.run.max_failures == -1 else base.run.max_failures})"
+        )
     if result.error is not None:
         raise result.error
 
@@ -58,20 +125,79 @@ class SweepSpec:
     data: str
     out: str  # sweep directory or URI
     trials: int = 20
-    max_concurrent: int | None = None  # default: as many as the cluster's resources allow
+    max_concurrent: int | None = None  # default: as many as fit in what the cluster can grow to (concurrency)
     seed: int = 0
 
 
-def concurrency(base: Config, spec: SweepSpec, resources: Mapping[str, float]) -> int:
-    """Trials that fit at once: CPUs (workers + one for Ray Data's reads) and GPUs of the cluster."""
+def concurrency(base: Config, spec: SweepSpec, capacity: Mapping[str, float] | None) -> int:
+    """Trials at once: --max-concurrent, else as many as fit in `capacity` (each takes its workers' CPUs and GPUs and
+    a CPU for Ray Data's reads), the resources the cluster can grow to (cluster_capacity); every trial when that is
+    not known. Tune sees only the trial drivers' sliver of the head: a Train run that does not fit waits for its
+    workers, and an autoscaler scales to that demand, up to its own maximum."""
+    if spec.max_concurrent:
+        return min(spec.max_concurrent, spec.trials)
+    if capacity is None:
+        return spec.trials
     run = base.run
     per_trial_cpu = run.workers * run.cpus_per_worker + 1
-    n = max(1, math.floor(resources.get("CPU", 1) / per_trial_cpu))
+    n = max(1, math.floor(capacity.get("CPU", 0) / per_trial_cpu))
     if run.use_gpu:
-        n = min(n, max(1, math.floor(resources.get("GPU", 0) / (run.workers * run.gpus_per_worker))))
-    if spec.max_concurrent:
-        n = min(n, spec.max_concurrent)
+        n = min(n, max(1, math.floor(capacity.get("GPU", 0) / (run.workers * run.gpus_per_worker))))
     return min(n, spec.trials)
+
+
+def grown(now: Mapping[str, float], most: Mapping[str, float] | None) -> dict[str, float] | None:
+    """The larger of a cluster's resources now and the autoscaler's maximum, per resource; None without a maximum."""
+    if not most:
+        return None
+    return {k: max(now.get(k, 0), most.get(k, 0)) for k in {*now, *most}}
+
+
+def cluster_capacity(can_grow: bool) -> dict[str, float] | None:
+    """The resources the connected cluster can grow to: those it has when it cannot grow (a local Ray), else the
+    autoscaler's maximum where Ray publishes it (what Ray Train checks a worker group against), else None (unknown:
+    the autoscaler's own maximum then limits the trials)."""
+    import ray
+
+    now = ray.cluster_resources()
+    if not can_grow:
+        return now
+    from ray._private.state import state
+
+    return grown(now, state.get_max_resources_from_cluster_config())
+
+
+def stored_space(out: str) -> dict[str, Range] | None:
+    """The search space the sweep in `out` was started with; None when it holds none."""
+    path = storage.join(out, SPACE_FILE)
+    if not storage.is_file(path):
+        return None
+    return {k: Range(**v) for k, v in json.loads(storage.read_text(path)).items()}
+
+
+def resumed_space(out: str, given: Mapping[str, Range] | None) -> dict[str, Range]:
+    """The space of the sweep in `out`, for --resume: the stored one, which `given` (--space) must equal. A sweep
+    started before spaces were stored resumes with `given` or the default."""
+    stored = stored_space(out)
+    if stored is None:
+        return dict(given or DEFAULT_SPACE)
+    if given is not None and dict(given) != stored:
+        raise UsageError(
+            f"--space differs from the space the sweep in {out} was started with ({storage.join(out, SPACE_FILE)}); "
+            "resume without --space, or start a new sweep with another --out."
+        )
+    return stored
+
+
+def early_stopping(base: Config):
+    """ASHA on validation SSIM, keyed on the epoch that every report carries, not on Tune's iteration count: a trial
+    that a restored sweep resumes starts again at training_iteration 1 while its Train run goes on at its next
+    epoch."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(
+        metric=SCORE, mode="max", time_attr="epoch", max_t=base.run.epochs, grace_period=1, reduction_factor=2
+    )
 
 
 LOG_FILE = "tune.log"
@@ -100,7 +226,13 @@ def sweep(
         log.after_ray_init()
         try:
             return run_sweep(
-                base, spec, space, resume=resume, callbacks=None if resume else [TrialLines()], verbose=verbose
+                base,
+                spec,
+                space,
+                resume=resume,
+                callbacks=None if resume else [TrialLines()],
+                verbose=verbose,
+                can_grow=started and launch.on_cluster(address),
             )
         finally:
             if started:
@@ -116,21 +248,20 @@ def run_sweep(
     resume: bool = False,
     callbacks: Sequence[Any] | None = None,
     verbose: bool = False,
+    can_grow: bool = False,
 ):
     """Run (or, with `resume`, continue) a sweep of `base` on the connected Ray cluster; returns Tune's ResultGrid.
     `callbacks` are Ray Tune callbacks for a new sweep: a resumed one runs with those it started with, which Tune
-    keeps in the sweep's state. Tune's status tables only when `verbose`."""
+    keeps in the sweep's state. Tune's status tables only when `verbose`. `can_grow`: the cluster may gain nodes
+    (cluster_capacity); a new sweep stores its space in the sweep directory (resumed_space)."""
     import optuna
-    import ray
     import ray.tune
-    from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
     validate_space(space, base)
     storage_path, name = run_paths(spec.out)
     sweep_dir = storage.absolute(spec.out)
-    # The driver function only waits on its Train run; its workers hold the real resources.
-    trainable = ray.tune.with_resources(trial_driver, {"CPU": 0.01})
+    trainable = ray.tune.with_resources(trial_driver, trial_resources())
     if resume:
         if callbacks:
             raise ValueError("callbacks are for a new sweep; Tune restores a resumed sweep with its own")
@@ -149,27 +280,22 @@ def run_sweep(
         points_to_evaluate=[start_point(space, base)],
         sampler=optuna.samplers.TPESampler(seed=spec.seed),
     )
-    scheduler = ASHAScheduler(
-        metric=SCORE,
-        mode="max",
-        time_attr="training_iteration",
-        max_t=base.run.epochs,
-        grace_period=1,
-        reduction_factor=2,
-    )
+    stored = {k: asdict(v) for k, v in space.items()}
+    storage.write_bytes(storage.join(sweep_dir, SPACE_FILE), (json.dumps(stored, indent=1) + "\n").encode())
     tuner = ray.tune.Tuner(
         trainable,
         param_space={
             "base": base.to_dict(),
-            "space": {k: asdict(v) for k, v in space.items()},
+            "space": stored,
             "dataset_path": spec.data,
             "trials_dir": f"{sweep_dir}/trials",
         },
         tune_config=ray.tune.TuneConfig(
             search_alg=search,
-            scheduler=scheduler,
+            scheduler=early_stopping(base),
             num_samples=spec.trials,
-            max_concurrent_trials=concurrency(base, spec, ray.cluster_resources()),
+            # Kept in the sweep's state: a resumed sweep runs as many at once.
+            max_concurrent_trials=concurrency(base, spec, cluster_capacity(can_grow)),
             trial_dirname_creator=trial_dirname,
         ),
         run_config=ray.tune.RunConfig(

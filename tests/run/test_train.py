@@ -6,7 +6,6 @@ each training its own from scratch: a Ray Train run's start-up is most of what a
 import contextlib
 import io
 import json
-import os
 import shutil
 import signal
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import SMALL_NETS, set_flags, tree
+from worker_faults import killed_once_before_reporting
 
 from rfgan.checkpoint import existing_checkpoints, find_checkpoint, load_checkpoint
 from rfgan.cli import main
@@ -115,53 +115,6 @@ def test_a_stopped_run_continues_where_it_stopped(trained_run, tiny_dataset, tmp
     assert after[4]["step"] == 5 * steps_per_epoch  # the step count continued
     # The optimizer continued too: Adam's step count covers all six epochs.
     assert adam_steps(find_checkpoint(run, "last")) == 6 * steps_per_epoch
-
-
-def killed_once_before_reporting(epoch: int, marker: str):
-    """A worker function that runs rfgan's own, except that rank 0's process is SIGKILLed when it is about to report
-    `epoch`, the first time only: a real crash of one worker of the group, one epoch after the last checkpoint.
-    It wraps ray.train.report inside the worker process, so production code carries no test hook."""
-    real_loop = train.train_loop
-
-    def loop(loop_config):
-        import ray.train
-
-        # Defined in here so that it travels with the function: Ray's workers cannot import this test module.
-        def wait_for_recorded(run_dir: str, recorded: int, timeout_s: float = 120.0) -> None:
-            """Until Ray's record of the run, as Ray's public API reads it back, holds a checkpoint of epoch
-            `recorded`."""
-            deadline, last = time.monotonic() + timeout_s, None
-            while time.monotonic() < deadline:
-                try:
-                    result = ray.train.Result.from_path(run_dir)
-                    if any(metrics["epoch"] == recorded for _, metrics in result.best_checkpoints):
-                        return
-                except Exception as e:  # Ray's record not written yet, or read while Ray rewrites it
-                    last = e
-                time.sleep(0.2)
-            raise AssertionError(f"Ray recorded no checkpoint of epoch {recorded} in {timeout_s:.0f} s ({last!r})")
-
-        real_report = ray.train.report
-
-        def report(metrics, checkpoint=None, **kwargs):
-            if (
-                metrics["epoch"] == epoch
-                and ray.train.get_context().get_world_rank() == 0
-                and not os.path.exists(marker)
-            ):
-                # Ray Train's controller takes in reports by polling the workers: a worker killed within a poll of
-                # its last report loses that report, and the group restarts from the one before (Ray's behaviour;
-                # an epoch from the kept shard can take a fifth of a second here). Crash once Ray has recorded the
-                # previous epoch's checkpoint, as a crash an epoch later would find it.
-                wait_for_recorded(loop_config["run_dir"], epoch - 1)
-                Path(marker).write_text("killed once")
-                os.kill(os.getpid(), signal.SIGKILL)
-            real_report(metrics, checkpoint=checkpoint, **kwargs)
-
-        ray.train.report = report
-        real_loop(loop_config)
-
-    return loop
 
 
 def test_a_crashed_worker_group_restarts_from_the_last_checkpoint(trained_run, tiny_dataset, tmp_path, monkeypatch):

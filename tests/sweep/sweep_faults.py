@@ -1,5 +1,6 @@
-"""Faults that tests/sweep/test_sweep.py's fixtures inject into real sweeps: a trial that raises once, and a Tune
-callback that interrupts the sweep as Ctrl-C does.
+"""Faults that tests/sweep/test_sweep.py's fixtures inject into real sweeps: a trial that raises once, trials whose
+Train workers run another worker function (tests/worker_faults.py's), and a Tune callback that interrupts the sweep
+as Ctrl-C does.
 
 Trials run in Ray actors, which cannot import this test folder (their sys.path has the driver's working directory,
 not pytest's additions): the trial fault's fixture registers this module with
@@ -30,6 +31,33 @@ def raise_once(marker: Path, driver: Callable[[dict[str, Any]], None]) -> Callab
         raise RuntimeError("injected fault: this trial raises on purpose")
 
     return trial_driver
+
+
+def with_train_loop(loop: Callable[[dict[str, Any]], None], driver: Callable[[dict[str, Any]], None]):
+    """`driver`, except that its Train runs' workers run `loop` instead of rfgan's train_loop: set in the trial's own
+    process, where fit() looks train_loop up."""
+
+    def trial_driver(config: dict[str, Any]) -> None:  # the name Tune gives the trainable, as without the fault
+        from rfgan.run import train
+
+        train.train_loop = loop
+        return driver(config)
+
+    return trial_driver
+
+
+def counting_starts(starts: Path, loop: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+    """`loop`, which first adds a line to `starts` in rank 0: one line per start of a Train run's worker group."""
+
+    def counted(loop_config: dict[str, Any]) -> None:
+        import ray.train
+
+        if ray.train.get_context().get_world_rank() == 0:
+            with open(starts, "a") as f:
+                f.write("started\n")
+        return loop(loop_config)
+
+    return counted
 
 
 class InterruptAfter(Callback):

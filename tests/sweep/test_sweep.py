@@ -5,10 +5,11 @@ import json
 
 import pytest
 import yaml
-from conftest import SMALL_NETS, set_flags
+from conftest import SMALL_NETS, one_line_error, set_flags, tree
 
 from rfgan.cli import main
 from rfgan.config import ConfigError, preset
+from rfgan.run.artifacts import read_metrics_csv
 from rfgan.sweep.space import (
     DEFAULT_SPACE,
     DefineByRun,
@@ -182,8 +183,8 @@ def test_sweep_of_three_trials_with_one_crash_writes_results_and_a_trainable_bes
     assert (tmp_path / "best-run" / "metrics.csv").exists()
 
 
-def test_an_interrupted_sweep_resumes_without_repeating_finished_trials(
-    ray_session, tiny_dataset, tmp_path, interrupt_after_one_trial
+def test_an_interrupted_sweep_resumes_with_its_own_space_without_repeating_finished_trials(
+    ray_session, tiny_dataset, tmp_path, interrupt_after_one_trial, capsys
 ):
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
     out = tmp_path / "sweep"
@@ -196,13 +197,78 @@ def test_an_interrupted_sweep_resumes_without_repeating_finished_trials(
     assert len(finished) == 1
     # The finished trial's Train run must not run again: remember its files.
     runs = {p.name: sorted(q.name for q in p.iterdir()) for p in (out / "trials").iterdir()}
-    assert main([*args, "--resume"]) == 0
+    # Another space is refused before anything is written.
+    other = {**SPACE, "loss.lambda_pix": {"low": 1.0, "high": 40.0}}
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
+    before = tree(out)
+    capsys.readouterr()
+    assert main([*sweep_args(tiny_dataset, out, tmp_path / "other.yaml", 2, concurrent=1), "--resume"]) == 2
+    assert "--space differs from the space the sweep" in one_line_error(capsys, "tune")
+    assert tree(out) == before
+    # Without --space, the sweep goes on with its own (not the default space, which has other keys and ranges).
+    space_flag = args.index("--space")
+    assert main([*args[:space_flag], *args[space_flag + 2 :], "--resume"]) == 0
     second = {r["trial_id"]: r for r in table(out)}
     assert len(second) == 2 and all(r["status"] == "DONE" for r in second.values())
+    assert set(SPACE) <= set(next(iter(second.values()))) and "loss.lambda_vgg" not in next(iter(second.values()))
     for tid in finished:
         assert second[tid] == first[tid]
         name = f"train-{tid}"
         assert sorted(q.name for q in (out / "trials" / name).iterdir()) == runs[name]
+
+
+@pytest.fixture
+def trial_workers(monkeypatch):
+    """Call with a worker function (built in the test process: tests/worker_faults.py): the sweep's Train runs run it
+    instead of rfgan's train_loop."""
+    import sweep_faults
+
+    from rfgan.sweep import runner
+
+    def use(loop):
+        monkeypatch.setattr(runner, "trial_driver", sweep_faults.with_train_loop(loop, runner.trial_driver))
+
+    return use
+
+
+def test_a_trial_that_lost_a_worker_is_restarted_and_resumes_its_own_run(
+    ray_session, tiny_dataset, tmp_path, trial_workers
+):
+    import sweep_faults
+    from worker_faults import killed_once_before_reporting
+
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
+    out, starts, killed = tmp_path / "sweep", tmp_path / "starts", tmp_path / "killed"
+    # The worker is SIGKILLed as it is about to report epoch 2, once Ray has recorded epoch 1's checkpoint.
+    trial_workers(sweep_faults.counting_starts(starts, killed_once_before_reporting(2, str(killed))))
+    args = sweep_args(tiny_dataset, out, tmp_path / "space.yaml", 1, concurrent=1, **{"run.max_failures": 1})
+    assert main(args) == 0
+    assert killed.exists()
+    assert starts.read_text().count("started") == 2  # restarted once
+    [row] = table(out)
+    assert row["status"] == "DONE" and row["error"] == ""
+    assert row["epochs"] == "2"  # Tune saw each epoch once
+    run = out / "trials" / f"train-{row['trial_id']}"  # the trial's own run, resumed at epoch 2
+    assert [r["epoch"] for r in read_metrics_csv((run / "metrics.csv").read_text())] == [1, 2]
+
+
+def test_a_diverging_trial_is_not_restarted(ray_session, tiny_dataset, tmp_path, trial_workers):
+    import sweep_faults
+
+    from rfgan.run import train
+
+    (tmp_path / "space.yaml").write_text(
+        yaml.safe_dump({key: {"low": 1e12, "high": 1e13} for key in ("optim.lr_g", "optim.lr_d")})
+    )
+    out, starts = tmp_path / "sweep", tmp_path / "starts"
+    trial_workers(sweep_faults.counting_starts(starts, train.train_loop))
+    # Restarts allowed, and the losses become NaN/inf in epoch 1 (as tests/run's diverging run).
+    settings = {"run.max_failures": 2, "loss.adversarial": "lsgan", "loss.lambda_adv": 1.0}
+    args = sweep_args(tiny_dataset, out, tmp_path / "space.yaml", 1, concurrent=1, **settings)
+    assert main([*args, "--epochs", "1"]) == 0
+    [row] = table(out)
+    assert row["status"] == "ERROR" and "training diverged in epoch 1" in row["error"]
+    assert starts.read_text().count("started") == 1
 
 
 def table(out):
@@ -216,20 +282,92 @@ def test_the_space_file_in_tune_is_the_default_space():
     assert load_space(Path(__file__).resolve().parents[2] / "tune" / "space.yaml") == DEFAULT_SPACE
 
 
-def test_concurrent_trials_follow_from_the_resources():
-    from rfgan.sweep.runner import SweepSpec, concurrency
+def test_concurrent_trials_are_the_flag_else_what_the_cluster_can_grow_to():
+    from rfgan.sweep.runner import SweepSpec, concurrency, grown
 
     def base(**run):
         return preset("default").with_overrides({"run": run})
 
     spec = SweepSpec(data="d", out="o", trials=20)
     two_workers = base(workers=2, cpus_per_worker=1.0)
+    # A Ray of fixed size: what it has.
     assert concurrency(two_workers, spec, {"CPU": 8}) == 2  # 2 workers + 1 CPU for Ray Data per trial
     assert concurrency(two_workers, spec, {"CPU": 2}) == 1
-    gpu = base(workers=1, cpus_per_worker=2.0, use_gpu=True, gpus_per_worker=0.5)
-    assert concurrency(gpu, spec, {"CPU": 64, "GPU": 2}) == 4  # two trials share each GPU
     assert concurrency(base(), SweepSpec(data="d", out="o", trials=3), {"CPU": 64}) == 3
-    assert concurrency(base(), SweepSpec(data="d", out="o", trials=20, max_concurrent=2), {"CPU": 64}) == 2
+    # ray_cluster.yaml as a sweep starts: a head of 0 CPUs, no worker yet, up to 8 workers of 8 CPUs and a GPU.
+    head_only, autoscaler_max = {"CPU": 0.0, "memory": 3e10}, {"CPU": 64, "GPU": 8}
+    gpu = base(workers=1, cpus_per_worker=4.0, use_gpu=True, gpus_per_worker=1.0)
+    assert concurrency(gpu, spec, grown(head_only, autoscaler_max)) == 8
+    half_gpu = base(workers=1, cpus_per_worker=2.0, use_gpu=True, gpus_per_worker=0.5)
+    assert concurrency(half_gpu, spec, grown(head_only, autoscaler_max)) == 16  # two trials share each GPU
+    # How far the cluster grows is unknown: every trial at once (Train runs wait for their workers).
+    assert grown(head_only, None) is None and concurrency(gpu, spec, None) == 20
+    # --max-concurrent as given, also beyond what fits now; never more than the trials.
+    assert concurrency(two_workers, SweepSpec(data="d", out="o", trials=20, max_concurrent=6), {"CPU": 2}) == 6
+    assert concurrency(two_workers, SweepSpec(data="d", out="o", trials=4, max_concurrent=6), None) == 4
+
+
+def test_a_ray_without_an_autoscaler_can_grow_to_what_it_has_or_an_unknown_size(ray_session):
+    from rfgan.sweep.runner import cluster_capacity
+
+    assert cluster_capacity(False) == ray_session.cluster_resources()  # a local Ray: fixed
+    assert cluster_capacity(True) is None  # a cluster without a published maximum
+
+
+def test_trial_drivers_ask_only_for_the_head_node():
+    from ray._common.constants import HEAD_NODE_RESOURCE_NAME
+
+    from rfgan.sweep.runner import trial_resources
+
+    assert trial_resources() == {"CPU": 0, HEAD_NODE_RESOURCE_NAME: 0.001}
+
+
+def test_only_a_run_that_lost_workers_is_restarted_and_within_its_budget():
+    from ray.exceptions import ActorDiedError, NodeDiedError
+    from ray.train.v2._internal.exceptions import UserExceptionWithTraceback, WorkerHealthCheckFailedError
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    from rfgan.errors import TrainingDiverged
+    from rfgan.sweep.runner import lost_workers, restarts_on
+
+    def raised(e):
+        return UserExceptionWithTraceback(e, f"Traceback ...\n{type(e).__name__}: {e}")
+
+    # Rank 0 killed; rank 1 then fails in a collective.
+    died = WorkerGroupError(
+        "rank 0 died",
+        {
+            0: WorkerHealthCheckFailedError("A worker health check failed.", ActorDiedError()),
+            1: raised(RuntimeError("Connection reset by peer")),
+        },
+    )
+    diverged = WorkerGroupError("rank 0 raised", {0: raised(TrainingDiverged("training diverged in epoch 1"))})
+    # A health check that failed on a value that cannot be pickled: the worker is alive.
+    unpicklable = WorkerGroupError("", {0: WorkerHealthCheckFailedError("failed", TypeError("cannot pickle"))})
+    assert lost_workers(died) and lost_workers(NodeDiedError("node gone"))
+    assert not lost_workers(diverged) and not lost_workers(unpicklable) and not lost_workers(ConfigError("bad"))
+    assert restarts_on(died, 0, 1) and not restarts_on(died, 1, 1) and restarts_on(died, 7, -1)
+    assert not restarts_on(diverged, 0, -1) and not restarts_on(None, 0, 1)
+
+
+def test_asha_judges_a_resumed_trial_at_its_epoch_not_at_tunes_iteration_count():
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import TrialScheduler
+
+    from rfgan.sweep.runner import early_stopping
+
+    asha = early_stopping(preset("tiny").with_overrides({"run.epochs": 4}))
+    fresh, resumed = (Trial("trial_driver", stub=True, trial_id=tid) for tid in ("fresh", "resumed"))
+    for trial in (fresh, resumed):
+        asha.on_trial_add(None, trial)
+    for epoch, ssim in ((1, 0.9), (2, 0.2)):  # the rungs of epochs 1 and 2
+        assert asha.on_trial_result(None, fresh, {"epoch": epoch, "training_iteration": epoch, "val_ssim": ssim}) == (
+            TrialScheduler.CONTINUE
+        )
+    # A trial that a restored sweep resumed at epoch 3: Tune counts its first report as iteration 1. Above epoch 2's
+    # cutoff (0.2) it goes on; judged at epoch 1's (0.9), it would stop.
+    result = {"epoch": 3, "training_iteration": 1, "val_ssim": 0.5}
+    assert asha.on_trial_result(None, resumed, result) == TrialScheduler.CONTINUE
 
 
 class _Stop(Exception):
