@@ -236,7 +236,6 @@ def test_each_submitted_job_gets_a_run_of_its_own_in_shared_storage(monkeypatch)
     storage = {"RFGAN_STORAGE": "s3://bucket/runs/"}
     for submission_id in ("raysubmit_abc", "raysubmit_xyz"):
         submitted_job_env(monkeypatch, submission_id, storage)
-        assert job.submission_id() == submission_id
         assert job.job_args(["--epochs", "2"]) == [
             "train",
             "--epochs",
@@ -244,11 +243,12 @@ def test_each_submitted_job_gets_a_run_of_its_own_in_shared_storage(monkeypatch)
             "--out",
             f"s3://bucket/runs/{submission_id}",
         ]
+        assert job.submission_id() == submission_id
     # --out in any form argparse takes names the run; so does RFGAN_STORAGE's absence.
     assert job.job_args(["--out", "/mnt/x"]) == ["train", "--out", "/mnt/x"]
     assert job.job_args(["--out=/mnt/x", "--resume"]) == ["train", "--out=/mnt/x", "--resume"]
     assert job.job_args(["--ou", "/mnt/x"]) == ["train", "--ou", "/mnt/x"]
-    submitted_job_env(monkeypatch, "raysubmit_abc", {})
+    monkeypatch.delenv("RFGAN_STORAGE")
     assert job.job_args([]) == ["train"]
 
 
@@ -258,7 +258,7 @@ def test_outside_a_submitted_job_the_entrypoint_names_the_run_by_its_time(monkey
     job = entrypoint()
     monkeypatch.delenv(RAY_JOB_CONFIG_JSON_ENV_VAR, raising=False)
     monkeypatch.setenv("RFGAN_STORAGE", "s3://bucket/runs?endpoint_override=127.0.0.1:9000")
-    assert job.submission_id() is None
     *_, flag, out = job.job_args([])
     assert flag == "--out" and re.fullmatch(r"s3://bucket/runs/job-\d{8}-\d{6}\?endpoint_override=127.0.0.1:9000", out)
+    assert job.submission_id() is None
     assert os.access(ROOT / "cluster" / "entrypoint.py", os.R_OK)

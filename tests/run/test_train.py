@@ -354,17 +354,19 @@ def epochs_of_checkpoints(run):
 @pytest.mark.parametrize(
     "run_dir",
     [
+        "s3://bucket/runs/x",
         "s3://bucket/runs/x?region=eu-west-1",
         "s3://bucket/runs/x?endpoint_override=127.0.0.1:9000&scheme=http",
         "local",
     ],
 )
-def test_the_printed_best_checkpoint_is_named_as_the_run_directory_is(run_dir, tmp_path):
+def test_the_printed_best_checkpoint_is_named_as_the_run_directory_is(run_dir, tmp_path, monkeypatch):
     """Ray Train's Checkpoint.path is the path within its filesystem: `bucket/runs/x/checkpoint_…` on S3, which
     pasted into rfgan eval would read as a local path. The checkpoints are made as Ray Train makes them, on the
-    filesystem and path its get_fs_and_path gives for the storage_path that fit() passes (pyarrow's real S3
-    filesystem, made without contacting any endpoint: with a region or an endpoint in the URI, it asks AWS nothing).
-    """
+    filesystem and path its get_fs_and_path gives for the storage_path that fit() passes: pyarrow's real S3
+    filesystem, made without contacting any endpoint (given an endpoint, in AWS_ENDPOINT_URL or the URI, or a
+    region, pyarrow asks AWS nothing)."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
     from ray.train import Checkpoint
     from ray.train.v2._internal.execution.storage import get_fs_and_path
 
