@@ -177,7 +177,7 @@ class RunConfig:
     workers: int = 1  # Ray Train workers (one GPU each with use_gpu)
     use_gpu: bool = False
     cpus_per_worker: float = 1.0  # leave CPUs over for Ray Data's read tasks
-    gpus_per_worker: float = 1.0  # with use_gpu; fractions let sweep trials share a GPU
+    gpus_per_worker: float = 1.0  # with use_gpu; fractions let one-worker runs (sweep trials) share a GPU
     # Restarts of the worker group from the last checkpoint, in two budgets as Ray Train keeps them: max_failures for
     # crashes and nodes lost without notice; max_preemption_failures for nodes that the cloud drained as preempted
     # (spot), unlimited by default since each restart keeps the epochs done. -1: unlimited.
@@ -191,6 +191,14 @@ class RunConfig:
         _require(self.workers >= 1, "run.workers must be >= 1")
         _require(self.cpus_per_worker > 0, "run.cpus_per_worker must be > 0")
         _require(self.gpus_per_worker > 0, "run.gpus_per_worker must be > 0")
+        # Ray packs fractional GPU workers of one run onto one device, and NCCL refuses two ranks on one GPU
+        # ("Duplicate GPU detected") once training starts.
+        _require(
+            not (self.use_gpu and self.gpus_per_worker < 1 and self.workers > 1),
+            f"run.gpus_per_worker={self.gpus_per_worker:g} with run.workers={self.workers}: the workers of one run "
+            "would share a GPU, which NCCL refuses; use run.gpus_per_worker=1, or run.workers=1 to share GPUs "
+            "between runs",
+        )
         _require(self.max_failures >= -1, "run.max_failures must be >= 0 (or -1 for unlimited)")
         _require(self.max_preemption_failures >= -1, "run.max_preemption_failures must be >= 0 (or -1 for unlimited)")
         _require(self.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1")

@@ -2,13 +2,16 @@
 pyarrow.fs.FileSystem.from_uri knows). This is the one module that tells the two apart; pyarrow's filesystems do
 the work.
 
-Paths come back in the form they were given (a URI stays a URI), except `absolute`, which anchors local ones.
+Paths come back in the form they were given (a URI stays a URI), except `absolute`, which anchors local ones. A URI
+may carry a query (`s3://bucket/runs/x?endpoint_override=127.0.0.1:9000&scheme=http`, one way to reach MinIO or
+Ceph): `join` and `split` act on its path and keep the query, which pyarrow reads when it opens the filesystem.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from urllib.parse import SplitResult, urlsplit
 
 import pyarrow.fs as pafs
 
@@ -33,14 +36,33 @@ def absolute(path: PathLike) -> str:
     return path if is_remote(path) else os.path.abspath(path)
 
 
+def _uri(path: str) -> SplitResult:
+    # No fragments: a '#' in an object key is part of its name, as it is to pyarrow.
+    return urlsplit(path, allow_fragments=False)
+
+
+def _with_path(uri: SplitResult, path: str) -> str:
+    # Not SplitResult.geturl: it drops the '//' of an empty host for schemes urllib does not know.
+    return f"{uri.scheme}://{uri.netloc}{path}" + (f"?{uri.query}" if uri.query else "")
+
+
 def join(base: PathLike, *names: str) -> str:
-    return "/".join([os.fspath(base).rstrip("/"), *names])
+    base = os.fspath(base)
+    if not is_remote(base):
+        return "/".join([base.rstrip("/"), *names])
+    uri = _uri(base)
+    return _with_path(uri, "/".join([uri.path.rstrip("/"), *names]))
 
 
 def split(path: PathLike) -> tuple[str, str]:
     """(parent, name), the parent absolute if local."""
-    parent, _, name = absolute(path).rstrip("/").rpartition("/")
-    return parent or "/", name
+    path = absolute(path)
+    if not is_remote(path):
+        parent, _, name = path.rstrip("/").rpartition("/")
+        return parent or "/", name
+    uri = _uri(path)
+    parent, _, name = uri.path.rstrip("/").rpartition("/")
+    return _with_path(uri, parent), name
 
 
 def is_file(path: PathLike) -> bool:

@@ -201,22 +201,64 @@ def test_subset_schema_is_the_one_in_kuberays_crd():
     agrees(schemas["subset"], schemas["kuberay"], schemas["subset"])
 
 
-def test_entrypoint_sends_runs_to_shared_storage(monkeypatch):
+def entrypoint():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("entrypoint", ROOT / "cluster" / "entrypoint.py")
-    entrypoint = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(entrypoint)
-    monkeypatch.setenv("RFGAN_STORAGE", "s3://bucket/runs/")
-    monkeypatch.setenv("RAY_JOB_SUBMISSION_ID", "raysubmit_abc")
-    assert entrypoint.job_args(["--epochs", "2"]) == [
-        "train",
-        "--epochs",
-        "2",
-        "--out",
-        "s3://bucket/runs/raysubmit_abc",
-    ]
-    assert entrypoint.job_args(["--out", "/mnt/x"]) == ["train", "--out", "/mnt/x"]
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def submitted_job_env(monkeypatch, submission_id: str, env_vars: dict[str, str]) -> None:
+    """The environment Ray's job supervisor gives a submitted job's driver, made as JobSupervisor.run and
+    _get_driver_env_vars make it (ray/dashboard/modules/job/job_supervisor.py): the supervisor's own environment (a
+    Ray worker's, with RAY_JOB_ID), less Ray's internal flags, the runtime env's env_vars (set in the supervisor
+    actor), and the job config as JSON, whose metadata holds the submission id."""
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+    from ray._private.utils import remove_ray_internal_flags_from_env
+    from ray.dashboard.modules.job.common import JOB_ID_METADATA_KEY, JOB_NAME_METADATA_KEY
+
+    runtime_env = {"working_dir": "gcs://_ray_pkg_0123456789abcdef.zip", "env_vars": env_vars}
+    env = {**os.environ, "RAY_JOB_ID": "02000000", **env_vars}
+    remove_ray_internal_flags_from_env(env)
+    metadata = {JOB_ID_METADATA_KEY: submission_id, JOB_NAME_METADATA_KEY: submission_id}
+    env[RAY_JOB_CONFIG_JSON_ENV_VAR] = json.dumps({"runtime_env": runtime_env, "metadata": metadata})
+    for key in set(os.environ) | set(env):
+        if key in env:
+            monkeypatch.setenv(key, env[key])
+        else:
+            monkeypatch.delenv(key)
+
+
+def test_each_submitted_job_gets_a_run_of_its_own_in_shared_storage(monkeypatch):
+    job = entrypoint()
+    storage = {"RFGAN_STORAGE": "s3://bucket/runs/"}
+    for submission_id in ("raysubmit_abc", "raysubmit_xyz"):
+        submitted_job_env(monkeypatch, submission_id, storage)
+        assert job.job_args(["--epochs", "2"]) == [
+            "train",
+            "--epochs",
+            "2",
+            "--out",
+            f"s3://bucket/runs/{submission_id}",
+        ]
+        assert job.submission_id() == submission_id
+    # --out in any form argparse takes names the run; so does RFGAN_STORAGE's absence.
+    assert job.job_args(["--out", "/mnt/x"]) == ["train", "--out", "/mnt/x"]
+    assert job.job_args(["--out=/mnt/x", "--resume"]) == ["train", "--out=/mnt/x", "--resume"]
+    assert job.job_args(["--ou", "/mnt/x"]) == ["train", "--ou", "/mnt/x"]
     monkeypatch.delenv("RFGAN_STORAGE")
-    assert entrypoint.job_args([]) == ["train"]
+    assert job.job_args([]) == ["train"]
+
+
+def test_outside_a_submitted_job_the_entrypoint_names_the_run_by_its_time(monkeypatch):
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+
+    job = entrypoint()
+    monkeypatch.delenv(RAY_JOB_CONFIG_JSON_ENV_VAR, raising=False)
+    monkeypatch.setenv("RFGAN_STORAGE", "s3://bucket/runs?endpoint_override=127.0.0.1:9000")
+    *_, flag, out = job.job_args([])
+    assert flag == "--out" and re.fullmatch(r"s3://bucket/runs/job-\d{8}-\d{6}\?endpoint_override=127.0.0.1:9000", out)
+    assert job.submission_id() is None
     assert os.access(ROOT / "cluster" / "entrypoint.py", os.R_OK)

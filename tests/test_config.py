@@ -72,11 +72,21 @@ def test_unknown_keys_are_errors_that_list_valid_keys():
         ({"model.norm": "group"}, "model.norm must be one of"),
         ({"model.init": "xavier"}, "model.init must be one of"),
         ({"model.d_condition": "image"}, "model.d_condition must be one of"),
+        ({"run.use_gpu": True, "run.workers": 2, "run.gpus_per_worker": 0.5}, "would share a GPU, which NCCL refuses"),
     ],
 )
 def test_impossible_values_are_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):
         preset("default").with_overrides(overrides)
+
+
+def test_fractional_gpus_are_for_one_worker_runs():
+    one = preset("default").with_overrides({"run.use_gpu": True, "run.gpus_per_worker": 0.5})
+    assert one.run.workers == 1 and one.run.gpus_per_worker == 0.5
+    whole = {"run.use_gpu": True, "run.workers": 2, "run.gpus_per_worker": 1}
+    assert preset("default").with_overrides(whole).run.workers == 2
+    # Without use_gpu the fraction is never asked of Ray.
+    assert not preset("default").with_overrides({**whole, "run.use_gpu": False, "run.gpus_per_worker": 0.5}).run.use_gpu
 
 
 def test_replace_revalidates():

@@ -33,6 +33,40 @@ def test_names(tmp_path, monkeypatch):
     assert path == str(tmp_path / "x") and fs.type_name == "local"
 
 
+# One way to reach MinIO or Ceph: the endpoint in the URI's query, which pyarrow reads.
+MINIO = "endpoint_override=127.0.0.1:9000&scheme=http"
+
+
+def test_names_of_uris_with_a_query_keep_it_after_their_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = f"s3://bucket/runs/x?{MINIO}"
+    assert storage.is_remote(run) and storage.absolute(run) == run
+    assert storage.join(run, "checkpoint_1", "state.json") == f"s3://bucket/runs/x/checkpoint_1/state.json?{MINIO}"
+    assert storage.join(f"s3://bucket/runs/?{MINIO}", "x") == run
+    assert storage.split(run) == (f"s3://bucket/runs?{MINIO}", "x")
+    assert storage.split(f"s3://bucket/runs/x/?{MINIO}") == (f"s3://bucket/runs?{MINIO}", "x")
+    assert storage.split(storage.join(run, "y")) == (run, "y")
+    assert storage.split(f"s3://bucket/x?{MINIO}") == (f"s3://bucket?{MINIO}", "x")
+    # Without a query as before; a '#' is part of an object's name, not a fragment.
+    assert storage.join("gs://b/a#1", "c") == "gs://b/a#1/c" and storage.split("gs://b/a#1/c") == ("gs://b/a#1", "c")
+    assert storage.split("s3://bucket/x") == ("s3://bucket", "x")
+    assert storage.split((tmp_path / "a").as_uri()) == (tmp_path.as_uri(), "a")
+    # In a local path '?' is a character of the name.
+    assert not storage.is_remote("runs/x?a=b")
+    assert storage.join("runs/x?a=b", "c") == "runs/x?a=b/c"
+    assert storage.split("runs/x?a=b") == (str(tmp_path / "runs"), "x?a=b")
+
+
+def test_filesystem_of_a_uri_with_a_query_reaches_the_endpoint_it_names():
+    """pyarrow's real S3 filesystem, made from the URI without contacting the endpoint (given an endpoint, pyarrow
+    does not ask AWS for the bucket's region). Its options are read back as pickling reads them, which is how Ray
+    hands the filesystem to its workers."""
+    fs, path = storage.filesystem(storage.join(f"s3://bucket/runs/x?{MINIO}", "metrics.csv"))
+    assert fs.type_name == "s3" and path == "bucket/runs/x/metrics.csv"
+    options = fs.__reduce__()[1][0]
+    assert options["endpoint_override"] == "127.0.0.1:9000" and options["scheme"] == "http"
+
+
 def test_files_round_trip(where):
     path, root = where
     name = storage.join(root, "a", "b", "c.txt")

@@ -173,7 +173,8 @@ def native_bf16(device_type: str) -> bool:
     """Whether `device_type` multiplies bf16 matrices in hardware: there bf16 autocast is several times faster than
     fp32 (docs/benchmarks.md); elsewhere bf16 is emulated, slower than fp32."""
     if device_type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        # By default torch counts a GPU that merely emulates bf16 (before Ampere: V100, T4) as supporting it.
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     if device_type == "cpu":
         return torch.cpu._is_amx_tile_supported()  # Sapphire Rapids and later: oneDNN's bf16 convs and matmuls
     return False

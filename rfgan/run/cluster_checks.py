@@ -18,26 +18,35 @@ from rfgan.config import Config
 from rfgan.errors import ConfigError, UsageError
 
 
-def _autoscaler_capacity() -> dict[str, float] | None:
-    """The most of each resource the cluster's autoscaler may grow it to; None without an autoscaler (`ray start`
-    by hand, a local Ray). Read where Ray Train reads it for its own worker-group check (ray.train.v2's WorkerGroup),
+def autoscaler_maximum() -> dict[str, float] | None:
+    """The most of each resource the cluster's autoscaler may grow it to, where the autoscaler publishes it (Ray's
+    autoscaler v2, the default of `ray up`); None otherwise (`ray start` by hand, a local Ray, an autoscaler that
+    does not publish it). Read where Ray Train reads it for its own worker-group check (ray.train.v2's WorkerGroup),
     from Ray's private state API: there is no public one."""
     from ray._private.state import state
 
     return state.get_max_resources_from_cluster_config()
 
 
-def cluster_shape() -> tuple[int, dict[str, float]]:
-    """(nodes alive now, the most of each resource the cluster has or may grow to)."""
+def grown(now: Mapping[str, float], most: Mapping[str, float] | None) -> dict[str, float] | None:
+    """The larger of a cluster's resources now and the autoscaler's maximum, per resource; None without a maximum."""
+    if not most:
+        return None
+    return {k: max(now.get(k, 0), most.get(k, 0)) for k in {*now, *most}}
+
+
+def cluster_shape() -> tuple[int, dict[str, float] | None]:
+    """(nodes alive now, counting an autoscaling cluster as several; the most of each resource the cluster has or may
+    grow to, None when that cannot be known: no published maximum and no CPU yet, as a cluster that starts empty and
+    is grown by an autoscaler that does not publish its maximum)."""
     import ray
 
     now = ray.cluster_resources()
-    grown = _autoscaler_capacity()
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-    if grown is None:
-        return nodes, dict(now)
-    # An autoscaling cluster can add nodes even when one is up now: count it as several.
-    return max(nodes, 2), {k: max(now.get(k, 0.0), float(grown.get(k, 0))) for k in set(now) | set(grown)}
+    most = grown(now, autoscaler_maximum())
+    if most is not None:
+        return max(nodes, 2), most
+    return nodes, dict(now) if now.get("CPU", 0) > 0 else None
 
 
 def check_paths(paths: Mapping[str, str], nodes: int) -> None:
@@ -54,9 +63,10 @@ def check_paths(paths: Mapping[str, str], nodes: int) -> None:
             )
 
 
-def check_read_cpus(cfg: Config, capacity: Mapping[str, float], streams: bool, split_mb: float) -> None:
-    """Refuse Train workers that leave no CPU for Ray Data's read tasks while the training split `streams`."""
-    if not streams:
+def check_read_cpus(cfg: Config, capacity: Mapping[str, float] | None, streams: bool, split_mb: float) -> None:
+    """Refuse Train workers that leave no CPU for Ray Data's read tasks while the training split `streams`, on a
+    cluster of `capacity` (None: not known, nothing to check against)."""
+    if not streams or capacity is None:
         return
     r = cfg.run
     need, cpus = r.workers * r.cpus_per_worker, capacity.get("CPU", 0.0)

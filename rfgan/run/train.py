@@ -463,12 +463,22 @@ def fit(
         raise KeyboardInterrupt from None
     except ray.train.TrainingFailedError as e:  # more failures than run.max_failures (or preemptions) allow
         return TrainResult(run_dir=loop_config["run_dir"], metrics={}, best_checkpoint=None, error=e)
-    best = None
-    if result.best_checkpoints:
-        best = max(result.best_checkpoints, key=lambda cm: cm[1].get(SCORE, float("-inf")))[0].path
     return TrainResult(
-        run_dir=loop_config["run_dir"], metrics=dict(result.metrics or {}), best_checkpoint=best, error=result.error
+        run_dir=loop_config["run_dir"],
+        metrics=dict(result.metrics or {}),
+        best_checkpoint=best_checkpoint(loop_config["run_dir"], result.best_checkpoints),
+        error=result.error,
     )
+
+
+def best_checkpoint(run_dir: str, checkpoints: list[tuple[Any, dict[str, Any]]] | None) -> str | None:
+    """The best of a run's (ray.train.Checkpoint, metrics) by validation score, named in the run directory's own
+    form. Checkpoint.path is the path within its filesystem (`bucket/key` on S3: no scheme, no query), which read
+    back as a path would be a local one; Ray Train keeps every checkpoint directly in the run directory."""
+    if not checkpoints:
+        return None
+    best = max(checkpoints, key=lambda cm: cm[1].get(SCORE, float("-inf")))[0]
+    return storage.join(run_dir, os.path.basename(best.path.rstrip("/")))
 
 
 def write_resolved_config(cfg: Config, out: str) -> None:

@@ -17,9 +17,11 @@ from typing import Any
 from rfgan import storage
 from rfgan.checkpoint import SCORE
 from rfgan.config import Config, ConfigError, flatten
+from rfgan.data.format import read_info
 from rfgan.errors import UsageError
+from rfgan.run.cluster_checks import autoscaler_maximum, check_cluster, grown
 from rfgan.run.console import note
-from rfgan.run.train import fit, run_paths
+from rfgan.run.train import fit, reads_on_driver, run_paths, train_split_mb
 from rfgan.sweep.space import DEFAULT_SPACE, DefineByRun, Range, overrides_from_trial, start_point, validate_space
 
 PARAM_SECTIONS = ("data", "model", "loss", "optim", "run", "perf")
@@ -146,13 +148,6 @@ def concurrency(base: Config, spec: SweepSpec, capacity: Mapping[str, float] | N
     return min(n, spec.trials)
 
 
-def grown(now: Mapping[str, float], most: Mapping[str, float] | None) -> dict[str, float] | None:
-    """The larger of a cluster's resources now and the autoscaler's maximum, per resource; None without a maximum."""
-    if not most:
-        return None
-    return {k: max(now.get(k, 0), most.get(k, 0)) for k in {*now, *most}}
-
-
 def cluster_capacity(can_grow: bool) -> dict[str, float] | None:
     """The resources the connected cluster can grow to: those it has when it cannot grow (a local Ray), else the
     autoscaler's maximum where Ray publishes it (what Ray Train checks a worker group against), else None (unknown:
@@ -162,9 +157,7 @@ def cluster_capacity(can_grow: bool) -> dict[str, float] | None:
     now = ray.cluster_resources()
     if not can_grow:
         return now
-    from ray._private.state import state
-
-    return grown(now, state.get_max_resources_from_cluster_config())
+    return grown(now, autoscaler_maximum())
 
 
 def stored_space(out: str) -> dict[str, Range] | None:
@@ -259,6 +252,10 @@ def run_sweep(
     from ray.tune.search.optuna import OptunaSearch
 
     validate_space(space, base)
+    info = read_info(spec.data)
+    # Trials write their runs from any node, and stream their data there unless their drivers read it.
+    streams = not reads_on_driver(base, info)
+    check_cluster(base, spec.data, {"--out": spec.out}, streams=streams, split_mb=train_split_mb(info))
     storage_path, name = run_paths(spec.out)
     sweep_dir = storage.absolute(spec.out)
     trainable = ray.tune.with_resources(trial_driver, trial_resources())

@@ -43,3 +43,28 @@ def test_precision_auto_is_bf16_only_where_the_hardware_has_it(monkeypatch):
     for native in (True, False):
         monkeypatch.setattr(build, "native_bf16", lambda kind, native=native: native)
         assert build.autocast_dtype(cfg, "cpu") is (torch.bfloat16 if native else None)
+
+
+@pytest.mark.parametrize("major, bf16", [(7, False), (8, True)])
+def test_precision_auto_is_fp32_on_a_gpu_that_only_emulates_bf16(monkeypatch, major, bf16):
+    """A V100 (7.0) or T4 (7.5) makes bf16 tensors, so torch.cuda.is_bf16_supported() says yes by default, but it
+    multiplies them slower than fp32; an A100 (8.0) has bf16 units. There is no GPU here: torch's own device queries
+    (is_available, current_device, get_device_properties, and whether a bf16 tensor can be made) are patched to
+    answer as such a GPU does, and torch's real is_bf16_supported runs on their answers."""
+    import types
+
+    import torch
+
+    from rfgan.gan import build
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: types.SimpleNamespace(major=major))
+    monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda device: True)
+    monkeypatch.setattr(torch.version, "hip", None)
+    assert torch.cuda.is_bf16_supported()  # emulation counts by default
+    build.native_bf16.cache_clear()
+    try:
+        assert build.autocast_dtype(preset("tiny"), "cuda") is (torch.bfloat16 if bf16 else None)
+    finally:
+        build.native_bf16.cache_clear()  # nothing learnt from the patched device stays for other tests

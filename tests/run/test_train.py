@@ -307,6 +307,41 @@ def epochs_of_checkpoints(run):
     return {json.loads((p / "state.json").read_text())["epoch"]: p for p in run.glob("checkpoint_*") if p.is_dir()}
 
 
+@pytest.mark.parametrize(
+    "run_dir",
+    [
+        "s3://bucket/runs/x",
+        "s3://bucket/runs/x?region=eu-west-1",
+        "s3://bucket/runs/x?endpoint_override=127.0.0.1:9000&scheme=http",
+        "local",
+    ],
+)
+def test_the_printed_best_checkpoint_is_named_as_the_run_directory_is(run_dir, tmp_path, monkeypatch):
+    """Ray Train's Checkpoint.path is the path within its filesystem: `bucket/runs/x/checkpoint_…` on S3, which
+    pasted into rfgan eval would read as a local path. The checkpoints are made as Ray Train makes them, on the
+    filesystem and path its get_fs_and_path gives for the storage_path that fit() passes: pyarrow's real S3
+    filesystem, made without contacting any endpoint (given an endpoint, in AWS_ENDPOINT_URL or the URI, or a
+    region, pyarrow asks AWS nothing)."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
+    from ray.train import Checkpoint
+    from ray.train.v2._internal.execution.storage import get_fs_and_path
+
+    from rfgan import storage
+    from rfgan.checkpoint import SCORE
+
+    run_dir = str(tmp_path / "runs" / "x") if run_dir == "local" else run_dir
+    storage_path, name = train.run_paths(run_dir)
+    fs, fs_path = get_fs_and_path(storage_path)
+    scores = {"checkpoint_2026-12-07_09-01-00.000001": 0.2, "checkpoint_2026-12-07_09-02-00.000002": 0.5}
+    made = [(Checkpoint(path=f"{fs_path}/{name}/{c}", filesystem=fs), {SCORE: v}) for c, v in scores.items()]
+    best = train.best_checkpoint(run_dir, made)
+    assert best == storage.join(run_dir, "checkpoint_2026-12-07_09-02-00.000002")
+    # Read back, the printed name reaches the very checkpoint Ray wrote.
+    back_fs, back_path = storage.filesystem(best)
+    assert back_fs.equals(made[1][0].filesystem) and back_path == made[1][0].path
+    assert train.best_checkpoint(run_dir, []) is None
+
+
 def test_resume_after_the_newest_checkpoint_was_deleted_or_cut_short(trained_run, tiny_dataset, tmp_path, capsys):
     run, data = copy_of(trained_run, tmp_path), str(tiny_dataset)
     steps_per_epoch = int(rows(run)[0]["step"])

@@ -283,7 +283,8 @@ def test_the_space_file_in_tune_is_the_default_space():
 
 
 def test_concurrent_trials_are_the_flag_else_what_the_cluster_can_grow_to():
-    from rfgan.sweep.runner import SweepSpec, concurrency, grown
+    from rfgan.run.cluster_checks import grown
+    from rfgan.sweep.runner import SweepSpec, concurrency
 
     def base(**run):
         return preset("default").with_overrides({"run": run})
@@ -379,8 +380,12 @@ class _Stop(Exception):
     [
         ([], {"epochs": 10}),
         (
-            ["--epochs", "3", "--workers-per-trial", "2", "--cpus-per-worker", "0.5", "--gpus-per-worker", "0.25"],
-            {"epochs": 3, "workers": 2, "cpus_per_worker": 0.5, "use_gpu": True, "gpus_per_worker": 0.25},
+            ["--epochs", "3", "--workers-per-trial", "1", "--cpus-per-worker", "0.5", "--gpus-per-worker", "0.25"],
+            {"epochs": 3, "workers": 1, "cpus_per_worker": 0.5, "use_gpu": True, "gpus_per_worker": 0.25},
+        ),
+        (
+            ["--workers-per-trial", "2", "--cpus-per-worker", "0.5", "--gpus-per-worker", "1"],
+            {"epochs": 10, "workers": 2, "cpus_per_worker": 0.5, "use_gpu": True, "gpus_per_worker": 1.0},
         ),
         (["--set", "run.use_gpu=true"], {"epochs": 10, "use_gpu": True}),
         (["--set", "run.use_gpu=true", "--gpus-per-worker", "0"], {"epochs": 10, "use_gpu": False}),
@@ -418,6 +423,25 @@ def test_tune_flags_are_run_settings_of_the_base_config(tiny_dataset, tmp_path, 
         )
     assert seen["base"] == preset("tiny").with_overrides({"data.path": str(tiny_dataset), "run": run})
     assert seen["spec"] == runner.SweepSpec(data=str(tiny_dataset), out=str(tmp_path), trials=3, seed=5)
+
+
+def test_fractional_gpus_for_several_workers_per_trial_are_refused(tiny_dataset, tmp_path, monkeypatch, capsys):
+    """Ray packs the 0.25-GPU workers of one trial onto one device, where NCCL stops ("Duplicate GPU detected")
+    once training starts: refused with the config, before Ray starts and before anything is written."""
+    from rfgan.run import launch
+    from rfgan.sweep import runner
+
+    def run_sweep(*args, **kwargs):
+        raise _Stop
+
+    monkeypatch.setattr(runner, "run_sweep", run_sweep)
+    monkeypatch.setattr(launch, "init_ray", lambda *args: False)
+    out = tmp_path / "sweep"
+    flags = ["--workers-per-trial", "2", "--gpus-per-worker", "0.25"]
+    assert main(["tune", "--data", str(tiny_dataset), "--preset", "tiny", "--out", str(out), *flags]) == 2
+    err = one_line_error(capsys, "tune")
+    assert "run.gpus_per_worker=0.25 with run.workers=2" in err and "run.workers=1" in err
+    assert not out.exists()
 
 
 def test_a_trial_that_failed_before_reporting_is_an_error_not_pending(tmp_path):
