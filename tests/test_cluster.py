@@ -262,3 +262,30 @@ def test_outside_a_submitted_job_the_entrypoint_names_the_run_by_its_time(monkey
     assert flag == "--out" and re.fullmatch(r"s3://bucket/runs/job-\d{8}-\d{6}\?endpoint_override=127.0.0.1:9000", out)
     assert job.submission_id() is None
     assert os.access(ROOT / "cluster" / "entrypoint.py", os.R_OK)
+
+
+def test_deployments_pin_one_ray_one_set_of_libraries_and_one_commit():
+    """A job retried on a new cluster, or a node added later, resumes checkpoints with the code and libraries that
+    wrote them: no branch, no unpinned library, and the Ray rfgan is tested with everywhere."""
+    ours = Version(ray.__version__).base_version
+    cfg, job = load("ray_cluster.yaml"), load("cluster/rayjob.yaml")
+    images = [cfg["docker"]["image"]] + [
+        c["image"]
+        for group in [
+            job["spec"]["rayClusterSpec"]["headGroupSpec"],
+            *job["spec"]["rayClusterSpec"]["workerGroupSpecs"],
+        ]
+        for c in group["template"]["spec"]["containers"]
+    ]
+    assert {re.match(r"rayproject/ray:([\d.]+)", i).group(1) for i in images} == {ours}
+    assert job["spec"]["rayClusterSpec"]["rayVersion"] == ours
+    job_env = yaml.safe_load(job["spec"]["runtimeEnvYAML"])
+    pins = [Requirement(r) for r in load("cluster/runtime_env.yaml")["pip"]]
+    assert pins and all(len(r.specifier) == 1 and next(iter(r.specifier)).operator == "==" for r in pins)
+    assert sorted(map(str, pins)) == sorted(map(str, map(Requirement, job_env["pip"])))
+    assert "refs/heads" not in job_env["working_dir"] and "YOUR-COMMIT" in job_env["working_dir"]
+    installs = [c for c in cfg["setup_commands"] if "pip install" in c and "rfgan" in c]
+    assert installs and all("@main" not in c and "YOUR-COMMIT" in c for c in installs)
+    # Every node reaches the bucket through its service account, the head and the workers alike.
+    groups = [job["spec"]["rayClusterSpec"]["headGroupSpec"], *job["spec"]["rayClusterSpec"]["workerGroupSpecs"]]
+    assert all(g["template"]["spec"].get("serviceAccountName") for g in groups)
