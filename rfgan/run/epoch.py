@@ -36,8 +36,11 @@ def all_reduce(t: torch.Tensor, op: str = "SUM") -> torch.Tensor:
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     """The seed of one rank's random streams in one epoch (dropout, the noise channel, shuffling). A function of
-    (seed, epoch, rank) only: a resumed or restarted run draws exactly what an uninterrupted one would, and ranks
-    draw differently. The multipliers are primes, so distinct triples rarely collide."""
+    (seed, epoch, rank) only, so ranks draw differently and a resumed or restarted run draws what an uninterrupted
+    one would from the same rows. The rows themselves are the same only where the driver read the split (each rank's
+    share is a seeded permutation: rank_rows); a split that Ray Data streams is dealt to the ranks in blocks as they
+    arrive, which can differ between runs and nodes, and the shard cache keeps what epoch 1 dealt. The multipliers
+    are primes, so distinct triples rarely collide."""
     return seed * 1_000_003 + epoch * 1009 + rank
 
 

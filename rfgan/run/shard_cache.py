@@ -6,7 +6,8 @@ worker's own Arrow → tensor conversion take CPU the step would otherwise use. 
 that is most of what keeps 2 workers from running at twice the rate of one (docs/benchmarks.md). The rows as read
 (uint8 images, float32 responses: a quarter of the float images' bytes) are small next to RAM at this task's sizes,
 4,000 rows of 96×96 RGB are 110 MB, the THINGS set's 22,248 are 0.7 GB, so later epochs shuffle the kept rows with
-one permutation per epoch instead (on the worker's device: on a GPU no batch crosses the bus again).
+one permutation per epoch instead: on a GPU, on the device when they take at most DEVICE_SHARE of its free memory (no
+batch crosses the bus again), else in pinned host memory (kept_on).
 
 What changes is only which rows form each batch: a full permutation of the shard each epoch (seeded by the epoch
 seed, so a restarted run draws the same), where Ray Data's local shuffle mixes a window of 4 batches. Pure PyTorch,
@@ -21,11 +22,33 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 import torch
 
 Batch = dict[str, torch.Tensor]  # {"responses": (B, E) float32, "image": (B, H, W, C) uint8}, as Ray Data yields
+# The most of a GPU's free memory that kept rows may take there: the nets, their activations and other runs sharing
+# the device (sweep trials with fractional GPUs) need the rest. Rows that do not fit stay in pinned host memory.
+DEVICE_SHARE = 0.25
+
+
+def placement(nbytes: int, device: torch.device | str, free_bytes: int | None) -> str:
+    """Where `nbytes` of kept rows live for a worker on `device` whose free memory is `free_bytes` (None off CUDA):
+    "device", "pinned" host memory (each batch is copied to the device as it is used), or plain "host" memory."""
+    if torch.device(device).type != "cuda":
+        return "host"
+    return "device" if free_bytes is not None and nbytes <= DEVICE_SHARE * free_bytes else "pinned"
+
+
+def kept_on(rows: Batch, device: torch.device | str) -> Batch:
+    """`rows` (on the host) where they are kept for a worker on `device` (placement)."""
+    device = torch.device(device)
+    nbytes = sum(t.numel() * t.element_size() for t in rows.values())
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+    where = placement(nbytes, device, free)
+    if where == "device":
+        return {k: v.to(device) for k, v in rows.items()}
+    return {k: v.pin_memory() for k, v in rows.items()} if where == "pinned" else rows
 
 
 class ShardCache:
-    def __init__(self, budget_mb: int) -> None:
-        self.budget = budget_mb * 2**20
+    def __init__(self, budget_mb: int, device: torch.device | str = "cpu") -> None:
+        self.budget, self.device = budget_mb * 2**20, device
         self.parts: list[Batch] = []
         self.nbytes = 0
         self.overflowed = budget_mb <= 0
@@ -56,7 +79,9 @@ class ShardCache:
         """Keep one batch of the first epoch's stream; past the budget keep nothing (the stream goes on)."""
         if self.overflowed:
             return
-        part = {k: torch.as_tensor(batch[k]) for k in ("responses", "image")}
+        # Kept on the host while the first epoch streams, so that sealing (one concatenation) never holds two
+        # copies on a GPU; kept_on decides where the sealed rows live.
+        part = {k: torch.as_tensor(batch[k]).cpu() for k in ("responses", "image")}
         self.nbytes += sum(t.numel() * t.element_size() for t in part.values())
         if self.nbytes > self.budget:
             self.overflowed, self.parts = True, []
@@ -70,9 +95,9 @@ class ShardCache:
         if rows <= 0 or self.overflowed:
             self.parts, self.overflowed = [], True
             return
-        kept = {k: torch.cat([p[k] for p in self.parts]) for k in ("responses", "image")}
+        kept = {k: torch.cat([p[k] for p in self.parts])[:rows] for k in ("responses", "image")}
         self.parts = []
-        self._kept = {k: v[:rows] for k, v in kept.items()}
+        self._kept = kept_on(kept, self.device)
 
     def kept_rows(self) -> int:
         """Rows this rank has kept so far (0 once it overflowed)."""

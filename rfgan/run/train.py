@@ -44,7 +44,7 @@ from rfgan.run.epoch import (
     samples,
     validate,
 )
-from rfgan.run.shard_cache import ShardCache
+from rfgan.run.shard_cache import ShardCache, kept_on
 
 # Ray Train's record of a run's checkpoints, in the run directory (ray.train.v2 constants): set aside, never read,
 # when it names a checkpoint that is gone (resume_point).
@@ -121,7 +121,7 @@ def rank_rows(split: dict[str, Any], rank: int, world: int, seed: int, device) -
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     idx = order[rank::world][: n // world].numpy()
     # Fancy indexing copies out of Ray's read-only arrays.
-    return {k: torch.from_numpy(split[k][idx]).to(device) for k in ("responses", "image")}
+    return kept_on({k: torch.from_numpy(split[k][idx]) for k in ("responses", "image")}, device)
 
 
 def _shard_stream(shard, per_worker: int, device, cfg: Config, seed: int) -> Callable[[bool], Iterable]:
@@ -219,7 +219,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     else:
         shard = ray.train.get_dataset_shard("train")
         # Kept after this process's first epoch if more epochs follow and it fits (perf.cache_shard_mb).
-        cache = ShardCache(cfg.perf.cache_shard_mb if cfg.run.epochs > start_epoch else 0)
+        cache = ShardCache(cfg.perf.cache_shard_mb if cfg.run.epochs > start_epoch else 0, device)
     for epoch in range(start_epoch, cfg.run.epochs + 1):
         # -- train: one pass over this rank's shard, streamed by Ray Data or shuffled from memory
         seed = epoch_seed(cfg.run.seed, epoch, rank)

@@ -86,3 +86,15 @@ def test_a_cache_holding_the_whole_shard_shuffles_it_from_the_first_epoch():
     assert len(set(ids)) == 48 and ids != sorted(ids)
     second = torch.cat([b["responses"][:, 0] for b in cache.epoch(None, 8, seed=2, fewest=lambda n: n)]).long()
     assert second.tolist() != ids
+
+
+def test_kept_rows_go_on_a_gpu_only_when_they_leave_most_of_its_free_memory():
+    from rfgan.run.shard_cache import DEVICE_SHARE, kept_on, placement
+
+    gib = 2**30
+    assert placement(gib, "cuda:0", free_bytes=int(gib / DEVICE_SHARE)) == "device"
+    assert placement(gib + 1, "cuda:0", free_bytes=int(gib / DEVICE_SHARE)) == "pinned"  # trials sharing the GPU
+    assert placement(gib, "cuda:1", free_bytes=None) == "pinned"
+    assert placement(10 * gib, "cpu", free_bytes=None) == "host"
+    rows = next(_stream(8, 8))
+    assert kept_on(rows, "cpu") is rows
