@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from rfgan import storage
 from rfgan.config import Config, ConfigError, flatten
 
 SEP = "/"  # Ray Tune unflattens "/"-separated names into nested dicts: "loss/lambda_adv" → {"loss": {...}}
@@ -44,10 +45,10 @@ DEFAULT_SPACE: dict[str, Range] = {
 
 
 def load_space(path: str | os.PathLike | None) -> dict[str, Range]:
-    """The default space, or the one in a JSON/YAML file (which replaces it whole)."""
+    """The default space, or the one in a JSON/YAML file, local or a URI (which replaces it whole)."""
     if path is None:
         return dict(DEFAULT_SPACE)
-    text = open(path).read()
+    text = storage.read_text(path)
     if str(path).endswith((".yaml", ".yml")):
         import yaml
 

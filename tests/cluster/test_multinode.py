@@ -2,6 +2,7 @@
 driver's refusals, and the loss of a node, plain or drained as a preemption."""
 
 import contextlib
+import csv
 import dataclasses
 import io
 import json
@@ -159,3 +160,51 @@ def test_a_preemption_is_charged_to_its_own_budget(ray_cluster, longer_data, s3)
     code, err = _lose_a_node_mid_run(ray_cluster, run, {**LOSS, "run.max_failures": 0}, longer_data, drain=True)
     assert code == 0, err + log_tail(run)
     assert epochs(run) == [1, 2, 3, 4, 5] and len(workers(run)) == 2
+
+
+def tune(data, out, trials, epochs, *flags) -> int:
+    """`rfgan tune` of one-worker trials that take a whole node each, searching only the generator's learning rate."""
+    space = {"optim.lr_g": {"low": 1e-4, "high": 1e-2, "log": True}}
+    space_file = f"{out}.space.json"
+    storage.write_bytes(space_file, json.dumps(space).encode())
+    return main(
+        [
+            "tune", "--data", data, "--preset", "tiny", "--out", out, "--space", space_file,
+            "--trials", str(trials), "--epochs", str(epochs), "--workers-per-trial", "1",
+            "--cpus-per-worker", str(WORKER_CPUS), *set_flags(SMALL_NETS), *flags,
+        ]
+    )  # fmt: skip
+
+
+def trial_runs(out) -> list[str]:
+    return [f"{out}/trials/{d}" for d in storage.list_dirs(f"{out}/trials") if d.startswith("train-")]
+
+
+def test_sweep_trials_run_on_different_nodes_with_the_sweep_in_the_bucket(ray_cluster, bucket_data, s3):
+    out = f"{s3}/sweeps/spread"
+    assert tune(bucket_data, out, 2, 1, "--max-concurrent", "2") == 0
+    runs = trial_runs(out)
+    nodes = [workers(run)[0]["ranks"][0]["node_id"] for run in runs]
+    assert len(runs) == 2 and len(set(nodes)) == 2  # both at once, one per node
+    assert storage.is_file(f"{out}/trials.csv") and storage.is_file(f"{out}/best_config.json")
+
+
+def test_a_sweep_trial_whose_node_is_lost_resumes_its_own_run(ray_cluster, longer_data, s3):
+    out = f"{s3}/sweeps/lost-node"
+    outcome = []
+    thread = threading.Thread(target=lambda: outcome.append(tune(longer_data, out, 1, 5)), daemon=True)
+    thread.start()
+    deadline = time.time() + 300
+    while not any(storage.is_file(f"{run}/{RAY_SNAPSHOT}") for run in trial_runs(out)):
+        assert thread.is_alive() and time.time() < deadline, outcome
+        time.sleep(0.2)
+    [run] = trial_runs(out)
+    victim_id = workers(run)[0]["ranks"][0]["node_id"]
+    ray_cluster.remove_node(next(n for n in worker_nodes(ray_cluster) if n.node_id == victim_id), allow_graceful=False)
+    ray_cluster.add_node(num_cpus=WORKER_CPUS)
+    thread.join(timeout=600)
+    assert outcome == [0]
+    first, second = workers(run)
+    assert second["first_epoch"] > 1 and epochs(run) == [1, 2, 3, 4, 5]
+    [row] = list(csv.DictReader(io.StringIO(storage.read_text(f"{out}/trials.csv"))))
+    assert row["status"] == "DONE" and row["epochs"] == "5"
