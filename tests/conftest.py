@@ -27,6 +27,15 @@ def set_flags(overrides) -> list[str]:
     return [a for k, v in overrides.items() for a in ("--set", f"{k}={v}")]
 
 
+def interruptible() -> None:
+    """Popen's preexec_fn for a child that a test interrupts as Ctrl-C does (SIGINT): SIGINT's default disposition,
+    which a child of a test run started in the background would lack (a shell ignores SIGINT for background jobs,
+    and an ignored signal stays ignored across exec, so Python never installs its KeyboardInterrupt)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def make_synth(out, spec: SynthSpec = TINY, **kwargs):
     return write_synth(out, spec, **kwargs)
 
@@ -68,7 +77,8 @@ def ray_session():
     import ray
 
     # More logical CPUs than cores: Train workers and Ray Data's read tasks must all get a slot (RAY-NOTES).
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    # address="local": a Ray of its own, even if another one on this machine left its address behind.
+    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

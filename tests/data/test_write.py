@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY, interrupt_on_shard, make_synth, one_line_error, run_interrupted, tree
+from conftest import TINY, interrupt_on_shard, interruptible, make_synth, one_line_error, run_interrupted, tree
 
 import rfgan
 from rfgan.cli import main
@@ -198,6 +198,7 @@ def rfgan_synth(out: Path, *extra: str) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=interruptible,
     )
 
 

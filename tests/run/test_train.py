@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SMALL_NETS, set_flags, tree
+from conftest import SMALL_NETS, interruptible, set_flags, tree
 from worker_faults import killed_once_before_reporting
 
 from rfgan.checkpoint import existing_checkpoints, find_checkpoint, load_checkpoint
@@ -368,7 +368,11 @@ def test_ctrl_c_on_train_exits_130_and_says_how_to_resume(tiny_dataset, tmp_path
     sets = set_flags(SMALL)
     argv = [sys.executable, "-m", "rfgan", "train", "--data", str(tiny_dataset), "--preset", "tiny", *sets]
     proc = subprocess.Popen(
-        [*argv, "--epochs", "1000", "--out", str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [*argv, "--epochs", "1000", "--out", str(run)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=interruptible,
     )
     try:
         deadline = time.monotonic() + 300
