@@ -57,6 +57,27 @@ def user_error(exc: BaseException) -> BaseException | None:
     return None
 
 
+def rank_failures(exc: BaseException) -> dict[int, BaseException]:
+    """What each failed rank of a Ray Train run died of, by rank: empty unless `exc` is Train's worker-group error.
+    Train wraps a rank that stopped answering in a health-check error around what killed it; this unwraps it."""
+    failures = getattr(exc, "worker_failures", None) or {}
+    return {r: getattr(e, "health_check_failure", None) or e for r, e in failures.items()}
+
+
+def wrapped_errors(exc: BaseException | None):
+    """`exc` and every error Ray keeps inside it: each failed rank's (rank_failures), a controller's failure, a
+    worker's own exception (UserExceptionWithTraceback keeps it privately), a task error's `cause`, `__cause__`."""
+    seen, stack = set(), [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        stack += list(rank_failures(e).values())
+        stack += [getattr(e, name, None) for name in ("controller_failure", "_base_exc", "cause", "__cause__")]
+
+
 def failure_reason(exc: BaseException) -> str:
     """One line saying why a run failed: rfgan's own reason if one is inside (user_error); for Ray Train's worker
     group, what the first failed rank died of (a lost node, a killed process, an error), whose text otherwise sits
@@ -64,12 +85,10 @@ def failure_reason(exc: BaseException) -> str:
     reason = user_error(exc)
     if reason is not None:
         return _first_line(str(reason))
-    failures = getattr(exc, "worker_failures", None)  # ray.train's WorkerGroupError
+    failures = rank_failures(exc)
     if failures:
         # A rank whose process died (Ray's RayActorError: a lost node, a kill) before one that failed as a result
         # (the collective it was in broke); then the lowest.
-        # Ray Train wraps a rank that stopped answering in a health-check error around what killed it.
-        failures = {r: getattr(e, "health_check_failure", None) or e for r, e in failures.items()}
         rank = min(failures, key=lambda r: (not hasattr(failures[r], "actor_id"), r))
         more = f" (and {len(failures) - 1} more rank(s))" if len(failures) > 1 else ""
         return f"rank {rank}: {type(failures[rank]).__name__}: {_first_line(str(failures[rank]))}{more}"

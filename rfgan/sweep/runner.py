@@ -17,8 +17,8 @@ from typing import Any
 from rfgan import storage
 from rfgan.checkpoint import SCORE
 from rfgan.config import Config, ConfigError, flatten
-from rfgan.data.format import read_info
-from rfgan.errors import UsageError
+from rfgan.data.format import DatasetInfo, read_info
+from rfgan.errors import UsageError, wrapped_errors
 from rfgan.run.cluster_checks import autoscaler_maximum, check_cluster, grown
 from rfgan.run.console import note
 from rfgan.run.train import fit, reads_on_driver, run_paths, train_split_mb
@@ -71,20 +71,7 @@ def lost_workers(error: BaseException) -> bool:
         ray.exceptions.LocalRayletDiedError,
         ray.exceptions.ObjectLostError,
     )
-    seen, stack = set(), [error]
-    while stack:
-        e = stack.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, lost):
-            return True
-        # Ray Train's wrappers: WorkerGroupError (per rank), a worker's failed health check, a controller error, a
-        # worker's own exception (UserExceptionWithTraceback keeps it privately); Ray's task errors (cause).
-        stack += list(getattr(e, "worker_failures", {}).values())
-        for name in ("health_check_failure", "controller_failure", "_base_exc", "cause", "__cause__"):
-            stack.append(getattr(e, name, None))
-    return False
+    return any(isinstance(e, lost) for e in wrapped_errors(error))
 
 
 def restarts_on(error: BaseException | None, restarts: int, budget: int) -> bool:
@@ -213,7 +200,7 @@ def sweep(
     from rfgan.run.train import preflight
     from rfgan.sweep.progress import TrialLines
 
-    preflight(base, spec.data)
+    info, _ = preflight(base, spec.data)
     with launch.run_log(spec.out, LOG_FILE, verbose) as log:
         started = launch.init_ray(address, launch.min_cpus(base), dashboard)
         log.after_ray_init()
@@ -226,6 +213,7 @@ def sweep(
                 callbacks=None if resume else [TrialLines()],
                 verbose=verbose,
                 can_grow=started and launch.on_cluster(address),
+                info=info,
             )
         finally:
             if started:
@@ -242,17 +230,19 @@ def run_sweep(
     callbacks: Sequence[Any] | None = None,
     verbose: bool = False,
     can_grow: bool = False,
+    info: DatasetInfo | None = None,
 ):
     """Run (or, with `resume`, continue) a sweep of `base` on the connected Ray cluster; returns Tune's ResultGrid.
     `callbacks` are Ray Tune callbacks for a new sweep: a resumed one runs with those it started with, which Tune
     keeps in the sweep's state. Tune's status tables only when `verbose`. `can_grow`: the cluster may gain nodes
-    (cluster_capacity); a new sweep stores its space in the sweep directory (resumed_space)."""
+    (cluster_capacity); a new sweep stores its space in the sweep directory (resumed_space). `info`: the dataset's
+    metadata when the caller has read it already."""
     import optuna
     import ray.tune
     from ray.tune.search.optuna import OptunaSearch
 
     validate_space(space, base)
-    info = read_info(spec.data)
+    info = info or read_info(spec.data)
     # Trials write their runs from any node, and stream their data there unless their drivers read it.
     streams = not reads_on_driver(base, info)
     check_cluster(base, spec.data, {"--out": spec.out}, streams=streams, split_mb=train_split_mb(info))
