@@ -42,7 +42,7 @@ def make_synth(out, spec: SynthSpec = TINY, **kwargs):
 
 # Fixtures that start Ray: a test using one is in the slow lane (marker `ray`); the rest is pure PyTorch/NumPy. A test
 # that starts Ray another way (a subprocess running `rfgan train`) carries the marker itself.
-RAY_FIXTURES = {"ray_session", "head_node"}
+RAY_FIXTURES = {"ray_session", "fresh_ray", "head_node"}
 pytest_plugins = ["cluster_fixtures"]
 # The cluster lane's (tests/cluster): several Ray nodes and an S3 endpoint. Its tests are in the `ray` lane too, and
 # need a process of their own (one Ray per driver process): `pytest -m cluster`.
@@ -72,15 +72,29 @@ def _ray_stays_in_its_lane(request, monkeypatch):
     monkeypatch.setattr(ray, "init", refuse)
 
 
+# More logical CPUs than cores: Train workers and Ray Data's read tasks must all get a slot (RAY-NOTES).
+# address="local": a Ray of its own, even if another one on this machine left its address behind.
+RAY_ARGS = {"address": "local", "num_cpus": 8, "include_dashboard": False, "log_to_driver": False}
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     import ray
 
-    # More logical CPUs than cores: Train workers and Ray Data's read tasks must all get a slot (RAY-NOTES).
-    # address="local": a Ray of its own, even if another one on this machine left its address behind.
-    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
+    ray.init(**RAY_ARGS)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def fresh_ray(ray_session):
+    """The session's Ray, restarted for a module whose tests drive Ray Tune: a Tune controller in a driver that has
+    already run a few dozen Train runs can wait forever for trial actors that Ray created (the driver never hears
+    that they are alive; seen in CI, not in a fresh driver, which is what `rfgan tune` always is). The modules after
+    it go on with the new one."""
+    ray_session.shutdown()
+    ray_session.init(**RAY_ARGS)
+    return ray_session
 
 
 @pytest.fixture(scope="session")

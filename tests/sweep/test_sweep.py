@@ -130,7 +130,7 @@ def interrupt_after_one_trial(monkeypatch, tmp_path):
 
 
 def test_sweep_of_three_trials_with_one_crash_writes_results_and_a_trainable_best_config(
-    ray_session, tiny_dataset, tmp_path, trial_fault, capsys
+    fresh_ray, tiny_dataset, tmp_path, trial_fault, capsys
 ):
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
     out = tmp_path / "sweep"
@@ -184,7 +184,7 @@ def test_sweep_of_three_trials_with_one_crash_writes_results_and_a_trainable_bes
 
 
 def test_an_interrupted_sweep_resumes_with_its_own_space_without_repeating_finished_trials(
-    ray_session, tiny_dataset, tmp_path, interrupt_after_one_trial, capsys
+    fresh_ray, tiny_dataset, tmp_path, interrupt_after_one_trial, capsys
 ):
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
     out = tmp_path / "sweep"
@@ -232,7 +232,7 @@ def trial_workers(monkeypatch):
 
 
 def test_a_trial_that_lost_a_worker_is_restarted_and_resumes_its_own_run(
-    ray_session, tiny_dataset, tmp_path, trial_workers
+    fresh_ray, tiny_dataset, tmp_path, trial_workers
 ):
     import sweep_faults
     from worker_faults import killed_once_before_reporting
@@ -252,7 +252,7 @@ def test_a_trial_that_lost_a_worker_is_restarted_and_resumes_its_own_run(
     assert [r["epoch"] for r in read_metrics_csv((run / "metrics.csv").read_text())] == [1, 2]
 
 
-def test_a_diverging_trial_is_not_restarted(ray_session, tiny_dataset, tmp_path, trial_workers):
+def test_a_diverging_trial_is_not_restarted(fresh_ray, tiny_dataset, tmp_path, trial_workers):
     import sweep_faults
 
     from rfgan.run import train
