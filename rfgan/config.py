@@ -97,6 +97,11 @@ class ModelConfig:
             len(self.g_widths) == len(self.g_convs_per_block) and len(self.g_widths) >= 1,
             "model.g_widths and model.g_convs_per_block must have the same, non-zero length",
         )
+        _require(
+            min(self.g_widths) >= 1 and min(self.g_convs_per_block) >= 1 and self.n_res >= 0,
+            f"model.g_widths {list(self.g_widths)} and model.g_convs_per_block {list(self.g_convs_per_block)} must "
+            f"be >= 1 each, and model.n_res >= 0",
+        )
         _require(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
         _require(self.init in INIT_KINDS, f"model.init must be one of {INIT_KINDS}, not {self.init!r}")
         _require(
@@ -188,6 +193,8 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "run.epochs must be >= 1")
+        # NumPy's generators, which seed the shuffles, take 32-bit seeds; a larger one fails only inside a worker.
+        _require(0 <= self.seed < 2**32, f"run.seed must be in [0, 2**32), got {self.seed}")
         _require(self.workers >= 1, "run.workers must be >= 1")
         _require(self.cpus_per_worker > 0, "run.cpus_per_worker must be > 0")
         _require(self.gpus_per_worker > 0, "run.gpus_per_worker must be > 0")

@@ -220,3 +220,18 @@ def test_changes_from_lists_what_differs_from_the_base():
     assert tiny.changes_from(tiny) == {}
     changed = tiny.with_overrides({"run.epochs": 2, "loss.lambda_adv": 0.5})
     assert changed.changes_from(tiny) == {"loss.lambda_adv": 0.5, "run.epochs": 2}
+
+
+@pytest.mark.parametrize(
+    "sets, message",
+    [
+        # Each was accepted by --dry-run and failed only inside a Ray Train worker, after Ray had started.
+        (["run.seed=1e23"], r"run.seed must be in \[0, 2\*\*32\), got 99999999999999991611392"),
+        (["run.seed=-1"], r"run.seed must be in \[0, 2\*\*32\)"),
+        (["model.generator=reference", "model.g_widths=[0,8,8,8,8]"], r"model.g_widths \[0, 8, 8, 8, 8\] .* >= 1"),
+        (["model.g_convs_per_block=[2,0,3,3,3]"], r"model.g_convs_per_block \[2, 0, 3, 3, 3\] must be >= 1"),
+    ],
+)
+def test_settings_that_would_fail_only_in_a_worker_are_refused_by_the_config(sets, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve(preset="tiny", sets=sets)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from rfgan.run import train
 
@@ -60,3 +62,17 @@ def killed_once_before_reporting(epoch: int, marker: str):
         real_loop(loop_config)
 
     return loop
+
+
+def counting_starts(starts: Path, loop: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+    """`loop`, which first adds a line to `starts` in rank 0: one line per start of a Train run's worker group."""
+
+    def counted(loop_config: dict[str, Any]) -> None:
+        import ray.train
+
+        if ray.train.get_context().get_world_rank() == 0:
+            with open(starts, "a") as f:
+                f.write("started\n")
+        return loop(loop_config)
+
+    return counted

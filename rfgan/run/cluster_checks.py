@@ -6,7 +6,8 @@ another node after an epoch of training (and then again on every retry) is refus
 - a local `--data` whose training split streams through Ray Data: its read tasks run on any node (a split the driver
   reads, perf.driver_read_mb, is read on the driver's node only, so a local path is fine for it);
 - Train workers that take every CPU the cluster has or can grow to while Ray Data streams: its read tasks then wait
-  for a CPU forever (Ray Data says "The job may hang forever", and it does).
+  for a CPU forever (Ray Data says "The job may hang forever", and it does);
+- GPU workers on a cluster without enough GPUs: Ray Train retries its worker group's start forever.
 """
 
 from __future__ import annotations
@@ -79,9 +80,26 @@ def check_read_cpus(cfg: Config, capacity: Mapping[str, float] | None, streams: 
         )
 
 
+def check_gpus(cfg: Config, capacity: Mapping[str, float] | None) -> None:
+    """Refuse GPU workers on a cluster that has, and can grow to, fewer GPUs than they take (None: not known).
+    Otherwise Ray Train waits for them and retries "worker group startup timed out" forever (a best_config.json of
+    a GPU sweep used on a CPU machine carries run.use_gpu=true)."""
+    r = cfg.run
+    if not r.use_gpu or capacity is None:
+        return
+    need, gpus = r.workers * r.gpus_per_worker, capacity.get("GPU", 0.0)
+    if gpus < need:
+        raise ConfigError(
+            f"run.use_gpu with run.workers={r.workers} x run.gpus_per_worker={r.gpus_per_worker:g} takes {need:g} "
+            f"GPU(s), but the Ray cluster has {gpus:g} and cannot grow to more; train on CPUs with "
+            "--set run.use_gpu=false, use fewer --workers, or give --address of a cluster with GPUs."
+        )
+
+
 def check_cluster(cfg: Config, data: str, outs: Mapping[str, str], streams: bool, split_mb: float) -> None:
     """Both checks on the connected cluster: `outs` ({flag: path}) are written from any node, `data` is read from
     any node only when the training split `streams` through Ray Data."""
     nodes, capacity = cluster_shape()
     check_paths({**({"--data": data} if streams else {}), **outs}, nodes)
     check_read_cpus(cfg, capacity, streams, split_mb)
+    check_gpus(cfg, capacity)

@@ -21,7 +21,8 @@ from rfgan.data.rf import RFTable
 from rfgan.errors import ConfigError, UsageError
 from rfgan.run.cluster_checks import check_cluster
 from rfgan.run.console import EpochProgress, QueueFollower, RunLog
-from rfgan.run.train import fit, reads_on_driver, train_split_mb, write_resolved_config
+from rfgan.run.restarts import fit_restarting
+from rfgan.run.train import reads_on_driver, train_split_mb, write_resolved_config
 
 LOG_FILE = "train.log"
 
@@ -143,7 +144,7 @@ def train(
             progress = EpochProgress(cfg.run.epochs, log.out, log.err)
             follower = QueueFollower(events, progress.handle)
             try:
-                result = fit(cfg, data, out, dataset=dataset, torch_threads=threads, progress=events)
+                result = fit_restarting(cfg, data, out, dataset=dataset, torch_threads=threads, progress=events)
             except KeyboardInterrupt:
                 raise KeyboardInterrupt(resume_hint(out)) from None
             finally:

@@ -445,9 +445,8 @@ def fit(
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=storage_path,
-            failure_config=ray.train.FailureConfig(
-                max_failures=r.max_failures, max_preemption_failures=r.max_preemption_failures
-            ),
+            # Plain failures are restarted by rfgan, and only losses (rfgan.run.restarts); preemptions by Ray Train.
+            failure_config=ray.train.FailureConfig(max_failures=0, max_preemption_failures=r.max_preemption_failures),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=r.keep_checkpoints, checkpoint_score_attribute=SCORE, checkpoint_score_order="max"
             ),
@@ -461,7 +460,7 @@ def fit(
         # Ray Train takes Ctrl-C itself (in the main thread): it aborts the run gracefully, then ends the driver
         # with SystemExit from inside fit(). Give callers the interrupt it was, so they can say what was kept.
         raise KeyboardInterrupt from None
-    except ray.train.TrainingFailedError as e:  # more failures than run.max_failures (or preemptions) allow
+    except ray.train.TrainingFailedError as e:  # a failure, or more preemptions than run.max_preemption_failures
         return TrainResult(run_dir=loop_config["run_dir"], metrics={}, best_checkpoint=None, error=e)
     return TrainResult(
         run_dir=loop_config["run_dir"],

@@ -7,7 +7,6 @@ validation split: the adversarial losses are not comparable across trials.
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -18,10 +17,10 @@ from rfgan import storage
 from rfgan.checkpoint import SCORE
 from rfgan.config import Config, ConfigError, flatten
 from rfgan.data.format import DatasetInfo, read_info
-from rfgan.errors import UsageError, wrapped_errors
+from rfgan.errors import UsageError
 from rfgan.run.cluster_checks import autoscaler_maximum, check_cluster, grown
-from rfgan.run.console import note
-from rfgan.run.train import fit, reads_on_driver, run_paths, train_split_mb
+from rfgan.run.restarts import fit_restarting
+from rfgan.run.train import reads_on_driver, run_paths, train_split_mb
 from rfgan.sweep.space import DEFAULT_SPACE, DefineByRun, Range, overrides_from_trial, start_point, validate_space
 
 PARAM_SECTIONS = ("data", "model", "loss", "optim", "run", "perf")
@@ -57,29 +56,6 @@ def trial_resources() -> dict[str, float]:
     return {"CPU": 0, HEAD_NODE_RESOURCE_NAME: HEAD_SHARE}
 
 
-def lost_workers(error: BaseException) -> bool:
-    """Whether a Train run failed because Ray lost a process or a node (a worker killed, its node gone, an object
-    that lived there), not because of what it computed: then running it again from its checkpoint can succeed. Any
-    such loss counts, as Ray Train's own preemption rule does: when one rank dies, the others fail with collateral
-    errors."""
-    import ray.exceptions
-
-    lost = (
-        ray.exceptions.RayActorError,  # ActorDiedError, ActorUnavailableError
-        ray.exceptions.NodeDiedError,
-        ray.exceptions.WorkerCrashedError,
-        ray.exceptions.LocalRayletDiedError,
-        ray.exceptions.ObjectLostError,
-    )
-    return any(isinstance(e, lost) for e in wrapped_errors(error))
-
-
-def restarts_on(error: BaseException | None, restarts: int, budget: int) -> bool:
-    """Whether a trial driver runs its Train run again after it ended with `error`, having done so `restarts` times
-    of `budget` (run.max_failures, -1 for no limit)."""
-    return error is not None and lost_workers(error) and (budget == -1 or restarts < budget)
-
-
 def trial_driver(config: dict[str, Any]) -> None:
     """One Tune trial: one Ray Train run, reporting every epoch to Tune; restarted from its last checkpoint when it
     lost workers. Tune sees one trial throughout (its iterations go on), and an error only when the trial's answer is
@@ -93,16 +69,15 @@ def trial_driver(config: dict[str, Any]) -> None:
     # A name from the trial id, not a timestamp: a restarted run and a restored sweep re-enter the same Train run and
     # resume it.
     out = f"{config['trials_dir']}/train-{trial_id}"
-    for restarts in itertools.count():
-        result = fit(
-            cfg, config["dataset_path"], out, run_config_kwargs={"callbacks": [TuneReportCallback()]}, materialize=True
-        )
-        if not restarts_on(result.error, restarts, base.run.max_failures):
-            break
-        note(
-            f"trial {trial_id}: its run lost a worker or its node; restarting it from its last checkpoint "
-            f"(restart {restarts + 1} of {'unlimited' if base.run.max_failures == -1 else base.run.max_failures})"
-        )
+    result = fit_restarting(
+        cfg,
+        config["dataset_path"],
+        out,
+        budget=base.run.max_failures,
+        label=f"trial {trial_id}: its run",
+        run_config_kwargs={"callbacks": [TuneReportCallback()]},
+        materialize=True,
+    )
     if result.error is not None:
         raise result.error
 
@@ -274,7 +249,8 @@ def run_sweep(
         param_space={
             "base": base.to_dict(),
             "space": stored,
-            "dataset_path": spec.data,
+            # Absolute: Tune runs each trial in its own working directory.
+            "dataset_path": storage.absolute(spec.data),
             "trials_dir": f"{sweep_dir}/trials",
         },
         tune_config=ray.tune.TuneConfig(
@@ -284,6 +260,9 @@ def run_sweep(
             # Kept in the sweep's state: a resumed sweep runs as many at once.
             max_concurrent_trials=concurrency(base, spec, cluster_capacity(can_grow)),
             trial_dirname_creator=trial_dirname,
+            # A finished trial's driver process takes the next trial: its imports (torch, rfgan) are paid once per
+            # concurrent trial, not once per trial. Every trial asks for the same resources, so any can take it.
+            reuse_actors=True,
         ),
         run_config=ray.tune.RunConfig(
             name=name,

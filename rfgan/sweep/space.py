@@ -35,7 +35,9 @@ class Range:
 
 DEFAULT_SPACE: dict[str, Range] = {
     "loss.lambda_adv": Range(1e-3, 2.0, allow_zero=True),
-    "loss.lambda_vgg": Range(0.1, 10.0),
+    # Switchable like the adversarial weight: a preset without the VGG loss (tiny) starts the sweep as itself rather
+    # than with a VGG19 forward and backward in every step, and the sweep can weigh the loss against its cost.
+    "loss.lambda_vgg": Range(0.1, 10.0, allow_zero=True),
     "loss.lambda_pix": Range(0.1, 100.0),
     "optim.lr_g": Range(1e-5, 3e-3),
     "optim.lr_d": Range(1e-5, 3e-3),

@@ -33,3 +33,18 @@ def test_workers_leaving_no_cpu_for_streamed_reads_are_refused_with_what_to_chan
     assert "take 4 of the cluster's 4 CPUs" in message and "perf.driver_read_mb=701" in message
     check_read_cpus(cfg, {"CPU": 5.0}, streams=True, split_mb=700.0)  # one CPU left for the reads
     check_read_cpus(cfg, {"CPU": 4.0}, streams=False, split_mb=1.0)  # the driver reads it: no read tasks
+
+
+def test_gpu_workers_on_a_cluster_without_enough_gpus_are_refused_with_the_way_out():
+    from rfgan.run.cluster_checks import check_gpus
+
+    gpu = preset("tiny").with_overrides({"run.use_gpu": True, "run.workers": 2})
+    with pytest.raises(ConfigError) as e:
+        check_gpus(gpu, {"CPU": 16.0})  # a best_config.json of a GPU sweep on a CPU machine
+    message = str(e.value)
+    assert "takes 2 GPU(s), but the Ray cluster has 0" in message and "--set run.use_gpu=false" in message
+    with pytest.raises(ConfigError, match="has 1 and cannot grow"):
+        check_gpus(gpu, {"CPU": 16.0, "GPU": 1.0})
+    check_gpus(gpu, {"CPU": 16.0, "GPU": 2.0})
+    check_gpus(gpu, None)  # a cluster that may grow by an unknown amount: Ray waits for the autoscaler
+    check_gpus(preset("tiny"), {"CPU": 16.0})  # CPU workers

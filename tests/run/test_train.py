@@ -23,6 +23,7 @@ from rfgan.errors import ConfigError
 from rfgan.run import train
 from rfgan.run.artifacts import read_metrics_csv
 from rfgan.run.epoch import validate
+from rfgan.run.restarts import fit_restarting
 from rfgan.run.train import fit, preflight
 
 SMALL = {**SMALL_NETS, "optim.lr_g": 1e-3, "run.cpus_per_worker": 1}
@@ -122,7 +123,7 @@ def test_a_crashed_worker_group_restarts_from_the_last_checkpoint(trained_run, t
     monkeypatch.setattr(train, "train_loop", killed_once_before_reporting(6, str(marker)))
     cfg = continued(run, 6)
     assert cfg.run.max_failures >= 1 and cfg.run.keep_checkpoints >= 6
-    result = fit(cfg, str(tiny_dataset), str(run), torch_threads=1)
+    result = fit_restarting(cfg, str(tiny_dataset), str(run), torch_threads=1)
     assert marker.exists()  # the fault did happen
     assert result.error is None and result.metrics["epoch"] == 6
     assert [r["epoch"] for r in rows(run)] == [1, 2, 3, 4, 5, 6]
@@ -270,13 +271,19 @@ def test_masked_training_is_validated_on_masked_images(tiny_dataset):
     assert scores[True]["ssim"] > scores[False]["ssim"] and scores[True]["psnr"] > scores[False]["psnr"]
 
 
-def test_a_diverging_run_stops_with_a_clear_reason(ray_session, tiny_dataset, tmp_path, capsys):
-    run = tmp_path / "nan"
+def test_a_diverging_run_stops_with_a_clear_reason_and_is_not_restarted(
+    ray_session, tiny_dataset, tmp_path, capsys, monkeypatch
+):
+    from worker_faults import counting_starts
+
+    run, starts = tmp_path / "nan", tmp_path / "starts"
+    # Restarts allowed: a run that diverged would diverge again (it was run 3 more times, then reported).
+    monkeypatch.setattr(train, "train_loop", counting_starts(starts, train.train_loop))
     settings = {
         **SMALL,
         "run.workers": 1,
         "run.epochs": 2,
-        "run.max_failures": 0,
+        "run.max_failures": 2,
         "loss.adversarial": "lsgan",
         "loss.lambda_adv": 1.0,
         "optim.lr_d": 1e12,
@@ -288,6 +295,7 @@ def test_a_diverging_run_stops_with_a_clear_reason(ray_session, tiny_dataset, tm
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "training diverged in epoch 1" in err and "NaN/inf" in err and f"rfgan train --out {run} --resume" in err
     assert not (run / "metrics.csv").exists()  # nothing was reported from the diverged epoch
+    assert starts.read_text().count("started") == 1
 
 
 def test_preflight_refuses_a_batch_no_worker_can_fill_before_ray_starts(tiny_dataset):

@@ -46,20 +46,6 @@ def with_train_loop(loop: Callable[[dict[str, Any]], None], driver: Callable[[di
     return trial_driver
 
 
-def counting_starts(starts: Path, loop: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
-    """`loop`, which first adds a line to `starts` in rank 0: one line per start of a Train run's worker group."""
-
-    def counted(loop_config: dict[str, Any]) -> None:
-        import ray.train
-
-        if ray.train.get_context().get_world_rank() == 0:
-            with open(starts, "a") as f:
-                f.write("started\n")
-        return loop(loop_config)
-
-    return counted
-
-
 class InterruptAfter(Callback):
     """SIGINT to the sweep's own process, as Ctrl-C, once `n` trials have completed. Once: Tune keeps callbacks with
     the sweep's state and brings them back with a resumed sweep, where `marker` (written on interrupting) stops it."""

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 
 import pytest
 import yaml
@@ -232,16 +233,18 @@ def trial_workers(monkeypatch):
 
 
 def test_a_trial_that_lost_a_worker_is_restarted_and_resumes_its_own_run(
-    fresh_ray, tiny_dataset, tmp_path, trial_workers
+    fresh_ray, tiny_dataset, tmp_path, trial_workers, monkeypatch
 ):
-    import sweep_faults
-    from worker_faults import killed_once_before_reporting
+    from worker_faults import counting_starts, killed_once_before_reporting
 
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
     out, starts, killed = tmp_path / "sweep", tmp_path / "starts", tmp_path / "killed"
     # The worker is SIGKILLed as it is about to report epoch 2, once Ray has recorded epoch 1's checkpoint.
-    trial_workers(sweep_faults.counting_starts(starts, killed_once_before_reporting(2, str(killed))))
-    args = sweep_args(tiny_dataset, out, tmp_path / "space.yaml", 1, concurrent=1, **{"run.max_failures": 1})
+    trial_workers(counting_starts(starts, killed_once_before_reporting(2, str(killed))))
+    # Paths relative to the working directory, as a user types them (Tune runs each trial in a directory of its own).
+    monkeypatch.chdir(tmp_path)
+    data = os.path.relpath(tiny_dataset, tmp_path)
+    args = sweep_args(data, "sweep", "space.yaml", 1, concurrent=1, **{"run.max_failures": 1})
     assert main(args) == 0
     assert killed.exists()
     assert starts.read_text().count("started") == 2  # restarted once
@@ -253,7 +256,7 @@ def test_a_trial_that_lost_a_worker_is_restarted_and_resumes_its_own_run(
 
 
 def test_a_diverging_trial_is_not_restarted(fresh_ray, tiny_dataset, tmp_path, trial_workers):
-    import sweep_faults
+    from worker_faults import counting_starts
 
     from rfgan.run import train
 
@@ -261,7 +264,7 @@ def test_a_diverging_trial_is_not_restarted(fresh_ray, tiny_dataset, tmp_path, t
         yaml.safe_dump({key: {"low": 1e12, "high": 1e13} for key in ("optim.lr_g", "optim.lr_d")})
     )
     out, starts = tmp_path / "sweep", tmp_path / "starts"
-    trial_workers(sweep_faults.counting_starts(starts, train.train_loop))
+    trial_workers(counting_starts(starts, train.train_loop))
     # Restarts allowed, and the losses become NaN/inf in epoch 1 (as tests/run's diverging run).
     settings = {"run.max_failures": 2, "loss.adversarial": "lsgan", "loss.lambda_adv": 1.0}
     args = sweep_args(tiny_dataset, out, tmp_path / "space.yaml", 1, concurrent=1, **settings)
@@ -324,12 +327,13 @@ def test_trial_drivers_ask_only_for_the_head_node():
 
 
 def test_only_a_run_that_lost_workers_is_restarted_and_within_its_budget():
+    """The rule of rfgan.run.restarts, for `rfgan train` and sweep trials alike."""
     from ray.exceptions import ActorDiedError, NodeDiedError
     from ray.train.v2._internal.exceptions import UserExceptionWithTraceback, WorkerHealthCheckFailedError
     from ray.train.v2.api.exceptions import WorkerGroupError
 
     from rfgan.errors import TrainingDiverged
-    from rfgan.sweep.runner import lost_workers, restarts_on
+    from rfgan.run.restarts import lost_workers, restarts_on
 
     def raised(e):
         return UserExceptionWithTraceback(e, f"Traceback ...\n{type(e).__name__}: {e}")
@@ -349,6 +353,9 @@ def test_only_a_run_that_lost_workers_is_restarted_and_within_its_budget():
     assert not lost_workers(diverged) and not lost_workers(unpicklable) and not lost_workers(ConfigError("bad"))
     assert restarts_on(died, 0, 1) and not restarts_on(died, 1, 1) and restarts_on(died, 7, -1)
     assert not restarts_on(diverged, 0, -1) and not restarts_on(None, 0, 1)
+    # A rank lost while another stopped on rfgan's own error: running it again would stop there again.
+    both = WorkerGroupError("", {0: raised(TrainingDiverged("training diverged in epoch 1")), 1: ActorDiedError()})
+    assert lost_workers(both) and not restarts_on(both, 0, -1)
 
 
 def test_asha_judges_a_resumed_trial_at_its_epoch_not_at_tunes_iteration_count():
