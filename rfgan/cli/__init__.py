@@ -35,9 +35,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt as e:
         # Ctrl-C is the user's own doing: one line, with what the command knows about what it left (the
-        # interrupt's message), and 130, what a shell reports for a command stopped by SIGINT.
-        print(f"rfgan {args.command}: interrupted{f'; {e}' if str(e) else ''}", file=sys.stderr)
-        return 130
+        # interrupt's message), and 130, what a shell reports for a command stopped by SIGINT; a SIGTERM that a
+        # command running Ray takes the same way (sigterm_as_ctrl_c), 143.
+        from rfgan.run.console import terminated
+
+        stop, code = ("terminated", 143) if terminated() else ("interrupted", 130)
+        print(f"rfgan {args.command}: {stop}{f'; {e}' if str(e) else ''}", file=sys.stderr)
+        return code
     except Exception as e:
         # rfgan's own errors, and OSErrors (unreadable paths, missing buckets, refused credentials: the system's
         # message says which), also when Ray wrapped them in a task's error: one line, exit 2. Anything else is a

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import queue
 import re
+import signal
 import sys
 import threading
 import time
@@ -265,3 +266,29 @@ def final_table(metrics: Mapping[str, Any]) -> str:
         return "no validation metrics were reported"
     width = max(len(label) for label, _ in rows)
     return "\n".join([f"{'validation':<{width}}  last epoch"] + [f"{label:<{width}}  {v}" for label, v in rows])
+
+
+_TERMINATED = threading.Event()
+
+
+def sigterm_as_ctrl_c() -> None:
+    """From now on, take SIGTERM (`kill`, a scheduler's stop, a container's shutdown) as Ctrl-C: the run is aborted
+    the same graceful way and the command says how to go on (terminated() tells it which signal it was). Replaces
+    ray.init's own handler, which ends the driver with SystemExit wherever it is (the process then aborted)."""
+
+    def handler(signum, frame):
+        _TERMINATED.set()
+        # Through SIGINT's handler: Ray Train's own while fit() runs (it aborts the run before it raises), Python's
+        # KeyboardInterrupt otherwise; raised directly where SIGINT is ignored (a background job).
+        if callable(signal.getsignal(signal.SIGINT)):
+            signal.raise_signal(signal.SIGINT)
+        else:
+            raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
+def terminated() -> bool:
+    """Whether the interrupt being handled came from SIGTERM (sigterm_as_ctrl_c)."""
+    return _TERMINATED.is_set()

@@ -20,7 +20,7 @@ from rfgan.data.format import DatasetInfo
 from rfgan.data.rf import RFTable
 from rfgan.errors import ConfigError, UsageError
 from rfgan.run.cluster_checks import check_cluster
-from rfgan.run.console import EpochProgress, QueueFollower, RunLog
+from rfgan.run.console import EpochProgress, QueueFollower, RunLog, sigterm_as_ctrl_c
 from rfgan.run.restarts import fit_restarting
 from rfgan.run.train import reads_on_driver, train_split_mb, write_resolved_config
 
@@ -40,6 +40,7 @@ def init_ray(address: str | None, min_cpus: int, dashboard: bool = False) -> boo
         return False
     if on_cluster(address):
         ray.init(address=address)  # a cluster (also what `ray job submit` sets up)
+        sigterm_as_ctrl_c()
         return True
     # A machine of one's own is not preempted: no watcher actor (a process start) for Train to poll.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
@@ -51,6 +52,7 @@ def init_ray(address: str | None, min_cpus: int, dashboard: bool = False) -> boo
     # address="local": a Ray of its own even when `ray start` left one running on this machine, which a plain
     # ray.init() would join (the way to use that one is --address or $RAY_ADDRESS).
     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, min_cpus), include_dashboard=dashboard)
+    sigterm_as_ctrl_c()
     return True
 
 

@@ -367,8 +367,10 @@ def test_resume_after_the_newest_checkpoint_was_deleted_or_cut_short(trained_run
 
 
 @pytest.mark.ray
-def test_ctrl_c_on_train_exits_130_and_says_how_to_resume(tiny_dataset, tmp_path):
-    """A real SIGINT to a real `rfgan train` process (its own local Ray), once an epoch has been reported."""
+@pytest.mark.parametrize("sig, code, stop", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_ctrl_c_or_sigterm_on_train_stops_it_and_says_how_to_resume(tiny_dataset, tmp_path, sig, code, stop):
+    """A real SIGINT (Ctrl-C) or SIGTERM (kill, a scheduler) to a real `rfgan train` process (its own local Ray), once
+    an epoch has been reported. (SIGTERM was: Ray's handler's SystemExit, then the process aborted, exit 134.)"""
     import subprocess
     import sys
 
@@ -388,17 +390,17 @@ def test_ctrl_c_on_train_exits_130_and_says_how_to_resume(tiny_dataset, tmp_path
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "no epoch was reported within 300 s"
             time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, err
+    assert proc.returncode == code, err
     # rfgan's message is the driver's last word; Ray's processes may still log after it as they shut down (tagged
     # "(… pid=…)" lines, e.g. the GCS server's), which the driver does not control.
     own = [line for line in err.strip().splitlines() if "pid=" not in line]
     last = own[-1]
-    assert last.startswith("rfgan train: interrupted;") and f"rfgan train --out {run} --resume" in last, err
+    assert last.startswith(f"rfgan train: {stop};") and f"rfgan train --out {run} --resume" in last, err
     # The driver's own output has no traceback (Ray forwards its workers' logs, each line tagged "(… pid=N)", and an
     # aborted worker may log one there).
     assert not [line for line in own if "Traceback" in line], err
