@@ -12,13 +12,12 @@ from rfgan.data.format import open_split, read_info, read_rfs, split_files, to_t
 from rfgan.data.rf import rf_mask
 from rfgan.errors import DataError
 from rfgan.gan.rf_input import RFProjection
+from rfgan.run.launch import init_ray
 
 
 def check_dataset(path: str | os.PathLike, batch_size: int = 64, address: str | None = None) -> Iterator[str]:
     """Validate metadata, RF table and schemas (no Ray), then stream every split through Ray Data and the RF
     projection. Yields report lines; raises DataError on the first problem."""
-    import ray
-
     info = read_info(path)
     rfs = read_rfs(path, info)
     for split in info.splits:
@@ -32,8 +31,8 @@ def check_dataset(path: str | os.PathLike, batch_size: int = 64, address: str | 
     projection = RFProjection.from_table(
         rfs, info.image_size, info.fov_deg, mean=np.asarray(info.response_mean), std=np.asarray(info.response_std)
     )
-    if not ray.is_initialized():
-        ray.init(address=address)
+    # A Ray of its own unless --address (or $RAY_ADDRESS) names one: never one that `ray start` left on this machine.
+    init_ray(address, min_cpus=2)
     for split, expected in info.splits.items():
         rows, ids = 0, []
         for batch in open_split(path, split).iter_torch_batches(batch_size=batch_size):
