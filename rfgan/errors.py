@@ -92,6 +92,9 @@ def failure_reason(exc: BaseException) -> str:
         rank = min(failures, key=lambda r: (not hasattr(failures[r], "actor_id"), r))
         more = f" (and {len(failures) - 1} more rank(s))" if len(failures) > 1 else ""
         return f"rank {rank}: {type(failures[rank]).__name__}: {_first_line(str(failures[rank]))}{more}"
+    controller = getattr(exc, "controller_failure", None)  # ray.train's ControllerError: its header says only that
+    if controller is not None:
+        return f"Ray Train's controller failed: {type(controller).__name__}: {_first_line(str(controller))}"
     return _first_line(str(exc)) or type(exc).__name__
 
 

@@ -24,3 +24,15 @@ def test_rfgan_own_reason_wins_and_other_errors_give_their_first_line():
     bad = WorkerGroupError("", {2: ValueError("\n  bad value\nmore")})
     assert failure_reason(bad) == "rank 2: ValueError: bad value"
     assert failure_reason(RuntimeError("")) == "RuntimeError"
+
+
+def test_a_controller_failure_names_what_the_controller_died_of():
+    from ray.train.v2.api.exceptions import ControllerError
+
+    died = UnicodeEncodeError("ascii", "rün", 1, 2, "ordinal not in range(128)")
+    error = ControllerError(died)
+    assert str(error).startswith("Training failed due to controller error:")
+    assert failure_reason(error) == (
+        "Ray Train's controller failed: UnicodeEncodeError: 'ascii' codec can't encode character '\\xfc' in "
+        "position 1: ordinal not in range(128)"
+    )

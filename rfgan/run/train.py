@@ -11,6 +11,7 @@ often.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -455,7 +456,8 @@ def fit(
         datasets=datasets,
     )
     try:
-        result = trainer.fit()
+        with _train_metrics_unless_named_in_ascii(name):
+            result = trainer.fit()
     except SystemExit:
         # Ray Train takes Ctrl-C itself (in the main thread): it aborts the run gracefully, then ends the driver
         # with SystemExit from inside fit(). Give callers the interrupt it was, so they can say what was kept.
@@ -468,6 +470,28 @@ def fit(
         best_checkpoint=best_checkpoint(loop_config["run_dir"], result.best_checkpoints),
         error=result.error,
     )
+
+
+@contextlib.contextmanager
+def _train_metrics_unless_named_in_ascii(name: str):
+    """Ray Train tags its metrics with the run's name, and Ray's metrics take ASCII tags only: a run named in another
+    script (`--out 'runs/rün #1'`) lost its controller to a UnicodeEncodeError. Such a run goes without Train's
+    metrics (Train reads the switch when fit() builds its callbacks, in this process)."""
+    if name.isascii():
+        yield
+        return
+    before = os.environ.get(TRAIN_METRICS_ENV)
+    os.environ[TRAIN_METRICS_ENV] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(TRAIN_METRICS_ENV, None)
+        else:
+            os.environ[TRAIN_METRICS_ENV] = before
+
+
+TRAIN_METRICS_ENV = "RAY_TRAIN_METRICS_ENABLED"
 
 
 def best_checkpoint(run_dir: str, checkpoints: list[tuple[Any, dict[str, Any]]] | None) -> str | None:

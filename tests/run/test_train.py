@@ -60,7 +60,9 @@ def train_args(data, run, settings) -> list[str]:
 def trained_run(ray_session, tiny_dataset, tmp_path_factory):
     """One `rfgan train` of SHARED on the tiny dataset, for the tests of this module to read; a test that changes a
     run works on copy_of it. (Its run directory, what the command printed.)"""
-    run = tmp_path_factory.mktemp("trained") / "run"
+    # Named as a lab may name its runs: not in ASCII, with a space and a '#' (Ray Train's controller died on such a
+    # name, in its metrics' tags).
+    run = tmp_path_factory.mktemp("trained") / "rün #1"
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         assert main(train_args(tiny_dataset, run, SHARED)) == 0
