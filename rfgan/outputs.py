@@ -67,6 +67,13 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+def head(target: str, n: int = 4096) -> bytes:
+    """The first `n` bytes of the file `target` (fewer if it is shorter): enough to tell its kind."""
+    fs, path = storage.filesystem(target)
+    with fs.open_input_stream(path) as f:
+        return f.read(n)
+
+
 def check_target(target: str, kind: Kind, replace: bool = True, flag: str = "--out") -> None:
     """Refuse `target` before any work unless it is absent, an empty folder (for a folder kind), or, with `replace`,
     an earlier output of `kind`."""
@@ -102,7 +109,7 @@ def write_file(target: str, kind: Kind, fill: Callable[[Path], None], replace: b
     staged = _staging(target, suffix)
     fs, staged_path = storage.filesystem(staged)
     try:
-        if storage.is_remote(target):
+        if not isinstance(fs, pafs.LocalFileSystem):
             with tempfile.TemporaryDirectory(prefix="rfgan-out-") as tmp:
                 local = Path(tmp, "file" + suffix)
                 fill(local)
@@ -126,11 +133,12 @@ def write_folder(target: str, kind: Kind, fill: Callable[[Path], None]) -> None:
     complete, replacing an earlier output of `kind` (check_target first)."""
     check_target(target, kind)
     remove_stale_staging(target)
-    if storage.is_remote(target):
+    fs, path = storage.filesystem(target)
+    if not isinstance(fs, pafs.LocalFileSystem):
         _write_remote_folder(target, fill)
         return
     # Symlinks resolved: the staging folder must sit on the filesystem of the folder it is renamed to.
-    out = Path(os.path.realpath(target))
+    out = Path(os.path.realpath(path))
     out.parent.mkdir(parents=True, exist_ok=True)
     staged = out.parent / f".{out.name}.tmp-{owner_tag()}"
     staged.mkdir()
@@ -171,6 +179,7 @@ def _write_remote_folder(target: str, fill: Callable[[Path], None]) -> None:
         # The swap: the old objects go, then the new ones are copied in (server-side) from the staging prefix.
         if fs.get_file_info(root).type == pafs.FileType.Directory:
             fs.delete_dir_contents(root)
+        fs.create_dir(root, recursive=True)
         pafs.copy_files(staged_path, root, source_filesystem=fs, destination_filesystem=fs)
     finally:
         if fs.get_file_info(staged_path).type != pafs.FileType.NotFound:
