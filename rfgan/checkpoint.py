@@ -306,8 +306,14 @@ def find_checkpoint(run: str | os.PathLike, which: str = "best") -> str:
     states, damaged = intact_checkpoints(run)
     for why in damaged.values():
         print(f"note: skipping a damaged checkpoint: {why}", file=sys.stderr)
+    if damaged and not states:
+        first = next(iter(damaged.values())).rstrip(".")
+        raise DataError(
+            f"{run} holds {len(damaged)} checkpoint(s) but none is complete (e.g. {first}); copy the run's "
+            "checkpoint folders whole again, or train again."
+        )
     if not states:
-        raise DataError(f"{run} holds no complete checkpoint; train first (`rfgan train --out {run}`).")
+        raise DataError(f"{run} holds no checkpoint; train first (`rfgan train --out {run}`).")
     if which == "last":
         name = max(states, key=lambda c: states[c]["epoch"])
     else:

@@ -118,7 +118,7 @@ def test_find_checkpoint_skips_a_damaged_one_and_says_so(run_with_two_checkpoint
     assert find_checkpoint(run, "best").endswith("checkpoint_b")
     assert "skipping a damaged checkpoint" in capsys.readouterr().err
     (run / "checkpoint_b" / "state.json").unlink()
-    with pytest.raises(DataError, match="no complete checkpoint"):
+    with pytest.raises(DataError, match="none is complete"):
         find_checkpoint(run, "last")
 
 

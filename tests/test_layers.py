@@ -10,7 +10,7 @@ ROOT = Path(rfgan.__file__).parent
 
 # Lowest first. A module's layer is the first entry its dotted name starts with.
 LAYERS: list[tuple[str, ...]] = [
-    ("rfgan", "rfgan.errors", "rfgan.storage", "rfgan.config"),
+    ("rfgan", "rfgan.errors", "rfgan.storage", "rfgan.outputs", "rfgan.lease", "rfgan.config"),
     ("rfgan.data",),
     ("rfgan.gan",),
     ("rfgan.checkpoint",),

@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rfgan import storage
+from rfgan import outputs, storage
 from rfgan.data.format import COLUMNS, decode_table, read_info, read_rfs, split_files
 from rfgan.errors import DataError, UsageError
 
@@ -35,6 +35,8 @@ PERIOD_S = 1.0  # between presentation onsets
 SAMPLE_AT_S = 0.15  # the response sample's time after its onset: inside ingest-nwb's default window
 MODULE, SERIES, STIMULUS, IMAGES = "rfgan", "responses", "presentations", "images"
 CHUNK_ROWS, BUFFER_ROWS = 256, 1024  # of the responses, in HDF5 and per read
+# What --overwrite may replace: an HDF5 file (an NWB file is one), not a dataset's metadata.json or any other file.
+NWB_FILE = outputs.Kind("an NWB (HDF5) file", lambda path: outputs.head(path, 8) == b"\x89HDF\r\n\x1a\n")
 
 
 class _Rows:
@@ -144,8 +146,7 @@ def export_nwb(data: str, out: str, splits: list[str] | None = None, overwrite: 
     target = Path(out)
     if target.is_dir():
         raise DataError(f"--out {out} is a folder; give the NWB file's path, e.g. {target / 'dataset.nwb'}.")
-    if target.exists() and not overwrite:
-        raise DataError(f"{out} already exists; choose another --out or pass --overwrite.")
+    outputs.check_target(out, NWB_FILE, replace=overwrite)
     if not target.parent.is_dir():
         raise DataError(f"cannot write {out}: its folder {target.parent} does not exist.")
     info = read_info(data)
@@ -253,15 +254,13 @@ def export_nwb(data: str, out: str, splits: list[str] | None = None, overwrite: 
     if on_rows is not None:
         on_rows(0, total=len(rows) + len(image_ids))
         rows.on_rows = on_rows
-    # Beside the target, so the rename stays on one filesystem; ".nwb" last, as pynwb asks of an NWB path.
-    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp.nwb"
-    try:
-        with NWBHDF5IO(tmp, "w") as io:
+
+    def fill(staged: Path) -> None:
+        with NWBHDF5IO(staged, "w") as io:
             io.write(nwb)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    # ".nwb" last in the staging name, as pynwb asks of an NWB path.
+    outputs.write_file(out, NWB_FILE, fill, replace=overwrite, suffix=".nwb")
     return {
         "rows": len(rows),
         "images": len(image_ids),

@@ -105,7 +105,9 @@ class RFTable:
 
     @classmethod
     def from_csv_text(cls, text: str, path: str) -> RFTable:
-        """Parse the CSV text of an RF table; `path` names it in errors."""
+        """Parse the CSV text of an RF table; `path` names it in errors. A byte-order mark (Excel's "CSV UTF-8")
+        is not part of the first column's name."""
+        text = text.removeprefix("\ufeff")
         try:
             reader = csv.DictReader(io.StringIO(text, newline=""))
             rows = list(reader)

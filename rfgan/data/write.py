@@ -9,12 +9,8 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import shutil
-import socket
 import tempfile
-import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +26,7 @@ from rfgan import storage
 from rfgan.data.format import FORMAT, IMAGE_ENCODINGS, METADATA_FILE, RFS_FILE, SPLITS, DatasetInfo, parquet_schema
 from rfgan.data.rf import RFTable
 from rfgan.errors import DataError, UsageError
-
-# A staging folder left by a writer that was killed is removed by the next write to the same --out once nothing in
-# it has changed for this long (a live writer adds a shard every few seconds), or at once if its writer is known dead.
-STALE_AFTER_S = 24 * 3600
+from rfgan.outputs import owner_tag, remove_stale_staging, swap_in
 
 
 @dataclass(frozen=True)
@@ -144,8 +137,8 @@ def write_dataset(
         raise DataError(
             f"cannot write {given}: cannot create its folder {out.parent} ({e.strerror}); choose another --out."
         ) from e
-    _remove_stale_staging(out)
-    tmp = out.parent / f".{out.name}.tmp-{_owner_tag()}"
+    remove_stale_staging(out)
+    tmp = out.parent / f".{out.name}.tmp-{owner_tag()}"
     try:
         tmp.mkdir()
     except OSError as e:
@@ -198,19 +191,15 @@ def write_dataset(
         )
         rfs.to_csv(tmp / RFS_FILE)
         (tmp / METADATA_FILE).write_text(json.dumps(info.to_json(), indent=1) + "\n")
-        if out.exists():
-            # The old dataset (or empty folder) is moved aside, not deleted, until the new one is in its place:
-            # a failure in between puts it back.
-            old = out.parent / f".{out.name}.old-{_owner_tag()}"
-            out.rename(old)
-        try:
-            tmp.rename(out)
-        except BaseException:
-            if old is not None:
-                old.rename(out)
-            raise
-    except BaseException:
+        old = swap_in(tmp, out)
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):  # a full disk, a failing device: pyarrow's message names no file
+            why = os.strerror(e.errno) if e.errno else str(e).splitlines()[0]
+            raise DataError(
+                f"cannot write {given}: {why} (while writing it in {tmp}, now removed); free space there or "
+                "choose another --out. Nothing was written."
+            ) from e
         raise
     if old is not None:
         try:
@@ -324,53 +313,3 @@ def _protected_place(real: str) -> str | None:
     if real in homes:
         return "a home folder"
     return None
-
-
-def _owner_tag() -> str:
-    """host-pid-random: which process a staging folder belongs to, so a later write can tell a dead one's."""
-    return f"{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
-def _host() -> str:
-    # Cut short: the staging folder's name must stay within the 255 bytes a file name may have.
-    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())[:32] or "host"
-
-
-def _remove_stale_staging(out: Path) -> None:
-    """Remove what killed writes to `out` left beside it (`.NAME.tmp-*` staging folders, `.NAME.old-*` datasets
-    being replaced), when that is safe: the writer ran on this host and its process is gone (a live process keeps
-    its id; a reused id only delays the removal), or, for one from another host sharing the filesystem,
-    nothing in it has changed for STALE_AFTER_S (a live writer adds a shard every few seconds)."""
-    pattern = re.compile(rf"\.{re.escape(out.name)}\.(?:tmp|old)-(?P<host>[\w.]+)-(?P<pid>\d+)-[0-9a-f]{{8}}")
-    try:
-        candidates = [p for p in out.parent.iterdir() if pattern.fullmatch(p.name)]
-    except OSError:
-        return
-    for p in candidates:
-        if p.is_symlink() or not p.is_dir():
-            continue
-        m = pattern.fullmatch(p.name)
-        dead = m["host"] == _host() and not _process_exists(int(m["pid"]))
-        if dead or time.time() - _last_change(p) > STALE_AFTER_S:
-            shutil.rmtree(p, ignore_errors=True)
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # it exists but is another user's
-        return True
-    return True
-
-
-def _last_change(folder: Path) -> float:
-    latest = folder.lstat().st_mtime
-    for root, dirs, files in os.walk(folder):
-        for name in dirs + files:
-            try:
-                latest = max(latest, os.lstat(os.path.join(root, name)).st_mtime)
-            except OSError:
-                pass
-    return latest

@@ -5,7 +5,7 @@ No Ray: a laptop with the run directory, or access to the bucket it was written 
 from __future__ import annotations
 
 import json
-import tempfile
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from rfgan import storage
+from rfgan import outputs, storage
 from rfgan.checkpoint import (
     check_data_matches,
     checkpoint_kind,
@@ -38,6 +38,49 @@ from rfgan.gan.build import build_gan
 
 BATCH = 64
 GRID_IMAGES = 8  # pairs in the eval grid
+RECONSTRUCTIONS = "reconstructions.npy"
+
+# What each command may replace (rfgan.outputs): its own earlier output, nothing else.
+EVAL_TABLE = outputs.Kind("a table of rfgan eval", lambda path: b'"metrics"' in outputs.head(path))
+EVAL_GRID = outputs.Kind("a PNG", lambda path: outputs.head(path, 8) == b"\x89PNG\r\n\x1a\n")
+# rfgan baseline writes a new run: it replaces nothing (an empty folder is not replaced, only filled).
+NEW_RUN = outputs.Kind("an empty folder", lambda path: False, folder=True)
+
+
+def _is_reconstruction(path: str) -> bool:
+    names = storage.file_sizes(path)
+    return (
+        not storage.list_dirs(path)
+        and RECONSTRUCTIONS in names
+        and all(n == RECONSTRUCTIONS or re.fullmatch(r"\d+\.png", n) for n in names)
+    )
+
+
+# A folder that rfgan reconstruct wrote is replaced whole by the next one: no PNG of an earlier call stays.
+RECONSTRUCTION = outputs.Kind(
+    f"a folder of rfgan reconstruct's output ({RECONSTRUCTIONS} and numbered PNGs only)",
+    _is_reconstruction,
+    folder=True,
+)
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """The torch device `device` names, refused in one line if it is not one or is not here."""
+    try:
+        chosen = torch.device(device)
+    except RuntimeError as e:
+        raise UsageError(f"--device {device}: not a torch device ({e}); use cpu, cuda or cuda:N.") from e
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(
+            f"--device {device}: this process sees no CUDA GPU (torch.cuda.is_available() is False); use --device "
+            "cpu, or run where a GPU is visible (check CUDA_VISIBLE_DEVICES and the driver)."
+        )
+    if chosen.type == "cuda" and (chosen.index or 0) >= torch.cuda.device_count():
+        raise UsageError(
+            f"--device {device}: this process sees {torch.cuda.device_count()} GPU(s); use cuda:0 to "
+            f"cuda:{torch.cuda.device_count() - 1}."
+        )
+    return chosen
 
 
 @dataclass
@@ -66,6 +109,7 @@ class Decoder:
 
 def load_decoder(checkpoint: str, device: str | torch.device = "cpu") -> Decoder:
     """The model of a checkpoint of any kind (local or a URI), on `device`."""
+    check_device(device)
     with local_copy(checkpoint) as local:
         files = read_checkpoint(local, map_location=device)
         if checkpoint_kind(files.state) == RIDGE_KIND:
@@ -85,6 +129,11 @@ def eval_file(run: str, split: str) -> str:
     return storage.join(run, f"eval_{split}.json")
 
 
+def grid_file(run: str, split: str) -> str:
+    """Where `rfgan eval` writes a run's grid of reconstructions for a split."""
+    return storage.join(run, f"eval_{split}.png")
+
+
 def feature_nets(feature_metrics: bool, device: str | torch.device = "cpu") -> FeatureNets | None:
     """The pretrained nets of the feature metrics (downloaded if absent), or None without feature metrics."""
     return FeatureNets.pretrained().to(device) if feature_metrics else None
@@ -101,7 +150,10 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """The standard table (rfgan.evaluate.table) of a run's checkpoint on a dataset split, written with a grid PNG
     into the run directory. A dataset with other RFs than the training data is refused unless `allow_other_rfs`
-    (then the JSON says so). Without `feature_metrics` no pretrained net is needed."""
+    (then the JSON says so). Without `feature_metrics` no pretrained net is needed. Its earlier table and grid of
+    the split are replaced; another file under their names is refused before any work."""
+    outputs.check_target(eval_file(run, split), EVAL_TABLE)
+    outputs.check_target(grid_file(run, split), EVAL_GRID)
     decoder = load_decoder(find_checkpoint(run, which), device)
     same_rfs = decoder.check_matches(read_info(data), read_rfs(data), str(data), allow_other_rfs=allow_other_rfs)
     return write_evaluation(run, decoder, data, split, feature_nets(feature_metrics, device), device, same_rfs)
@@ -115,17 +167,23 @@ def write_evaluation(
     nets: FeatureNets | None,
     device: str | torch.device = "cpu",
     same_rfs: bool = True,
+    into: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate `decoder` on a split: RUN/eval_SPLIT.json (the table, and what was evaluated how) and a grid PNG."""
+    """Evaluate `decoder` on a split: RUN/eval_SPLIT.json (the table, and what was evaluated how) and a grid PNG,
+    each staged and renamed into place (rfgan.outputs), the table last; written into `into` (a run being staged)
+    when given, named as in `run`."""
     rows = read_split(data, split)
     responses, targets = to_tensors(rows)
     fakes = decoder.reconstruct(responses, device)
     ids = torch.from_numpy(np.array(rows["image_id"]))
     values = per_image_metrics(fakes, targets, ids, nets, decoder.mask, device)
-    grid = storage.join(run, f"eval_{split}.png")
-    with tempfile.TemporaryDirectory(prefix="rfgan-eval-") as tmp:
-        save_grid(Path(tmp, "grid.png"), targets[:GRID_IMAGES], fakes[:GRID_IMAGES])
-        storage.upload(Path(tmp, "grid.png"), grid)
+    grid, into = grid_file(run, split), into or run
+    outputs.write_file(
+        grid_file(into, split),
+        EVAL_GRID,
+        lambda p: save_grid(p, targets[:GRID_IMAGES], fakes[:GRID_IMAGES]),
+        suffix=".png",  # PIL writes the format the name says
+    )
     result = {
         "metrics": summarize(values),
         "kind": decoder.kind,
@@ -140,7 +198,7 @@ def write_evaluation(
     }
     if not same_rfs:
         result["warning"] = "evaluated on a dataset whose RF table differs from the training data's (--allow-other-rfs)"
-    storage.write_bytes(eval_file(run, split), (json.dumps(result, indent=1) + "\n").encode())
+    outputs.write_bytes(eval_file(into, split), (json.dumps(result, indent=1) + "\n").encode(), EVAL_TABLE)
     return result
 
 
@@ -149,22 +207,33 @@ def baseline(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """`rfgan baseline`: fit the ridge decoder (rfgan.evaluate.ridge), write it as a run in `out` (its checkpoint,
     config.json) and evaluate it on the validation split as `rfgan eval` does. Returns (its config, the eval result).
-    Bad input (the data, a used --out, missing feature weights) is refused before anything is written."""
+    Bad input (the data, a used --out, missing feature weights) is refused before anything is written; the run is
+    written in a staging folder and renamed into place when complete (rfgan.outputs)."""
     out = out or f"runs/ridge-{time.strftime('%Y%m%d-%H%M%S')}"
     if existing_checkpoints(out):
         raise UsageError(f"{out} already holds a run; choose another --out.")
+    outputs.check_target(out, NEW_RUN)
+    check_device(device)
     info, rfs = read_info(data), read_rfs(data)
     nets = feature_nets(feature_metrics, device)
     fit = fit_ridge(data, device)
     config = fit.config(storage.absolute(data))
-    checkpoint = save_ridge(fit, out, info, rfs, config)
-    storage.write_bytes(storage.join(out, "config.json"), (json.dumps(config, indent=2) + "\n").encode())
-    decoder = Decoder(RIDGE_KIND, fit.decoder.to(device), info, rfs, config, checkpoint, epoch=0)
-    return config, write_evaluation(out, decoder, data, "val", nets, device)
+    result = {}
+
+    def fill(staged: Path) -> None:
+        checkpoint = storage.join(out, storage.split(save_ridge(fit, str(staged), info, rfs, config))[1])
+        (staged / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        decoder = Decoder(RIDGE_KIND, fit.decoder.to(device), info, rfs, config, checkpoint, epoch=0)
+        result.update(write_evaluation(out, decoder, data, "val", nets, device, into=str(staged)))
+
+    outputs.write_folder(out, NEW_RUN, fill)
+    return config, result
 
 
-def reconstruct(run: str, responses_path: str, out: str, which: str = "best", device: str = "cpu") -> Path:
-    """Images from new responses (N, E): `out/reconstructions.npy` (N, H, W, C) uint8 and one PNG per row."""
+def reconstruct(run: str, responses_path: str, out: str, which: str = "best", device: str = "cpu") -> str:
+    """Images from new responses (N, E): `out/reconstructions.npy` (N, H, W, C) uint8 and one PNG per row, in a
+    folder (a path or URI) that replaces an earlier reconstruct's whole; anything else there is refused first."""
+    outputs.check_target(out, RECONSTRUCTION)
     decoder = load_decoder(find_checkpoint(run, which), device)
     try:
         responses = np.load(responses_path, allow_pickle=False)
@@ -179,11 +248,13 @@ def reconstruct(run: str, responses_path: str, out: str, which: str = "best", de
     bad = ~np.isfinite(responses).all(axis=1)
     if bad.any():
         raise DataError(f"{responses_path}: rows {np.flatnonzero(bad)[:10].tolist()} hold NaN or infinite responses.")
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     fake = decoder.reconstruct(torch.as_tensor(responses, dtype=torch.float32), device)  # (N, C, H, W) in [0, 1]
     images = (fake.permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
-    np.save(out_dir / "reconstructions.npy", images)
-    for i, im in enumerate(images):
-        Image.fromarray(im[..., 0] if im.shape[-1] == 1 else im).save(out_dir / f"{i:05d}.png")
-    return out_dir
+
+    def fill(staged: Path) -> None:
+        np.save(staged / RECONSTRUCTIONS, images)
+        for i, im in enumerate(images):
+            Image.fromarray(im[..., 0] if im.shape[-1] == 1 else im).save(staged / f"{i:05d}.png")
+
+    outputs.write_folder(out, RECONSTRUCTION, fill)
+    return out

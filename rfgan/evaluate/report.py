@@ -15,16 +15,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow.fs as pafs
 import torch
 from torchvision.transforms.functional import to_pil_image
 
-from rfgan import __version__, storage
-from rfgan.checkpoint import CURVES_FILE
+from rfgan import __version__, outputs, storage
+from rfgan.checkpoint import CURVES_FILE, STATE_FILE
 from rfgan.data.format import iter_split, read_info, read_rfs, to_tensors
 from rfgan.errors import DataError
 from rfgan.evaluate.inference import Decoder, eval_file, load_decoder
 from rfgan.evaluate.table import METRICS, feature_nets_text, mean_se_text
 
+TITLE = "<title>rfgan report</title>"
+# What `rfgan report --out` may replace: a page it wrote (its title), nothing else (a dataset's metadata.json, say).
+REPORT_PAGE = outputs.Kind("an rfgan report page", lambda path: TITLE.encode() in outputs.head(path))
 GRID_IMAGES = 8
 DISPLAY_PX = 128  # images are shown at least this wide, pixelated rather than blurred
 
@@ -62,6 +66,14 @@ def _image_uri(image: torch.Tensor) -> str:
 
 
 def _read_run(run: str, split: str, device: str) -> tuple[str, dict[str, Any], Decoder, bytes | None]:
+    fs, where = storage.filesystem(run)
+    kind = fs.get_file_info(where).type
+    if kind != pafs.FileType.Directory:
+        what = "is a file" if kind == pafs.FileType.File else "does not exist"
+        raise DataError(
+            f"--run {run} {what}; give a run directory, the --out of rfgan train or rfgan baseline (it holds "
+            "checkpoint folders and eval_val.json)."
+        )
     path = eval_file(run, split)
     if not storage.is_file(path):
         raise DataError(
@@ -79,8 +91,22 @@ def _read_run(run: str, split: str, device: str) -> tuple[str, dict[str, Any], D
     return (
         storage.split(run)[1],
         evaluation,
-        load_decoder(evaluation["checkpoint"], device),
+        load_decoder(_checkpoint_of(run, path, evaluation["checkpoint"]), device),
         storage.read_bytes(curves) if storage.is_file(curves) else None,
+    )
+
+
+def _checkpoint_of(run: str, path: str, checkpoint: str) -> str:
+    """The checkpoint an eval table names: where it was when evaluated, else the checkpoint of that name in `run`
+    (a run folder moved or copied since: the table keeps the old path)."""
+    if storage.is_file(storage.join(checkpoint, STATE_FILE)):
+        return checkpoint
+    here = storage.join(run, storage.split(checkpoint)[1])
+    if storage.is_file(storage.join(here, STATE_FILE)):
+        return here
+    raise DataError(
+        f"{path} names the checkpoint {checkpoint}, which is neither there nor in {run}; evaluate the run again "
+        f"(rfgan eval --run {run} --data DATA)."
     )
 
 
@@ -169,7 +195,7 @@ def render(runs: list[_Run], targets: torch.Tensor, fakes: list[torch.Tensor]) -
         )
     body = "\n".join(sections)
     return (
-        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>rfgan report</title>'
+        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">{TITLE}'
         f"<style>{STYLE}</style></head>\n<body>\n{body}\n</body></html>\n"
     )
 
@@ -178,7 +204,10 @@ def write_report(
     runs: Sequence[str], out: str | None = None, split: str = "val", device: str = "cpu", n_images: int = GRID_IMAGES
 ) -> str:
     """Compare `runs` (each evaluated on the same dataset split by rfgan eval or rfgan baseline) on one HTML page,
-    written to `out` (default: report.html in the first run); returns its path. Nothing is written on an error."""
+    written to `out` (default: report.html in the first run), replacing only an earlier report; returns its path.
+    Nothing is written on an error."""
+    out = out or storage.join(runs[0], "report.html")
+    outputs.check_target(out, REPORT_PAGE)
     loaded = [_Run(run, *_read_run(run, split, device)) for run in runs]
     names = [r.name for r in loaded]
     if len(set(names)) < len(names):  # runs of one name in different folders
@@ -198,6 +227,5 @@ def write_report(
     responses, targets = to_tensors(next(iter_split(data, split, n_images)))
     fakes = [r.decoder.reconstruct(responses, device) for r in loaded]
     page = render(loaded, targets, fakes)
-    out = out or storage.join(runs[0], "report.html")
-    storage.write_bytes(out, page.encode())
+    outputs.write_bytes(out, page.encode(), REPORT_PAGE)
     return out

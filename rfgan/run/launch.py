@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from rfgan import storage
+from rfgan import lease, storage
 from rfgan.checkpoint import existing_checkpoints
 from rfgan.config import Config
 from rfgan.data.format import DatasetInfo
@@ -62,12 +62,12 @@ def min_cpus(cfg: Config) -> int:
 
 
 @contextmanager
-def run_log(out: str, name: str, verbose: bool) -> Iterator[RunLog]:
+def run_log(out: str, name: str, verbose: bool, made: bool | None = None) -> Iterator[RunLog]:
     """RunLog into `out`/`name`; written locally first when `out` is a URI, and uploaded when the run ends. A run
     refused inside it (UsageError, ConfigError: before anything else was written) leaves no log behind, nor the
-    folder it made for it."""
+    folder it made for it (`made`: whether that folder is new, when the caller made it; else whether it exists)."""
     if not storage.is_remote(out):
-        made = not os.path.exists(out)
+        made = not os.path.exists(out) if made is None else made
         os.makedirs(out, exist_ok=True)
         try:
             with RunLog(os.path.join(out, name), verbose) as log:
@@ -120,48 +120,52 @@ def train(
     dashboard: bool = False,
 ) -> TrainOutcome:
     """Train `cfg` on `data` into `out` (a new run, or with `resume` the one there), on a local Ray or the cluster at
-    `address`, showing each epoch on the terminal. Ctrl-C ends it with a KeyboardInterrupt saying how to go on."""
-    found = existing_checkpoints(out)
-    if found and not resume:
-        raise UsageError(
-            f"{out} already holds {len(found)} checkpoint(s); pass --resume to continue that run, or choose another "
-            "--out."
-        )
-    if resume and not found:
-        print(f"--resume: {out} has no checkpoint yet; starting from epoch 1")
-    start = time.perf_counter()
-    info = dataset[0]
-    with run_log(out, LOG_FILE, verbose) as log:
-        started = init_ray(address, min_cpus(cfg), dashboard)
-        log.after_ray_init()
-        try:
-            streams = not reads_on_driver(cfg, info)
-            check_cluster(cfg, data, {"--out": out}, streams=streams, split_mb=train_split_mb(info))
-            write_resolved_config(cfg, out)
-            from ray.util.queue import Queue
-
-            # Torch threads that share the machine's cores among the local workers; a cluster's nodes decide their own.
-            threads = None if on_cluster(address) else max(1, (os.cpu_count() or 1) // cfg.run.workers)
-            events = Queue(actor_options={"num_cpus": 0})
-            progress = EpochProgress(cfg.run.epochs, log.out, log.err)
-            follower = QueueFollower(events, progress.handle)
+    `address`, showing each epoch on the terminal. Ctrl-C ends it with a KeyboardInterrupt saying how to go on.
+    The run directory's lease (rfgan.lease) is held throughout: a second training of `out` is refused."""
+    made = not storage.is_remote(out) and not os.path.exists(out)
+    with lease.held(out):
+        found = existing_checkpoints(out)
+        if found and not resume:
+            raise UsageError(
+                f"{out} already holds {len(found)} checkpoint(s); pass --resume to continue that run, or choose "
+                "another --out."
+            )
+        if resume and not found:
+            print(f"--resume: {out} has no checkpoint yet; starting from epoch 1")
+        start = time.perf_counter()
+        info = dataset[0]
+        with run_log(out, LOG_FILE, verbose, made) as log:
+            started = init_ray(address, min_cpus(cfg), dashboard)
+            log.after_ray_init()
             try:
-                result = fit_restarting(cfg, data, out, dataset=dataset, torch_threads=threads, progress=events)
-            except KeyboardInterrupt:
-                raise KeyboardInterrupt(resume_hint(out)) from None
-            finally:
-                follower.stop()
-                progress.close()
-        finally:
-            if started:
-                import ray
+                streams = not reads_on_driver(cfg, info)
+                check_cluster(cfg, data, {"--out": out}, streams=streams, split_mb=train_split_mb(info))
+                write_resolved_config(cfg, out)
+                from ray.util.queue import Queue
 
-                ray.shutdown()
-    return TrainOutcome(
-        run_dir=result.run_dir,
-        log_file=storage.join(result.run_dir, LOG_FILE),
-        wall_s=time.perf_counter() - start,
-        metrics=result.metrics,
-        best_checkpoint=result.best_checkpoint,
-        error=result.error,
-    )
+                # Torch threads that share the machine's cores among the local workers; a cluster's nodes decide
+                # their own.
+                threads = None if on_cluster(address) else max(1, (os.cpu_count() or 1) // cfg.run.workers)
+                events = Queue(actor_options={"num_cpus": 0})
+                progress = EpochProgress(cfg.run.epochs, log.out, log.err)
+                follower = QueueFollower(events, progress.handle)
+                try:
+                    result = fit_restarting(cfg, data, out, dataset=dataset, torch_threads=threads, progress=events)
+                except KeyboardInterrupt:
+                    raise KeyboardInterrupt(resume_hint(out)) from None
+                finally:
+                    follower.stop()
+                    progress.close()
+            finally:
+                if started:
+                    import ray
+
+                    ray.shutdown()
+        return TrainOutcome(
+            run_dir=result.run_dir,
+            log_file=storage.join(result.run_dir, LOG_FILE),
+            wall_s=time.perf_counter() - start,
+            metrics=result.metrics,
+            best_checkpoint=result.best_checkpoint,
+            error=result.error,
+        )

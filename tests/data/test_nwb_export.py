@@ -77,21 +77,23 @@ def test_export_of_one_split(dataset, tmp_path):
         np.testing.assert_array_equal(np.stack([ordered[i] for i in shown]), want["image"])
 
 
-@pytest.mark.parametrize("case", ["exists", "folder", "no such split", "no folder"])
+@pytest.mark.parametrize("case", ["exists", "exists --overwrite", "folder", "no such split", "no folder"])
 def test_bad_export_is_one_line_exit_2_nothing_written(dataset, tmp_path, capsys, case):
     out = {"folder": tmp_path, "no folder": tmp_path / "nope" / "x.nwb"}.get(case, tmp_path / "x.nwb")
-    if case == "exists":
-        out.write_text("someone's file")
+    if case.startswith("exists"):
+        out.write_text("someone's file")  # not an NWB file: --overwrite does not replace it either
     data = dataset
     if case == "no such split":
         data = tmp_path / "no-test"
         make_synth(data, dataclasses.replace(SPEC, n_test=0))
     before = tree(tmp_path)
     argv = ["export", "--data", str(data), "--out", str(out), "--quiet"]
-    assert main([*argv, *(["--split", "test"] if case == "no such split" else [])]) == 2
+    extra = {"no such split": ["--split", "test"], "exists --overwrite": ["--overwrite"]}.get(case, [])
+    assert main([*argv, *extra]) == 2
     err = one_line_error(capsys, "export")
     assert {
-        "exists": "already exists; choose another --out or pass --overwrite",
+        "exists": "already exists and is not an NWB (HDF5) file",
+        "exists --overwrite": "already exists and is not an NWB (HDF5) file",
         "folder": "is a folder; give the NWB file's path",
         "no such split": "has no split(s) ['test']; its splits are ['train', 'val']",
         "no folder": "does not exist",

@@ -13,8 +13,8 @@ import pytest
 from conftest import TINY, interrupt_on_shard, interruptible, make_synth, one_line_error, run_interrupted, tree
 
 import rfgan
+from rfgan import outputs
 from rfgan.cli import main
-from rfgan.data import write as writer
 from rfgan.data.format import read_info, read_split
 from rfgan.errors import DataError
 
@@ -100,6 +100,22 @@ def test_an_out_through_a_regular_file_names_the_file(tmp_path, capsys):
     assert (tmp_path / "a-file").read_text() == "not a folder" and sorted(os.listdir(tmp_path)) == ["a-file"]
 
 
+def test_a_full_disk_during_synth_names_the_out_path_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import pyarrow.parquet as pq
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space left on device")
+
+    monkeypatch.setattr(pq, "write_table", full)
+    out = tmp_path / "ds"
+    assert main(["synth", "--out", str(out), "--n-train", "8", "--n-val", "4", "--quiet"]) == 2
+    err = one_line_error(capsys, "synth")
+    assert f"cannot write {out}: No space left on device" in err and "free space" in err
+    assert os.listdir(tmp_path) == []
+
+
 def test_an_unwritable_parent_is_reported_by_the_out_path(tmp_path, capsys):
     parent = tmp_path / "locked"
     parent.mkdir()
@@ -146,7 +162,7 @@ def test_stale_staging_beside_out_is_removed_on_the_next_write(tmp_path):
             os.utime(p, (when, when))
         return folder
 
-    host, day = writer._host(), writer.STALE_AFTER_S
+    host, day = outputs.host_name(), outputs.STALE_AFTER_S
     stale = [
         leftover(f".ds.tmp-{host}-{dead_pid()}-0123abcd"),  # its writer is gone
         leftover(f".ds.old-{host}-{dead_pid()}-0123abce"),  # a replaced dataset a killed write had moved aside
