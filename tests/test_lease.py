@@ -17,22 +17,23 @@ from rfgan.cli import main
 from rfgan.outputs import host_name
 
 
-def _contend(run: str, start: float, results) -> None:
-    time.sleep(max(0.0, start - time.time()))  # both take the lease at the same moment
+def _contend(run: str, start: float, tried, results) -> None:
+    time.sleep(max(0.0, start - time.time()))  # both take the lease at the same moment, if both have started by then
     try:
         with lease.held(run):
             results.put(("held", os.getpid()))
-            time.sleep(2.0)
+            tried.wait(60)  # held until the other has tried, however late a loaded machine started it
     except lease.RunLocked as e:
         results.put(("refused", str(e)))
+        tried.set()
 
 
 def test_of_two_processes_taking_one_lease_at_once_one_holds_it_and_the_other_is_told_who(tmp_path):
     run = str(tmp_path / "run")
     ctx = multiprocessing.get_context("spawn")
-    results = ctx.Queue()
+    results, tried = ctx.Queue(), ctx.Event()
     start = time.time() + 2.0
-    procs = [ctx.Process(target=_contend, args=(run, start, results)) for _ in range(2)]
+    procs = [ctx.Process(target=_contend, args=(run, start, tried, results)) for _ in range(2)]
     for p in procs:
         p.start()
     got = sorted(results.get(timeout=60) for _ in procs)
