@@ -348,19 +348,19 @@ def check_shard_rows(shard_rows: int) -> None:
 
 
 def finite_rows(responses: RowSource, block_rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """(N,) bool: rows whose responses are all finite; (E,) bool: electrodes whose finite responses are all the same
-    (or that have none). One pass, a block of rows at a time."""
+    """(N,) bool: rows whose responses are all finite; (E,) bool: electrodes whose responses in those rows are all
+    the same (none where no row is finite). One pass, a block of rows at a time."""
     good = np.empty(len(responses), bool)
-    lo, hi = None, None
+    lo = hi = np.empty(0, np.float32)
     for start in range(0, len(responses), block_rows):
         rows = np.arange(start, min(start + block_rows, len(responses)))
         block = responses.read(rows)
         good[rows] = np.isfinite(block).all(axis=1)
         kept = block[good[rows]]
         if len(kept):
-            lo = kept.min(0) if lo is None else np.minimum(lo, kept.min(0))
-            hi = kept.max(0) if hi is None else np.maximum(hi, kept.max(0))
-    return good, np.ones(1, bool) if lo is None else lo == hi
+            lo = kept.min(0) if len(lo) == 0 else np.minimum(lo, kept.min(0))
+            hi = kept.max(0) if len(hi) == 0 else np.maximum(hi, kept.max(0))
+    return good, lo == hi
 
 
 def open_images(
@@ -425,7 +425,7 @@ def _ingest(spec: IngestSpec, on_rows, stack: ExitStack) -> tuple[DatasetInfo, i
     # A dead or disconnected channel is common in a recording: it is kept (standardising gives it std 1, so it
     # feeds the models zeros) and named in the metadata's source, and the command says so. When every electrode
     # is constant the responses carry nothing about the images (a wrong array, or a stimulus-free block): refused.
-    if constant.all():
+    if len(constant) and constant.all():
         raise DataError(
             f"{spec.responses}: every electrode gives the same response to every row (constant responses, e.g. "
             f"all {float(responses.read(np.flatnonzero(good)[:1])[0, 0]):g}); they carry no information about the "
@@ -460,7 +460,7 @@ def _ingest(spec: IngestSpec, on_rows, stack: ExitStack) -> tuple[DatasetInfo, i
         "test_fraction": spec.test_fraction,
         "seed": spec.seed,
         "dropped_rows": n_dropped,
-        "constant_electrodes": rfs.electrode_id[constant].tolist(),
+        "constant_electrodes": rfs.electrode_id[constant].tolist() if len(constant) else [],
         **({"crop": list(spec.crop)} if spec.crop else {}),
         **({"resize": spec.resize} if spec.resize else {}),
     }
