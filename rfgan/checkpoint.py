@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from rfgan import __version__, storage
+from rfgan import __version__, parse, storage
 from rfgan.config import Config
 from rfgan.data.format import DatasetInfo
 from rfgan.data.rf import RFTable
@@ -184,10 +184,10 @@ def read_state(directory: str | os.PathLike) -> dict[str, Any]:
     if not storage.is_file(state_file):
         raise DataError(f"{directory} is not an rfgan checkpoint, or not a complete one: {STATE_FILE} is missing.")
     try:
-        state = json.loads(storage.read_bytes(state_file))
+        state = parse.loads(storage.read_bytes(state_file), STATE_FILE, DataError)
         if not isinstance(state, dict):
-            raise ValueError("not a JSON object")
-    except (ValueError, UnicodeDecodeError) as e:
+            raise DataError("not a JSON object")
+    except DataError as e:
         raise DataError(f"{state_file}: cannot read it ({e}); the checkpoint is damaged.") from e
     if state.get("checkpoint_version") != CHECKPOINT_VERSION:
         raise DataError(
@@ -195,6 +195,7 @@ def read_state(directory: str | os.PathLike) -> dict[str, Any]:
             f"{state.get('rfgan_version', '(unknown)')}, is not read by this rfgan {__version__} (it reads version "
             f"{CHECKPOINT_VERSION}): train the model again with this rfgan, or read it with the rfgan that wrote it."
         )
+    _check_state_values(state, state_file)
     sizes = storage.file_sizes(directory)
     for name in CONTENT_FILES:
         if name not in sizes:
@@ -206,6 +207,20 @@ def read_state(directory: str | os.PathLike) -> dict[str, Any]:
                 "the checkpoint is damaged (cut short)."
             )
     return state
+
+
+def _check_state_values(state: dict[str, Any], where: str) -> None:
+    """The types every reader of state.json relies on (ranking by metrics, `last` by epoch)."""
+    for key in ("epoch", "step"):
+        if isinstance(state.get(key), bool) or not isinstance(state.get(key), int):
+            raise DataError(f"{where}: {key} is {state.get(key)!r}, not a whole number; the checkpoint is damaged.")
+    metrics = state.get("metrics")
+    if not isinstance(metrics, dict) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values()
+    ):
+        raise DataError(
+            f"{where}: metrics is {metrics!r}, not a mapping of metric names to numbers; the checkpoint is damaged."
+        )
 
 
 class CheckpointFiles(NamedTuple):

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from rfgan import parse
 from rfgan.errors import ConfigError, UsageError
 
 # The valid values of the loss settings live here, with the config that is checked against them, so that reading a
@@ -527,16 +528,14 @@ def parse_sets(sets: Iterable[str]) -> dict[str, Any]:
 
 def load_config(path: str | os.PathLike) -> Config:
     """A config from JSON or YAML. A `preset` key picks the base; the file's other keys override it."""
-    text = open(path).read()
     try:
-        if str(path).endswith((".yaml", ".yml")):
-            import yaml
-
-            d = yaml.safe_load(text) or {}
-        else:
-            d = json.loads(text)
-    except Exception as e:  # YAML and JSON raise different error types; both mean the same to the user
-        raise ConfigError(f"{path}: cannot parse it ({e})") from e
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file ({e.strerror}).") from e
+    d = parse.loads(data, str(path))
+    if d is None:  # an empty YAML file
+        d = {}
     if not isinstance(d, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     try:

@@ -154,3 +154,21 @@ def test_checkpoint_of_another_recording_of_the_same_shape_is_refused(tiny_datas
     with pytest.raises(DataError, match="other receptive fields.*--allow-other-rfs"):
         ckpt.check_matches(info, moved)
     assert ckpt.check_matches(info, moved, allow_other_rfs=True) is False
+
+
+@pytest.mark.parametrize(
+    "change, why",
+    [
+        ({"metrics": None}, r"metrics is None, not a mapping of metric names to numbers"),
+        ({"epoch": "1"}, r"epoch is '1', not a whole number"),
+    ],
+    ids=["metrics null", "epoch text"],
+)
+def test_a_state_json_of_the_wrong_types_is_named_and_skipped(run_with_two_checkpoints, capsys, change, why):
+    run = run_with_two_checkpoints
+    state = json.loads((run / "checkpoint_a" / "state.json").read_text())
+    (run / "checkpoint_a" / "state.json").write_text(json.dumps({**state, **change}))
+    with pytest.raises(DataError, match=rf"checkpoint_a/state.json: {why}; the checkpoint is damaged"):
+        load_checkpoint(run / "checkpoint_a")
+    assert find_checkpoint(run, "best").endswith("checkpoint_b")
+    assert "skipping a damaged checkpoint" in capsys.readouterr().err

@@ -235,3 +235,56 @@ def test_changes_from_lists_what_differs_from_the_base():
 def test_settings_that_would_fail_only_in_a_worker_are_refused_by_the_config(sets, message):
     with pytest.raises(ConfigError, match=message):
         resolve(preset="tiny", sets=sets)
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
+    # Nine levels of nine aliases: under 1 kB of YAML, 9**9 leaves once walked (rfgan's flatten walked them all:
+    # `--dry-run` never returned and its memory grew by ~23 MB/s).
+    lines = ["a0: &a0 {x: 1, y: 2, z: 3, u: 4, v: 5, w: 6, p: 7, q: 8, r: 9}"]
+    for k in range(1, 9):
+        refs = ", ".join(f"k{i}: *a{k - 1}" for i in range(9))
+        lines.append(f"a{k}: &a{k} {{{refs}}}")
+    (tmp_path / "bomb.yaml").write_text("\n".join(lines) + "\n")
+    assert (tmp_path / "bomb.yaml").stat().st_size < 1000
+    done = subprocess.run(
+        [sys.executable, "-m", "rfgan", "train", "--config", str(tmp_path / "bomb.yaml"), "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "an alias (*a0) is not allowed: write the value out" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "name, data, message",
+    [
+        ("utf16.yaml", "loss:\n  lambda_adv: 0.5\n".encode("utf-16"), r"cannot read it as UTF-8 text \(it looks like "),
+        (
+            "twice.yaml",
+            b"loss:\n  lambda_adv: 0.5\n  lambda_adv: 2\n",
+            r"cannot parse .* line 3, column 3: the key 'lambda_adv' is given twice",
+        ),
+        ("twice.json", b'{"loss": {"lambda_adv": 0.5, "lambda_adv": 2}}', r"the key 'lambda_adv' is given twice"),
+        ("typo.yaml", b"loss:\n  lambda_adv: [0.5\n", r"cannot parse it as YAML at line 3, column 1: "),
+    ],
+    ids=["UTF-16", "duplicate YAML key", "duplicate JSON key", "YAML typo"],
+)
+def test_config_files_that_cannot_mean_one_thing_are_one_line(tmp_path, capsys, name, data, message):
+    from rfgan.cli import main
+
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(ConfigError, match=rf"{name}: {message}") as err:
+        load_config(tmp_path / name)
+    assert "\n" not in str(err.value)
+    assert main(["train", "--config", str(tmp_path / name), "--dry-run"]) == 2
+    assert capsys.readouterr().err.startswith("rfgan train: error: ")
+
+
+def test_a_search_space_with_a_yaml_typo_is_one_line(tmp_path):
+    from rfgan.sweep.space import load_space
+
+    (tmp_path / "space.yaml").write_text("loss.lambda_adv: {low: 0.001, high: 1.0\noptim.lr_g: {low: 1e-5}\n")
+    with pytest.raises(ConfigError, match=r"space.yaml: cannot parse it as YAML at line 2, column 11: ") as err:
+        load_space(tmp_path / "space.yaml")
+    assert "\n" not in str(err.value)

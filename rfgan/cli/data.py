@@ -162,6 +162,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         info, dropped = ingest(spec, on_rows=update)
     if dropped:
         print(f"dropped {dropped} row(s) with NaN/inf responses")
+    constant = info.source.get("constant_electrodes")
+    if constant:
+        print(
+            f"note: electrode(s) {constant[:10]}{'…' if len(constant) > 10 else ''} ({len(constant)} of "
+            f"{info.n_electrodes}) give the same response to every row (dead or disconnected channels?); they are "
+            "kept, and carry no information",
+            file=sys.stderr,
+        )
     print(
         f"wrote {args.out}: {info.splits} rows, {info.n_electrodes} electrodes, "
         f"{info.image_size[0]}x{info.image_size[1]}x{info.channels} images"

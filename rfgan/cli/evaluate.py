@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
+from rfgan import parse
 from rfgan.cli.common import DEFAULT_DATA
 from rfgan.cli.data import dataset_or_synth
 
@@ -51,7 +51,7 @@ def _print_evaluation(result: dict, as_json: bool) -> None:
     from rfgan.evaluate.table import feature_nets_text, table_text
 
     if as_json:
-        print(json.dumps(result, indent=1))
+        print(parse.dumps(result), end="")
         return
     print(
         f"{result['checkpoint']} ({result['kind']}, epoch {result['epoch']}) on {result['data']}/{result['split']} "
@@ -102,7 +102,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         dataset_or_synth(args.data), args.out, args.device, feature_metrics=not args.no_feature_metrics
     )
     if args.json:
-        print(json.dumps({"config": config, "eval": result}, indent=1))
+        print(parse.dumps({"config": config, "eval": result}), end="")
         return 0
     edge = " (at the edge of the grid)" if config["lambda_at_grid_edge"] else ""
     print(f"ridge: lambda = {config['lambda']:.4g}{edge}, fitted on {config['n_train']} training rows")

@@ -268,6 +268,12 @@ def response_rows(stored: Stored, n_electrodes: int, electrode_axis: str = "auto
             f"{stored.ref}: responses are {stored.data.dtype}{shape}; expected a numeric 2-D array (stimuli × "
             "electrodes, either way round) or 3-D with electrodes first or last."
         )
+    if np.issubdtype(stored.data.dtype, np.complexfloating):
+        # Casting to float32 would keep the real part only (NumPy says so with a warning nobody reads).
+        raise DataError(
+            f"{stored.ref}: responses are complex ({stored.data.dtype}); give real values, e.g. their magnitude "
+            "(numpy.abs) or real part, saved with numpy.save."
+        )
     fits = [ax for ax in (0, len(shape) - 1) if shape[ax] == n_electrodes]
     if electrode_axis == "auto":
         if not fits:

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from rfgan import storage
+from rfgan import parse, storage
 from rfgan.data.rf import RFTable
 from rfgan.errors import DataError
 
@@ -97,8 +97,11 @@ class DatasetInfo:
         }
 
     @classmethod
-    def from_json(cls, meta: dict[str, Any], where: str) -> DatasetInfo:
-        """Parse and check a metadata.json mapping; `where` names its file in errors."""
+    def from_json(cls, meta: Any, where: str) -> DatasetInfo:
+        """Parse and check a metadata.json mapping; `where` names its file in errors. Every value is checked for its
+        type and range here; split_files checks the image shape and the response statistics against the shards."""
+        if not isinstance(meta, dict):
+            raise DataError(f"{where}: holds a JSON {type(meta).__name__}, not an object; {_REMAKE}.")
         if meta.get("format") != FORMAT:
             raise DataError(f"{where}: 'format' is {meta.get('format')!r}, expected {FORMAT!r}.")
         version = meta.get("schema_version")
@@ -125,22 +128,40 @@ class DatasetInfo:
         missing = [k for k in required if k not in meta]
         if missing:
             raise DataError(f"{where}: missing key(s) {missing}.")
+        splits = meta["splits"]
+        if not isinstance(splits, dict):
+            raise DataError(
+                f"{where}: 'splits' is a {type(splits).__name__}, not a mapping of split to rows; {_REMAKE}."
+            )
         info = cls(
-            image_size=(int(meta["image_height"]), int(meta["image_width"])),
-            channels=int(meta["channels"]),
-            fov_deg=float(meta["fov_deg"]),
-            n_electrodes=int(meta["n_electrodes"]),
-            splits={str(k): int(v) for k, v in meta["splits"].items()},
-            response_mean=tuple(float(v) for v in meta["response_mean"]),
-            response_std=tuple(float(v) for v in meta["response_std"]),
+            image_size=(_count(meta, "image_height", where), _count(meta, "image_width", where)),
+            channels=_count(meta, "channels", where),
+            fov_deg=_number(meta["fov_deg"], "fov_deg", where),
+            n_electrodes=_count(meta, "n_electrodes", where),
+            splits={str(k): _count(splits, k, where, "splits") for k in splits},
+            response_mean=_numbers(meta, "response_mean", where),
+            response_std=_numbers(meta, "response_std", where),
             source=meta.get("source", {}),
             image_encoding=encoding,
             shards=_parse_shards(meta["shards"], where),
         )
         if info.channels not in (1, 3):
             raise DataError(f"{where}: channels is {info.channels}; rfgan reads grayscale (1) or RGB (3) images.")
+        if not 0 < info.fov_deg <= 360:
+            raise DataError(
+                f"{where}: fov_deg is {info.fov_deg:g}; it is the visual angle the image width spans, in degrees "
+                "(> 0, at most 360): set it to the stimulus's width, or re-create the dataset with --fov-deg."
+            )
         if len(info.response_mean) != info.n_electrodes or len(info.response_std) != info.n_electrodes:
             raise DataError(f"{where}: response_mean/response_std must have n_electrodes={info.n_electrodes} values.")
+        flat = [i for i, s in enumerate(info.response_std) if not s > 0]
+        if flat:
+            # The writer gives an electrode that never varies std 1: a 0 here was not written by rfgan, and would
+            # divide by zero wherever the responses are standardised.
+            raise DataError(
+                f"{where}: response_std is {info.response_std[flat[0]]:g} for electrode(s) {flat[:10]} (of "
+                f"{info.n_electrodes}); standardising divides by it, so it must be > 0: {_REMAKE}."
+            )
         listed = {split: sum(n for _, n in files) for split, files in info.shards.items()}
         if listed != info.splits:
             raise DataError(
@@ -148,6 +169,32 @@ class DatasetInfo:
                 "it contradicts itself: re-create the dataset (rfgan synth/ingest)."
             )
         return info
+
+
+_REMAKE = "re-create the dataset (rfgan synth/ingest)"
+
+
+def _number(value: Any, key: str, where: str) -> float:
+    """A finite JSON number (not a bool, not a string that looks like one)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        raise DataError(f"{where}: {key} is {value!r}, not a finite number; {_REMAKE}.")
+    return float(value)
+
+
+def _count(meta: dict, key: str, where: str, parent: str = "") -> int:
+    """A whole number >= 1 (>= 0 for the rows of a split)."""
+    value = meta[key]
+    name = f"{parent}.{key}" if parent else key
+    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if parent else 1):
+        raise DataError(f"{where}: {name} is {value!r}, not a whole number{'' if parent else ' >= 1'}; {_REMAKE}.")
+    return value
+
+
+def _numbers(meta: dict, key: str, where: str) -> tuple[float, ...]:
+    values = meta[key]
+    if not isinstance(values, list):
+        raise DataError(f"{where}: {key} is {type(values).__name__}, not a list of numbers; {_REMAKE}.")
+    return tuple(_number(v, f"{key}[{i}]", where) for i, v in enumerate(values))
 
 
 def _parse_shards(value: Any, where: str) -> dict[str, tuple[tuple[str, int], ...]]:
@@ -182,10 +229,12 @@ def read_info(path: str | os.PathLike) -> DatasetInfo:
             "Make one with `rfgan synth --out DIR` or `rfgan ingest ... --out DIR`."
         )
     try:
-        meta = json.loads(storage.read_text(meta_path))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{meta_path}: cannot read it as JSON ({e}).") from e
-    return DatasetInfo.from_json(meta, meta_path)
+        data = storage.read_bytes(meta_path)
+    except OSError as e:
+        raise DataError(f"{meta_path}: cannot read it ({e}).") from e
+    return DatasetInfo.from_json(
+        parse.loads_json(parse.decode(data, meta_path, DataError), meta_path, DataError), meta_path
+    )
 
 
 def read_rfs(path: str | os.PathLike, info: DatasetInfo | None = None) -> RFTable:
@@ -239,6 +288,7 @@ def split_files(path: str | os.PathLike, split: str, info: DatasetInfo | None = 
                 raise DataError(
                     f"{f}: column {want.name!r} has type {got}, expected {want.type} ({_describe(want.name, info)})."
                 )
+    _check_shard_facts(root, split, info, footers)
     return files
 
 
@@ -265,6 +315,88 @@ def _check_shards(root: str, split: str, info: DatasetInfo, rows: dict[str, int]
             raise DataError(
                 f"{f} holds {rows[f]} rows but {METADATA_FILE} lists {n}; it was cut short or replaced: {remake}."
             )
+
+
+# What each shard's Parquet footer records of the rows it holds, as JSON under this key, when it is written: the
+# image shape ([H, W, C]), the field of view the images span, and the responses' per-electrode sums and sums of
+# squares (float64). A metadata.json whose image size, channels, field of view or training statistics were edited
+# keeps its byte counts (32x32 as 16x64, RGB as gray 32x96) but no longer agrees with these. A dataset written
+# before rfgan recorded them has none, and is not checked.
+SHARD_FACTS = b"rfgan"
+
+
+def shard_facts(image_shape: tuple[int, int, int], fov_deg: float, responses: np.ndarray) -> dict[bytes, bytes]:
+    """The footer metadata of a shard (SHARD_FACTS): its image shape, field of view and response sums."""
+    r = responses.astype(np.float64)
+    facts = {
+        "image_shape": list(image_shape),
+        "fov_deg": float(fov_deg),
+        "response_sum": r.sum(0).tolist(),
+        "response_sum_sq": (r * r).sum(0).tolist(),
+    }
+    return {SHARD_FACTS: json.dumps(facts).encode()}
+
+
+def response_stats(total: np.ndarray, total_sq: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-electrode mean, std and whether it varies at all, from float64 sums over `n` rows. An electrode that never
+    varies (a dead channel) gets std 1, so standardising it gives 0 rather than a division by zero. "Never varies"
+    allows for the round-off of E[x²] - E[x]², which grows with the mean."""
+    mean = total / n
+    std = np.sqrt(np.maximum(total_sq / n - mean**2, 0.0))
+    varies = std > 1e-7 * np.maximum(np.abs(mean), 0.1)
+    return mean, np.where(varies, std, 1.0), varies
+
+
+def _check_shard_facts(root: str, split: str, info: DatasetInfo, footers: dict[str, pq.FileMetaData]) -> None:
+    """Refuse a metadata.json that disagrees with what its shards recorded when written (SHARD_FACTS)."""
+    meta = f"{root}/{METADATA_FILE}"
+    shape = (*info.image_size, info.channels)
+    total, total_sq, n = np.zeros(info.n_electrodes), np.zeros(info.n_electrodes), 0
+    for f, footer in footers.items():
+        if SHARD_FACTS not in (footer.metadata or {}):
+            return  # written by an rfgan that did not record them
+        try:
+            facts = json.loads(footer.metadata[SHARD_FACTS])
+            written = tuple(int(v) for v in facts["image_shape"])
+            fov_deg = float(facts["fov_deg"])
+            sums = np.asarray(facts["response_sum"], np.float64), np.asarray(facts["response_sum_sq"], np.float64)
+        except (ValueError, KeyError, TypeError) as e:
+            raise DataError(f"{f}: its footer's {SHARD_FACTS.decode()} record is damaged ({e}); {_REMAKE}.") from e
+        if written != shape:
+            h, w, c = written
+            raise DataError(
+                f"{meta} says images are {_shape_text(shape)} but {f} holds {_shape_text(written)} images (as "
+                f"written): metadata.json was edited; set image_height {h}, image_width {w}, channels {c}, "
+                f"or {_REMAKE}."
+            )
+        if fov_deg != info.fov_deg:
+            raise DataError(
+                f"{meta} says fov_deg {info.fov_deg:g} but {f} was written for images spanning {fov_deg:g}°: "
+                f"metadata.json was edited; set fov_deg {fov_deg!r}, or {_REMAKE} with the right --fov-deg."
+            )
+        if sums[0].shape != (info.n_electrodes,) or sums[1].shape != (info.n_electrodes,):
+            raise DataError(
+                f"{f}: its footer's {SHARD_FACTS.decode()} record is damaged (sums of another length); {_REMAKE}."
+            )
+        total, total_sq, n = total + sums[0], total_sq + sums[1], n + footer.num_rows
+    if split != "train" or n == 0:
+        return
+    mean, std, _ = response_stats(total, total_sq, n)
+    for key, written_values, stated in (
+        ("response_mean", mean, info.response_mean),
+        ("response_std", std, info.response_std),
+    ):
+        off = np.flatnonzero(~np.isclose(stated, written_values, rtol=1e-6, atol=1e-12))
+        if len(off):
+            e = int(off[0])
+            raise DataError(
+                f"{meta}: {key} of electrode {e} is {stated[e]:.6g}, but the training shards' responses give "
+                f"{written_values[e]:.6g} ({len(off)} electrode(s) differ): metadata.json was edited; {_REMAKE}."
+            )
+
+
+def _shape_text(shape: tuple[int, int, int]) -> str:
+    return f"{shape[0]}x{shape[1]}x{shape[2]} (height x width x channels)"
 
 
 def _describe(column: str, info: DatasetInfo) -> str:
@@ -312,6 +444,8 @@ def _decode_pngs(table: pa.Table, info: DatasetInfo) -> np.ndarray:
             with Image.open(io.BytesIO(data)) as im:
                 if im.mode != mode:  # 16-bit pixels, say, would be cast to uint8 below without a word
                     raise ValueError(f"its mode is {im.mode}, not {mode}")
+                if im.size != shape[1::-1]:  # 32x32 reshaped as 16x64 keeps the pixel count: a scrambled image
+                    raise ValueError(f"it is {im.width}x{im.height}")
                 out[k] = np.asarray(im).reshape(shape)
         except UnidentifiedImageError as e:  # its message names only the in-memory buffer
             raise _bad_png(table, k, info, "PIL cannot read it as an image: cut short, or not a PNG") from e

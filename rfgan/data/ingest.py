@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from rfgan.data.arrays import Stored, load_npy, open_array, response_rows, split_ref
 from rfgan.data.format import DatasetInfo
 from rfgan.data.rf import RFTable, rfs_outside_window
 from rfgan.data.write import Samples, check_output, write_dataset
-from rfgan.errors import DataError
+from rfgan.errors import DataError, UsageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 
@@ -125,6 +125,16 @@ class ArrayImages:
         return a.reshape(len(rows), *self.shape)
 
 
+# PIL's modes of 16-bit grayscale images (PNG, TIFF).
+SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+def _upright_size(im: Image.Image) -> tuple[int, int]:
+    """(height, width) of an image as it is shown: EXIF orientations 5-8 turn it by a quarter (exif_transpose)."""
+    turned = im.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8)
+    return (im.width, im.height) if turned else (im.height, im.width)
+
+
 class FolderImages:
     """Image files, one per row (a file may repeat), decoded as their rows are written.
 
@@ -140,7 +150,7 @@ class FolderImages:
         for f in dict.fromkeys(self.files):
             try:
                 with Image.open(f) as im:  # the header only: a cheap check that every file is an image
-                    sizes.setdefault((im.height, im.width), f)
+                    sizes.setdefault(_upright_size(im), f)
                     modes.add(im.mode)
             except (OSError, UnidentifiedImageError) as e:
                 raise DataError(f"{f}: cannot read this image ({e}).") from e
@@ -150,7 +160,7 @@ class FolderImages:
                     f"images differ in size: {f1} is {s1[1]}x{s1[0]} but {f2} is {s2[1]}x{s2[0]} (width x height); "
                     "resize them all to one size first."
                 )
-        self.gray = modes <= {"L", "1", "I;16", "I", "F"}
+        self.gray = modes <= {"L", "1", "I", "F", *SIXTEEN_BIT}
         self.shape = (*((size, size) if size else next(iter(sizes))), 1 if self.gray else 3)
 
     @classmethod
@@ -162,6 +172,15 @@ class FolderImages:
                 raise DataError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)}).")
         else:
             names = cls._read_index(index)
+            for row, name in enumerate(names, start=2):  # row 1 is the header
+                if os.path.isabs(name) or os.path.normpath(name).split(os.sep)[0] == os.pardir:
+                    # The index names files of the image folder; a path out of it would ingest whatever it points at
+                    # (someone else's files) without a word. A symlink inside the folder is the lab's own choice.
+                    raise DataError(
+                        f"{index}: row {row} names {name!r}, which is not inside the image folder {folder}; "
+                        "name files relative to --images (move the file into it, or give a folder that holds "
+                        "them all as --images)."
+                    )
         return cls([str(root / n) for n in names], folder, **resized)
 
     @staticmethod
@@ -182,6 +201,11 @@ class FolderImages:
         return [os.path.realpath(f) for f in self.files]
 
     def _decode(self, im: Image.Image) -> np.ndarray:
+        im = ImageOps.exif_transpose(im)  # a camera's rotation flag: the pixels as the photo is seen
+        if im.mode in SIXTEEN_BIT or im.mode == "I":
+            # PIL's convert to L clips 16-bit values at 255 (a 16-bit PNG comes out nearly white): scale instead,
+            # 0..65535 to 0..255 (257 = 65535 / 255). PIL opens 16-bit grayscale as I;16 (or as I).
+            im = Image.fromarray((np.asarray(im, np.float64).clip(0, 65535) / 257).round().astype(np.uint8))
         im = im.convert("L" if self.gray else "RGB")
         if self.size:
             im = crop_and_resize(im, self.crop, self.size)
@@ -318,13 +342,25 @@ class Plan:
         )
 
 
-def finite_rows(responses: RowSource, block_rows: int) -> np.ndarray:
-    """(N,) bool: rows whose responses are all finite, read a block at a time."""
+def check_shard_rows(shard_rows: int) -> None:
+    if shard_rows < 1:
+        raise UsageError(f"--shard-rows must be >= 1 (rows per Parquet file), got {shard_rows}.")
+
+
+def finite_rows(responses: RowSource, block_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) bool: rows whose responses are all finite; (E,) bool: electrodes whose responses in those rows are all
+    the same (none where no row is finite). One pass, a block of rows at a time."""
     good = np.empty(len(responses), bool)
+    lo = hi = np.empty(0, np.float32)
     for start in range(0, len(responses), block_rows):
         rows = np.arange(start, min(start + block_rows, len(responses)))
-        good[rows] = np.isfinite(responses.read(rows)).all(axis=1)
-    return good
+        block = responses.read(rows)
+        good[rows] = np.isfinite(block).all(axis=1)
+        kept = block[good[rows]]
+        if len(kept):
+            lo = kept.min(0) if len(lo) == 0 else np.minimum(lo, kept.min(0))
+            hi = kept.max(0) if len(hi) == 0 else np.maximum(hi, kept.max(0))
+    return good, lo == hi
 
 
 def open_images(
@@ -353,6 +389,7 @@ def ingest(spec: IngestSpec, on_rows=None) -> tuple[DatasetInfo, int]:
 def _ingest(spec: IngestSpec, on_rows, stack: ExitStack) -> tuple[DatasetInfo, int]:
     if not spec.fov_deg > 0:
         raise DataError(f"--fov-deg must be > 0, got {spec.fov_deg}.")
+    check_shard_rows(spec.shard_rows)
     if not (0 < spec.val_fraction < 1 and 0 <= spec.test_fraction < 1):
         raise DataError("--val-fraction must be in (0, 1) and --test-fraction in [0, 1).")
     check_output(spec.out, spec.overwrite)  # before the inputs, which may take long to read
@@ -377,13 +414,22 @@ def _ingest(spec: IngestSpec, on_rows, stack: ExitStack) -> tuple[DatasetInfo, i
         )
     _check_rfs(rfs, spec, images.shape)
 
-    good = finite_rows(responses, spec.shard_rows)
+    good, constant = finite_rows(responses, spec.shard_rows)
     n_dropped = int((~good).sum())
     if n_dropped and not spec.drop_bad_rows:
         bad_rows = np.flatnonzero(~good)[:10].tolist()
         raise DataError(
             f"{spec.responses}: {n_dropped} row(s) hold NaN or infinite responses (rows {bad_rows}"
             f"{'…' if n_dropped > 10 else ''}). Fix them, or pass --drop-bad-rows to leave those rows out."
+        )
+    # A dead or disconnected channel is common in a recording: it is kept (standardising gives it std 1, so it
+    # feeds the models zeros) and named in the metadata's source, and the command says so. When every electrode
+    # is constant the responses carry nothing about the images (a wrong array, or a stimulus-free block): refused.
+    if len(constant) and constant.all():
+        raise DataError(
+            f"{spec.responses}: every electrode gives the same response to every row (constant responses, e.g. "
+            f"all {float(responses.read(np.flatnonzero(good)[:1])[0, 0]):g}); they carry no information about the "
+            "images: check that this is the right array (the responses, not a mask or a baseline)."
         )
     if spec.image_ids is not None:
         ids = load_npy(spec.image_ids, "image ids")
@@ -414,6 +460,7 @@ def _ingest(spec: IngestSpec, on_rows, stack: ExitStack) -> tuple[DatasetInfo, i
         "test_fraction": spec.test_fraction,
         "seed": spec.seed,
         "dropped_rows": n_dropped,
+        "constant_electrodes": rfs.electrode_id[constant].tolist() if len(constant) else [],
         **({"crop": list(spec.crop)} if spec.crop else {}),
         **({"resize": spec.resize} if spec.resize else {}),
     }

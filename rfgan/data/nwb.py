@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rfgan.data.format import DatasetInfo
-from rfgan.data.ingest import Part, Plan, finite_rows, number_images, split_images
+from rfgan.data.ingest import Part, Plan, check_shard_rows, finite_rows, number_images, split_images
 from rfgan.data.rf import RFTable, rfs_outside_window
 from rfgan.data.write import check_output
 from rfgan.errors import DataError, UsageError
@@ -172,6 +172,7 @@ def ingest_nwb(spec: NWBSpec, on_rows=None) -> tuple[DatasetInfo, list[str]]:
         raise UsageError("reading NWB files needs pynwb: pip install 'rfgan[nwb]'.") from e
     if not spec.fov_deg > 0:
         raise UsageError(f"--fov-deg must be > 0, got {spec.fov_deg}.")
+    check_shard_rows(spec.shard_rows)
     default = _window(spec.window, "--window")
     area_windows = {}
     for item in spec.area_windows:
@@ -245,7 +246,7 @@ def _ingest(spec: NWBSpec, nwb, default, area_windows, on_rows):
     else:
         responses = SeriesMeans(ts, onsets, windows)
 
-    good = finite_rows(responses, spec.shard_rows)
+    good, _ = finite_rows(responses, spec.shard_rows)
     bad = int((~good).sum())
     if bad and not spec.drop_bad_rows:
         raise DataError(

@@ -27,7 +27,7 @@ import numpy as np
 
 from rfgan.data.arrays import ResponseRows, open_array, read_strings, read_variable, response_rows, split_ref
 from rfgan.data.format import DatasetInfo
-from rfgan.data.ingest import FolderImages, Part, Plan, finite_rows, split_images
+from rfgan.data.ingest import FolderImages, Part, Plan, check_shard_rows, finite_rows, split_images
 from rfgan.data.rf import RFTable, rfs_outside_window
 from rfgan.data.write import check_output
 from rfgan.errors import DataError, UsageError
@@ -178,6 +178,7 @@ def ingest_tvsd(spec: TVSDSpec, on_rows=None) -> tuple[DatasetInfo, list[str]]:
         raise UsageError(f"--crop must be in 1..--stimulus-px ({spec.stimulus_px}), got {spec.crop_px}.")
     if not 0 < spec.val_fraction < 1:
         raise UsageError(f"--val-fraction must be in (0, 1), got {spec.val_fraction}.")
+    check_shard_rows(spec.shard_rows)
     area_of_array = parse_areas(spec.areas)
     check_output(spec.out, spec.overwrite)
     with ExitStack() as stack:
@@ -251,7 +252,7 @@ def _ingest(spec: TVSDSpec, area_of_array: dict[int, str], on_rows, stack: ExitS
     bad = {}
     goods = {}
     for name, rows in (("train", train), ("test", test)):
-        goods[name] = finite_rows(rows, spec.shard_rows)
+        goods[name], _ = finite_rows(rows, spec.shard_rows)
         bad[name] = int((~goods[name]).sum())
     if any(bad.values()):
         if not spec.drop_bad_rows:

@@ -23,7 +23,17 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from rfgan import storage
-from rfgan.data.format import FORMAT, IMAGE_ENCODINGS, METADATA_FILE, RFS_FILE, SPLITS, DatasetInfo, parquet_schema
+from rfgan.data.format import (
+    FORMAT,
+    IMAGE_ENCODINGS,
+    METADATA_FILE,
+    RFS_FILE,
+    SPLITS,
+    DatasetInfo,
+    parquet_schema,
+    response_stats,
+    shard_facts,
+)
 from rfgan.data.rf import RFTable
 from rfgan.errors import DataError, UsageError
 from rfgan.outputs import owner_tag, remove_stale_staging, swap_in
@@ -55,8 +65,9 @@ def encode_png(image: np.ndarray) -> bytes:
     return out.getvalue()
 
 
-def _samples_to_table(s: Samples, schema: pa.Schema) -> pa.Table:
+def _samples_to_table(s: Samples, schema: pa.Schema, fov_deg: float) -> pa.Table:
     n, e = s.responses.shape
+    schema = schema.with_metadata(shard_facts(s.images.shape[1:], fov_deg, s.responses))
     if pa.types.is_binary(schema.field("image").type):
         image = pa.array([encode_png(im) for im in s.images], pa.binary())
     else:
@@ -162,7 +173,7 @@ def write_dataset(
                     continue
                 _check_chunk(chunk, split, n_electrodes, image_shape)
                 name = f"{split}/part-{k:05d}.parquet"
-                pq.write_table(_samples_to_table(chunk, schema), tmp / name, compression="zstd")
+                pq.write_table(_samples_to_table(chunk, schema, fov_deg), tmp / name, compression="zstd")
                 counts[split] += len(chunk)
                 shards[split].append((name, len(chunk)))
                 if split == "train":
@@ -173,10 +184,14 @@ def write_dataset(
                     on_rows(len(chunk))
             if counts[split] == 0:
                 raise DataError(f"the {split!r} split is empty; it needs at least one sample.")
-        mean = total / counts["train"]
-        # A silent electrode (zero variance) gets std 1 so standardising it cannot divide by zero.
-        std = np.sqrt(np.maximum(total_sq / counts["train"] - mean**2, 0.0))
-        std = np.where(std > 1e-8, std, 1.0)
+        mean, std, varies = response_stats(total, total_sq, counts["train"])
+        if not varies.any():
+            # One dead electrode is common, and standardising handles it (response_stats); when none varies,
+            # the responses carry nothing about the images, and every decoder would be the mean image.
+            raise DataError(
+                f"every electrode responds the same to all {counts['train']} training samples (zero variance): "
+                "the responses carry no information about the images; check that the right array was given."
+            )
         info = DatasetInfo(
             image_size=tuple(image_size),
             channels=channels,

@@ -4,7 +4,6 @@ No Ray: a laptop with the run directory, or access to the bucket it was written 
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Callable
@@ -17,7 +16,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from rfgan import outputs, storage
+from rfgan import outputs, parse, storage
 from rfgan.checkpoint import (
     check_data_matches,
     checkpoint_kind,
@@ -198,7 +197,7 @@ def write_evaluation(
     }
     if not same_rfs:
         result["warning"] = "evaluated on a dataset whose RF table differs from the training data's (--allow-other-rfs)"
-    outputs.write_bytes(eval_file(into, split), (json.dumps(result, indent=1) + "\n").encode(), EVAL_TABLE)
+    outputs.write_bytes(eval_file(into, split), parse.dumps(result).encode(), EVAL_TABLE)  # undefined: null
     return result
 
 
@@ -222,7 +221,7 @@ def baseline(
 
     def fill(staged: Path) -> None:
         checkpoint = storage.join(out, storage.split(save_ridge(fit, str(staged), info, rfs, config))[1])
-        (staged / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        (staged / "config.json").write_text(parse.dumps(config, indent=2))
         decoder = Decoder(RIDGE_KIND, fit.decoder.to(device), info, rfs, config, checkpoint, epoch=0)
         result.update(write_evaluation(out, decoder, data, "val", nets, device, into=str(staged)))
 
@@ -240,15 +239,31 @@ def reconstruct(run: str, responses_path: str, out: str, which: str = "best", de
     except (OSError, ValueError) as e:
         raise DataError(f"{responses_path}: cannot read it as a .npy array ({e}).") from e
     e = decoder.info.n_electrodes
-    if responses.ndim != 2 or responses.shape[1] != e:
+    if responses.ndim != 2 or responses.shape[1] != e or len(responses) == 0:
         raise DataError(
-            f"{responses_path}: responses are {responses.shape}; this model needs (N, {e}), one column "
-            "per electrode in the order of the run's rfs.csv."
+            f"{responses_path}: responses are {responses.shape}; this model needs (N, {e}) with N >= 1, one row "
+            "per stimulus and one column per electrode in the order of the run's rfs.csv."
         )
-    bad = ~np.isfinite(responses).all(axis=1)
+    if not (np.issubdtype(responses.dtype, np.integer) or np.issubdtype(responses.dtype, np.floating)):
+        raise DataError(
+            f"{responses_path}: responses are {responses.dtype}; give real numbers (for complex values, e.g. their "
+            "magnitude, numpy.abs)."
+        )
+    with np.errstate(over="ignore"):
+        # The models compute in float32: a value beyond its range (±3.4e38) would become inf, and a black image.
+        as_float32 = responses.astype(np.float32)
+    bad = ~np.isfinite(as_float32).all(axis=1)
     if bad.any():
-        raise DataError(f"{responses_path}: rows {np.flatnonzero(bad)[:10].tolist()} hold NaN or infinite responses.")
-    fake = decoder.reconstruct(torch.as_tensor(responses, dtype=torch.float32), device)  # (N, C, H, W) in [0, 1]
+        raise DataError(
+            f"{responses_path}: rows {np.flatnonzero(bad)[:10].tolist()} hold NaN, infinite or out-of-range "
+            "responses (beyond float32's ±3.4e38); fix or drop those rows."
+        )
+    fake = decoder.reconstruct(torch.from_numpy(as_float32), device)  # (N, C, H, W) in [0, 1]
+    if not torch.isfinite(fake).all():
+        raise DataError(
+            f"{responses_path}: the model's output is NaN for some rows (responses far outside the training "
+            "data's range?); nothing was written."
+        )
     images = (fake.permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
 
     def fill(staged: Path) -> None:

@@ -188,7 +188,7 @@ def identification(r: Tensor, image_ids: Tensor | None = None) -> Tensor:
 def retrieval(r: Tensor, image_ids: Tensor, k: int) -> Tensor:
     """(N,) 1 where reconstruction i's own image is among the k images whose targets it correlates most with
     (r (N, N) as for identification), among all distinct images of `image_ids` (each image once, however often it
-    was shown); else 0. Ties count against it, so a constant reconstruction retrieves nothing."""
+    was shown); else 0. Ties and NaN count against it, so a constant or NaN reconstruction retrieves nothing."""
     ids = image_ids.to(r.device)
     _other_images(ids)
     _, image = torch.unique(ids, return_inverse=True)  # (N,) index of each row's image among the distinct ones
@@ -197,7 +197,8 @@ def retrieval(r: Tensor, image_ids: Tensor, k: int) -> Tensor:
     first = first.scatter_reduce(0, image, rows, reduce="amin")  # one target row per distinct image
     candidates = r[:, first]  # (N, U)
     own = candidates[rows, image]  # (N,)
-    beaten_by = (candidates >= own[:, None]).sum(dim=1) - 1  # other images scoring at least as high
+    # Other images scoring at least as high; NaN (a NaN reconstruction) counts as beating it, never as losing.
+    beaten_by = (~(candidates < own[:, None])).sum(dim=1) - 1
     return (beaten_by < k).float()
 
 

@@ -84,12 +84,6 @@ def _check_data(data: str, info: DatasetInfo) -> None:
             f"{data} has no validation split ('val'), on which rfgan baseline chooses the ridge penalty; make the "
             "dataset with one (rfgan ingest --val-fraction)."
         )
-    flat = np.flatnonzero(np.asarray(info.response_std) <= 0)
-    if len(flat):
-        raise DataError(
-            f"{data}: electrode(s) {flat[:10].tolist()} respond the same to every training image (std 0), so they "
-            "cannot be standardised; drop those columns and ingest the dataset again."
-        )
 
 
 def _batches(data: str, split: str, info: DatasetInfo, device: torch.device, dtype: torch.dtype):
@@ -127,6 +121,13 @@ def fit_ridge(data: str, device: torch.device | str = "cpu", grid: tuple[float, 
     # W(λ) = Q diag(1 / (Λ + λ)) Q^T C for S = Q Λ Q^T: one decomposition serves every λ of the grid.
     evals, q = torch.linalg.eigh(s)
     evals = evals.clamp(min=0)  # round-off can leave the smallest eigenvalues slightly negative
+    if not evals.max() > 0:
+        # λ is a multiple of the mean eigenvalue: with none, every λ is 0 and the weights 0/0 (NaN).
+        raise DataError(
+            f"{data}: the training responses are constant (no electrode varies over the {n} training rows), so "
+            "no decoder can be fitted to them; check the recording and ingest it again (rfgan ingest refuses such "
+            "responses)."
+        )
     qc = q.T @ c  # (E, D)
     lambdas = evals.mean() * torch.tensor(grid, device=device, dtype=dtype)  # (L,)
 
@@ -143,6 +144,11 @@ def fit_ridge(data: str, device: torch.device | str = "cpu", grid: tuple[float, 
     best = int(val_mse.argmin())
     weight = q @ (qc / (evals + lambdas[best])[:, None])  # (E, D)
     bias = y_mean - x_mean @ weight  # (D,)
+    if not (torch.isfinite(weight).all() and torch.isfinite(bias).all() and torch.isfinite(val_mse[best])):
+        raise DataError(
+            f"{data}: the ridge fit came out NaN or infinite (responses too large for {dtype}?); nothing was "
+            "written: rescale the responses and ingest them again."
+        )
     mean = torch.tensor(info.response_mean)
     std = torch.tensor(info.response_std)
     decoder = RidgeDecoder(weight.cpu(), bias.cpu(), mean, std, (info.channels, *info.image_size))

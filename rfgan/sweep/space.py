@@ -11,13 +11,12 @@ adversarial weight, that lets the non-adversarial model compete in the same swee
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from rfgan import storage
+from rfgan import parse, storage
 from rfgan.config import Config, ConfigError, flatten
 
 SEP = "/"  # Ray Tune unflattens "/"-separated names into nested dicts: "loss/lambda_adv" → {"loss": {...}}
@@ -50,13 +49,7 @@ def load_space(path: str | os.PathLike | None) -> dict[str, Range]:
     """The default space, or the one in a JSON/YAML file, local or a URI (which replaces it whole)."""
     if path is None:
         return dict(DEFAULT_SPACE)
-    text = storage.read_text(path)
-    if str(path).endswith((".yaml", ".yml")):
-        import yaml
-
-        raw = yaml.safe_load(text)
-    else:
-        raw = json.loads(text)
+    raw = parse.loads(storage.read_bytes(path), str(path))
     if not isinstance(raw, Mapping) or not raw:
         raise ConfigError(f"{path}: a search space is a non-empty mapping of config keys to ranges")
     space = {}

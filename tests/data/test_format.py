@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import TINY, concat_chunks, make_synth
+from conftest import TINY, concat_chunks, make_synth, one_line_error
 from PIL import Image
 
 from rfgan.cli import main
@@ -338,3 +338,94 @@ def test_ray_reads_png_images_decoded(ray_session, tiny_dataset, png_dataset):
     got = {r["sample_id"]: r["image"] for r in rows}
     for sample_id, image in zip(want["sample_id"], want["image"]):
         np.testing.assert_array_equal(got[sample_id], image)
+
+
+def edit_metadata(path, **changes):
+    meta = json.loads((path / "metadata.json").read_text())
+    meta.update(changes)
+    (path / "metadata.json").write_text(json.dumps(meta))
+
+
+# metadata.json edits that keep every byte count (H·W·C, E) as it is, so that only the shards' own record of what
+# they hold (format.SHARD_FACTS) can tell the lie; the tiny dataset is 32x32x3 with 12 electrodes.
+SAME_BYTES_LIES = {
+    "32x32 as 16x64": (
+        {"image_height": 16, "image_width": 64},
+        r"metadata.json says images are 16x64x3 .* but .*part-00000.parquet holds 32x32x3 .* set image_height 32, "
+        r"image_width 32, channels 3",
+    ),
+    "RGB as gray 32x96": ({"channels": 1, "image_width": 96}, r"says images are 32x96x1 .* holds 32x32x3"),
+    "response_mean": ({"response_mean": [0.0] * 12}, r"response_mean of electrode 0 is 0, but the training shards"),
+    "response_std": ({"response_std": [1.0] * 12}, r"response_std of electrode 0 is 1, but the training shards"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SAME_BYTES_LIES))
+def test_metadata_that_lies_but_keeps_the_byte_count_is_refused(copy, tmp_path, case, capsys):
+    changes, message = SAME_BYTES_LIES[case]
+    edit_metadata(copy, **changes)
+    with pytest.raises(DataError, match=message):
+        read_split(copy, "train")
+    # rfgan check and rfgan baseline refuse it before Ray or a fit starts, with one line.
+    for command in (["check", "--data", str(copy)], ["baseline", "--data", str(copy), "--out", str(tmp_path / "r")]):
+        assert main([*command, "--no-feature-metrics"] if command[0] == "baseline" else command) == 2
+        assert "metadata.json" in one_line_error(capsys, command[0])
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_png_of_another_size_is_refused_where_the_shards_recorded_nothing(png_dataset, tmp_path):
+    # A dataset whose footers hold no record (an rfgan before SHARD_FACTS): the PNG's own header tells the lie.
+    copy = tmp_path / "copy"
+    shutil.copytree(png_dataset, copy)
+    for split in ("train", "val"):
+        for shard in split_files(copy, split):
+            pq.write_table(pq.read_table(shard).replace_schema_metadata(None), shard)
+    edit_metadata(copy, image_height=16, image_width=64)
+    with pytest.raises(DataError, match=r"its image is not a 64x16 PNG of 3 channel\(s\) \(ValueError: it is 32x32\)"):
+        read_split(copy, "val")
+
+
+BAD_METADATA_VALUES = {
+    "fov_deg 0": ({"fov_deg": 0}, r"fov_deg is 0; it is the visual angle the image width spans"),
+    "fov_deg -10": ({"fov_deg": -10}, r"fov_deg is -10; it is the visual angle"),
+    "fov_deg text": ({"fov_deg": "wide"}, r"fov_deg is 'wide', not a finite number"),
+    "non-numeric height": ({"image_height": "32"}, r"image_height is '32', not a whole number >= 1"),
+    "splits as a list": ({"splits": [40, 12]}, r"'splits' is a list, not a mapping of split to rows"),
+    "response_std all 0": ({"response_std": [0.0] * 12}, r"response_std is 0 for electrode\(s\) \[0, 1, 2"),
+    "response_mean null": ({"response_mean": None}, r"response_mean is NoneType, not a list of numbers"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_METADATA_VALUES))
+def test_metadata_values_of_the_wrong_type_or_range_are_one_line(copy, case, capsys):
+    changes, message = BAD_METADATA_VALUES[case]
+    edit_metadata(copy, **changes)
+    with pytest.raises(DataError, match=message):
+        read_info(copy)
+    assert main(["check", "--data", str(copy)]) == 2
+    assert "metadata.json" in one_line_error(capsys, "check")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[1, 2]", r"metadata.json: holds a JSON list, not an object"),
+        ('{"format": "rfgan-dataset", "format": "x"}', r"the key 'format' is given twice"),
+        ('{"fov_deg": NaN}', r"cannot parse it as JSON \(NaN is not a JSON number\)"),
+        ("\ufeff{}".encode("utf-16"), r"cannot read it as UTF-8 text \(it looks like UTF-16\)"),
+    ],
+    ids=["top-level list", "duplicate key", "bare NaN", "UTF-16"],
+)
+def test_metadata_json_that_is_not_one_object_of_unique_keys_is_one_line(copy, text, message):
+    (copy / "metadata.json").write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(DataError, match=message):
+        read_info(copy)
+
+
+def test_an_edited_field_of_view_is_refused(copy, capsys):
+    edit_metadata(copy, fov_deg=5.0)  # the tiny dataset spans 10°: every RF map would be drawn at twice its size
+    with pytest.raises(
+        DataError,
+        match=r"says fov_deg 5 but .*part-00000.parquet was written for images spanning 10°: .* set fov_deg 10.0",
+    ):
+        read_split(copy, "val")

@@ -1,5 +1,7 @@
 import dataclasses
+import io
 import os
+import re
 
 import numpy as np
 import pytest
@@ -192,6 +194,20 @@ BAD_INPUTS = {
         r"expected \(N, H, W\)",
     ),
     "fov": (lambda s, d: dataclasses.replace(s, fov_deg=0.0), "--fov-deg must be > 0"),
+    "complex responses": (
+        lambda s, d: (
+            np.save(d / "c.npy", np.ones((30, E), np.complex64) * (1 + 2j)),
+            dataclasses.replace(s, responses=str(d / "c.npy")),
+        )[1],
+        r"c.npy: responses are complex \(complex64\); give real values",
+    ),
+    "constant responses": (
+        lambda s, d: (
+            np.save(d / "k.npy", np.full((30, E), 0.5, np.float32)),
+            dataclasses.replace(s, responses=str(d / "k.npy")),
+        )[1],
+        r"k.npy: every electrode gives the same response to every row \(constant responses, e.g. all 0.5\)",
+    ),
     "too few images": (lambda s, d: dataclasses.replace(s, val_fraction=0.95), "too few"),
 }
 
@@ -341,3 +357,85 @@ def test_crop_flags_of_rfgan_ingest(lab, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([*flags, "--out", str(tmp_path / "c"), "--crop", "25"])
     assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+def image_folder(tmp_path, images: dict[str, Image.Image], n_rows: int = 30) -> tuple[str, str]:
+    """A folder of real image files and an index CSV showing them in turn, one per response row."""
+    folder = tmp_path / "stimuli"
+    folder.mkdir(exist_ok=True)
+    for name, im in images.items():
+        im.save(folder / name)
+    names = list(images)
+    (tmp_path / "index.csv").write_text("filename\n" + "".join(f"{names[k % len(names)]}\n" for k in range(n_rows)))
+    return str(folder), str(tmp_path / "index.csv")
+
+
+def test_16_bit_pngs_are_scaled_to_8_bit_not_clipped(lab, tmp_path):
+    # A 16-bit grayscale PNG of the full range: PIL's convert("L") would store 255 for 255/256 of its pixels.
+    ramp = np.linspace(0, 65535, SIZE * SIZE).round().astype(np.uint16).reshape(SIZE, SIZE)
+    images = {f"g{k}.png": Image.fromarray(np.roll(ramp, k, axis=1)) for k in range(N_IMAGES)}
+    assert Image.open(io.BytesIO(_png(images["g0.png"]))).mode == "I;16"
+    folder, index = image_folder(tmp_path, images)
+    ingest(dataclasses.replace(lab, images=folder, image_index=index))
+    rows = read_split(lab.out, "train")
+    first = rows["image"][rows["sample_id"] == rows["sample_id"].min()][0, ..., 0]
+    want = np.roll(ramp, int(rows["sample_id"].min()) % N_IMAGES, axis=1) / 257
+    np.testing.assert_allclose(first, want, atol=0.5)
+    assert (rows["image"] == 255).mean() < 0.01
+
+
+def _png(im: Image.Image) -> bytes:
+    out = io.BytesIO()
+    im.save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_exif_orientation_is_applied(lab, tmp_path):
+    # A camera's JPEG stored sideways with orientation 6 (turn 90° clockwise to view): wide on disk, tall as seen.
+    rng = np.random.default_rng(4)
+    seen = rng.integers(0, 256, (SIZE, SIZE // 2), dtype=np.uint8).repeat(2, 0).repeat(2, 1)  # (32, 16), tall
+    stored = Image.fromarray(np.rot90(seen)).convert("RGB")  # (16, 32), as the camera wrote it
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    (tmp_path / "stimuli").mkdir()
+    stored.save(tmp_path / "stimuli" / "photo.jpg", exif=exif, quality=100)
+    (tmp_path / "index.csv").write_text("filename\n" + "photo.jpg\n" * 30)
+    folder, index = str(tmp_path / "stimuli"), str(tmp_path / "index.csv")
+    np.save(tmp_path / "ids.npy", np.arange(30) % N_IMAGES)
+    info, _ = ingest(dataclasses.replace(lab, images=folder, image_index=index, image_ids=str(tmp_path / "ids.npy")))
+    assert info.image_size == (2 * SIZE, SIZE)  # (H, W) as the photo is seen
+    luma = read_split(lab.out, "train")["image"][0].mean(-1)
+    assert np.abs(luma - seen).mean() < 3  # JPEG's loss only; sideways it would not even have this shape
+
+
+@pytest.mark.parametrize("name", ["../secret/photo.png", "ABSOLUTE"])
+def test_an_image_index_path_out_of_the_image_folder_is_refused(lab, tmp_path, name):
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    Image.fromarray(np.zeros((SIZE, SIZE), np.uint8)).save(secret / "photo.png")
+    name = str(secret / "photo.png") if name == "ABSOLUTE" else name
+    folder, index = image_folder(tmp_path, {"a.png": Image.fromarray(np.ones((SIZE, SIZE), np.uint8))})
+    (tmp_path / "index.csv").write_text("filename\n" + "a.png\n" * 29 + f"{name}\n")
+    with pytest.raises(
+        DataError, match=rf"index.csv: row 31 names '{re.escape(name)}', which is not inside the image "
+    ):
+        ingest(dataclasses.replace(lab, images=folder, image_index=index))
+    assert not os.path.exists(lab.out)
+
+
+def test_a_dead_electrode_is_kept_named_and_said(lab, tmp_path, capsys):
+    r = np.load(lab.responses)
+    r[:, 2] = 0.25
+    np.save(lab.responses, r)
+    assert main(ingest_argv(lab, lab.out)) == 0
+    info = read_info(lab.out)
+    assert info.source["constant_electrodes"] == [12] and info.response_std[2] == 1.0
+    assert "note: electrode(s) [12] (1 of 6) give the same response to every row" in capsys.readouterr().err
+
+
+def test_shard_rows_0_is_one_line(lab, tmp_path, capsys):
+    argv = ingest_argv(lab, lab.out)
+    argv[argv.index("--shard-rows") + 1] = "0"
+    assert main(argv) == 2
+    assert "--shard-rows must be >= 1" in one_line_error(capsys, "ingest")
+    assert not os.path.exists(lab.out)

@@ -339,3 +339,11 @@ def test_eval_mode_restores_mixed_flags_even_on_error():
         assert not any(m.training for m in model.modules())
         raise RuntimeError("boom")
     assert model.training and model[0].training and not bn.training
+
+
+def test_nan_reconstructions_retrieve_and_identify_nothing():
+    # A NaN model (a ridge fit on constant responses, once) scored top-1 retrieval 1.000: NaN never compares >=.
+    r = torch.full((4, 4), float("nan"))
+    ids = torch.arange(4)
+    assert retrieval(r, ids, k=1).tolist() == [0.0] * 4
+    assert identification(r, ids).tolist() == [0.0] * 4

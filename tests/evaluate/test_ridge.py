@@ -4,15 +4,21 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import make_gan_run, one_line_error
 
+from rfgan import parse
 from rfgan.cli import main
-from rfgan.data.format import read_info, read_split, to_tensors
+from rfgan.data.format import read_info, read_rfs, read_split, split_files, to_tensors
 from rfgan.evaluate import ridge
+from rfgan.evaluate.inference import Decoder, write_evaluation
 from rfgan.evaluate.ridge import fit_ridge
 from rfgan.evaluate.table import METRICS
 
@@ -166,3 +172,71 @@ def test_a_dataset_without_validation_split_is_refused_before_writing(tiny_datas
     assert main(["baseline", "--data", str(data), "--out", str(run), "--no-feature-metrics"]) == 2
     assert "no validation split" in one_line_error(capsys, "baseline")
     assert not run.exists()
+
+
+def test_baseline_on_constant_responses_is_refused_and_writes_nothing(tiny_dataset, tmp_path, capsys):
+    # A dataset of an rfgan from before ingest and the writer refused constant responses (its shards record nothing,
+    # format.SHARD_FACTS): every electrode 0.5 in every training row. The fit was NaN, and eval printed PSNR nan,
+    # top-1 retrieval 1.000 and bare NaN in its JSON.
+    data = tmp_path / "constant"
+    shutil.copytree(tiny_dataset, data)
+    for split in ("train", "val"):
+        for shard in split_files(data, split):
+            t = pq.read_table(shard)
+            flat = pa.array(np.full(len(t) * 12, 0.5, np.float32))
+            column = pa.FixedSizeListArray.from_arrays(flat, 12)
+            t = t.set_column(t.schema.get_field_index("responses"), "responses", column)
+            pq.write_table(t.replace_schema_metadata(None), shard)
+    meta = json.loads((data / "metadata.json").read_text())
+    meta.update(response_mean=[0.5] * 12, response_std=[1.0] * 12)
+    (data / "metadata.json").write_text(json.dumps(meta))
+    run = tmp_path / "run"
+    assert main(["baseline", "--data", str(data), "--out", str(run), "--no-feature-metrics"]) == 2
+    assert "the training responses are constant (no electrode varies" in one_line_error(capsys, "baseline")
+    assert not run.exists()
+
+
+def test_an_evaluation_of_nan_images_writes_null_not_nan_and_retrieves_nothing(tiny_dataset, tmp_path):
+    info, rfs = read_info(tiny_dataset), read_rfs(tiny_dataset)
+
+    def nan_model(responses):
+        return torch.full((len(responses), 3, 32, 32), float("nan"))
+
+    decoder = Decoder("ridge", nan_model, info, rfs, {}, "checkpoint", epoch=0)
+    result = write_evaluation(str(tmp_path), decoder, str(tiny_dataset), "val", nets=None)
+    text = (tmp_path / "eval_val.json").read_text()
+    written = parse.loads_json(text, "eval_val.json")  # strict: a bare NaN would fail here
+    assert written["metrics"]["psnr"]["mean"] is None and "NaN" not in text
+    assert result["metrics"]["retrieval_top1"]["mean"] == 0.0
+
+
+@pytest.fixture(scope="module")
+def ridge_run(tiny_dataset, tmp_path_factory):
+    run = tmp_path_factory.mktemp("ridge") / "run"
+    assert main(["baseline", "--data", str(tiny_dataset), "--out", str(run), "--no-feature-metrics"]) == 0
+    return run
+
+
+BAD_RESPONSES = {
+    "no rows": (np.zeros((0, 12), np.float32), r"responses are \(0, 12\); this model needs \(N, 12\) with N >= 1"),
+    "beyond float32": (np.full((2, 12), 1e300), r"rows \[0, 1\] hold NaN, infinite or out-of-range responses"),
+    "complex": (np.ones((2, 12), np.complex128), r"responses are complex128; give real numbers"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_RESPONSES))
+def test_reconstruct_refuses_responses_it_cannot_decode_and_writes_nothing(ridge_run, tmp_path, capsys, case):
+    responses, message = BAD_RESPONSES[case]
+    np.save(tmp_path / "r.npy", responses)
+    argv = [
+        "reconstruct",
+        "--run",
+        str(ridge_run),
+        "--responses",
+        str(tmp_path / "r.npy"),
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert main(argv) == 2
+    assert re.search(message, one_line_error(capsys, "reconstruct"))
+    assert not (tmp_path / "o").exists()
