@@ -337,7 +337,7 @@ def differences(before: DatasetInfo, after: DatasetInfo) -> str:
     new = [(split, s.file, s.sha256) for split, files in (after.shards or {}).items() for s in files]
     changed = [shard[1] for shard in new if shard not in old]
     if changed:
-        said.append(f"{len(changed)} of its {len(new)} shards hold other content (first: {changed[0]})")
+        said.append(f"{len(changed)} of its {len(new)} shards differ in content (first: {changed[0]})")
     return "; ".join(said) or "its metadata.json differs"
 
 
