@@ -1,5 +1,6 @@
 """Checkpoints: one directory with G, D, both optimizers, step/epoch, the config, the RF table and the
-dataset facts a checkpoint is only valid for (electrode count, image size, response statistics).
+dataset facts a checkpoint is only valid for (electrode count, image size, response statistics, and the content
+hashes whose digest is the dataset's fingerprint).
 
 Loading uses `torch.load(weights_only=True)`: a checkpoint cannot run code. The frozen VGG net is never saved.
 """
@@ -22,7 +23,7 @@ from torch import nn
 
 from rfgan import __version__, parse, storage
 from rfgan.config import Config
-from rfgan.data.format import DatasetInfo
+from rfgan.data.format import DatasetInfo, differences
 from rfgan.data.rf import RFTable
 from rfgan.errors import DataError
 from rfgan.gan.build import GAN, Optimizers
@@ -35,9 +36,10 @@ NETS_FILE, CONFIG_FILE, STATE_FILE, RFS_FILE, DATASET_FILE = (
     "dataset.json",
 )
 CONTENT_FILES = (NETS_FILE, CONFIG_FILE, RFS_FILE, DATASET_FILE)  # all but state.json, which lists their sizes
-# Version 1 (rfgan before its first release) could hold configs and datasets this rfgan no longer reads; it is
-# refused with the rfgan version that wrote it.
-CHECKPOINT_VERSION = 2
+# Version 1 (rfgan before its first release) could hold configs and datasets this rfgan no longer reads; version 2
+# holds dataset facts without content hashes, so the data it was trained on cannot be told from other data. Both are
+# refused with the rfgan version that wrote them.
+CHECKPOINT_VERSION = 3
 # Checkpoints are ranked by validation SSIM: a reconstruction metric, comparable across runs and configs (the
 # adversarial losses are not).
 SCORE = "val_ssim"
@@ -54,17 +56,45 @@ def unwrap(module: nn.Module | None) -> nn.Module | None:
     return getattr(module, "module", module)
 
 
+# What each use of a checkpoint offers when its data differs: (for other RFs, for other data of the same RFs).
+ADVICE = {
+    "eval": (
+        "Use the training recording, or pass --allow-other-rfs to evaluate anyway",
+        "pass --allow-other-data if evaluating on it is intended",
+    ),
+    "resume": (
+        "Resume on the recording the run was trained on, or train a new run on this one (another --out)",
+        "resume on the data the run was trained on, pass --allow-other-data if continuing on this data is intended "
+        "(its checkpoints' validation scores then come from two datasets), or train a new run (another --out)",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Accept:
+    """What a use of a checkpoint accepts besides the data it was trained on, and so what its refusals advise."""
+
+    use: str = "eval"  # "eval" or "resume" (ADVICE)
+    other_rfs: bool = False  # another recording of the same shape (eval's --allow-other-rfs)
+    other_data: bool = False  # another dataset of the same RFs: re-made, other rows (--allow-other-data)
+
+
+ITS_OWN_DATA = Accept()  # eval's default: nothing but the data the checkpoint was trained on
+
+
 def check_data_matches(
     trained_info: DatasetInfo,
     trained_rfs: RFTable,
     info: DatasetInfo,
     rfs: RFTable,
     where: str = "this dataset",
-    allow_other_rfs: bool = False,
-) -> bool:
+    accept: Accept = ITS_OWN_DATA,
+) -> str | None:
     """Refuse data a checkpoint (trained on `trained_info`, `trained_rfs`) was not trained for: electrode count, image
-    size, channels, and the RF table (a recording of the same shape with other RFs would be decoded through the wrong
-    maps). With `allow_other_rfs` a different RF table is accepted; returns whether the RF tables are the same."""
+    size, channels; the RF table (a recording of the same shape with other RFs would be decoded through the wrong
+    maps) unless `accept.other_rfs`; and any other dataset (another fingerprint: re-made with other rows, other
+    statistics) unless `accept.other_data` or `accept.other_rfs`. The refusal says what changed and what the use
+    offers. Returns a warning when data that differs was accepted, else None."""
     mine = (trained_info.n_electrodes, trained_info.image_size, trained_info.channels)
     theirs = (info.n_electrodes, info.image_size, info.channels)
     if mine != theirs:
@@ -73,14 +103,25 @@ def check_data_matches(
             f"images, but {where} has {theirs[0]} electrodes and {theirs[1][0]}x{theirs[1][1]}x{theirs[2]} "
             "images; use a checkpoint trained on data of this shape, or train a new one."
         )
-    same = trained_rfs.equals(rfs)
-    if not same and not allow_other_rfs:
+    other_rfs, other_data = ADVICE[accept.use]
+    if not trained_rfs.equals(rfs):
+        if not accept.other_rfs:
+            raise DataError(
+                f"{where} has other receptive fields than the data the checkpoint was trained on (its rfs.csv "
+                "differs from the checkpoint's): it is another recording, which this model would decode through "
+                f"the wrong RF maps. {other_rfs}."
+            )
+        return "evaluated on a dataset whose RF table differs from the training data's (--allow-other-rfs)"
+    before, after = trained_info.fingerprint, info.fingerprint
+    if before == after:
+        return None
+    changed = differences(trained_info, info)
+    if not (accept.other_data or accept.other_rfs):
         raise DataError(
-            f"{where} has other receptive fields than the data the checkpoint was trained on (its rfs.csv "
-            "differs from the checkpoint's): it is another recording, which this model would decode through "
-            "the wrong RF maps. Use the training recording, or pass --allow-other-rfs to evaluate anyway."
+            f"{where} is not the dataset the checkpoint was trained on (fingerprint {after[:12]}, trained on "
+            f"{before[:12]}): {changed}; {other_data}."
         )
-    return same
+    return f"the data differs from the training data (fingerprint {after[:12]}, trained on {before[:12]}): {changed}"
 
 
 @dataclass
@@ -94,10 +135,10 @@ class Checkpoint:
     metrics: dict[str, float]
 
     def check_matches(
-        self, info: DatasetInfo, rfs: RFTable, where: str = "this dataset", allow_other_rfs: bool = False
-    ) -> bool:
+        self, info: DatasetInfo, rfs: RFTable, where: str = "this dataset", accept: Accept = ITS_OWN_DATA
+    ) -> str | None:
         """check_data_matches for this checkpoint's data."""
-        return check_data_matches(self.info, self.rfs, info, rfs, where, allow_other_rfs)
+        return check_data_matches(self.info, self.rfs, info, rfs, where, accept)
 
     def restore(self, gan: GAN, opts: Optimizers | None = None) -> None:
         """Load the saved states into the GAN's (possibly DDP-wrapped) nets and, if given, the optimizers."""
@@ -334,6 +375,22 @@ def find_checkpoint(run: str | os.PathLike, which: str = "best") -> str:
     else:
         name = max(states, key=lambda c: (states[c]["metrics"].get(SCORE, float("-inf")), states[c]["epoch"]))
     return storage.join(run, name)
+
+
+def trained_data(run: str | os.PathLike) -> tuple[str, DatasetInfo, RFTable] | None:
+    """(checkpoint, its dataset facts, its RF table) of the run's newest complete checkpoint, the one a resume
+    continues from, read from its small files alone (local or a URI); None when the run has none."""
+    intact, _ = intact_checkpoints(run)
+    if not intact:
+        return None
+    directory = storage.join(run, max(intact, key=lambda name: intact[name]["epoch"]))
+    dataset_file, rfs_file = storage.join(directory, DATASET_FILE), storage.join(directory, RFS_FILE)
+    try:
+        info = DatasetInfo.from_json(json.loads(storage.read_bytes(dataset_file)), dataset_file)
+        text = storage.read_text(rfs_file)
+    except (OSError, ValueError) as e:  # JSONDecodeError, UnicodeDecodeError, DataError
+        raise DataError(f"{directory}: cannot read its dataset facts ({e}); the checkpoint is damaged.") from e
+    return directory, info, RFTable.from_csv_text(text, rfs_file)
 
 
 def existing_checkpoints(run: str | os.PathLike) -> list[str]:

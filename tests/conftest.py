@@ -280,3 +280,22 @@ def problem(tiny_dataset):
     batch = read_split(tiny_dataset, "train")
     responses, images = to_tensors({k: batch[k][:16] for k in ("responses", "image")})
     return info, rfs, responses, images
+
+
+def record_shards(path) -> None:
+    """metadata.json made to list every shard of the dataset at `path` as it now is (rows, bytes, SHA-256): a dataset
+    whose writer wrote those shards, for tests of what readers do past the content hashes."""
+    import hashlib
+    import json
+
+    import pyarrow.parquet as pq
+
+    meta = json.loads((path / "metadata.json").read_text())
+    for entries in meta["shards"].values():
+        for entry in entries:
+            shard = path / entry["file"]
+            data = shard.read_bytes()
+            entry.update(
+                rows=pq.read_metadata(shard).num_rows, bytes=len(data), sha256=hashlib.sha256(data).hexdigest()
+            )
+    (path / "metadata.json").write_text(json.dumps(meta))

@@ -4,10 +4,14 @@ import shutil
 
 import pytest
 import torch
-from conftest import trained
+from conftest import TINY, make_gan_run, make_synth, one_line_error, trained, tree
 
-from rfgan.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from rfgan.checkpoint import Accept, find_checkpoint, load_checkpoint, save_checkpoint
+from rfgan.cli import main
+from rfgan.data.format import read_info, read_rfs
 from rfgan.errors import DataError
+from rfgan.evaluate.inference import evaluate_run
+from rfgan.run.launch import check_resumed_data
 from rfgan.run.train import RAY_SNAPSHOT, resume_point
 
 
@@ -149,11 +153,11 @@ def test_checkpoint_of_another_recording_of_the_same_shape_is_refused(tiny_datas
     cfg, info, rfs, gan, opts, _ = trained(tiny_dataset, steps=0)
     save_checkpoint(tmp_path / "c", config=cfg, info=info, rfs=rfs, gan=gan, opts=opts, epoch=0, step=0)
     ckpt = load_checkpoint(tmp_path / "c")
-    assert ckpt.check_matches(info, rfs) is True
+    assert ckpt.check_matches(info, rfs) is None
     moved = dataclasses.replace(rfs, x_deg=rfs.x_deg + 0.5)  # same electrodes, RFs elsewhere
     with pytest.raises(DataError, match="other receptive fields.*--allow-other-rfs"):
         ckpt.check_matches(info, moved)
-    assert ckpt.check_matches(info, moved, allow_other_rfs=True) is False
+    assert "RF table differs" in ckpt.check_matches(info, moved, accept=Accept(other_rfs=True))
 
 
 @pytest.mark.parametrize(
@@ -172,3 +176,56 @@ def test_a_state_json_of_the_wrong_types_is_named_and_skipped(run_with_two_check
         load_checkpoint(run / "checkpoint_a")
     assert find_checkpoint(run, "best").endswith("checkpoint_b")
     assert "skipping a damaged checkpoint" in capsys.readouterr().err
+
+
+def trained_then_remade(tmp_path, spec):
+    """A run of a GAN trained (without Ray) on DATA, then DATA re-made in place by `rfgan synth` with `spec`."""
+    data = tmp_path / "data"
+    make_synth(data)
+    run = make_gan_run(tmp_path / "run", data)
+    make_synth(data, spec, overwrite=True)
+    return run, data
+
+
+def resume_args(run, data, *flags):
+    return ["train", "--data", str(data), "--preset", "tiny", "--batch-size", "8", "--out", str(run), "--resume"] + [
+        *flags
+    ]
+
+
+def test_resume_on_a_dataset_remade_in_place_is_refused_before_ray_starts(tmp_path, capsys):
+    run, data = trained_then_remade(tmp_path, dataclasses.replace(TINY, n_train=32))
+    before = tree(run)
+    # Starting Ray would fail this test (conftest's lane guard): the refusal comes first.
+    assert main(resume_args(run, data)) == 2
+    err = one_line_error(capsys, "train")
+    assert f"{data} is not the dataset the checkpoint was trained on (fingerprint " in err
+    assert "rows per split {'train': 32, 'val': 12}, not {'train': 40, 'val': 12}" in err
+    assert "other response statistics" in err
+    assert "pass --allow-other-data if continuing on this data is intended" in err
+    assert tree(run) == before
+    # --allow-other-data: said, and the run goes on (to Ray, which this lane leaves to the check alone).
+    check_resumed_data(str(run), str(data), (read_info(data), read_rfs(data)), allow_other_data=True)
+    assert "note: --allow-other-data: " in capsys.readouterr().err
+
+
+def test_resume_on_other_rfs_advises_what_train_offers(tmp_path, capsys):
+    run, data = trained_then_remade(tmp_path, dataclasses.replace(TINY, seed=TINY.seed + 1))
+    for flags in ((), ("--allow-other-data",)):
+        assert main(resume_args(run, data, *flags)) == 2
+        err = one_line_error(capsys, "train")
+        assert "other receptive fields" in err and "train a new run on this one (another --out)" in err
+        assert "--allow-other-rfs" not in err  # eval's flag: train has none
+
+
+def test_eval_on_a_dataset_remade_in_place_is_refused_unless_allowed(tmp_path, capsys):
+    run, data = trained_then_remade(tmp_path, dataclasses.replace(TINY, n_train=32))
+    assert main(["eval", "--run", str(run), "--data", str(data), "--no-feature-metrics"]) == 2
+    err = one_line_error(capsys, "eval")
+    assert "is not the dataset the checkpoint was trained on" in err and "rows per split" in err
+    assert "pass --allow-other-data if evaluating on it is intended" in err
+    assert not (run / "eval_val.json").exists()
+    result = evaluate_run(str(run), str(data), feature_metrics=False, allow_other_data=True)
+    assert result["warning"].startswith("the data differs from the training data (fingerprint ")
+    assert result["data_fingerprint"] == read_info(data).fingerprint
+    assert json.loads((run / "eval_val.json").read_text())["warning"] == result["warning"]

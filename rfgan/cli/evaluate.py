@@ -44,6 +44,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         help="evaluate on a dataset whose RF table differs from the training data's (refused otherwise; "
         "the JSON then carries a warning)",
     )
+    p.add_argument(
+        "--allow-other-data",
+        action="store_true",
+        help="evaluate on a dataset other than the training data (another fingerprint: re-made, other rows or "
+        "statistics; the same RFs), refused otherwise; the JSON then carries a warning saying what differs",
+    )
     p.set_defaults(func=cmd_eval)
 
 
@@ -70,6 +76,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         args.checkpoint,
         args.device,
         allow_other_rfs=args.allow_other_rfs,
+        allow_other_data=args.allow_other_data,
         feature_metrics=not args.no_feature_metrics,
     )
     _print_evaluation(result, args.json)

@@ -52,6 +52,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="continue the run in --out from its last checkpoint (epoch, optimizers, RNG)",
     )
+    p.add_argument(
+        "--allow-other-data",
+        action="store_true",
+        help="with --resume: continue on a dataset other than the run's (re-made, other rows or statistics; the same "
+        "RFs), which is refused otherwise",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and parameter counts, exit")
     p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     p.add_argument("--dashboard", action="store_true", help=DASHBOARD_HELP)
@@ -125,6 +131,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         out,
         (info, rfs),
         resume=args.resume,
+        allow_other_data=args.allow_other_data,
         address=args.address,
         verbose=args.verbose,
         dashboard=args.dashboard,

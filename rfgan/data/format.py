@@ -4,8 +4,9 @@ Writing one is rfgan.data.write.
 A dataset is a directory::
 
     metadata.json          format, schema_version, image size/channels, field of view, electrode count, splits,
-                           per-electrode response mean/std of the training split, provenance, and each split's
-                           shards with their row counts (readers refuse a missing, extra or short shard)
+                           per-electrode response mean/std of the training split, provenance, each split's
+                           shards with their rows, bytes and SHA-256 (readers refuse a missing, extra, short or
+                           altered shard), and the SHA-256 of rfs.csv
     rfs.csv                one row per electrode, in response-column order: electrode_id,x_deg,y_deg,sigma_deg[,area]
     train/part-00000.parquet ...   one row per stimulus presentation
     val/part-00000.parquet ...
@@ -16,15 +17,17 @@ repeat int32, responses fixed_size_list<float32>[E], and image: by metadata.json
 "raw", fixed_size_list<uint8>[H*W*C] (row-major H, W, C), or "png", binary, one PNG per row (lossless, about half
 the bytes of raw pixels on natural-like scenes).
 Only compact responses are stored; the E×H×W generator input is built on the device (rfgan.gan.rf_input.RFProjection).
+Shards are written with Parquet page checksums (CRC32 per page), which any Parquet reader can verify.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -43,12 +46,27 @@ if TYPE_CHECKING:
 
 FORMAT = "rfgan-dataset"
 # The one version this rfgan writes and reads. Version 1 (an rfgan of 2026-11, before the first release) had no
-# image_encoding and no shard list; such a dataset is refused with a message saying to re-create it.
-SCHEMA_VERSION = 2
+# image_encoding and no shard list; version 2 no content hashes (shard and rfs.csv SHA-256, page checksums). Such a
+# dataset is refused with a message saying to re-create it: its content cannot be verified.
+SCHEMA_VERSION = 3
+WRITTEN_BY = {
+    1: "an rfgan from before its first release",
+    2: "an rfgan that recorded no content hashes (rfgan 0.1.0 before 2026-12)",
+}
 IMAGE_ENCODINGS = ("raw", "png")
 SPLITS = ("train", "val", "test")
 METADATA_FILE = "metadata.json"
 RFS_FILE = "rfs.csv"
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One Parquet file of a split as written: its name relative to the dataset, rows, bytes and SHA-256."""
+
+    file: str
+    rows: int
+    bytes: int
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -64,8 +82,17 @@ class DatasetInfo:
     response_std: tuple[float, ...]  # (E,)
     source: dict[str, Any] = field(default_factory=dict)
     image_encoding: str = "raw"  # "raw" pixels or "png", see the module's docstring
-    # Per split, its Parquet files (relative to the dataset) and their rows, as written; None only before writing.
-    shards: dict[str, tuple[tuple[str, int], ...]] | None = None
+    # Per split, its Parquet files as written; None only before writing.
+    shards: dict[str, tuple[Shard, ...]] | None = None
+    rfs_sha256: str | None = None  # of rfs.csv's bytes; None only before writing
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of everything that makes this dataset what it is: every shard's and rfs.csv's hash and the facts
+        metadata.json states about them. `source` is left out: the same data made again from files that moved is
+        the same dataset."""
+        facts = {k: v for k, v in self.to_json().items() if k != "source"}
+        return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
 
     @property
     def image_numel(self) -> int:
@@ -88,12 +115,9 @@ class DatasetInfo:
             **(
                 {}
                 if self.shards is None
-                else {
-                    "shards": {
-                        split: [{"file": f, "rows": n} for f, n in files] for split, files in self.shards.items()
-                    }
-                }
+                else {"shards": {split: [asdict(f) for f in files] for split, files in self.shards.items()}}
             ),
+            **({} if self.rfs_sha256 is None else {"rfs_sha256": self.rfs_sha256}),
         }
 
     @classmethod
@@ -106,7 +130,7 @@ class DatasetInfo:
             raise DataError(f"{where}: 'format' is {meta.get('format')!r}, expected {FORMAT!r}.")
         version = meta.get("schema_version")
         if version != SCHEMA_VERSION:
-            written_by = "an rfgan from before its first release" if version == 1 else "another rfgan version"
+            written_by = WRITTEN_BY.get(version, "another rfgan version")
             raise DataError(
                 f"{where}: schema_version {version!r} was written by {written_by}; this rfgan reads version "
                 f"{SCHEMA_VERSION} only: re-create the dataset with this rfgan (rfgan synth/ingest)."
@@ -124,6 +148,7 @@ class DatasetInfo:
             "response_mean",
             "response_std",
             "shards",
+            "rfs_sha256",
         )
         missing = [k for k in required if k not in meta]
         if missing:
@@ -144,6 +169,7 @@ class DatasetInfo:
             source=meta.get("source", {}),
             image_encoding=encoding,
             shards=_parse_shards(meta["shards"], where),
+            rfs_sha256=str(meta["rfs_sha256"]),
         )
         if info.channels not in (1, 3):
             raise DataError(f"{where}: channels is {info.channels}; rfgan reads grayscale (1) or RGB (3) images.")
@@ -162,7 +188,7 @@ class DatasetInfo:
                 f"{where}: response_std is {info.response_std[flat[0]]:g} for electrode(s) {flat[:10]} (of "
                 f"{info.n_electrodes}); standardising divides by it, so it must be > 0: {_REMAKE}."
             )
-        listed = {split: sum(n for _, n in files) for split, files in info.shards.items()}
+        listed = {split: sum(f.rows for f in files) for split, files in info.shards.items()}
         if listed != info.splits:
             raise DataError(
                 f"{where}: 'shards' lists {listed} rows per split but 'splits' says {info.splits}; "
@@ -197,12 +223,15 @@ def _numbers(meta: dict, key: str, where: str) -> tuple[float, ...]:
     return tuple(_number(v, f"{key}[{i}]", where) for i, v in enumerate(values))
 
 
-def _parse_shards(value: Any, where: str) -> dict[str, tuple[tuple[str, int], ...]]:
+def _parse_shards(value: Any, where: str) -> dict[str, tuple[Shard, ...]]:
     try:
-        return {str(split): tuple((str(f["file"]), int(f["rows"])) for f in files) for split, files in value.items()}
+        return {
+            str(split): tuple(Shard(str(f["file"]), int(f["rows"]), int(f["bytes"]), str(f["sha256"])) for f in files)
+            for split, files in value.items()
+        }
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         raise DataError(
-            f"{where}: 'shards' is not a mapping of split to a list of {{'file': ..., 'rows': ...}} "
+            f"{where}: 'shards' is not a mapping of split to a list of {{'file', 'rows', 'bytes', 'sha256'}} "
             f"({type(e).__name__}: {e}); re-create the dataset (rfgan synth/ingest)."
         ) from e
 
@@ -242,9 +271,18 @@ def read_rfs(path: str | os.PathLike, info: DatasetInfo | None = None) -> RFTabl
     info = info or read_info(path)
     rfs_path = storage.join(path, RFS_FILE)
     try:
-        text = storage.read_text(rfs_path)
+        data = storage.read_bytes(rfs_path)
+        text = data.decode()
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{rfs_path}: cannot read the RF table ({e}).") from e
+    # Rows re-sorted or edited give every response column another electrode's RF, and still parse: only the hash
+    # recorded when the dataset was written tells.
+    if hashlib.sha256(data).hexdigest() != info.rfs_sha256:
+        raise DataError(
+            f"{rfs_path} is not the RF table this dataset was written with (its SHA-256 differs from {METADATA_FILE}'s "
+            "rfs_sha256: rows re-sorted or edited would give response columns another electrode's RF); restore "
+            "the file, or re-create the dataset with the RF table you mean (rfgan synth/ingest)."
+        )
     rfs = RFTable.from_csv_text(text, rfs_path)
     if len(rfs) != info.n_electrodes:
         raise DataError(
@@ -276,6 +314,7 @@ def split_files(path: str | os.PathLike, split: str, info: DatasetInfo | None = 
             footers[f] = pq.read_metadata(f, filesystem=fs)
         except (OSError, pa.ArrowInvalid) as e:
             raise DataError(f"{f}: not a readable Parquet file ({e}).") from e
+    sizes = {i.path: i.size for i in found}
     _check_shards(root, split, info, {f: m.num_rows for f, m in footers.items()})
     expected = parquet_schema(info.n_electrodes, info.image_numel, info.image_encoding)
     for f in files:
@@ -288,32 +327,47 @@ def split_files(path: str | os.PathLike, split: str, info: DatasetInfo | None = 
                 raise DataError(
                     f"{f}: column {want.name!r} has type {got}, expected {want.type} ({_describe(want.name, info)})."
                 )
+    # The sizes are in the listing already: a shard swapped for another Parquet file of as many rows is refused
+    # without reading it (its content is hashed only where it is read whole: read_shard, verify_content).
+    listed = listed_shards(root, split, info)
+    for f in files:
+        if sizes[f] != listed[f].bytes:
+            raise DataError(
+                f"{f} has {sizes[f]} bytes but {METADATA_FILE} lists {listed[f].bytes}; it was altered or replaced: "
+                "re-create the dataset (rfgan synth/ingest)."
+            )
     _check_shard_facts(root, split, info, footers)
     return files
 
 
-def _check_shards(root: str, split: str, info: DatasetInfo, rows: dict[str, int]) -> None:
-    """Refuse a split whose files are not the ones written: a lost or extra shard would otherwise train on part of
-    the data, or twice on some of it, without a word."""
+def listed_shards(root: str, split: str, info: DatasetInfo) -> dict[str, Shard]:
+    """The split's shards that metadata.json lists, by their path within the dataset's filesystem (`root`)."""
+    return {f"{root}/{shard.file}": shard for shard in info.shards.get(split, ())}
+
+
+def _check_shards(root: str, split: str, info: DatasetInfo, found: dict[str, int]) -> None:
+    """Refuse a split whose files are not the ones written (`found`: the rows of each file there, from its footer):
+    a lost or extra shard would otherwise train on part of the data, or twice on some of it, without a word."""
     remake = "re-create the dataset (rfgan synth/ingest)"
-    listed = {f"{root}/{name}": n for name, n in info.shards.get(split, ())}
-    missing = [f for f in listed if f not in rows]
+    listed = listed_shards(root, split, info)
+    missing = [f for f in listed if f not in found]
     if missing:
         raise DataError(
             f"{missing[0]} is missing: {len(missing)} of the {len(listed)} '{split}' shards that "
-            f"{METADATA_FILE} lists are gone ({sum(listed[f] for f in missing)} of {info.splits[split]} "
+            f"{METADATA_FILE} lists are gone ({sum(listed[f].rows for f in missing)} of {info.splits[split]} "
             f"rows); {remake}."
         )
-    extra = [f for f in rows if f not in listed]
+    extra = [f for f in found if f not in listed]
     if extra:
         raise DataError(
             f"{extra[0]} is not one of the '{split}' shards listed in {METADATA_FILE} ({len(extra)} "
             f"such file(s)); it would be read as part of the dataset: remove it, or {remake}."
         )
-    for f, n in listed.items():
-        if rows[f] != n:
+    for f, shard in listed.items():
+        rows = found[f]
+        if rows != shard.rows:
             raise DataError(
-                f"{f} holds {rows[f]} rows but {METADATA_FILE} lists {n}; it was cut short or replaced: {remake}."
+                f"{f} holds {rows} rows but {METADATA_FILE} lists {shard.rows}; it was cut short or replaced: {remake}."
             )
 
 
@@ -399,6 +453,26 @@ def _shape_text(shape: tuple[int, int, int]) -> str:
     return f"{shape[0]}x{shape[1]}x{shape[2]} (height x width x channels)"
 
 
+def differences(before: DatasetInfo, after: DatasetInfo) -> str:
+    """What differs between two datasets (`before`: the one a run was trained on), in words, for a refusal."""
+    said = []
+    if before.splits != after.splits:
+        said.append(f"rows per split {after.splits}, not {before.splits}")
+    for name in ("n_electrodes", "image_size", "channels", "fov_deg", "image_encoding"):
+        if getattr(before, name) != getattr(after, name):
+            said.append(f"{name} {getattr(after, name)}, not {getattr(before, name)}")
+    if before.rfs_sha256 != after.rfs_sha256:
+        said.append("another rfs.csv")
+    if (before.response_mean, before.response_std) != (after.response_mean, after.response_std):
+        said.append("other response statistics")
+    old = {(split, s.file, s.sha256) for split, files in (before.shards or {}).items() for s in files}
+    new = [(split, s.file, s.sha256) for split, files in (after.shards or {}).items() for s in files]
+    changed = [shard[1] for shard in new if shard not in old]
+    if changed:
+        said.append(f"{len(changed)} of its {len(new)} shards differ in content (first: {changed[0]})")
+    return "; ".join(said) or "its metadata.json differs"
+
+
 def _describe(column: str, info: DatasetInfo) -> str:
     return {
         "responses": f"{info.n_electrodes} float32 responses, one per electrode of rfs.csv",
@@ -461,25 +535,88 @@ def _bad_png(table: pa.Table, k: int, info: DatasetInfo, why: str) -> DataError:
     )
 
 
+def read_shard(fs: pafs.FileSystem, file: str, shard: Shard, columns: tuple[str, ...] = COLUMNS) -> pa.Table:
+    """A whole shard (`file` within `fs`, as metadata.json lists it: `shard`), its bytes checked against the
+    recorded SHA-256 before Parquet decodes them.
+
+    Hashing the bytes a whole-file read fetches anyway costs no second read; damage Parquet would decode without a
+    word (a flipped byte in a page of pixels) or a shard swapped for another one is refused naming the file."""
+    try:
+        with fs.open_input_stream(file) as f:
+            data = f.read()
+    except OSError as e:
+        raise DataError(f"{file}: cannot read it ({e}).") from e
+    check_hash(file, hashlib.sha256(data).hexdigest(), shard)
+    return pq.read_table(pa.BufferReader(data), columns=list(columns))
+
+
+def read_columns(fs: pafs.FileSystem, file: str, columns: tuple[str, ...]) -> pa.Table:
+    """Some columns of a shard, the checksums of the pages read verified: a partial read fetches too little of the
+    file to check its hash."""
+    try:
+        return pq.read_table(file, columns=list(columns), filesystem=fs, page_checksum_verification=True)
+    except OSError as e:  # pyarrow's "could not verify page integrity, CRC checksum verification failed …"
+        raise DataError(
+            f"{file}: cannot read it ({e}); if it was damaged on disk or in a copy, copy the dataset again from a "
+            "good source, or re-create it (rfgan synth/ingest)."
+        ) from e
+
+
+def check_hash(file: str, sha256: str, shard: Shard) -> None:
+    if sha256 != shard.sha256:
+        raise DataError(
+            f"{file}: its content is not what was written (SHA-256 {sha256[:12]}…, {METADATA_FILE} lists "
+            f"{shard.sha256[:12]}…): damaged on disk or in a copy, or replaced; copy the dataset again from a "
+            "good source, or re-create it (rfgan synth/ingest)."
+        )
+
+
+def verify_content(path: str | os.PathLike, info: DatasetInfo | None = None) -> int:
+    """Hash every shard of every split, streamed, against metadata.json (rfgan check); returns the bytes hashed.
+    rfs.csv is checked by read_rfs."""
+    info = info or read_info(path)
+    fs, root = storage.filesystem(path)
+    total = 0
+    for split in info.splits:
+        listed = listed_shards(root, split, info)
+        for f in split_files(path, split, info):
+            digest = hashlib.sha256()
+            try:
+                with fs.open_input_stream(f) as stream:
+                    while chunk := stream.read(HASH_CHUNK):
+                        digest.update(chunk)
+                        total += len(chunk)
+            except OSError as e:
+                raise DataError(f"{f}: cannot read it ({e}).") from e
+            check_hash(f, digest.hexdigest(), listed[f])
+    return total
+
+
+HASH_CHUNK = 8 * 2**20  # bytes read at a time while hashing: large reads suit object stores
+
+
+def _shards(path: str | os.PathLike, split: str, info: DatasetInfo) -> tuple[pafs.FileSystem, list[tuple[str, Shard]]]:
+    """The split's files, checked (split_files), each with what metadata.json lists for it."""
+    fs, root = storage.filesystem(path)
+    listed = listed_shards(root, split, info)
+    return fs, [(f, listed[f]) for f in split_files(path, split, info)]
+
+
 def read_split(path: str | os.PathLike, split: str) -> dict[str, np.ndarray]:
-    """A whole split in memory, without Ray (evaluation, tests, small datasets)."""
+    """A whole split in memory, without Ray (evaluation, tests, small datasets), every shard's hash checked."""
     info = read_info(path)
-    fs, _ = storage.filesystem(path)
-    table = pa.concat_tables(
-        pq.read_table(f, columns=list(COLUMNS), filesystem=fs) for f in split_files(path, split, info)
-    )
-    return decode_table(table, info)
+    fs, files = _shards(path, split, info)
+    return decode_table(pa.concat_tables(read_shard(fs, f, shard) for f, shard in files), info)
 
 
 def iter_split(path: str | os.PathLike, split: str, batch_rows: int = 1024) -> Iterator[dict[str, np.ndarray]]:
-    """A split in decoded batches of at most `batch_rows`, one shard at a time, without Ray: a pass over data larger
-    than memory (the ridge baseline's normal equations)."""
+    """A split in decoded batches of at most `batch_rows`, one shard at a time (hash checked), without Ray: a pass
+    over data larger than memory (the ridge baseline's normal equations), holding one shard's bytes at a time."""
     info = read_info(path)
-    fs, _ = storage.filesystem(path)
-    for f in split_files(path, split, info):
-        with fs.open_input_file(f) as source:
-            for batch in pq.ParquetFile(source).iter_batches(batch_size=batch_rows, columns=list(COLUMNS)):
-                yield decode_table(pa.Table.from_batches([batch]), info)
+    fs, files = _shards(path, split, info)
+    for f, shard in files:
+        for batch in read_shard(fs, f, shard).to_batches(max_chunksize=batch_rows):
+            yield decode_table(pa.Table.from_batches([batch]), info)
 
 
 def open_split(path: str | os.PathLike, split: str) -> ray.data.Dataset:
@@ -488,6 +625,10 @@ def open_split(path: str | os.PathLike, split: str) -> ray.data.Dataset:
 
     info = read_info(path)
     files = split_files(path, split, info)
+    # Not hashed: hashing on the driver would read the whole (large: else the driver reads it, reads_on_driver)
+    # training split once more before the first step, and Ray Data's Parquet reader sets its own scan options, so the
+    # page checksums are not verified as it streams either. The driver has checked each file's rows and bytes
+    # (split_files); `rfgan check` hashes every byte, and whole-file reads (read_split) hash what they read.
     ds = ray.data.read_parquet(files, filesystem=storage.filesystem(path)[0]).select_columns(list(COLUMNS))
     return ds.map_batches(decode_table, fn_kwargs={"info": info}, batch_format="pyarrow")
 

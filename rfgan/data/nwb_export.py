@@ -25,10 +25,17 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from rfgan import outputs, storage
-from rfgan.data.format import COLUMNS, decode_table, read_info, read_rfs, split_files
+from rfgan.data.format import (
+    decode_table,
+    listed_shards,
+    read_columns,
+    read_info,
+    read_rfs,
+    read_shard,
+    split_files,
+)
 from rfgan.errors import DataError, UsageError
 
 PERIOD_S = 1.0  # between presentation onsets
@@ -46,10 +53,12 @@ class _Rows:
     def __init__(self, path: str, splits: list[str]):
         self.info = read_info(path)
         self.fs, _ = storage.filesystem(path)
+        root = storage.filesystem(path)[1]
         listed = [(split, f) for split in splits for f in split_files(path, split, self.info)]
         self.files = [f for _, f in listed]
+        self.shards = [listed_shards(root, split, self.info)[f] for split, f in listed]
         self.split_of_file = [split for split, _ in listed]
-        rows = [pq.read_metadata(f, filesystem=self.fs).num_rows for f in self.files]
+        rows = [shard.rows for shard in self.shards]  # split_files checked them against the footers
         self.starts = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
         self._cached: tuple[int, dict[str, np.ndarray]] | None = None
         self.on_rows = None  # progress: called with the response rows, then the images, as they are written
@@ -59,7 +68,7 @@ class _Rows:
 
     def ids(self) -> dict[str, np.ndarray]:
         """sample_id, image_id, repeat and the split of every row, without decoding images."""
-        tables = [pq.read_table(f, columns=["sample_id", "image_id", "repeat"], filesystem=self.fs) for f in self.files]
+        tables = [read_columns(self.fs, f, ("sample_id", "image_id", "repeat")) for f in self.files]
         table = pa.concat_tables(tables)
         out = {c: table.column(c).to_numpy() for c in table.column_names}
         out["split"] = np.repeat(self.split_of_file, np.diff(self.starts))
@@ -68,7 +77,7 @@ class _Rows:
     def shard(self, i: int) -> dict[str, np.ndarray]:
         if self._cached is None or self._cached[0] != i:
             self._cached = None  # let the previous shard go before the next one is decoded
-            table = pq.read_table(self.files[i], columns=list(COLUMNS), filesystem=self.fs)
+            table = read_shard(self.fs, self.files[i], self.shards[i])
             self._cached = (i, decode_table(table, self.info))
         return self._cached[1]
 

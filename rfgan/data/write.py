@@ -6,6 +6,7 @@ rfgan.data.format.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -30,6 +31,7 @@ from rfgan.data.format import (
     RFS_FILE,
     SPLITS,
     DatasetInfo,
+    Shard,
     parquet_schema,
     response_stats,
     shard_facts,
@@ -93,6 +95,22 @@ def _check_chunk(s: Samples, split: str, n_electrodes: int, image_shape: tuple[i
     bad = ~np.isfinite(s.responses).all(axis=1)
     if bad.any():
         raise DataError(f"{split}: responses are NaN or infinite in sample(s) {s.sample_id[bad][:10].tolist()}.")
+
+
+def _write_shard(table: pa.Table, path: Path, name: str) -> Shard:
+    """One Parquet shard, with a CRC32 in every page header (any Parquet reader can verify them); built in memory
+    so that the bytes hashed are the bytes written, without reading the file back."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd", write_page_checksum=True)
+    data = sink.getvalue()
+    path.write_bytes(data)
+    return Shard(name, table.num_rows, data.size, hashlib.sha256(data).hexdigest())
+
+
+def _write_rfs(rfs: RFTable, path: Path) -> str:
+    """rfs.csv, and the SHA-256 of its bytes."""
+    rfs.to_csv(path)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def write_dataset(
@@ -160,7 +178,7 @@ def write_dataset(
     old = None
     try:
         counts: dict[str, int] = {}
-        shards: dict[str, list[tuple[str, int]]] = {}
+        shards: dict[str, list[Shard]] = {}
         # Float64 running sums: a float32 sum over thousands of rows loses digits.
         total = np.zeros(n_electrodes)
         total_sq = np.zeros(n_electrodes)
@@ -173,9 +191,8 @@ def write_dataset(
                     continue
                 _check_chunk(chunk, split, n_electrodes, image_shape)
                 name = f"{split}/part-{k:05d}.parquet"
-                pq.write_table(_samples_to_table(chunk, schema, fov_deg), tmp / name, compression="zstd")
+                shards[split].append(_write_shard(_samples_to_table(chunk, schema, fov_deg), tmp / name, name))
                 counts[split] += len(chunk)
-                shards[split].append((name, len(chunk)))
                 if split == "train":
                     r = chunk.responses.astype(np.float64)
                     total += r.sum(axis=0)
@@ -203,8 +220,8 @@ def write_dataset(
             source=source,
             image_encoding=image_encoding,
             shards={split: tuple(files) for split, files in shards.items()},
+            rfs_sha256=_write_rfs(rfs, tmp / RFS_FILE),
         )
-        rfs.to_csv(tmp / RFS_FILE)
         (tmp / METADATA_FILE).write_text(json.dumps(info.to_json(), indent=1) + "\n")
         old = swap_in(tmp, out)
     except BaseException as e:

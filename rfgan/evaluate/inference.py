@@ -18,6 +18,8 @@ from torch import Tensor
 
 from rfgan import outputs, parse, storage
 from rfgan.checkpoint import (
+    ITS_OWN_DATA,
+    Accept,
     check_data_matches,
     checkpoint_kind,
     existing_checkpoints,
@@ -101,9 +103,9 @@ class Decoder:
         batches = [responses[i : i + BATCH].to(device) for i in range(0, len(responses), BATCH)]
         return torch.cat([self.model(r).cpu() for r in batches])
 
-    def check_matches(self, info: DatasetInfo, rfs: RFTable, where: str, allow_other_rfs: bool = False) -> bool:
+    def check_matches(self, info: DatasetInfo, rfs: RFTable, where: str, accept: Accept = ITS_OWN_DATA) -> str | None:
         """check_data_matches for the data this model was trained on."""
-        return check_data_matches(self.info, self.rfs, info, rfs, where, allow_other_rfs)
+        return check_data_matches(self.info, self.rfs, info, rfs, where, accept)
 
 
 def load_decoder(checkpoint: str, device: str | torch.device = "cpu") -> Decoder:
@@ -146,16 +148,19 @@ def evaluate_run(
     device: str = "cpu",
     allow_other_rfs: bool = False,
     feature_metrics: bool = True,
+    allow_other_data: bool = False,
 ) -> dict[str, Any]:
     """The standard table (rfgan.evaluate.table) of a run's checkpoint on a dataset split, written with a grid PNG
-    into the run directory. A dataset with other RFs than the training data is refused unless `allow_other_rfs`
-    (then the JSON says so). Without `feature_metrics` no pretrained net is needed. Its earlier table and grid of
-    the split are replaced; another file under their names is refused before any work."""
+    into the run directory. A dataset with other RFs than the training data is refused unless `allow_other_rfs`,
+    another dataset of the same RFs (another fingerprint) unless `allow_other_data` (then the JSON says so). Without
+    `feature_metrics` no pretrained net is needed. Its earlier table and grid of the split are replaced; another file
+    under their names is refused before any work."""
     outputs.check_target(eval_file(run, split), EVAL_TABLE)
     outputs.check_target(grid_file(run, split), EVAL_GRID)
     decoder = load_decoder(find_checkpoint(run, which), device)
-    same_rfs = decoder.check_matches(read_info(data), read_rfs(data), str(data), allow_other_rfs=allow_other_rfs)
-    return write_evaluation(run, decoder, data, split, feature_nets(feature_metrics, device), device, same_rfs)
+    accept = Accept("eval", other_rfs=allow_other_rfs, other_data=allow_other_data)
+    warning = decoder.check_matches(read_info(data), read_rfs(data), str(data), accept)
+    return write_evaluation(run, decoder, data, split, feature_nets(feature_metrics, device), device, warning)
 
 
 def write_evaluation(
@@ -165,7 +170,7 @@ def write_evaluation(
     split: str,
     nets: FeatureNets | None,
     device: str | torch.device = "cpu",
-    same_rfs: bool = True,
+    warning: str | None = None,
     into: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate `decoder` on a split: RUN/eval_SPLIT.json (the table, and what was evaluated how) and a grid PNG,
@@ -189,14 +194,15 @@ def write_evaluation(
         "checkpoint": decoder.checkpoint,
         "epoch": decoder.epoch,
         "data": storage.absolute(data),
+        "data_fingerprint": read_info(data).fingerprint,
         "split": split,
         "n_images": len(rows["sample_id"]),
         "masked": decoder.mask is not None,
         "feature_nets": nets.description if nets is not None else None,
         "grid": grid,
     }
-    if not same_rfs:
-        result["warning"] = "evaluated on a dataset whose RF table differs from the training data's (--allow-other-rfs)"
+    if warning is not None:
+        result["warning"] = warning
     outputs.write_bytes(eval_file(into, split), parse.dumps(result).encode(), EVAL_TABLE)  # undefined: null
     return result
 

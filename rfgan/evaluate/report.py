@@ -20,7 +20,7 @@ import torch
 from torchvision.transforms.functional import to_pil_image
 
 from rfgan import __version__, outputs, storage
-from rfgan.checkpoint import CURVES_FILE, STATE_FILE
+from rfgan.checkpoint import CURVES_FILE, STATE_FILE, Accept
 from rfgan.data.format import iter_split, read_info, read_rfs, to_tensors
 from rfgan.errors import DataError
 from rfgan.evaluate.inference import Decoder, eval_file, load_decoder
@@ -223,7 +223,7 @@ def write_report(
     data = first["data"]
     info, rfs = read_info(data), read_rfs(data)
     for r in loaded:
-        r.decoder.check_matches(info, rfs, data, allow_other_rfs=True)
+        r.decoder.check_matches(info, rfs, data, Accept(other_rfs=True))
     responses, targets = to_tensors(next(iter_split(data, split, n_images)))
     fakes = [r.decoder.reconstruct(responses, device) for r in loaded]
     page = render(loaded, targets, fakes)

@@ -1,5 +1,5 @@
-"""`rfgan check`: read a dataset end to end the way training will (Ray Data, the RF projection), and say what is in
-it."""
+"""`rfgan check`: verify a dataset's content against the hashes in its metadata.json, read it end to end the way
+training will (Ray Data, the RF projection), and say what is in it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from rfgan.data.format import open_split, read_info, read_rfs, split_files, to_tensors
+from rfgan.data.format import open_split, read_info, read_rfs, to_tensors, verify_content
 from rfgan.data.rf import rf_mask
 from rfgan.errors import DataError
 from rfgan.gan.rf_input import RFProjection
@@ -16,17 +16,21 @@ from rfgan.run.launch import init_ray
 
 
 def check_dataset(path: str | os.PathLike, batch_size: int = 64, address: str | None = None) -> Iterator[str]:
-    """Validate metadata, RF table and schemas (no Ray), then stream every split through Ray Data and the RF
-    projection. Yields report lines; raises DataError on the first problem."""
+    """Validate metadata, RF table, schemas and every byte of every shard against its hash (no Ray), then stream every
+    split through Ray Data and the RF projection. Yields report lines; raises DataError on the first problem."""
     info = read_info(path)
-    rfs = read_rfs(path, info)
-    for split in info.splits:
-        split_files(path, split, info)
+    rfs = read_rfs(path, info)  # its hash checked
+    hashed = verify_content(path, info)  # every shard's schema (split_files) and hash
     areas = ", ".join(f"{a}: {int((rfs.area == a).sum())}" for a in rfs.area_names()) if rfs.area is not None else "-"
     coverage = rf_mask(rfs, info.image_size, info.fov_deg, radius_sigmas=2.0).mean()
     yield (
         f"{path}: {info.n_electrodes} electrodes ({areas}), images {info.image_size[0]}x{info.image_size[1]}x"
         f"{info.channels} spanning {info.fov_deg}°, RFs (2σ discs) cover {coverage:.0%} of the image"
+    )
+    shards = sum(len(files) for files in info.shards.values())
+    yield (
+        f"content: {shards} shards ({hashed / 2**20:.1f} MiB) and rfs.csv match the SHA-256 in metadata.json; "
+        f"fingerprint {info.fingerprint[:12]}"
     )
     projection = RFProjection.from_table(
         rfs, info.image_size, info.fov_deg, mean=np.asarray(info.response_mean), std=np.asarray(info.response_std)

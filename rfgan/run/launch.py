@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from rfgan import lease, storage
-from rfgan.checkpoint import existing_checkpoints
+from rfgan.checkpoint import Accept, check_data_matches, existing_checkpoints, trained_data
 from rfgan.config import Config
 from rfgan.data.format import DatasetInfo
 from rfgan.data.rf import RFTable
 from rfgan.errors import ConfigError, UsageError
 from rfgan.run.cluster_checks import check_cluster
-from rfgan.run.console import EpochProgress, QueueFollower, RunLog, sigterm_as_ctrl_c
+from rfgan.run.console import EpochProgress, QueueFollower, RunLog, note, sigterm_as_ctrl_c
 from rfgan.run.restarts import fit_restarting
 from rfgan.run.train import reads_on_driver, train_split_mb, write_resolved_config
 
@@ -108,6 +108,20 @@ def resume_hint(out: str) -> str:
     return f"`rfgan train --out {out} --resume` continues the run from its last checkpoint"
 
 
+def check_resumed_data(out: str, data: str, dataset: tuple[DatasetInfo, RFTable], allow_other_data: bool) -> None:
+    """Before Ray starts: refuse to resume `out` on data other than its newest checkpoint was trained on (another
+    fingerprint: the dataset re-made in place, other RFs), saying what changed; with `allow_other_data` (same RFs
+    only), say it and go on. The workers check again as they restore (a restart may meet data changed since)."""
+    trained = trained_data(out)
+    if trained is None:
+        return
+    checkpoint, trained_info, trained_rfs = trained
+    accept = Accept("resume", other_data=allow_other_data)
+    warning = check_data_matches(trained_info, trained_rfs, *dataset, data, accept)
+    if warning is not None:
+        note(f"note: --allow-other-data: {checkpoint} was trained on other data; {warning}")
+
+
 def train(
     cfg: Config,
     data: str,
@@ -115,13 +129,15 @@ def train(
     dataset: tuple[DatasetInfo, RFTable],
     *,
     resume: bool = False,
+    allow_other_data: bool = False,
     address: str | None = None,
     verbose: bool = False,
     dashboard: bool = False,
 ) -> TrainOutcome:
     """Train `cfg` on `data` into `out` (a new run, or with `resume` the one there), on a local Ray or the cluster at
     `address`, showing each epoch on the terminal. Ctrl-C ends it with a KeyboardInterrupt saying how to go on.
-    The run directory's lease (rfgan.lease) is held throughout: a second training of `out` is refused."""
+    The run directory's lease (rfgan.lease) is held throughout: a second training of `out` is refused. A resume on
+    data other than the run's is refused unless `allow_other_data` (check_resumed_data)."""
     made = not storage.is_remote(out) and not os.path.exists(out)
     with lease.held(out):
         found = existing_checkpoints(out)
@@ -132,6 +148,8 @@ def train(
             )
         if resume and not found:
             print(f"--resume: {out} has no checkpoint yet; starting from epoch 1")
+        if resume:
+            check_resumed_data(out, data, dataset, allow_other_data)
         start = time.perf_counter()
         info = dataset[0]
         with run_log(out, LOG_FILE, verbose, made) as log:
@@ -150,7 +168,15 @@ def train(
                 progress = EpochProgress(cfg.run.epochs, log.out, log.err)
                 follower = QueueFollower(events, progress.handle)
                 try:
-                    result = fit_restarting(cfg, data, out, dataset=dataset, torch_threads=threads, progress=events)
+                    result = fit_restarting(
+                        cfg,
+                        data,
+                        out,
+                        dataset=dataset,
+                        torch_threads=threads,
+                        progress=events,
+                        allow_other_data=allow_other_data,
+                    )
                 except KeyboardInterrupt:
                     raise KeyboardInterrupt(resume_hint(out)) from None
                 finally:

@@ -92,7 +92,7 @@ def _restore(loop_config: dict[str, Any], gan: GAN, opts, info: DatasetInfo, rfs
         ckpt = open_checkpoint(loop_config["resume_from"], map_location=device)
     if ckpt is None:
         return 1, 0
-    ckpt.check_matches(info, rfs, "the training data")
+    ckpt.check_matches(info, rfs, "the training data", allow_other_data=loop_config["allow_other_data"], use="resume")
     ckpt.restore(gan, opts)
     return ckpt.epoch + 1, ckpt.step
 
@@ -401,12 +401,14 @@ def fit(
     torch_threads: int | None = None,
     materialize: bool = False,
     progress: Any | None = None,
+    allow_other_data: bool = False,
 ) -> TrainResult:
     """Train with Ray Train on the connected Ray cluster (call `ray.init` first). Re-running with the same `out`
     continues from its last checkpoint. `materialize` reads the training split into Ray's object store first: for
     sweeps, where a trial stopped early must not leave a streaming read holding a CPU (when Ray Data reads it at
     all: reads_on_driver). `progress`: a
-    ray.util.queue.Queue that rank 0 sends its progress and each epoch's metrics to (console.ProgressSender)."""
+    ray.util.queue.Queue that rank 0 sends its progress and each epoch's metrics to (console.ProgressSender).
+    `allow_other_data`: the workers restore a checkpoint of other data (the same RFs) rather than refuse it."""
     import ray
     import ray.data
     import ray.train
@@ -430,6 +432,7 @@ def fit(
         "val": ray.put(read_split(data, "val")),
         "train": ray.put(read_split(data, "train")) if reads_on_driver(cfg, info) else None,
         "progress": progress,
+        "allow_other_data": allow_other_data,
     }
     r = cfg.run
     datasets = {}

@@ -1,4 +1,5 @@
 import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -9,11 +10,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import TINY, concat_chunks, make_synth, one_line_error
+from conftest import TINY, concat_chunks, make_gan_run, make_synth, one_line_error, record_shards
 from PIL import Image
 
 from rfgan.cli import main
-from rfgan.data.format import iter_split, open_split, read_info, read_rfs, read_split, split_files, to_tensors
+from rfgan.data.format import (
+    iter_split,
+    open_split,
+    read_info,
+    read_rfs,
+    read_split,
+    split_files,
+    to_tensors,
+    verify_content,
+)
 from rfgan.data.synth import synth_splits
 from rfgan.errors import DataError
 
@@ -55,10 +65,26 @@ def copy(tiny_dataset, tmp_path):
     return out
 
 
-def rewrite_first_shard(path, change):
+def rewrite_first_shard(path, change, record=False):
+    """The first training shard rewritten with `change`; with `record`, metadata.json made to list it as written
+    (rows, bytes, hash): a dataset whose writer wrote it so, for tests of what readers do past the hash."""
     shard = split_files(path, "train")[0]
     pq.write_table(change(pq.read_table(shard)), shard)
+    if record:
+        meta = json.loads((path / "metadata.json").read_text())
+        data = open(shard, "rb").read()
+        entry = meta["shards"]["train"][0]
+        assert shard.endswith(entry["file"])
+        entry.update(rows=pq.read_metadata(shard).num_rows, bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+        (path / "metadata.json").write_text(json.dumps(meta))
     return shard
+
+
+def record_rfs(path):
+    """metadata.json made to list rfs.csv's hash as it is now (a dataset written with that RF table)."""
+    meta = json.loads((path / "metadata.json").read_text())
+    meta["rfs_sha256"] = hashlib.sha256((path / "rfs.csv").read_bytes()).hexdigest()
+    (path / "metadata.json").write_text(json.dumps(meta))
 
 
 def test_wrong_column_type_is_named(copy):
@@ -97,6 +123,10 @@ def test_wrong_image_length_is_refused(copy):
             lambda m: m.update(schema_version=1),
             "schema_version 1 was written by an rfgan from before its first release",
         ),
+        (
+            lambda m: m.update(schema_version=2),
+            "schema_version 2 was written by an rfgan that recorded no content hashes .* re-create the dataset",
+        ),
         (lambda m: m.update(format="other"), "'format'"),
         (lambda m: m.pop("fov_deg"), "fov_deg"),
         (lambda m: m.update(channels=4), "channels is 4"),
@@ -118,6 +148,7 @@ def test_not_a_dataset(tmp_path):
 def test_rf_table_must_match_electrode_count(copy):
     lines = (copy / "rfs.csv").read_text().splitlines()
     (copy / "rfs.csv").write_text("\n".join(lines[:-1]) + "\n")
+    record_rfs(copy)
     with pytest.raises(DataError, match="11 electrodes but metadata.json says n_electrodes=12"):
         read_rfs(copy)
 
@@ -134,7 +165,7 @@ def test_nan_responses_are_refused_when_read(ray_session, copy, capsys):
         arr = pa.FixedSizeListArray.from_arrays(pa.array(r, pa.float32()), 12)
         return t.set_column(t.schema.get_field_index("responses"), "responses", arr)
 
-    rewrite_first_shard(copy, poison)
+    rewrite_first_shard(copy, poison, record=True)
     with pytest.raises(DataError, match=r"NaN or infinite in sample\(s\) \[0\]"):
         read_split(copy, "train")
     with pytest.raises(Exception, match="NaN or infinite"):
@@ -167,15 +198,19 @@ def test_check_of_a_dataset_with_a_missing_shard_says_so(ray_session, copy, caps
 
 def test_metadata_lists_every_shard_with_its_rows(tiny_dataset):
     meta = json.loads((tiny_dataset / "metadata.json").read_text())
-    assert (meta["schema_version"], meta["image_encoding"]) == (2, "raw")
-    assert meta["shards"] == {
-        split: [{"file": f"{split}/part-{k:05d}.parquet", "rows": n} for k, n in enumerate(rows)]
+    assert (meta["schema_version"], meta["image_encoding"]) == (3, "raw")
+    assert {split: [(f["file"], f["rows"]) for f in files] for split, files in meta["shards"].items()} == {
+        split: [(f"{split}/part-{k:05d}.parquet", n) for k, n in enumerate(rows)]
         for split, rows in (("train", [16, 16, 8]), ("val", [12]))
     }
     for split, files in meta["shards"].items():
         on_disk = sorted(p.relative_to(tiny_dataset).as_posix() for p in (tiny_dataset / split).iterdir())
         assert on_disk == [f["file"] for f in files]
         assert [pq.read_metadata(tiny_dataset / f["file"]).num_rows for f in files] == [f["rows"] for f in files]
+        for f in files:
+            data = (tiny_dataset / f["file"]).read_bytes()
+            assert (f["bytes"], f["sha256"]) == (len(data), hashlib.sha256(data).hexdigest())
+    assert meta["rfs_sha256"] == hashlib.sha256((tiny_dataset / "rfs.csv").read_bytes()).hexdigest()
 
 
 def test_a_missing_shard_is_refused_before_reading(copy):
@@ -279,7 +314,7 @@ def test_png_images_read_back_identical_to_raw(tiny_dataset, png_dataset, tmp_pa
         make_synth(raw, spec)
         make_synth(png, spec, image_encoding="png")
     meta = json.loads((png / "metadata.json").read_text())
-    assert meta["schema_version"] == 2 and meta["image_encoding"] == "png"
+    assert meta["schema_version"] == 3 and meta["image_encoding"] == "png"
     assert json.loads((raw / "metadata.json").read_text())["image_encoding"] == "raw"
     for split in ("train", "val"):
         want, got = read_split(raw, split), read_split(png, split)
@@ -311,7 +346,7 @@ def test_a_damaged_png_is_one_line_naming_the_sample(png_dataset, tmp_path, dama
         images[2] = damage(images[2])
         return t.set_column(t.schema.get_field_index("image"), "image", pa.array(images, pa.binary()))
 
-    rewrite_first_shard(copy, change)
+    rewrite_first_shard(copy, change, record=True)
     sample = read_split(png_dataset, "train")["sample_id"][2]
     with pytest.raises(DataError, match=rf"sample {sample}: its image is not a 32x32 PNG of 3 channel.*({why})") as err:
         read_split(copy, "train")
@@ -380,6 +415,7 @@ def test_a_png_of_another_size_is_refused_where_the_shards_recorded_nothing(png_
     for split in ("train", "val"):
         for shard in split_files(copy, split):
             pq.write_table(pq.read_table(shard).replace_schema_metadata(None), shard)
+    record_shards(copy)
     edit_metadata(copy, image_height=16, image_width=64)
     with pytest.raises(DataError, match=r"its image is not a 64x16 PNG of 3 channel\(s\) \(ValueError: it is 32x32\)"):
         read_split(copy, "val")
@@ -429,3 +465,72 @@ def test_an_edited_field_of_view_is_refused(copy, capsys):
         match=r"says fov_deg 5 but .*part-00000.parquet was written for images spanning 10°: .* set fov_deg 10.0",
     ):
         read_split(copy, "val")
+
+
+def flip_a_bit_in_an_image_page(shard) -> None:
+    """One bit of the first training shard's image column chunk flipped in place, footer intact: the first offset
+    past the middle of the chunk that Parquet, told nothing of checksums, decodes without a word into other pixels
+    (zstd frames carry no checksum of their own)."""
+    raw = shard.read_bytes()
+    chunk = pq.read_metadata(shard).row_group(0).column(4)
+    assert chunk.path_in_schema == "image.list.element"
+    want = pq.read_table(shard).column("image").combine_chunks().flatten().to_numpy()
+    start = chunk.data_page_offset + chunk.total_compressed_size // 2
+    for offset in range(start, chunk.data_page_offset + chunk.total_compressed_size):
+        damaged = bytearray(raw)
+        damaged[offset] ^= 0x01
+        try:
+            got = pq.read_table(pa.BufferReader(bytes(damaged))).column("image").combine_chunks().flatten()
+        except OSError:
+            continue
+        if (got.to_numpy() != want).any():
+            shard.write_bytes(bytes(damaged))
+            return
+    pytest.fail("no bit of the image pages decodes silently into other pixels")
+
+
+def test_damaged_bytes_in_a_data_page_are_refused_by_every_reader_and_by_check(copy, capsys):
+    shard = copy / "train" / "part-00000.parquet"
+    flip_a_bit_in_an_image_page(shard)
+    # The footer is intact and Parquet alone reads other pixels; the page checksum written tells.
+    assert pq.read_metadata(shard).num_rows == 16
+    with pytest.raises(OSError, match="CRC checksum verification failed"):
+        pq.read_table(shard, page_checksum_verification=True)
+    message = rf"{shard}: its content is not what was written \(SHA-256 .*copy the dataset again"
+    with pytest.raises(DataError, match=message):
+        read_split(copy, "train")
+    with pytest.raises(DataError, match=message):
+        next(iter_split(copy, "train"))
+    with pytest.raises(DataError, match=message):
+        verify_content(copy)
+    read_split(copy, "val")  # the other split is whole
+    # `rfgan check` hashes every shard before Ray starts (starting it would fail this test: conftest's lane guard).
+    assert main(["check", "--data", str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rfgan check: error:") and err.count("\n") == 1 and str(shard) in err
+
+
+def test_a_shard_swapped_for_another_of_as_many_rows_is_refused_from_the_listing(copy):
+    shard = rewrite_first_shard(copy, lambda t: t.set_column(2, "repeat", pa.array(np.ones(len(t), np.int32))))
+    with pytest.raises(DataError, match=rf"{shard} has \d+ bytes but metadata.json lists \d+; it was altered"):
+        split_files(copy, "train")
+
+
+def test_a_resorted_rf_table_is_refused_by_check_train_and_eval(copy, tmp_path, capsys):
+    run = make_gan_run(tmp_path / "run", copy)
+    header, *rows = (copy / "rfs.csv").read_text().splitlines()
+    (copy / "rfs.csv").write_text("\n".join([header, *sorted(rows, key=lambda r: float(r.split(",")[1]))]) + "\n")
+    # Still a valid RF table with every electrode: only its recorded hash tells that columns now get other RFs.
+    message = r"rfs.csv is not the RF table this dataset was written with .*restore the file, or re-create"
+    with pytest.raises(DataError, match=message):
+        read_rfs(copy)
+    for command in (
+        ["check", "--data", str(copy)],
+        ["train", "--data", str(copy), "--preset", "tiny", "--batch-size", "8", "--out", str(tmp_path / "new")],
+        ["eval", "--data", str(copy), "--run", str(run), "--no-feature-metrics"],
+    ):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"rfgan {command[0]}: error:") and err.count("\n") == 1, err
+        assert f"{copy}/rfs.csv is not the RF table" in err
+    assert not (tmp_path / "new").exists() and not (run / "eval_val.json").exists()

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import make_gan_run, one_line_error
+from conftest import make_gan_run, one_line_error, record_shards
 
 from rfgan import parse
 from rfgan.cli import main
@@ -187,6 +187,7 @@ def test_baseline_on_constant_responses_is_refused_and_writes_nothing(tiny_datas
             column = pa.FixedSizeListArray.from_arrays(flat, 12)
             t = t.set_column(t.schema.get_field_index("responses"), "responses", column)
             pq.write_table(t.replace_schema_metadata(None), shard)
+    record_shards(data)
     meta = json.loads((data / "metadata.json").read_text())
     meta.update(response_mean=[0.5] * 12, response_std=[1.0] * 12)
     (data / "metadata.json").write_text(json.dumps(meta))

@@ -4,6 +4,7 @@ Most tests here share one trained run (trained_run): they read it, or continue o
 each training its own from scratch: a Ray Train run's start-up is most of what a tiny run costs."""
 
 import contextlib
+import dataclasses
 import io
 import json
 import shutil
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SMALL_NETS, interruptible, set_flags, tree
+from conftest import SMALL_NETS, TINY, interruptible, make_synth, set_flags, tree
 from worker_faults import killed_once_before_reporting
 
 from rfgan.checkpoint import existing_checkpoints, find_checkpoint, load_checkpoint
@@ -366,6 +367,23 @@ def test_resume_after_the_newest_checkpoint_was_deleted_or_cut_short(trained_run
     assert result.error is None and result.metrics["epoch"] == 6
     assert "(epoch 4), the newest complete checkpoint" in capsys.readouterr().err
     assert adam_steps(find_checkpoint(run, "last")) == 6 * steps_per_epoch
+
+
+def test_resume_of_a_real_run_on_its_dataset_remade_in_place(trained_run, tiny_dataset, tmp_path, capsys):
+    # The run's data as a copy of its own (the same fingerprint), then re-made there with fewer training rows.
+    run, data = copy_of(trained_run, tmp_path), tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    make_synth(data, dataclasses.replace(TINY, n_train=32), overwrite=True)
+    resume = [*train_args(data, run, {**SHARED, "run.epochs": 5}), "--resume"]
+    before = tree(run)
+    assert main(resume) == 2
+    err = capsys.readouterr().err
+    assert "is not the dataset the checkpoint was trained on" in err and "rows per split" in err
+    assert tree(run) == before
+    # Intended: said, and the workers restore the checkpoint on the new data rather than refuse it.
+    assert main([*resume, "--allow-other-data"]) == 0
+    assert "note: --allow-other-data: " in capsys.readouterr().err
+    assert [r["epoch"] for r in rows(run)] == [1, 2, 3, 4, 5]
 
 
 @pytest.mark.ray
