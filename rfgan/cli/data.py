@@ -19,7 +19,7 @@ from rfgan.cli.common import (
     progress,
     spec_from_args,
 )
-from rfgan.errors import UsageError
+from rfgan.errors import DataError, UsageError
 
 SYNTH_HELP = {
     "n_train": "training images (rows = images x repeats)",
@@ -337,7 +337,11 @@ def dataset_or_synth(path: str | None) -> str:
 
     # It may be an older rfgan's, or one made with other `rfgan synth` options: used as it is (it may be someone's
     # work), but said, since the demo's figures in the README are for the default one.
-    source, default = read_info(DEFAULT_DATA).source, source_of(SynthSpec())
+    try:
+        info = read_info(DEFAULT_DATA)
+    except DataError as e:  # e.g. an older rfgan's, of a format this one does not read
+        raise DataError(f"{e} (It is the built-in synthetic dataset: `rfgan synth --overwrite` remakes it.)") from e
+    source, default = info.source, source_of(SynthSpec())
     differ = sorted(k for k in default.keys() | source.keys() if source.get(k) != default.get(k))
     if differ:
         print(

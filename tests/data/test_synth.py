@@ -121,3 +121,22 @@ def test_synth_help_says_the_colour_default_in_words(monkeypatch, capsys):
     assert lines["--color"].endswith("RGB images (default: colour)")
     assert lines["--gray"].endswith("grayscale images (default: colour)")
     assert lines["--n-train"].endswith("(default: 4000)")  # the other defaults still shown
+
+
+def test_an_older_built_in_dataset_is_refused_with_the_command_that_remakes_it(tmp_path, monkeypatch, capsys):
+    """The built-in synthetic dataset (data/synthetic, made once by the first command run without --data) of an
+    rfgan whose format this one does not read: the refusal says how to remake that one."""
+    import json
+
+    from conftest import make_synth, one_line_error
+
+    from rfgan.cli import main
+    from rfgan.cli.common import DEFAULT_DATA
+
+    monkeypatch.chdir(tmp_path)
+    make_synth(tmp_path / DEFAULT_DATA)
+    meta = json.loads((tmp_path / DEFAULT_DATA / "metadata.json").read_text())
+    (tmp_path / DEFAULT_DATA / "metadata.json").write_text(json.dumps({**meta, "schema_version": 2}))
+    assert main(["check"]) == 2
+    err = one_line_error(capsys, "check")
+    assert "schema_version 2" in err and "`rfgan synth --overwrite` remakes it" in err
