@@ -22,6 +22,7 @@ def test_check_starts_a_ray_of_its_own_unless_told_an_address(tiny_dataset, monk
         raise Started
 
     monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a process of its own (this suite may hold one)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     with pytest.raises(Started):
         list(check_dataset(tiny_dataset))
