@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from rfgan import storage
-from rfgan.checkpoint import SCORE, intact_checkpoints, load_checkpoint, open_checkpoint, save_checkpoint
+from rfgan.checkpoint import SCORE, Accept, intact_checkpoints, load_checkpoint, open_checkpoint, save_checkpoint
 from rfgan.config import Config
 from rfgan.data.format import DatasetInfo, open_split, read_info, read_rfs, read_split, split_files
 from rfgan.data.rf import RFTable
@@ -92,7 +92,7 @@ def _restore(loop_config: dict[str, Any], gan: GAN, opts, info: DatasetInfo, rfs
         ckpt = open_checkpoint(loop_config["resume_from"], map_location=device)
     if ckpt is None:
         return 1, 0
-    ckpt.check_matches(info, rfs, "the training data", allow_other_data=loop_config["allow_other_data"], use="resume")
+    ckpt.check_matches(info, rfs, "the training data", Accept("resume", other_data=loop_config["allow_other_data"]))
     ckpt.restore(gan, opts)
     return ckpt.epoch + 1, ckpt.step
 
