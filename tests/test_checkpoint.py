@@ -229,3 +229,29 @@ def test_eval_on_a_dataset_remade_in_place_is_refused_unless_allowed(tmp_path, c
     assert result["warning"].startswith("the data differs from the training data (fingerprint ")
     assert result["data_fingerprint"] == read_info(data).fingerprint
     assert json.loads((run / "eval_val.json").read_text())["warning"] == result["warning"]
+
+
+def test_resume_with_another_preset_is_refused_before_ray_starts(tmp_path, capsys):
+    """Was: the run's config.json replaced by the other preset's, then the nets failed to load inside every Ray
+    worker, were retried, and the reason was cut off."""
+    data = tmp_path / "data"
+    make_synth(data)
+    run = make_gan_run(tmp_path / "run", data)  # the tiny preset
+    before = tree(run)
+    # Starting Ray would fail this test (conftest's lane guard): the refusal comes first.
+    assert main(["train", "--data", str(data), "--preset", "default", "--out", str(run), "--resume"]) == 2
+    err = one_line_error(capsys, "train")
+    assert f"--resume continues {run} as it was configured" in err and "preset='default' (was 'tiny')" in err
+    assert "drop --preset/--config" in err and "another --out" in err
+    assert tree(run) == before
+
+
+def test_resume_without_a_preset_takes_the_runs_own_config_and_the_flags_given(tmp_path, capsys):
+    data = tmp_path / "data"
+    make_synth(data)
+    run = make_gan_run(tmp_path / "run", data)
+    own = json.loads((run / "config.json").read_text())
+    assert main(["train", "--data", str(data), "--out", str(run), "--resume", "--epochs", "7", "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    shown = json.loads(printed[printed.index("{") : printed.index("\ngenerator:")])
+    assert shown == {**own, "data": {**own["data"], "path": str(data)}, "run": {**own["run"], "epochs": 7}}

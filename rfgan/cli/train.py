@@ -79,22 +79,28 @@ def _describe_input(cfg) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from rfgan.config import PRESETS, preset
+    from rfgan.config import PRESETS, parse_sets, preset
     from rfgan.gan.build import build_gan
     from rfgan.gan.models import count_parameters
     from rfgan.run import launch
     from rfgan.run.console import final_table
     from rfgan.run.train import preflight
 
-    cfg = config_from_args(
-        args,
-        {
-            "run.workers": args.workers,
-            "run.use_gpu": args.gpu,
-            "run.epochs": args.epochs,
-            "optim.batch_size": args.batch_size,
-        },
-    )
+    flags = {
+        "run.workers": args.workers,
+        "run.use_gpu": args.gpu,
+        "run.epochs": args.epochs,
+        "optim.batch_size": args.batch_size,
+    }
+    saved = launch.saved_config(args.out) if args.resume and args.out and not (args.preset or args.config) else None
+    if saved is not None:
+        # --resume without --preset/--config continues the run with its own config, and the flags given.
+        given = {"data.path": args.data, **flags}
+        cfg = saved.with_overrides({**parse_sets(args.set), **{k: v for k, v in given.items() if v is not None}})
+    else:
+        cfg = config_from_args(args, flags)
+        if args.resume and args.out:
+            launch.check_resumed_config(args.out, cfg)  # before the data's checks, which could blame the data
     data = dataset_or_synth(cfg.data.path)
     # A dry run builds no VGG and trains on no batch: it checks only that the nets fit the data.
     info, rfs = preflight(cfg, data, training=not args.dry_run)

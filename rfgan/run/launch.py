@@ -13,9 +13,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from rfgan import lease, storage
+from rfgan import lease, parse, storage
 from rfgan.checkpoint import Accept, check_data_matches, existing_checkpoints, trained_data
-from rfgan.config import Config
+from rfgan.config import Config, flatten
 from rfgan.data.format import DatasetInfo
 from rfgan.data.rf import RFTable
 from rfgan.errors import ConfigError, UsageError
@@ -106,6 +106,37 @@ class TrainOutcome:
 
 def resume_hint(out: str) -> str:
     return f"`rfgan train --out {out} --resume` continues the run from its last checkpoint"
+
+
+# What a resume may change: how the run goes on (epochs, workers, devices, budgets, speed switches), the batch that
+# more workers need, and where the data is (its identity is check_resumed_data's). Anything else would continue a
+# run as another model: the nets would not even load, and only inside Ray's workers.
+RESUMABLE = ("run.", "perf.", "data.path", "optim.batch_size")
+
+
+def saved_config(out: str) -> Config | None:
+    """The config a run recorded (RUN/config.json, written at each start), if any."""
+    path = storage.join(out, "config.json")
+    if not storage.is_file(path):
+        return None
+    return Config.from_dict(parse.loads(storage.read_bytes(path), path))
+
+
+def check_resumed_config(out: str, cfg: Config) -> None:
+    """Refuse to resume `out` with a config that differs from the run's own in anything but RESUMABLE settings."""
+    saved = saved_config(out)
+    if saved is None:
+        return
+    was = flatten(saved.to_dict())
+    changed = {k: v for k, v in cfg.changes_from(saved).items() if not k.startswith(RESUMABLE)}
+    if changed:
+        keys = sorted(changed, key=lambda k: (k != "preset", k))[:6]  # another preset says most, first
+        listed = ", ".join(f"{k}={changed[k]!r} (was {was.get(k)!r})" for k in keys)
+        raise UsageError(
+            f"--resume continues {out} as it was configured ({storage.join(out, 'config.json')}), but this command "
+            f"changes {listed}{' and more' if len(changed) > 6 else ''}; drop --preset/--config (--resume then takes "
+            "the run's own) and keep only run settings such as --epochs, or train a new run with another --out."
+        )
 
 
 def check_resumed_data(out: str, data: str, dataset: tuple[DatasetInfo, RFTable], allow_other_data: bool) -> None:
