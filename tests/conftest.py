@@ -44,7 +44,7 @@ def make_synth(out, spec: SynthSpec = TINY, **kwargs):
 
 # Fixtures that start Ray: a test using one is in the slow lane (marker `ray`); the rest is pure PyTorch/NumPy. A test
 # that starts Ray another way (a subprocess running `rfgan train`) carries the marker itself.
-RAY_FIXTURES = {"ray_session", "fresh_ray", "head_node"}
+RAY_FIXTURES = {"ray_session", "tune_ray", "head_node"}
 pytest_plugins = ["cluster_fixtures"]
 # The cluster lane's (tests/cluster): several Ray nodes and an S3 endpoint. Its tests are in the `ray` lane too, and
 # need a process of their own (one Ray per driver process): `pytest -m cluster`.
@@ -58,6 +58,8 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.cluster)
         if (RAY_FIXTURES | CLUSTER_FIXTURES) & used:
             item.add_marker(pytest.mark.ray)
+        if "tune_ray" in used:
+            item.add_marker(pytest.mark.tune)
 
 
 @pytest.fixture(autouse=True)
@@ -88,15 +90,13 @@ def ray_session():
     shut_down(ray)
 
 
-@pytest.fixture(scope="module")
-def fresh_ray(ray_session):
-    """The session's Ray, restarted for a module whose tests drive Ray Tune: a Tune controller in a driver that has
-    already run a few dozen Train runs can wait forever for trial actors that Ray created (the driver never hears
-    that they are alive; seen in CI, not in a fresh driver, which is what `rfgan tune` always is). The modules after
-    it go on with the new one."""
-    if not shut_down(ray_session):
-        pytest.fail("ray.shutdown() did not return: no fresh Ray for this module")
-    ray_session.init(**RAY_ARGS)
+@pytest.fixture(scope="session")
+def tune_ray(ray_session):
+    """The session's Ray, for a test that drives Ray Tune: such tests are marked `tune` and run in a pytest process
+    of their own (`make test-all`). A Tune controller in a driver that had run the Train tests waited forever for
+    trial actors that Ray had created (the driver never heard they were alive), and that driver's ray.shutdown()
+    could hang the same way: its subscription to Ray's GCS had stopped answering. `rfgan tune` is always a fresh
+    driver, as this process is."""
     return ray_session
 
 

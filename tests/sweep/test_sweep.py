@@ -131,7 +131,7 @@ def interrupt_after_one_trial(monkeypatch, tmp_path):
 
 
 def test_sweep_of_three_trials_with_one_crash_writes_results_and_a_trainable_best_config(
-    fresh_ray, tiny_dataset, tmp_path, trial_fault, capsys
+    tune_ray, tiny_dataset, tmp_path, trial_fault, capsys
 ):
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
     out = tmp_path / "sweep"
@@ -185,7 +185,7 @@ def test_sweep_of_three_trials_with_one_crash_writes_results_and_a_trainable_bes
 
 
 def test_an_interrupted_sweep_resumes_with_its_own_space_without_repeating_finished_trials(
-    fresh_ray, tiny_dataset, tmp_path, interrupt_after_one_trial, capsys
+    tune_ray, tiny_dataset, tmp_path, interrupt_after_one_trial, capsys
 ):
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
     out = tmp_path / "sweep"
@@ -233,7 +233,7 @@ def trial_workers(monkeypatch):
 
 
 def test_a_trial_that_lost_a_worker_is_restarted_and_resumes_its_own_run(
-    fresh_ray, tiny_dataset, tmp_path, trial_workers, monkeypatch
+    tune_ray, tiny_dataset, tmp_path, trial_workers, monkeypatch
 ):
     from worker_faults import counting_starts, killed_once_before_reporting
 
@@ -255,7 +255,7 @@ def test_a_trial_that_lost_a_worker_is_restarted_and_resumes_its_own_run(
     assert [r["epoch"] for r in read_metrics_csv((run / "metrics.csv").read_text())] == [1, 2]
 
 
-def test_a_diverging_trial_is_not_restarted(fresh_ray, tiny_dataset, tmp_path, trial_workers):
+def test_a_diverging_trial_is_not_restarted(tune_ray, tiny_dataset, tmp_path, trial_workers):
     from worker_faults import counting_starts
 
     from rfgan.run import train
