@@ -92,7 +92,7 @@ def ray_session():
 
 @pytest.fixture(scope="session")
 def tune_ray(ray_session):
-    """The session's Ray, for a test that drives Ray Tune: such tests are marked `tune` and run in a pytest process
+    """The session's Ray, for a test of the sweep layer on Ray: such tests are marked `tune` and run in a pytest process
     of their own (`make test-all`). A Tune controller in a driver that had run the Train tests waited forever for
     trial actors that Ray had created (the driver never heard they were alive), and that driver's ray.shutdown()
     could hang the same way: its subscription to Ray's GCS had stopped answering. `rfgan tune` is always a fresh

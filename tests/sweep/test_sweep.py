@@ -311,10 +311,10 @@ def test_concurrent_trials_are_the_flag_else_what_the_cluster_can_grow_to():
     assert concurrency(two_workers, SweepSpec(data="d", out="o", trials=4, max_concurrent=6), None) == 4
 
 
-def test_a_ray_without_an_autoscaler_can_grow_to_what_it_has_or_an_unknown_size(ray_session):
+def test_a_ray_without_an_autoscaler_can_grow_to_what_it_has_or_an_unknown_size(tune_ray):
     from rfgan.sweep.runner import cluster_capacity
 
-    assert cluster_capacity(False) == ray_session.cluster_resources()  # a local Ray: fixed
+    assert cluster_capacity(False) == tune_ray.cluster_resources()  # a local Ray: fixed
     assert cluster_capacity(True) is None  # a cluster without a published maximum
 
 
