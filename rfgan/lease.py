@@ -171,8 +171,9 @@ def _locked(run: str, holder: Holder) -> RunLocked:
 @contextmanager
 def held(run: str, refresh_s: float = REFRESH_S) -> Iterator[Lease]:
     """The lease of `run` while the block runs, its heartbeat refreshed every `refresh_s` by a thread; released at
-    the end however the block ends. A local run folder this made is removed again if nothing else was written."""
-    made = not storage.is_remote(run) and not os.path.exists(run)
+    the end however the block ends. A run folder this made is removed again if nothing else was written."""
+    fs, folder = storage.filesystem(run)
+    made = fs.get_file_info(folder).type == pafs.FileType.NotFound
     lease = acquire(run)
     stop = threading.Event()
 
@@ -195,7 +196,10 @@ def held(run: str, refresh_s: float = REFRESH_S) -> Iterator[Lease]:
         except OSError as e:
             print(f"note: cannot delete the lease {lease_path(run)} ({e}); it is stale now", file=sys.stderr)
         if made:
+            # Only if nothing else was written: a refused run leaves no folder. On object storage too, where deleting
+            # a folder's last file leaves a marker object that keeps the folder listed (pyarrow's S3).
             try:
-                os.rmdir(run)  # only if empty
+                if not fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
+                    fs.delete_dir(folder)
             except OSError:
                 pass
