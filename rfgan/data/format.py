@@ -57,6 +57,7 @@ IMAGE_ENCODINGS = ("raw", "png")
 SPLITS = ("train", "val", "test")
 METADATA_FILE = "metadata.json"
 RFS_FILE = "rfs.csv"
+_REMAKE = "re-create the dataset (rfgan synth/ingest)"  # what most refusals of a dataset advise
 
 
 @dataclass(frozen=True)
@@ -192,12 +193,9 @@ class DatasetInfo:
         if listed != info.splits:
             raise DataError(
                 f"{where}: 'shards' lists {listed} rows per split but 'splits' says {info.splits}; "
-                "it contradicts itself: re-create the dataset (rfgan synth/ingest)."
+                f"it contradicts itself: {_REMAKE}."
             )
         return info
-
-
-_REMAKE = "re-create the dataset (rfgan synth/ingest)"
 
 
 def _number(value: Any, key: str, where: str) -> float:
@@ -232,7 +230,7 @@ def _parse_shards(value: Any, where: str) -> dict[str, tuple[Shard, ...]]:
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         raise DataError(
             f"{where}: 'shards' is not a mapping of split to a list of {{'file', 'rows', 'bytes', 'sha256'}} "
-            f"({type(e).__name__}: {e}); re-create the dataset (rfgan synth/ingest)."
+            f"({type(e).__name__}: {e}); {_REMAKE}."
         ) from e
 
 
@@ -305,8 +303,7 @@ def split_files(path: str | os.PathLike, split: str, info: DatasetInfo | None = 
         raise DataError(f"{folder}: {what}; the dataset has splits {sorted(info.splits)}.")
     if not files:
         raise DataError(
-            f"{folder}: no Parquet files, but {METADATA_FILE} says the split has {info.splits[split]} "
-            "rows; re-create the dataset (rfgan synth/ingest)."
+            f"{folder}: no Parquet files, but {METADATA_FILE} says the split has {info.splits[split]} rows; {_REMAKE}."
         )
     footers = {}
     for f in files:
@@ -334,7 +331,7 @@ def split_files(path: str | os.PathLike, split: str, info: DatasetInfo | None = 
         if sizes[f] != listed[f].bytes:
             raise DataError(
                 f"{f} has {sizes[f]} bytes but {METADATA_FILE} lists {listed[f].bytes}; it was altered or replaced: "
-                "re-create the dataset (rfgan synth/ingest)."
+                f"{_REMAKE}."
             )
     _check_shard_facts(root, split, info, footers)
     return files
@@ -348,26 +345,26 @@ def listed_shards(root: str, split: str, info: DatasetInfo) -> dict[str, Shard]:
 def _check_shards(root: str, split: str, info: DatasetInfo, found: dict[str, int]) -> None:
     """Refuse a split whose files are not the ones written (`found`: the rows of each file there, from its footer):
     a lost or extra shard would otherwise train on part of the data, or twice on some of it, without a word."""
-    remake = "re-create the dataset (rfgan synth/ingest)"
     listed = listed_shards(root, split, info)
     missing = [f for f in listed if f not in found]
     if missing:
         raise DataError(
             f"{missing[0]} is missing: {len(missing)} of the {len(listed)} '{split}' shards that "
             f"{METADATA_FILE} lists are gone ({sum(listed[f].rows for f in missing)} of {info.splits[split]} "
-            f"rows); {remake}."
+            f"rows); {_REMAKE}."
         )
     extra = [f for f in found if f not in listed]
     if extra:
         raise DataError(
             f"{extra[0]} is not one of the '{split}' shards listed in {METADATA_FILE} ({len(extra)} "
-            f"such file(s)); it would be read as part of the dataset: remove it, or {remake}."
+            f"such file(s)); it would be read as part of the dataset: remove it, or {_REMAKE}."
         )
     for f, shard in listed.items():
         rows = found[f]
         if rows != shard.rows:
             raise DataError(
-                f"{f} holds {rows} rows but {METADATA_FILE} lists {shard.rows}; it was cut short or replaced: {remake}."
+                f"{f} holds {rows} rows but {METADATA_FILE} lists {shard.rows}; it was cut short or replaced: "
+                f"{_REMAKE}."
             )
 
 
@@ -379,14 +376,23 @@ def _check_shards(root: str, split: str, info: DatasetInfo, found: dict[str, int
 SHARD_FACTS = b"rfgan"
 
 
-def shard_facts(image_shape: tuple[int, int, int], fov_deg: float, responses: np.ndarray) -> dict[bytes, bytes]:
-    """The footer metadata of a shard (SHARD_FACTS): its image shape, field of view and response sums."""
+def response_sums(responses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-electrode float64 sums and sums of squares of (N, E) responses (a float32 sum over thousands of rows
+    loses digits): what a shard records (shard_facts) and what the training split's statistics add up."""
     r = responses.astype(np.float64)
+    return r.sum(0), (r * r).sum(0)
+
+
+def shard_facts(
+    image_shape: tuple[int, int, int], fov_deg: float, sums: tuple[np.ndarray, np.ndarray]
+) -> dict[bytes, bytes]:
+    """The footer metadata of a shard (SHARD_FACTS): its image shape, field of view and response sums
+    (response_sums)."""
     facts = {
         "image_shape": list(image_shape),
         "fov_deg": float(fov_deg),
-        "response_sum": r.sum(0).tolist(),
-        "response_sum_sq": (r * r).sum(0).tolist(),
+        "response_sum": sums[0].tolist(),
+        "response_sum_sq": sums[1].tolist(),
     }
     return {SHARD_FACTS: json.dumps(facts).encode()}
 

@@ -34,6 +34,7 @@ from rfgan.data.format import (
     Shard,
     parquet_schema,
     response_stats,
+    response_sums,
     shard_facts,
 )
 from rfgan.data.rf import RFTable
@@ -67,9 +68,9 @@ def encode_png(image: np.ndarray) -> bytes:
     return out.getvalue()
 
 
-def _samples_to_table(s: Samples, schema: pa.Schema, fov_deg: float) -> pa.Table:
+def _samples_to_table(s: Samples, schema: pa.Schema, fov_deg: float, sums: tuple[np.ndarray, np.ndarray]) -> pa.Table:
     n, e = s.responses.shape
-    schema = schema.with_metadata(shard_facts(s.images.shape[1:], fov_deg, s.responses))
+    schema = schema.with_metadata(shard_facts(s.images.shape[1:], fov_deg, sums))
     if pa.types.is_binary(schema.field("image").type):
         image = pa.array([encode_png(im) for im in s.images], pa.binary())
     else:
@@ -179,8 +180,7 @@ def write_dataset(
     try:
         counts: dict[str, int] = {}
         shards: dict[str, list[Shard]] = {}
-        # Float64 running sums: a float32 sum over thousands of rows loses digits.
-        total = np.zeros(n_electrodes)
+        total = np.zeros(n_electrodes)  # float64, as response_sums
         total_sq = np.zeros(n_electrodes)
         for split, chunks in splits.items():
             (tmp / split).mkdir()
@@ -191,12 +191,12 @@ def write_dataset(
                     continue
                 _check_chunk(chunk, split, n_electrodes, image_shape)
                 name = f"{split}/part-{k:05d}.parquet"
-                shards[split].append(_write_shard(_samples_to_table(chunk, schema, fov_deg), tmp / name, name))
+                sums = response_sums(chunk.responses)
+                shards[split].append(_write_shard(_samples_to_table(chunk, schema, fov_deg, sums), tmp / name, name))
                 counts[split] += len(chunk)
                 if split == "train":
-                    r = chunk.responses.astype(np.float64)
-                    total += r.sum(axis=0)
-                    total_sq += (r * r).sum(axis=0)
+                    total += sums[0]
+                    total_sq += sums[1]
                 if on_rows is not None:
                     on_rows(len(chunk))
             if counts[split] == 0:
