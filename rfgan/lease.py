@@ -90,10 +90,15 @@ def _write_whole(run: str, data: bytes) -> None:
         storage.write_bytes(path, data)
         return
     path = storage.absolute(path)
+    os.replace(_aside(path, data), path)
+
+
+def _aside(path: str, data: bytes) -> str:
+    """`data` written whole to a new file beside the local `path`, to be put in its place by one call; its name."""
     tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
     with open(tmp, "wb") as f:
         f.write(data)
-    os.replace(tmp, path)
+    return tmp
 
 
 class Lease:
@@ -150,9 +155,7 @@ def _create_exclusively(path: str, data: bytes) -> None:
     fails on an existing name, and appears with all its content)."""
     path = storage.absolute(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
+    tmp = _aside(path, data)
     try:
         os.link(tmp, path)
     except FileExistsError:
