@@ -1,8 +1,8 @@
 # The README's two Quickstart commands: `make run` and `make test` (lint, then the fast lane: every test that starts no
-# Ray). `make test-all` is lint and the whole suite, the `ray` lane included (real local Ray Train, Tune and Data
-# runs, a Ray head for `ray job submit`), then in processes of their own the Tune tests (a fresh driver, as `rfgan
-# tune` is) and the `cluster` lane (several Ray nodes and a local S3 endpoint): what CI runs (.ci/run). Each
-# installs what it needs first.
+# Ray). `make test-all` is lint and the whole suite in four pytest processes: the fast lane; the `ray` lane (real
+# local Ray Train and Data runs, a Ray head for `ray job submit`); the Tune tests (a fresh driver, as `rfgan tune`
+# is); the `cluster` lane (several Ray nodes and a local S3 endpoint). It is what CI runs (.ci/run). Each installs
+# what it needs first.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -28,6 +28,7 @@ test: install lint
 	$(BIN)/python -m pytest -m "not ray"
 
 test-all: install lint
-	$(BIN)/python -m pytest -m "not cluster and not tune"
+	$(BIN)/python -m pytest -m "not ray"
+	$(BIN)/python -m pytest -m "ray and not cluster and not tune"
 	$(BIN)/python -m pytest -m tune
 	$(BIN)/python -m pytest -m cluster
