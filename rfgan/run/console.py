@@ -49,11 +49,20 @@ class ProgressSender:
         if self.queue is None or (done < total and now - self.last < self.every_s):
             return
         self.last = now
-        self.queue.put_nowait(("step", epoch, done, total))
+        self._put(("step", epoch, done, total))
 
     def epoch(self, metrics: Mapping[str, Any]) -> None:
         if self.queue is not None:
-            self.queue.put_nowait(("epoch", dict(metrics)))
+            self._put(("epoch", dict(metrics)))
+
+    def _put(self, event: tuple) -> None:
+        """The terminal's view is not worth the run: if the queue's actor is gone, training goes on without it (the
+        metrics are in metrics.csv either way)."""
+        try:
+            self.queue.put_nowait(event)
+        except Exception as e:  # Ray's errors for a dead actor; no Ray import here
+            print(f"progress to the driver's terminal stopped: {type(e).__name__}: {e}", file=sys.stderr)
+            self.queue = None
 
 
 def epoch_line(metrics: Mapping[str, Any], epochs: int) -> str:

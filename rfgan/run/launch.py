@@ -190,12 +190,17 @@ def train(
                 streams = not reads_on_driver(cfg, info)
                 check_cluster(cfg, data, {"--out": out}, streams=streams, split_mb=train_split_mb(info))
                 write_resolved_config(cfg, out)
+                import ray
                 from ray.util.queue import Queue
+                from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
                 # Torch threads that share the machine's cores among the local workers; a cluster's nodes decide
                 # their own.
                 threads = None if on_cluster(address) else max(1, (os.cpu_count() or 1) // cfg.run.workers)
-                events = Queue(actor_options={"num_cpus": 0})
+                # The progress queue's actor lives on the driver's node, which lasts as long as the run: placed on a
+                # worker node it died with that node, and every restart of the run then failed on its first put.
+                here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+                events = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
                 progress = EpochProgress(cfg.run.epochs, log.out, log.err)
                 follower = QueueFollower(events, progress.handle)
                 try:

@@ -9,7 +9,7 @@ plain losses by what the cloud announced before the node went.
 
 from __future__ import annotations
 
-import itertools
+import time
 from typing import Any
 
 from rfgan.config import Config
@@ -46,18 +46,49 @@ def restarts_on(error: BaseException | None, restarts: int, budget: int) -> bool
     return budget == -1 or restarts < budget
 
 
+def settle_nodes(timeout_s: float = 120.0) -> list[str]:
+    """Wait until Ray knows the fate of every node it lists as alive: each either runs a probe or is declared dead
+    (its probe then fails). A node whose raylet was killed stays listed as alive, with its resources free, until
+    Ray's health checks give up on it (tens of seconds); a restart in that window places ranks on it and loses
+    them again, spending the restart budget on one loss. Returns the ids of nodes still unsettled at `timeout_s`."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_cpus=0, max_retries=0)
+    def probe() -> None:
+        return None
+
+    pending = {
+        probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(): n["NodeID"]
+        for n in ray.nodes()
+        if n["Alive"]
+    }
+    if not pending:
+        return []
+    _, unsettled = ray.wait(list(pending), num_returns=len(pending), timeout=timeout_s)
+    for ref in unsettled:
+        ray.cancel(ref)
+    return [pending[ref] for ref in unsettled]
+
+
 def fit_restarting(
     cfg: Config, data: str, out: str, *, budget: int | None = None, label: str = "the run", **fit_kwargs: Any
 ) -> TrainResult:
     """fit(), run again from its last checkpoint in `out` while restarts_on says so, within `budget` restarts
     (default: cfg.run.max_failures)."""
     budget = cfg.run.max_failures if budget is None else budget
-    for restarts in itertools.count():
+    restarts = 0
+    while True:
         result = fit(cfg, data, out, **fit_kwargs)
         if not restarts_on(result.error, restarts, budget):
             return result
+        restarts += 1
         note(
             f"{label} lost a worker or its node; restarting it from its last checkpoint "
-            f"(restart {restarts + 1} of {'unlimited' if budget == -1 else budget})"
+            f"(restart {restarts} of {'unlimited' if budget == -1 else budget}) once Ray has settled which nodes "
+            "are gone"
         )
-    raise AssertionError("unreachable")
+        t0 = time.monotonic()
+        unsettled = settle_nodes()
+        if unsettled:
+            note(f"{len(unsettled)} node(s) still unanswered after {time.monotonic() - t0:.0f} s; restarting anyway")

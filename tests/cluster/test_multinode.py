@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import ray
 from cluster_fixtures import WORKER_CPUS, worker_nodes
 from conftest import SMALL_NETS, TINY, make_synth, set_flags
 
@@ -98,19 +99,19 @@ def test_workers_that_leave_ray_data_no_cpu_are_refused(ray_cluster, bucket_data
     assert "starved" not in storage.list_dirs(f"{s3}/runs")
 
 
-def _lose_a_node_mid_run(cluster, run, settings, data, drain: bool) -> tuple[int, str]:
-    """Train `settings` into `run` in a thread; once its first checkpoint is committed in the bucket, take away the
-    node of rank 1 (drained first as a spot preemption when `drain`) without grace, and add a fresh node. (exit
-    code, stderr)."""
+def _lose_a_node_mid_run(cluster, command, runs, drain: bool, rank: int = 1):
+    """Run `command` in a thread; once one of `runs()` has its first checkpoint committed in the bucket, take away the
+    node of its rank `rank` (drained first as a spot preemption when `drain`) without grace, and add a fresh node.
+    What `command` returned."""
     outcome = []
-    thread = threading.Thread(target=lambda: outcome.append(train(data, run, settings)), daemon=True)
+    thread = threading.Thread(target=lambda: outcome.append(command()), daemon=True)
     thread.start()
     deadline = time.time() + 300
     # Ray's record of the run's checkpoints is written once one is committed (a folder alone may be mid-upload).
-    while not storage.is_file(f"{run}/{RAY_SNAPSHOT}"):
+    while not (run := next((r for r in runs() if storage.is_file(f"{r}/{RAY_SNAPSHOT}")), None)):
         assert thread.is_alive() and time.time() < deadline, outcome
         time.sleep(0.2)
-    victim_id = next(r["node_id"] for r in workers(run)[0]["ranks"] if r["rank"] == 1)
+    victim_id = next(r["node_id"] for r in workers(run)[0]["ranks"] if r["rank"] == rank)
     victim = next(n for n in worker_nodes(cluster) if n.node_id == victim_id)
     if drain:
         subprocess.run(
@@ -131,7 +132,16 @@ def _lose_a_node_mid_run(cluster, run, settings, data, drain: bool) -> tuple[int
     cluster.add_node(num_cpus=WORKER_CPUS)
     thread.join(timeout=600)
     assert outcome, "the run did not end"
+    # The next test's run must not be placed on the removed node before Ray's health checks declare it dead.
+    while any(n["NodeID"] == victim_id and n["Alive"] for n in ray.nodes()):
+        assert time.time() < deadline + 600, "Ray never declared the removed node dead"
+        time.sleep(0.5)
     return outcome[0]
+
+
+def _train_losing_a_node(cluster, run, settings, data, drain: bool) -> tuple[int, str]:
+    """`rfgan train` into `run`, losing the node of rank 1 after its first checkpoint. (exit code, stderr)"""
+    return _lose_a_node_mid_run(cluster, lambda: train(data, run, settings), lambda: [run], drain)
 
 
 LOSS = {**SPREAD, "run.epochs": 5}
@@ -139,7 +149,7 @@ LOSS = {**SPREAD, "run.epochs": 5}
 
 def test_a_lost_node_restarts_the_run_from_its_last_checkpoint_in_the_bucket(ray_cluster, longer_data, s3):
     run = f"{s3}/runs/lost-node"
-    code, err = _lose_a_node_mid_run(ray_cluster, run, LOSS, longer_data, drain=False)
+    code, err = _train_losing_a_node(ray_cluster, run, LOSS, longer_data, drain=False)
     assert code == 0, err + log_tail(run)
     assert epochs(run) == [1, 2, 3, 4, 5]  # every epoch once: the restart continued, it did not redo
     first, second = workers(run)
@@ -150,14 +160,14 @@ def test_a_lost_node_restarts_the_run_from_its_last_checkpoint_in_the_bucket(ray
 
 def test_a_plain_node_loss_is_charged_to_max_failures(ray_cluster, longer_data, s3):
     run = f"{s3}/runs/no-failures-left"
-    code, err = _lose_a_node_mid_run(ray_cluster, run, {**LOSS, "run.max_failures": 0}, longer_data, drain=False)
+    code, err = _train_losing_a_node(ray_cluster, run, {**LOSS, "run.max_failures": 0}, longer_data, drain=False)
     # The rank on the lost node, with what Ray says of it (ActorUnavailableError or ActorDiedError), and the budget.
     assert code == 1 and "rank 1: Actor" in err and "run.max_failures=0" in err, err
 
 
 def test_a_preemption_is_charged_to_its_own_budget(ray_cluster, longer_data, s3):
     run = f"{s3}/runs/preempted"
-    code, err = _lose_a_node_mid_run(ray_cluster, run, {**LOSS, "run.max_failures": 0}, longer_data, drain=True)
+    code, err = _train_losing_a_node(ray_cluster, run, {**LOSS, "run.max_failures": 0}, longer_data, drain=True)
     assert code == 0, err + log_tail(run)
     assert epochs(run) == [1, 2, 3, 4, 5] and len(workers(run)) == 2
 
@@ -187,3 +197,19 @@ def test_sweep_trials_run_on_different_nodes_with_the_sweep_in_the_bucket(ray_cl
     nodes = [workers(run)[0]["ranks"][0]["node_id"] for run in runs]
     assert len(runs) == 2 and len(set(nodes)) == 2  # both at once, one per node
     assert storage.is_file(f"{out}/trials.csv") and storage.is_file(f"{out}/best_config.json")
+
+
+def test_a_trial_whose_node_is_lost_is_restarted_from_its_checkpoint(ray_cluster, longer_data, s3):
+    out = f"{s3}/sweeps/lost-node"
+    code = _lose_a_node_mid_run(
+        ray_cluster,
+        lambda: tune(longer_data, out, 1, 5),
+        lambda: trial_runs(out),
+        drain=False,
+        rank=0,
+    )
+    assert code == 0
+    [run] = trial_runs(out)
+    first, second = workers(run)
+    assert second["first_epoch"] > 1 and epochs(run) == [1, 2, 3, 4, 5]
+    assert {r["node_id"] for r in first["ranks"]} != {r["node_id"] for r in second["ranks"]}

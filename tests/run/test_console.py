@@ -64,6 +64,21 @@ def test_progress_is_sent_at_most_every_interval_and_always_at_the_end():
     ProgressSender(None).step(1, 8, 32)  # nobody follows (a sweep's trial): nothing to do
 
 
+def test_a_lost_progress_queue_stops_the_progress_not_the_training(capsys):
+    calls = []
+
+    def gone(item):
+        calls.append(item)
+        raise RuntimeError("The actor died because its node has died.")
+
+    sender = ProgressSender(type("Q", (), {"put_nowait": lambda self, item: gone(item)})(), every_s=0)
+    sender.step(1, 8, 32)
+    sender.step(1, 16, 32)
+    sender.epoch(METRICS)
+    assert len(calls) == 1 and sender.queue is None
+    assert "progress to the driver's terminal stopped: RuntimeError: The actor died" in capsys.readouterr().err
+
+
 def test_bars_only_on_a_terminal_and_one_line_per_epoch():
     out, piped = io.StringIO(), io.StringIO()
     progress = EpochProgress(12, out, piped)
