@@ -29,6 +29,6 @@ test: install lint
 
 test-all: install lint
 	$(BIN)/python -m pytest -m "not ray"
-	$(BIN)/python -m pytest -m "ray and not cluster and not tune"
-	$(BIN)/python -m pytest -m tune
-	$(BIN)/python -m pytest -m cluster
+	$(BIN)/python -m pytest -m "ray and not cluster and not tune" --durations=5
+	$(BIN)/python -m pytest -m tune --durations=5
+	$(BIN)/python -m pytest -m cluster --durations=5

@@ -92,6 +92,13 @@ def failure_reason(exc: BaseException) -> str:
         rank = min(failures, key=lambda r: (not hasattr(failures[r], "actor_id"), r))
         more = f" (and {len(failures) - 1} more rank(s))" if len(failures) > 1 else ""
         return f"rank {rank}: {type(failures[rank]).__name__}: {_first_line(str(failures[rank]))}{more}"
+    if getattr(exc, "actor_init_failed", False):
+        # Ray's text: "The actor died because of an error raised in its creation task, ray::Class.__init__() (…)",
+        # the traceback, and last the exception's own line.
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        where = re.search(r"ray::(\w+)\.__init__", str(exc))
+        actor = where.group(1) if where else "an actor"
+        return f"{actor} could not start: {lines[-1] if lines else type(exc).__name__}"
     controller = getattr(exc, "controller_failure", None)  # ray.train's ControllerError: its header says only that
     if controller is not None:
         return f"Ray Train's controller failed: {type(controller).__name__}: {_first_line(str(controller))}"

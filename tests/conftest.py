@@ -44,7 +44,7 @@ def make_synth(out, spec: SynthSpec = TINY, **kwargs):
 
 # Fixtures that start Ray: a test using one is in the slow lane (marker `ray`); the rest is pure PyTorch/NumPy. A test
 # that starts Ray another way (a subprocess running `rfgan train`) carries the marker itself.
-RAY_FIXTURES = {"ray_session", "tune_ray", "head_node"}
+RAY_FIXTURES = {"ray_session", "tune_ray"}
 pytest_plugins = ["cluster_fixtures"]
 # The cluster lane's (tests/cluster): several Ray nodes and an S3 endpoint. Its tests are in the `ray` lane too, and
 # need a process of their own (one Ray per driver process): `pytest -m cluster`.

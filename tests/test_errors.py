@@ -36,3 +36,25 @@ def test_a_controller_failure_names_what_the_controller_died_of():
         "Ray Train's controller failed: UnicodeEncodeError: 'ascii' codec can't encode character '\\xfc' in "
         "position 1: ordinal not in range(128)"
     )
+
+
+def test_an_actor_whose_constructor_raised_names_its_class_and_the_exception_and_is_not_a_lost_worker():
+    from ray.exceptions import RayTaskError
+
+    from rfgan.run.restarts import lost_workers
+
+    raised = RayTaskError(
+        "TrainController.__init__",
+        'Traceback (most recent call last):\n  File "controller.py", line 9, in __init__\n'
+        "OSError: When resolving region for bucket 'rfgan': AWS Error NETWORK_CONNECTION",
+        OSError("unreachable"),
+        proctitle="ray::TrainController.__init__()",
+        pid=764,
+        ip="10.0.0.2",
+    )
+    error = ActorDiedError(raised)
+    assert failure_reason(error) == (
+        "TrainController could not start: OSError: When resolving region for bucket 'rfgan': AWS Error "
+        "NETWORK_CONNECTION"
+    )
+    assert not lost_workers(error) and lost_workers(ActorDiedError())  # raised once, it would raise again

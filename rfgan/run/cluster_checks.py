@@ -7,7 +7,10 @@ another node after an epoch of training (and then again on every retry) is refus
   reads, perf.driver_read_mb, is read on the driver's node only, so a local path is fine for it);
 - Train workers that take every CPU the cluster has or can grow to while Ray Data streams: its read tasks then wait
   for a CPU forever (Ray Data says "The job may hang forever", and it does);
-- GPU workers on a cluster without enough GPUs: Ray Train retries its worker group's start forever.
+- GPU workers on a cluster without enough GPUs: Ray Train retries its worker group's start forever;
+- storage that this shell reaches and Ray's processes do not: they take their settings (an S3 endpoint, keys, a
+  region) from the environment their node was started in, not from the driver's, and Ray Train's controller died
+  in its constructor with a traceback.
 """
 
 from __future__ import annotations
@@ -96,10 +99,52 @@ def check_gpus(cfg: Config, capacity: Mapping[str, float] | None) -> None:
         )
 
 
+def check_reached(paths: Mapping[str, str], timeout_s: float = 120.0) -> None:
+    """Refuse a URI among `paths` ({flag: path}) that Ray's processes on a node alive now cannot list (one probe
+    task per node, in parallel). A node that does not answer within `timeout_s`, or goes away meanwhile, is not
+    judged: Train does not place ranks on a node that is gone."""
+    remote = {flag: path for flag, path in paths.items() if storage.is_remote(path)}
+    if not remote:
+        return
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_cpus=0, max_retries=0)
+    def reach(paths: dict[str, str]) -> dict[str, str]:
+        failed = {}
+        for flag, path in paths.items():
+            try:
+                storage.file_sizes(path)
+            except Exception as e:  # whatever the filesystem raises: it is the reason to show
+                failed[flag] = f"{type(e).__name__}: {' '.join(str(e).split())}"
+        return failed
+
+    probes = {
+        reach.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(remote): n
+        for n in ray.nodes()
+        if n["Alive"]
+    }
+    ready, _ = ray.wait(list(probes), num_returns=len(probes), timeout=timeout_s)
+    for ref in ready:
+        try:
+            failed = ray.get(ref)
+        except ray.exceptions.RayError:
+            continue
+        for flag, why in failed.items():
+            raise UsageError(
+                f"{flag} {remote[flag]}: Ray's processes on the node at {probes[ref]['NodeManagerAddress']} cannot "
+                f"reach it ({why}); they take their storage settings (endpoint, "
+                "keys, region: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...) from the environment their node was started "
+                "in, not from this shell's: start the nodes (`ray start`) with them set, or give them to the job "
+                "(`ray job submit --runtime-env`)."
+            )
+
+
 def check_cluster(cfg: Config, data: str, outs: Mapping[str, str], streams: bool, split_mb: float) -> None:
-    """Both checks on the connected cluster: `outs` ({flag: path}) are written from any node, `data` is read from
+    """The checks on the connected cluster: `outs` ({flag: path}) are written from any node, `data` is read from
     any node only when the training split `streams` through Ray Data."""
     nodes, capacity = cluster_shape()
     check_paths({**({"--data": data} if streams else {}), **outs}, nodes)
     check_read_cpus(cfg, capacity, streams, split_mb)
     check_gpus(cfg, capacity)
+    check_reached({"--data": data, **outs})

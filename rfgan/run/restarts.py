@@ -32,7 +32,8 @@ def lost_workers(error: BaseException) -> bool:
         ray.exceptions.LocalRayletDiedError,
         ray.exceptions.ObjectLostError,
     )
-    return any(isinstance(e, lost) for e in wrapped_errors(error))
+    # An actor whose constructor raised was not lost: it would raise again.
+    return any(isinstance(e, lost) and not getattr(e, "actor_init_failed", False) for e in wrapped_errors(error))
 
 
 def restarts_on(error: BaseException | None, restarts: int, budget: int) -> bool:

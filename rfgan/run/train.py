@@ -467,6 +467,11 @@ def fit(
         raise KeyboardInterrupt from None
     except ray.train.TrainingFailedError as e:  # a failure, or more preemptions than run.max_preemption_failures
         return TrainResult(run_dir=loop_config["run_dir"], metrics={}, best_checkpoint=None, error=e)
+    except ray.exceptions.RayActorError as e:
+        if not e.actor_init_failed:
+            raise
+        # Ray Train's controller raised in its constructor (storage its node cannot reach, say): a reason to show.
+        return TrainResult(run_dir=loop_config["run_dir"], metrics={}, best_checkpoint=None, error=e)
     return TrainResult(
         run_dir=loop_config["run_dir"],
         metrics=dict(result.metrics or {}),

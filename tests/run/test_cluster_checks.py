@@ -48,3 +48,35 @@ def test_gpu_workers_on_a_cluster_without_enough_gpus_are_refused_with_the_way_o
     check_gpus(gpu, {"CPU": 16.0, "GPU": 2.0})
     check_gpus(gpu, None)  # a cluster that may grow by an unknown amount: Ray waits for the autoscaler
     check_gpus(preset("tiny"), {"CPU": 16.0})  # CPU workers
+
+
+def test_storage_that_rays_processes_cannot_reach_is_refused_naming_the_node_and_the_way_out(ray_session, monkeypatch):
+    """The session's Ray started before this S3 endpoint was set in this process's environment, as nodes started
+    before (or without) the shell's AWS settings: its processes look for the bucket on AWS itself."""
+    import boto3
+    from cluster_fixtures import free_port
+    from moto.server import ThreadedMotoServer
+
+    from rfgan import storage
+    from rfgan.run.cluster_checks import check_reached
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        for key, value in {
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+            "AWS_ACCESS_KEY_ID": "rfgan-test",
+            "AWS_SECRET_ACCESS_KEY": "rfgan-test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }.items():
+            monkeypatch.setenv(key, value)
+        boto3.client("s3").create_bucket(Bucket="reached")
+        assert storage.file_sizes("s3://reached/runs") == {}  # this process reaches it
+        with pytest.raises(UsageError) as e:
+            check_reached({"--data": "data/local", "--out": "s3://reached/runs/x"})
+        message = str(e.value)
+        assert message.startswith("--out s3://reached/runs/x: Ray's processes on the node at ") and "\n" not in message
+        assert "cannot reach it (" in message and "AWS_ENDPOINT_URL" in message and "ray start" in message
+    finally:
+        server.stop()
