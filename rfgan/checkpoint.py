@@ -67,6 +67,11 @@ ADVICE = {
         "resume on the data the run was trained on, pass --allow-other-data if continuing on this data is intended "
         "(its checkpoints' validation scores then come from two datasets), or train a new run (another --out)",
     ),
+    "sweep": (
+        "Resume the sweep on the recording its trials were trained on, or start a new sweep (another --out)",
+        "resume the sweep on the data its trials were trained on, or start a new sweep (another --out): its trials "
+        "are compared on one dataset",
+    ),
 }
 
 
@@ -74,7 +79,7 @@ ADVICE = {
 class Accept:
     """What a use of a checkpoint accepts besides the data it was trained on, and so what its refusals advise."""
 
-    use: str = "eval"  # "eval" or "resume" (ADVICE)
+    use: str = "eval"  # "eval", "resume" or "sweep" (ADVICE)
     other_rfs: bool = False  # another recording of the same shape (eval's --allow-other-rfs)
     other_data: bool = False  # another dataset of the same RFs: re-made, other rows (--allow-other-data)
 

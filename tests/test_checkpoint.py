@@ -255,3 +255,24 @@ def test_resume_without_a_preset_takes_the_runs_own_config_and_the_flags_given(t
     printed = capsys.readouterr().out
     shown = json.loads(printed[printed.index("{") : printed.index("\ngenerator:")])
     assert shown == {**own, "data": {**own["data"], "path": str(data)}, "run": {**own["run"], "epochs": 7}}
+
+
+def test_a_sweep_is_resumed_only_on_the_data_its_trials_were_trained_on(
+    run_with_two_checkpoints, tiny_dataset, tmp_path
+):
+    """`rfgan tune --resume` checks every trial's newest checkpoint before Ray starts (the workers' own check would
+    end each unfinished trial ERROR, one by one), with advice for a sweep, not train's flags."""
+    from rfgan.sweep.runner import check_trials_data
+
+    sweep = tmp_path / "sweep"
+    (sweep / "trials").mkdir(parents=True)
+    shutil.move(run_with_two_checkpoints, sweep / "trials" / "train-abc12")
+    (sweep / "trials" / "train-def34").mkdir()  # a trial that had not reached its first checkpoint
+    check_trials_data(str(sweep), str(tiny_dataset), (read_info(tiny_dataset), read_rfs(tiny_dataset)))
+    remade = tmp_path / "remade"
+    make_synth(remade, dataclasses.replace(TINY, n_train=TINY.n_train + 8))  # the same RFs, more rows
+    with pytest.raises(DataError) as e:
+        check_trials_data(str(sweep), str(remade), (read_info(remade), read_rfs(remade)))
+    message = str(e.value)
+    assert message.startswith("--resume: ") and "(trial abc12)" in message and "\n" not in message
+    assert "resume the sweep on the data its trials were trained on" in message and "--allow-other" not in message

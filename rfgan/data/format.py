@@ -608,9 +608,10 @@ def _shards(path: str | os.PathLike, split: str, info: DatasetInfo) -> tuple[paf
     return fs, [(f, listed[f]) for f in split_files(path, split, info)]
 
 
-def read_split(path: str | os.PathLike, split: str) -> dict[str, np.ndarray]:
-    """A whole split in memory, without Ray (evaluation, tests, small datasets), every shard's hash checked."""
-    info = read_info(path)
+def read_split(path: str | os.PathLike, split: str, info: DatasetInfo | None = None) -> dict[str, np.ndarray]:
+    """A whole split in memory, without Ray (evaluation, tests, small datasets), every shard's hash checked. `info`:
+    the dataset's metadata when the caller has read it."""
+    info = info or read_info(path)
     fs, files = _shards(path, split, info)
     return decode_table(pa.concat_tables(read_shard(fs, f, shard) for f, shard in files), info)
 

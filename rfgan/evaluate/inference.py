@@ -159,8 +159,10 @@ def evaluate_run(
     outputs.check_target(grid_file(run, split), EVAL_GRID)
     decoder = load_decoder(find_checkpoint(run, which), device)
     accept = Accept("eval", other_rfs=allow_other_rfs, other_data=allow_other_data)
-    warning = decoder.check_matches(read_info(data), read_rfs(data), str(data), accept)
-    return write_evaluation(run, decoder, data, split, feature_nets(feature_metrics, device), device, warning)
+    info = read_info(data)
+    warning = decoder.check_matches(info, read_rfs(data, info), str(data), accept)
+    nets = feature_nets(feature_metrics, device)
+    return write_evaluation(run, decoder, data, split, nets, device, warning, info=info)
 
 
 def write_evaluation(
@@ -172,11 +174,13 @@ def write_evaluation(
     device: str | torch.device = "cpu",
     warning: str | None = None,
     into: str | None = None,
+    info: DatasetInfo | None = None,
 ) -> dict[str, Any]:
     """Evaluate `decoder` on a split: RUN/eval_SPLIT.json (the table, and what was evaluated how) and a grid PNG,
     each staged and renamed into place (rfgan.outputs), the table last; written into `into` (a run being staged)
-    when given, named as in `run`."""
-    rows = read_split(data, split)
+    when given, named as in `run`. `info`: the dataset's metadata when the caller has read it."""
+    info = info or read_info(data)
+    rows = read_split(data, split, info)
     responses, targets = to_tensors(rows)
     fakes = decoder.reconstruct(responses, device)
     ids = torch.from_numpy(np.array(rows["image_id"]))
@@ -194,7 +198,7 @@ def write_evaluation(
         "checkpoint": decoder.checkpoint,
         "epoch": decoder.epoch,
         "data": storage.absolute(data),
-        "data_fingerprint": read_info(data).fingerprint,
+        "data_fingerprint": info.fingerprint,
         "split": split,
         "n_images": len(rows["sample_id"]),
         "masked": decoder.mask is not None,
@@ -219,7 +223,8 @@ def baseline(
         raise UsageError(f"{out} already holds a run; choose another --out.")
     outputs.check_target(out, NEW_RUN)
     check_device(device)
-    info, rfs = read_info(data), read_rfs(data)
+    info = read_info(data)
+    rfs = read_rfs(data, info)
     nets = feature_nets(feature_metrics, device)
     fit = fit_ridge(data, device)
     config = fit.config(storage.absolute(data))
@@ -229,7 +234,7 @@ def baseline(
         checkpoint = storage.join(out, storage.split(save_ridge(fit, str(staged), info, rfs, config))[1])
         (staged / "config.json").write_text(parse.dumps(config, indent=2))
         decoder = Decoder(RIDGE_KIND, fit.decoder.to(device), info, rfs, config, checkpoint, epoch=0)
-        result.update(write_evaluation(out, decoder, data, "val", nets, device, into=str(staged)))
+        result.update(write_evaluation(out, decoder, data, "val", nets, device, into=str(staged), info=info))
 
     outputs.write_folder(out, NEW_RUN, fill)
     return config, result

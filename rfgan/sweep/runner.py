@@ -14,10 +14,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from rfgan import storage
-from rfgan.checkpoint import SCORE
+from rfgan.checkpoint import SCORE, Accept, check_data_matches, trained_data
 from rfgan.config import Config, ConfigError, flatten
 from rfgan.data.format import DatasetInfo, read_info
-from rfgan.errors import UsageError
+from rfgan.data.rf import RFTable
+from rfgan.errors import DataError, UsageError
 from rfgan.run.cluster_checks import autoscaler_maximum, check_cluster, grown
 from rfgan.run.restarts import fit_restarting
 from rfgan.run.train import reads_on_driver, run_paths, train_split_mb
@@ -144,6 +145,21 @@ def resumed_space(out: str, given: Mapping[str, Range] | None) -> dict[str, Rang
     return stored
 
 
+def check_trials_data(out: str, data: str, dataset: tuple[DatasetInfo, RFTable]) -> None:
+    """Before Ray starts: refuse to resume the sweep in `out` on data other than its trials' checkpoints were trained
+    on (the dataset re-made in place, other RFs), saying what changed. Otherwise every unfinished trial would fail
+    in its workers, one by one, each ending ERROR."""
+    trials = storage.join(out, "trials")
+    for name in storage.list_dirs(trials):
+        trained = trained_data(storage.join(trials, name)) if name.startswith("train-") else None
+        if trained is not None:
+            checkpoint, info, rfs = trained
+            try:
+                check_data_matches(info, rfs, *dataset, data, Accept("sweep"))
+            except DataError as e:
+                raise DataError(f"--resume: {checkpoint} (trial {name.removeprefix('train-')}): {e}") from None
+
+
 def early_stopping(base: Config):
     """ASHA on validation SSIM, keyed on the epoch that every report carries, not on Tune's iteration count: a trial
     that a restored sweep resumes starts again at training_iteration 1 while its Train run goes on at its next
@@ -175,7 +191,9 @@ def sweep(
     from rfgan.run.train import preflight
     from rfgan.sweep.progress import TrialLines
 
-    info, _ = preflight(base, spec.data)
+    info, rfs = preflight(base, spec.data)
+    if resume:
+        check_trials_data(spec.out, spec.data, (info, rfs))
     with launch.run_log(spec.out, LOG_FILE, verbose) as log:
         started = launch.init_ray(address, launch.min_cpus(base), dashboard)
         log.after_ray_init()
