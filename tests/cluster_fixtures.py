@@ -60,7 +60,16 @@ def ray_cluster(s3):
 
     if ray.is_initialized():
         pytest.fail("the cluster lane needs a process of its own: run it as `pytest -m cluster`")
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    # With its dashboard, as clusters have: Ray Train's PlacementGroupCleaner asks the state API (which the dashboard
+    # serves) whether a controller is gone, and without it the worker groups' CPUs of controllers that ended
+    # ungracefully (a run that failed on a lost node) stayed reserved, and the lane's next runs waited for ever.
+    head = {
+        "num_cpus": 0,
+        "include_dashboard": True,
+        "dashboard_port": free_port(),
+        "dashboard_agent_listen_port": free_port(),
+    }
+    cluster = Cluster(initialize_head=True, head_node_args=head)
     for _ in range(2):
         cluster.add_node(num_cpus=WORKER_CPUS)
     cluster.wait_for_nodes()
