@@ -107,10 +107,10 @@ def tune_ray(ray_session):
 _SHUTDOWN_STUCK: list[int] = []
 
 
-def shut_down(ray, timeout_s: float = 120.0) -> bool:
-    """ray.shutdown(), given `timeout_s` to return. Rarely, after a long session on a loaded machine, it waits forever
-    for the driver's error-listener thread, whose subscription to Ray's GCS has stopped answering (seen once, after
-    every test had passed): the test run must end all the same."""
+def shut_down(ray, timeout_s: float = 30.0) -> bool:
+    """ray.shutdown(), given `timeout_s` to return (it takes a few seconds). After the Ray lane's Train runs it has
+    waited for ever for the driver's error-listener thread, whose subscription to Ray's GCS had stopped answering
+    (seen in CI runs after every test had passed): the test run must end all the same."""
     import threading
 
     stopping = threading.Thread(target=ray.shutdown, daemon=True)
