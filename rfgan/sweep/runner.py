@@ -34,6 +34,7 @@ TRIAL_ONLY: dict[str, Any] = {"run.max_failures": 0, "run.keep_checkpoints": 1}
 # the drivers of every trial a sweep runs at once.
 HEAD_SHARE = 0.001
 SPACE_FILE = "space.json"
+TRIAL_RUN = "train-"  # a trial's Train run is TRIALS_DIR/train-<trial id>
 
 
 def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -69,7 +70,7 @@ def trial_driver(config: dict[str, Any]) -> None:
     trial_id = ray.tune.get_context().get_trial_id()
     # A name from the trial id, not a timestamp: a restarted run and a restored sweep re-enter the same Train run and
     # resume it.
-    out = f"{config['trials_dir']}/train-{trial_id}"
+    out = f"{config['trials_dir']}/{TRIAL_RUN}{trial_id}"
     result = fit_restarting(
         cfg,
         config["dataset_path"],
@@ -151,13 +152,13 @@ def check_trials_data(out: str, data: str, dataset: tuple[DatasetInfo, RFTable])
     in its workers, one by one, each ending ERROR."""
     trials = storage.join(out, "trials")
     for name in storage.list_dirs(trials):
-        trained = trained_data(storage.join(trials, name)) if name.startswith("train-") else None
+        trained = trained_data(storage.join(trials, name)) if name.startswith(TRIAL_RUN) else None
         if trained is not None:
             checkpoint, info, rfs = trained
             try:
                 check_data_matches(info, rfs, *dataset, data, Accept("sweep"))
             except DataError as e:
-                raise DataError(f"--resume: {checkpoint} (trial {name.removeprefix('train-')}): {e}") from None
+                raise DataError(f"--resume: {checkpoint} (trial {name.removeprefix(TRIAL_RUN)}): {e}") from None
 
 
 def early_stopping(base: Config):
