@@ -107,8 +107,8 @@ def tune_ray(ray_session):
 _SHUTDOWN_STUCK: list[int] = []
 
 
-def shut_down(ray, timeout_s: float = 30.0) -> bool:
-    """ray.shutdown(), given `timeout_s` to return (it takes a few seconds). After the Ray lane's Train runs it has
+def shut_down(ray, timeout_s: float = 10.0) -> bool:
+    """ray.shutdown(), given `timeout_s` to return (about 2 s when it does). After the Ray lane's Train runs it has
     waited for ever for the driver's error-listener thread, whose subscription to Ray's GCS had stopped answering
     (seen in CI runs after every test had passed): the test run must end all the same."""
     import threading

@@ -6,9 +6,11 @@ import json
 import pytest
 import torch
 
+from rfgan.bench.pipeline import format_pipeline, scaling
 from rfgan.bench.reference_loop import reference_step, trainable_vgg
 from rfgan.bench.step import bench_config, build_seeded, make_arm, run_bench, synthetic_problem
 from rfgan.cli import main
+from rfgan.cli.bench import worker_counts
 from rfgan.errors import UsageError
 from rfgan.gan.build import build_optimizers, on_device
 from rfgan.gan.step import train_step
@@ -112,3 +114,29 @@ def test_the_step_benchmark_imports_neither_ray_nor_optuna():
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'optuna'}))"
     )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
+
+
+def test_worker_scaling_is_each_rate_over_its_shards_fewest_workers_and_printed_so():
+    rates = {"kept": {4: 30.0, 1: 10.0, 2: 18.0}, "streamed": {2: 12.0, 4: 18.0}}
+    rows = scaling(rates)
+    assert [(r["shard"], r["workers"], r["over_fewest"]) for r in rows] == [
+        ("kept", 1, 1.0),
+        ("kept", 2, 1.8),
+        ("kept", 4, 3.0),
+        ("streamed", 2, 1.0),
+        ("streamed", 4, 1.5),
+    ]
+    figures = {"batch": 8, "data_path_samples_per_s": 400.0, "data_path_over_step": 4.0, "step_samples_per_s": 100.0}
+    text = format_pipeline({**figures, "scaling_rows": 64, "workers": rows})
+    assert "1 worker 10.0 (1.00x), 2 workers 18.0 (1.80x), 4 workers 30.0 (3.00x)" in text
+    assert "streamed from Parquet every epoch (perf.cache_shard_mb=0): 2 workers 12.0 (1.00x)" in text
+
+
+@pytest.mark.parametrize("flag, counts", [("1,2,4", (1, 2, 4)), ("2", (2,)), ("0,2", None), ("two", None), ("", None)])
+def test_pipeline_worker_counts_are_positive_integers(flag, counts, capsys):
+    if counts:
+        assert worker_counts(flag) == counts
+        return
+    with pytest.raises(SystemExit) as stop:
+        main(["bench", "--pipeline", "--pipeline-workers", flag])
+    assert stop.value.code == 2 and "is not a list of worker counts such as 1,2,4" in capsys.readouterr().err

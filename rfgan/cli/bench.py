@@ -8,6 +8,17 @@ import json
 from rfgan.cli.data import dataset_or_synth
 
 
+def worker_counts(text: str) -> tuple[int, ...]:
+    """--pipeline-workers: positive worker counts, comma-separated."""
+    try:
+        counts = tuple(int(n) for n in text.split(","))
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of worker counts such as 1,2,4")
+    return counts
+
+
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     from rfgan.bench.presets import BENCH_PRESETS
 
@@ -41,7 +52,15 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--pipeline",
         action="store_true",
-        help="also measure the data path (Parquet -> Ray Data -> tensors) and 1 vs 2 Ray Train workers (starts Ray)",
+        help="also measure the data path (Parquet -> Ray Data -> tensors) and Ray Train's samples/s with each of "
+        "--pipeline-workers (starts Ray)",
+    )
+    p.add_argument(
+        "--pipeline-workers",
+        type=worker_counts,
+        default=(1, 2),
+        metavar="N,N,...",
+        help="Ray Train worker counts that --pipeline times, each with its shard kept in memory and streamed",
     )
     p.add_argument("--data", help="dataset for --pipeline (default: the built-in synthetic dataset)")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
@@ -75,8 +94,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from rfgan.run.launch import init_ray
 
         data = dataset_or_synth(args.data)
-        init_ray(None, 4)
-        result["pipeline"] = run_pipeline(data, args.preset, step_samples_per_s=result["rfgan_samples_per_s"])
+        init_ray(None, max(4, max(args.pipeline_workers) + 2))  # a CPU for Ray Data's reads beside the workers
+        result["pipeline"] = run_pipeline(
+            data, args.preset, step_samples_per_s=result["rfgan_samples_per_s"], workers=args.pipeline_workers
+        )
         print(format_pipeline(result["pipeline"]))
     if args.json:
         print(json.dumps(result))

@@ -99,6 +99,25 @@ def check_gpus(cfg: Config, capacity: Mapping[str, float] | None) -> None:
         )
 
 
+def on_every_node(func, *args, timeout_s: float) -> tuple[dict, list[str]]:
+    """Run the Ray remote function `func(*args)` (0 CPUs, no retries) pinned to every node Ray lists as alive, in
+    parallel. ({finished ref: node}, ids of the nodes whose call had not finished at `timeout_s`, cancelled)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    calls = {
+        func.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(*args): n
+        for n in ray.nodes()
+        if n["Alive"]
+    }
+    if not calls:
+        return {}, []
+    ready, unfinished = ray.wait(list(calls), num_returns=len(calls), timeout=timeout_s)
+    for ref in unfinished:
+        ray.cancel(ref)
+    return {ref: calls[ref] for ref in ready}, [calls[ref]["NodeID"] for ref in unfinished]
+
+
 def check_reached(paths: Mapping[str, str], timeout_s: float = 120.0) -> None:
     """Refuse a URI among `paths` ({flag: path}) that Ray's processes on a node alive now cannot list (one probe
     task per node, in parallel). A node that does not answer within `timeout_s`, or goes away meanwhile, is not
@@ -107,7 +126,6 @@ def check_reached(paths: Mapping[str, str], timeout_s: float = 120.0) -> None:
     if not remote:
         return
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     @ray.remote(num_cpus=0, max_retries=0)
     def reach(paths: dict[str, str]) -> dict[str, str]:
@@ -119,20 +137,15 @@ def check_reached(paths: Mapping[str, str], timeout_s: float = 120.0) -> None:
                 failed[flag] = f"{type(e).__name__}: {' '.join(str(e).split())}"
         return failed
 
-    probes = {
-        reach.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(remote): n
-        for n in ray.nodes()
-        if n["Alive"]
-    }
-    ready, _ = ray.wait(list(probes), num_returns=len(probes), timeout=timeout_s)
-    for ref in ready:
+    answered, _ = on_every_node(reach, remote, timeout_s=timeout_s)
+    for ref, node in answered.items():
         try:
             failed = ray.get(ref)
         except ray.exceptions.RayError:
             continue
         for flag, why in failed.items():
             raise UsageError(
-                f"{flag} {remote[flag]}: Ray's processes on the node at {probes[ref]['NodeManagerAddress']} cannot "
+                f"{flag} {remote[flag]}: Ray's processes on the node at {node['NodeManagerAddress']} cannot "
                 f"reach it ({why}); they take their storage settings (endpoint, "
                 "keys, region: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...) from the environment their node was started "
                 "in, not from this shell's: start the nodes (`ray start`) with them set, or give them to the job "

@@ -14,6 +14,7 @@ from typing import Any
 
 from rfgan.config import Config
 from rfgan.errors import RfganError, user_error, wrapped_errors
+from rfgan.run.cluster_checks import on_every_node
 from rfgan.run.console import note
 from rfgan.run.train import TrainResult, fit
 
@@ -53,23 +54,12 @@ def settle_nodes(timeout_s: float = 120.0) -> list[str]:
     Ray's health checks give up on it (tens of seconds); a restart in that window places ranks on it and loses
     them again, spending the restart budget on one loss. Returns the ids of nodes still unsettled at `timeout_s`."""
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     @ray.remote(num_cpus=0, max_retries=0)
     def probe() -> None:
         return None
 
-    pending = {
-        probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(): n["NodeID"]
-        for n in ray.nodes()
-        if n["Alive"]
-    }
-    if not pending:
-        return []
-    _, unsettled = ray.wait(list(pending), num_returns=len(pending), timeout=timeout_s)
-    for ref in unsettled:
-        ray.cancel(ref)
-    return [pending[ref] for ref in unsettled]
+    return on_every_node(probe, timeout_s=timeout_s)[1]
 
 
 def fit_restarting(

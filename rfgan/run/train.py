@@ -465,12 +465,11 @@ def fit(
         # Ray Train takes Ctrl-C itself (in the main thread): it aborts the run gracefully, then ends the driver
         # with SystemExit from inside fit(). Give callers the interrupt it was, so they can say what was kept.
         raise KeyboardInterrupt from None
-    except ray.train.TrainingFailedError as e:  # a failure, or more preemptions than run.max_preemption_failures
-        return TrainResult(run_dir=loop_config["run_dir"], metrics={}, best_checkpoint=None, error=e)
-    except ray.exceptions.RayActorError as e:
-        if not e.actor_init_failed:
+    except (ray.train.TrainingFailedError, ray.exceptions.RayActorError) as e:
+        # A failure, or more preemptions than run.max_preemption_failures; or Ray Train's controller raised in its
+        # constructor (storage its node cannot reach, say): a reason to show. Any other lost actor is not ours.
+        if isinstance(e, ray.exceptions.RayActorError) and not e.actor_init_failed:
             raise
-        # Ray Train's controller raised in its constructor (storage its node cannot reach, say): a reason to show.
         return TrainResult(run_dir=loop_config["run_dir"], metrics={}, best_checkpoint=None, error=e)
     return TrainResult(
         run_dir=loop_config["run_dir"],

@@ -353,20 +353,23 @@ def test_the_printed_best_checkpoint_is_named_as_the_run_directory_is(run_dir, t
     assert train.best_checkpoint(run_dir, []) is None
 
 
-def test_resume_after_the_newest_checkpoint_was_deleted_or_cut_short(trained_run, tiny_dataset, tmp_path, capsys):
+def test_resume_after_the_newest_checkpoint_was_deleted_and_the_next_cut(trained_run, tiny_dataset, tmp_path, capsys):
+    # Both of what Ray's own restore cannot survive, in one run (tests/test_checkpoint.py has each case on its own):
+    # the newest checkpoint deleted, which Ray's record still names (Ray alone would refuse to start), and the one
+    # before it cut short, as by an interrupted upload.
     run, data = copy_of(trained_run, tmp_path), str(tiny_dataset)
     steps_per_epoch = int(rows(run)[0]["step"])
-    shutil.rmtree(epochs_of_checkpoints(run)[4])  # Ray's snapshot still names it: Ray alone would refuse to start
+    checkpoints = epochs_of_checkpoints(run)
+    shutil.rmtree(checkpoints[4])
+    nets = checkpoints[3] / "nets.pt"
+    nets.write_bytes(nets.read_bytes()[:1000])
     result = fit(continued(run, 5), data, str(run), torch_threads=1)
     assert result.error is None and result.metrics["epoch"] == 5
-    assert "(epoch 3), the newest complete checkpoint" in capsys.readouterr().err
-    assert [r["epoch"] for r in rows(run)] == [1, 2, 3, 4, 5] and rows(run)[3]["step"] == 4 * steps_per_epoch
-    nets = epochs_of_checkpoints(run)[5] / "nets.pt"
-    nets.write_bytes(nets.read_bytes()[:1000])  # cut short, as by an interrupted upload
-    result = fit(continued(run, 6), data, str(run), torch_threads=1)
-    assert result.error is None and result.metrics["epoch"] == 6
-    assert "(epoch 4), the newest complete checkpoint" in capsys.readouterr().err
-    assert adam_steps(find_checkpoint(run, "last")) == 6 * steps_per_epoch
+    err = capsys.readouterr().err
+    assert "skipping a damaged checkpoint" in err and "(epoch 2), the newest complete checkpoint" in err
+    # Epochs 3 to 5 trained again on top of epoch 2's state: its optimizer's steps, then three epochs more.
+    assert [r["epoch"] for r in rows(run)] == [1, 2, 3, 4, 5] and rows(run)[2]["step"] == 3 * steps_per_epoch
+    assert adam_steps(find_checkpoint(run, "last")) == 5 * steps_per_epoch
 
 
 def test_resume_of_a_real_run_on_its_dataset_remade_in_place(trained_run, tiny_dataset, tmp_path, capsys):
@@ -387,41 +390,50 @@ def test_resume_of_a_real_run_on_its_dataset_remade_in_place(trained_run, tiny_d
 
 
 @pytest.mark.ray
-@pytest.mark.parametrize("sig, code, stop", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
-def test_ctrl_c_or_sigterm_on_train_stops_it_and_says_how_to_resume(tiny_dataset, tmp_path, sig, code, stop):
-    """A real SIGINT (Ctrl-C) or SIGTERM (kill, a scheduler) to a real `rfgan train` process (its own local Ray), once
-    an epoch has been reported. (SIGTERM was: Ray's handler's SystemExit, then the process aborted, exit 134.)"""
+def test_ctrl_c_or_sigterm_on_train_stops_it_and_says_how_to_resume(tiny_dataset, tmp_path):
+    """A real SIGINT (Ctrl-C) and a real SIGTERM (kill, a scheduler) each to a real `rfgan train` process (its own
+    local Ray; the two at once), once an epoch has been reported. (SIGTERM was: Ray's handler's SystemExit, then the
+    process aborted, exit 134.)"""
     import subprocess
     import sys
 
-    run = tmp_path / "interrupted"
     sets = set_flags(SMALL)
     argv = [sys.executable, "-m", "rfgan", "train", "--data", str(tiny_dataset), "--preset", "tiny", *sets]
-    proc = subprocess.Popen(
-        [*argv, "--epochs", "1000", "--out", str(run)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=interruptible,
-    )
+    cases = {signal.SIGINT: (130, "interrupted"), signal.SIGTERM: (143, "terminated")}
+    runs = {sig: tmp_path / sig.name for sig in cases}
+    procs = {
+        sig: subprocess.Popen(
+            [*argv, "--epochs", "1000", "--out", str(runs[sig])],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=interruptible,
+        )
+        for sig in cases
+    }
+    errs = {}
     try:
         deadline = time.monotonic() + 300
-        while not (run / "metrics.csv").exists():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no epoch was reported within 300 s"
-            time.sleep(0.5)
-        proc.send_signal(sig)
-        _, err = proc.communicate(timeout=120)
+        for sig, proc in procs.items():
+            while not (runs[sig] / "metrics.csv").exists():
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() < deadline, "no epoch was reported within 300 s"
+                time.sleep(0.5)
+            proc.send_signal(sig)
+        errs = {sig: proc.communicate(timeout=120)[1] for sig, proc in procs.items()}
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == code, err
-    # rfgan's message is the driver's last word; Ray's processes may still log after it as they shut down (tagged
-    # "(… pid=…)" lines, e.g. the GCS server's), which the driver does not control.
-    own = [line for line in err.strip().splitlines() if "pid=" not in line]
-    last = own[-1]
-    assert last.startswith(f"rfgan train: {stop};") and f"rfgan train --out {run} --resume" in last, err
-    # The driver's own output has no traceback (Ray forwards its workers' logs, each line tagged "(… pid=N)", and an
-    # aborted worker may log one there).
-    assert not [line for line in own if "Traceback" in line], err
-    assert existing_checkpoints(str(run))  # what `--resume` continues from is there
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+    for sig, (code, stop) in cases.items():
+        run, err = runs[sig], errs[sig]
+        assert procs[sig].returncode == code, err
+        # rfgan's message is the driver's last word; Ray's processes may still log after it as they shut down
+        # (tagged "(… pid=…)" lines, e.g. the GCS server's), which the driver does not control.
+        own = [line for line in err.strip().splitlines() if "pid=" not in line]
+        last = own[-1]
+        assert last.startswith(f"rfgan train: {stop};") and f"rfgan train --out {run} --resume" in last, err
+        # The driver's own output has no traceback (Ray forwards its workers' logs, each line tagged "(… pid=N)", and
+        # an aborted worker may log one there).
+        assert not [line for line in own if "Traceback" in line], err
+        assert existing_checkpoints(str(run))  # what `--resume` continues from is there
