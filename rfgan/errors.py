@@ -83,6 +83,8 @@ def failure_reason(exc: BaseException) -> str:
     group, what the first failed rank died of (a lost node, a killed process, an error), whose text otherwise sits
     below a header line that says only "Training failed due to worker errors:"."""
     reason = user_error(exc)
+    if reason is None:  # one of rfgan's own, deeper: a rank's Ray Data read that met bad data, say
+        reason = next((r for e in wrapped_errors(exc) if isinstance(r := user_error(e), RfganError)), None)
     if reason is not None:
         return _first_line(str(reason))
     failures = rank_failures(exc)
@@ -106,4 +108,6 @@ def failure_reason(exc: BaseException) -> str:
 
 
 def _first_line(text: str) -> str:
+    """The first line of `text` with words, without the colour codes Ray puts in its tasks' names."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)
     return next((line.strip() for line in text.splitlines() if line.strip()), "")

@@ -26,6 +26,19 @@ def test_rfgan_own_reason_wins_and_other_errors_give_their_first_line():
     assert failure_reason(RuntimeError("")) == "RuntimeError"
 
 
+def test_rfgan_own_reason_is_found_in_a_ranks_failure_as_text_and_ray_colours_are_dropped():
+    # As a rank's Ray Data read that met a damaged shard arrives: Ray's wrapper, its colour codes, the worker's
+    # traceback as text (the exception object itself is not kept across the processes).
+    text = (
+        "\x1b[36mray::SplitCoordinator.get()\x1b[39m (pid=1, ip=10.0.0.1)\nTraceback (most recent call last):\n"
+        "  ...\nrfgan.errors.DataError: d/train/part-00000.parquet: its content is not what was written"
+    )
+    error = WorkerGroupError("...", {0: RuntimeError(text)})
+    assert failure_reason(error) == "d/train/part-00000.parquet: its content is not what was written"
+    plain = WorkerGroupError("...", {0: RuntimeError(text.split("\nTraceback")[0])})
+    assert failure_reason(plain) == "rank 0: RuntimeError: ray::SplitCoordinator.get() (pid=1, ip=10.0.0.1)"
+
+
 def test_a_controller_failure_names_what_the_controller_died_of():
     from ray.train.v2.api.exceptions import ControllerError
 

@@ -26,6 +26,7 @@ import hashlib
 import io
 import json
 import os
+import posixpath
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -552,6 +553,11 @@ def read_shard(fs: pafs.FileSystem, file: str, shard: Shard, columns: tuple[str,
             data = f.read()
     except OSError as e:
         raise DataError(f"{file}: cannot read it ({e}).") from e
+    return checked_table(file, data, shard, columns)
+
+
+def checked_table(file: str, data: bytes, shard: Shard, columns: tuple[str, ...] = COLUMNS) -> pa.Table:
+    """The Parquet table in `data`, the whole of `file`, once its SHA-256 is the one `shard` records."""
     check_hash(file, hashlib.sha256(data).hexdigest(), shard)
     return pq.read_table(pa.BufferReader(data), columns=list(columns))
 
@@ -627,17 +633,30 @@ def iter_split(path: str | os.PathLike, split: str, batch_rows: int = 1024) -> I
 
 
 def open_split(path: str | os.PathLike, split: str) -> ray.data.Dataset:
-    """A split as a Ray Dataset of decoded rows (responses (E,), image (H, W, C)), after checking its schema."""
+    """A split as a Ray Dataset of decoded rows (responses (E,), image (H, W, C)), after checking its schema. Each of
+    Ray Data's read tasks reads whole shards, and hashes what it read before Parquet decodes it, as read_split does:
+    a streamed split is checked at no second read (Ray Data's own Parquet reader fixes its scan options, so it
+    cannot even be told to verify the pages' checksums)."""
     import ray.data
 
     info = read_info(path)
-    files = split_files(path, split, info)
-    # Not hashed: hashing on the driver would read the whole (large: else the driver reads it, reads_on_driver)
-    # training split once more before the first step, and Ray Data's Parquet reader sets its own scan options, so the
-    # page checksums are not verified as it streams either. The driver has checked each file's rows and bytes
-    # (split_files); `rfgan check` hashes every byte, and whole-file reads (read_split) hash what they read.
-    ds = ray.data.read_parquet(files, filesystem=storage.filesystem(path)[0]).select_columns(list(COLUMNS))
-    return ds.map_batches(decode_table, fn_kwargs={"info": info}, batch_format="pyarrow")
+    fs, files = _shards(path, split, info)
+    ds = ray.data.read_binary_files([f for f, _ in files], filesystem=fs, include_paths=True)
+    # The paths as Ray Data gives them back may be spelled otherwise (absolute, without a scheme); a split's file
+    # names are unique.
+    shards = {posixpath.basename(f): shard for f, shard in files}
+    return ds.map_batches(
+        _decode_files, fn_kwargs={"info": info, "shards": shards}, batch_size=1, batch_format="pyarrow"
+    )
+
+
+def _decode_files(batch: pa.Table, info: DatasetInfo, shards: Mapping[str, Shard]) -> dict[str, np.ndarray]:
+    """Whole shard files as read_binary_files gives them → decoded rows, each file's hash checked."""
+    tables = [
+        checked_table(file, data, shards[posixpath.basename(file)])
+        for data, file in zip(batch.column("bytes").to_pylist(), batch.column("path").to_pylist(), strict=True)
+    ]
+    return decode_table(pa.concat_tables(tables), info)
 
 
 def to_tensors(batch: Mapping[str, Any], device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,6 +23,7 @@ from rfgan.run.cluster_checks import check_cluster
 from rfgan.run.console import EpochProgress, QueueFollower, RunLog, note, sigterm_as_ctrl_c
 from rfgan.run.restarts import fit_restarting
 from rfgan.run.train import reads_on_driver, train_split_mb, write_resolved_config
+from rfgan.run.watchdog import watch_this_driver
 
 LOG_FILE = "train.log"
 
@@ -52,6 +53,7 @@ def init_ray(address: str | None, min_cpus: int, dashboard: bool = False) -> boo
     # address="local": a Ray of its own even when `ray start` left one running on this machine, which a plain
     # ray.init() would join (the way to use that one is --address or $RAY_ADDRESS).
     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, min_cpus), include_dashboard=dashboard)
+    watch_this_driver()
     sigterm_as_ctrl_c()
     return True
 

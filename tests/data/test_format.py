@@ -3,6 +3,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -509,6 +510,27 @@ def test_damaged_bytes_in_a_data_page_are_refused_by_every_reader_and_by_check(c
     assert main(["check", "--data", str(copy)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("rfgan check: error:") and err.count("\n") == 1 and str(shard) in err
+
+
+def test_damaged_bytes_in_a_data_page_are_refused_as_ray_data_streams_them(ray_session, copy, tmp_path, capsys):
+    """A training split too large for the driver to read is streamed by Ray Data, whose read tasks hash the shards
+    they read: the damage reaches the user as rfgan's one line naming the file, through Ray's wrappers, and a run is
+    not restarted for it."""
+    shard = copy / "train" / "part-00000.parquet"
+    flip_a_bit_in_an_image_page(shard)
+    message = rf"{shard}: its content is not what was written \(SHA-256 .*copy the dataset again"
+    with pytest.raises(Exception, match=message):
+        open_split(copy, "train").materialize()
+    assert open_split(copy, "val").count() == TINY.n_val  # the other split is whole
+    run = tmp_path / "run"
+    sets = ["--set", "perf.driver_read_mb=0", "--set", "run.max_failures=2", "--set", "run.cpus_per_worker=1"]
+    args = ["train", "--data", str(copy), "--preset", "tiny", "--workers", "1", "--epochs", "1", *sets]
+    capsys.readouterr()
+    assert main([*args, "--out", str(run)]) == 1
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("rfgan train: training failed after") and re.search(message, last), err
+    assert "restarting" not in err  # bad data is not a lost worker
 
 
 def test_a_shard_swapped_for_another_of_as_many_rows_is_refused_from_the_listing(copy):

@@ -390,16 +390,18 @@ def test_resume_of_a_real_run_on_its_dataset_remade_in_place(trained_run, tiny_d
 
 
 @pytest.mark.ray
-def test_ctrl_c_or_sigterm_on_train_stops_it_and_says_how_to_resume(tiny_dataset, tmp_path):
-    """A real SIGINT (Ctrl-C) and a real SIGTERM (kill, a scheduler) each to a real `rfgan train` process (its own
-    local Ray; the two at once), once an epoch has been reported. (SIGTERM was: Ray's handler's SystemExit, then the
-    process aborted, exit 134.)"""
+def test_ctrl_c_sigterm_or_sigkill_on_train_stops_it_and_leaves_no_process(tiny_dataset, tmp_path):
+    """A real SIGINT (Ctrl-C), SIGTERM (kill, a scheduler) and SIGKILL (the OOM killer) each to a real `rfgan train`
+    process (its own local Ray; the three at once), once an epoch has been reported. (SIGTERM was: Ray's handler's
+    SystemExit, then the process aborted, exit 134. SIGKILL left two of Ray's processes for a minute.)"""
     import subprocess
     import sys
 
+    import psutil
+
     sets = set_flags(SMALL)
     argv = [sys.executable, "-m", "rfgan", "train", "--data", str(tiny_dataset), "--preset", "tiny", *sets]
-    cases = {signal.SIGINT: (130, "interrupted"), signal.SIGTERM: (143, "terminated")}
+    cases = {signal.SIGINT: (130, "interrupted"), signal.SIGTERM: (143, "terminated"), signal.SIGKILL: (-9, None)}
     runs = {sig: tmp_path / sig.name for sig in cases}
     procs = {
         sig: subprocess.Popen(
@@ -411,7 +413,7 @@ def test_ctrl_c_or_sigterm_on_train_stops_it_and_says_how_to_resume(tiny_dataset
         )
         for sig in cases
     }
-    errs = {}
+    errs, descendants = {}, []
     try:
         deadline = time.monotonic() + 300
         for sig, proc in procs.items():
@@ -419,15 +421,33 @@ def test_ctrl_c_or_sigterm_on_train_stops_it_and_says_how_to_resume(tiny_dataset
                 assert proc.poll() is None, proc.communicate()
                 assert time.monotonic() < deadline, "no epoch was reported within 300 s"
                 time.sleep(0.5)
+            if sig == signal.SIGKILL:
+                descendants = psutil.Process(proc.pid).children(recursive=True)
             proc.send_signal(sig)
         errs = {sig: proc.communicate(timeout=120)[1] for sig, proc in procs.items()}
     finally:
         for proc in procs.values():
             if proc.poll() is None:
                 proc.kill()
+
+    def alive(p: psutil.Process) -> bool:  # a zombie has ended (this machine's init may be slow to reap it)
+        try:
+            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    # The killed driver's Ray processes (its GCS, raylet, agents, workers) are gone within seconds.
+    assert len(descendants) > 5
+    until = time.monotonic() + 20
+    while (left := [p for p in descendants if alive(p)]) and time.monotonic() < until:
+        time.sleep(0.5)
+    assert not left, [p.name() for p in left]
     for sig, (code, stop) in cases.items():
         run, err = runs[sig], errs[sig]
         assert procs[sig].returncode == code, err
+        assert existing_checkpoints(str(run))  # what `--resume` continues from is there
+        if stop is None:
+            continue
         # rfgan's message is the driver's last word; Ray's processes may still log after it as they shut down
         # (tagged "(… pid=…)" lines, e.g. the GCS server's), which the driver does not control.
         own = [line for line in err.strip().splitlines() if "pid=" not in line]
@@ -436,4 +456,3 @@ def test_ctrl_c_or_sigterm_on_train_stops_it_and_says_how_to_resume(tiny_dataset
         # The driver's own output has no traceback (Ray forwards its workers' logs, each line tagged "(… pid=N)", and
         # an aborted worker may log one there).
         assert not [line for line in own if "Traceback" in line], err
-        assert existing_checkpoints(str(run))  # what `--resume` continues from is there
