@@ -7,6 +7,8 @@ Loading uses `torch.load(weights_only=True)`: a checkpoint cannot run code. The 
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import pickle
@@ -37,9 +39,10 @@ NETS_FILE, CONFIG_FILE, STATE_FILE, RFS_FILE, DATASET_FILE = (
 )
 CONTENT_FILES = (NETS_FILE, CONFIG_FILE, RFS_FILE, DATASET_FILE)  # all but state.json, which lists their sizes
 # Version 1 (rfgan before its first release) could hold configs and datasets this rfgan no longer reads; version 2
-# holds dataset facts without content hashes, so the data it was trained on cannot be told from other data. Both are
-# refused with the rfgan version that wrote them.
-CHECKPOINT_VERSION = 3
+# holds dataset facts without content hashes, so the data it was trained on cannot be told from other data; version 3
+# records its files' sizes but not their SHA-256, so bytes damaged in place went unnoticed. All are refused with the
+# rfgan version that wrote them.
+CHECKPOINT_VERSION = 4
 # Checkpoints are ranked by validation SSIM: a reconstruction metric, comparable across runs and configs (the
 # adversarial losses are not).
 SCORE = "val_ssim"
@@ -204,6 +207,9 @@ def write_checkpoint(
     # state.json last, with every other file's size: a checkpoint cut short (a crash while writing, an interrupted
     # upload, a truncated copy) is told from a complete one without loading it.
     sizes = {name: (directory / name).stat().st_size for name in CONTENT_FILES}
+    # And their hashes: damage that keeps a file's size (a flipped byte on disk, an edited RF table) is told when the
+    # checkpoint is loaded, which reads every byte anyway.
+    hashes = {name: hashlib.sha256((directory / name).read_bytes()).hexdigest() for name in CONTENT_FILES}
     (directory / STATE_FILE).write_text(
         json.dumps(
             {
@@ -214,6 +220,7 @@ def write_checkpoint(
                 "step": step,
                 "metrics": metrics or {},
                 "files": sizes,
+                "sha256": hashes,
             },
             indent=1,
         )
@@ -260,6 +267,13 @@ def _check_state_values(state: dict[str, Any], where: str) -> None:
     for key in ("epoch", "step"):
         if isinstance(state.get(key), bool) or not isinstance(state.get(key), int):
             raise DataError(f"{where}: {key} is {state.get(key)!r}, not a whole number; the checkpoint is damaged.")
+    hashes = state.get("sha256")
+    if not isinstance(hashes, dict) or not all(
+        isinstance(hashes.get(name), str) and len(hashes[name]) == 64 for name in CONTENT_FILES
+    ):
+        raise DataError(
+            f"{where}: sha256 does not list a hash of each of {list(CONTENT_FILES)}; the checkpoint is damaged."
+        )
     metrics = state.get("metrics")
     if not isinstance(metrics, dict) or not all(
         isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values()
@@ -284,16 +298,25 @@ def read_checkpoint(directory: str | os.PathLike, map_location: str | torch.devi
     """A local checkpoint directory of any kind, verified (read_state) before anything is loaded."""
     directory = Path(directory)
     state = read_state(directory)
+    raw = {name: (directory / name).read_bytes() for name in CONTENT_FILES}
+    for name, data in raw.items():
+        digest, recorded = hashlib.sha256(data).hexdigest(), state["sha256"][name]
+        if digest != recorded:
+            raise DataError(
+                f"{directory / name}: its content is not what was written (SHA-256 {digest[:12]}…, {STATE_FILE} "
+                f"lists {recorded[:12]}…); the checkpoint is damaged: use another (--checkpoint), or copy the run "
+                "again from a good source."
+            )
     try:
-        config = json.loads((directory / CONFIG_FILE).read_text())
-        info = DatasetInfo.from_json(json.loads((directory / DATASET_FILE).read_text()), str(directory / DATASET_FILE))
+        config = json.loads(raw[CONFIG_FILE])
+        info = DatasetInfo.from_json(json.loads(raw[DATASET_FILE]), str(directory / DATASET_FILE))
     except ValueError as e:  # JSONDecodeError, DataError
         raise DataError(
             f"{directory}: cannot read its config or dataset facts ({e}); the checkpoint is damaged."
         ) from e
-    rfs = RFTable.from_csv(directory / RFS_FILE)
+    rfs = RFTable.from_csv_text(raw[RFS_FILE].decode(), str(directory / RFS_FILE))
     try:
-        nets = torch.load(directory / NETS_FILE, map_location=map_location, weights_only=True)
+        nets = torch.load(io.BytesIO(raw[NETS_FILE]), map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
         raise DataError(
             f"{directory / NETS_FILE}: cannot load it ({str(e).splitlines()[0]}); the checkpoint is damaged."

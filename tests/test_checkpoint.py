@@ -107,8 +107,19 @@ def test_a_checkpoint_cut_short_or_garbled_is_named_not_loaded(run_with_two_chec
     (ckpt / "nets.pt").write_bytes(nets[: len(nets) // 2])
     with pytest.raises(DataError, match=r"checkpoint_b/nets.pt has \d+ bytes, \d+ were written.*cut short"):
         load_checkpoint(ckpt)
-    (ckpt / "nets.pt").write_bytes(b"\0" * len(nets))  # the right size, but not a torch file
-    with pytest.raises(DataError, match=r"checkpoint_b/nets.pt: cannot load it .*damaged"):
+    # The right size, damaged in place: zeros; bytes flipped inside the tensors (torch would load other weights).
+    for damaged in (b"\0" * len(nets), nets[:-2000] + bytes(b ^ 0x7F for b in nets[-2000:])):
+        (ckpt / "nets.pt").write_bytes(damaged)
+        with pytest.raises(DataError, match=r"checkpoint_b/nets.pt: its content is not what was written .*damaged"):
+            load_checkpoint(ckpt)
+    (ckpt / "nets.pt").write_bytes(nets)
+    load_checkpoint(ckpt)
+    # An RF table edited in place, its size kept (two coordinates of an electrode swapped): other RFs, refused.
+    header, first, *rest = (ckpt / "rfs.csv").read_bytes().split(b"\n")
+    cells = first.split(b",")
+    cells[1], cells[2] = cells[2], cells[1]
+    (ckpt / "rfs.csv").write_bytes(b"\n".join([header, b",".join(cells), *rest]))
+    with pytest.raises(DataError, match=r"checkpoint_b/rfs.csv: its content is not what was written"):
         load_checkpoint(ckpt)
     (ckpt / "state.json").write_text('{"epoch": 2, "st')
     with pytest.raises(DataError, match=r"checkpoint_b/state.json: cannot read it"):
@@ -246,6 +257,30 @@ def test_resume_with_another_preset_is_refused_before_ray_starts(tmp_path, capsy
     assert tree(run) == before
 
 
+def test_resume_with_a_set_of_the_model_or_an_edited_config_json_is_refused_and_a_lost_one_is_not_needed(
+    tmp_path, capsys
+):
+    """Was: `--resume --set model.ngf=32` rewrote RUN/config.json, then every worker failed to load the nets (and the
+    advised `--resume` failed the same way for ever); an edited RUN/config.json did the same; a deleted one fell back
+    to the default preset. The checkpoints' own config.json is what the nets were built with."""
+    data = tmp_path / "data"
+    make_synth(data)
+    run = make_gan_run(tmp_path / "run", data)
+    before = tree(run)
+    resume = ["train", "--data", str(data), "--out", str(run), "--resume"]
+    assert main([*resume, "--set", "model.ngf=32"]) == 2  # Ray not started: conftest's lane guard
+    err = one_line_error(capsys, "train")
+    assert "model.ngf=32 (was 16)" in err and "--set of those" in err
+    assert tree(run) == before
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "model": {**config["model"], "ngf": 32}}))  # was 16
+    assert main([*resume, "--dry-run"]) == 0
+    assert '"ngf": 16' in capsys.readouterr().out  # the checkpoint's, not the edited copy's
+    (run / "config.json").unlink()
+    assert main([*resume, "--dry-run"]) == 0
+    assert "preset 'tiny'" in capsys.readouterr().out
+
+
 def test_resume_without_a_preset_takes_the_runs_own_config_and_the_flags_given(tmp_path, capsys):
     data = tmp_path / "data"
     make_synth(data)
@@ -276,3 +311,26 @@ def test_a_sweep_is_resumed_only_on_the_data_its_trials_were_trained_on(
     message = str(e.value)
     assert message.startswith("--resume: ") and "(trial abc12)" in message and "\n" not in message
     assert "resume the sweep on the data its trials were trained on" in message and "--allow-other" not in message
+
+
+def test_train_into_a_dataset_a_file_or_a_folder_of_other_things_is_refused_before_ray(tmp_path, capsys):
+    """Was: a run written into the dataset's folder (or its train/ split), which `synth --overwrite` later deleted
+    with the dataset; a run written among a user's own files; `[Errno 17] File exists` for a file."""
+    data = tmp_path / "data"
+    make_synth(data)
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep")
+    (tmp_path / "afile").write_text("keep")
+    kept = tree(tmp_path)
+    train = ["train", "--data", str(data), "--preset", "tiny", "--epochs", "1"]
+    for out, message in (
+        (data, f"--out {data} is the dataset {data}: "),
+        (data / "train", f"is inside the dataset {data}: "),
+        (data / "new" / "run", f"is inside the dataset {data}: "),
+        (other, f"--out {other} already exists and is not an rfgan training run"),
+        (tmp_path / "afile", f"--out {tmp_path / 'afile'} is a file, not a folder"),
+    ):
+        assert main([*train, "--out", str(out)]) == 2  # Ray not started: conftest's lane guard
+        assert message in one_line_error(capsys, "train")
+    assert tree(tmp_path) == kept

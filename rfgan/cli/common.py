@@ -21,6 +21,15 @@ IMAGE_ENCODING_HELP = (
 )
 
 
+def split_name(text: str) -> str:
+    """--split: a plain split name (a path in it would reach outside the dataset or the run)."""
+    from rfgan.data.format import SPLIT_NAME
+
+    if not SPLIT_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a split name: a plain word such as train, val or test")
+    return text
+
+
 def add_image_encoding(p: argparse.ArgumentParser) -> None:
     from rfgan.data.format import IMAGE_ENCODINGS
 

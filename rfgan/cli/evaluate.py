@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from rfgan import parse
-from rfgan.cli.common import DEFAULT_DATA
+from rfgan.cli.common import DEFAULT_DATA, split_name
 from rfgan.cli.data import dataset_or_synth
 
 
@@ -35,7 +35,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     )
     _add_checkpoint_args(p)
     p.add_argument("--data", required=True, help="dataset directory or URI")
-    p.add_argument("--split", default="val", help="dataset split")
+    p.add_argument("--split", default="val", type=split_name, help="dataset split")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-feature-metrics", action="store_true", help=NO_FEATURES_HELP)
     p.add_argument(
@@ -130,7 +130,9 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", required=True, help="run directory or URI")
     p.add_argument("--compare", nargs="+", default=[], metavar="RUN", help="more runs to compare with --run")
     p.add_argument("--out", help="the page to write (default: RUN/report.html)")
-    p.add_argument("--split", default="val", help="the split the runs were evaluated on (their eval_SPLIT.json)")
+    p.add_argument(
+        "--split", default="val", type=split_name, help="the split the runs were evaluated on (their eval_SPLIT.json)"
+    )
     p.add_argument("--device", default="cpu", help="torch device for the reconstructions of the grid")
     p.set_defaults(func=cmd_report)
 

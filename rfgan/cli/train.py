@@ -97,6 +97,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         # --resume without --preset/--config continues the run with its own config, and the flags given.
         given = {"data.path": args.data, **flags}
         cfg = saved.with_overrides({**parse_sets(args.set), **{k: v for k, v in given.items() if v is not None}})
+        launch.check_resumed_config(args.out, cfg)  # a --set of the model's would not load its nets
     else:
         cfg = config_from_args(args, flags)
         if args.resume and args.out:

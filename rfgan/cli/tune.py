@@ -79,6 +79,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     )
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise UsageError(f"--max-concurrent must be at least 1, not {args.max_concurrent}")
+    if args.trials < 1:
+        raise UsageError(f"--trials must be at least 1, not {args.trials}")
     out = args.out or f"sweeps/{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     given = load_space(args.space) if args.space else None
     space = resumed_space(out, given) if args.resume else load_space(args.space)

@@ -27,6 +27,7 @@ import io
 import json
 import os
 import posixpath
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -160,6 +161,8 @@ class DatasetInfo:
             raise DataError(
                 f"{where}: 'splits' is a {type(splits).__name__}, not a mapping of split to rows; {_REMAKE}."
             )
+        for name in splits:
+            check_split_name(str(name), f"{where}: split {name!r}")
         info = cls(
             image_size=(_count(meta, "image_height", where), _count(meta, "image_width", where)),
             channels=_count(meta, "channels", where),
@@ -204,6 +207,16 @@ def _number(value: Any, key: str, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
         raise DataError(f"{where}: {key} is {value!r}, not a finite number; {_REMAKE}.")
     return float(value)
+
+
+SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+def check_split_name(name: str, where: str) -> None:
+    """A split is a folder of the dataset named by a plain word (train, val, test): a name with a path in it
+    ('../x', 'a/b') would read or write outside the dataset or the run."""
+    if not SPLIT_NAME.fullmatch(name):
+        raise DataError(f"{where} is not a split name: split names are plain words such as train, val or test.")
 
 
 def _count(meta: dict, key: str, where: str, parent: str = "") -> int:
@@ -295,6 +308,7 @@ def split_files(path: str | os.PathLike, split: str, info: DatasetInfo | None = 
     """The split's Parquet shards, sorted, after checking that they are the ones metadata.json lists, with the rows
     it lists (from the Parquet footers, without reading the data), and that each one's schema fits the metadata."""
     info = info or read_info(path)
+    check_split_name(split, f"{path}: split {split!r}")
     fs, root = storage.filesystem(path)
     folder = f"{root}/{split}"
     found = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import psutil
 from skimage import data as skdata
 from skimage import draw, transform
 
@@ -52,6 +53,7 @@ TUNINGS = ("color", "luminance")
 NONLINEARITIES = ("linear", "relu")
 NOISE_KINDS = ("gaussian", "poisson", "none")
 SCENE_KINDS = ("pink_noise", "shapes", "edges", "texture", "photo")
+MIN_FOV_DEG = 0.1
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,11 @@ class SynthSpec:
             (self.n_train >= 1 and self.n_val >= 1 and self.n_test >= 0, "n_train and n_val must be >= 1"),
             (self.electrodes >= 1, "electrodes must be >= 1"),
             (self.size >= 8, "size must be >= 8 pixels"),
-            (self.fov_deg > 0, "fov_deg must be > 0"),
+            (
+                math.isfinite(self.fov_deg) and MIN_FOV_DEG <= self.fov_deg <= 360,
+                f"fov_deg must be between {MIN_FOV_DEG} and 360 degrees (RF positions are written to 1e-4°)",
+            ),
+            (self.seed >= 0, "seed must be >= 0"),
             (1 <= self.n_arrays <= self.electrodes, "n_arrays must be between 1 and the electrode count"),
             (0.0 <= self.photo_fraction <= 1.0, "photo_fraction must be in [0, 1]"),
             (self.tuning in TUNINGS, f"tuning must be one of {TUNINGS}"),
@@ -96,6 +102,17 @@ class SynthSpec:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        need, have = self.weights_bytes(), psutil.virtual_memory().available
+        if need > have:
+            raise ValueError(
+                f"{self.electrodes} electrodes on {self.size}x{self.size}x{self.channels} images need "
+                f"{need / 2**30:.1f} GiB for the simulation's RF weights, and {have / 2**30:.1f} GiB are free: "
+                "fewer electrodes or a smaller size"
+            )
+
+    def weights_bytes(self) -> int:
+        """Memory of the linear model's weights (float64, electrodes × pixels × channels) and RF maps (float32)."""
+        return self.electrodes * self.size * self.size * (8 * self.channels + 4)
 
     @property
     def channels(self) -> int:

@@ -13,12 +13,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from rfgan import lease, parse, storage
-from rfgan.checkpoint import Accept, check_data_matches, existing_checkpoints, trained_data
+from rfgan import lease, outputs, parse, storage
+from rfgan.checkpoint import Accept, check_data_matches, existing_checkpoints, intact_checkpoints, trained_data
 from rfgan.config import Config, flatten
-from rfgan.data.format import DatasetInfo
+from rfgan.data.format import METADATA_FILE, DatasetInfo
 from rfgan.data.rf import RFTable
 from rfgan.errors import ConfigError, UsageError
+from rfgan.lease import LEASE_FILE
 from rfgan.run.cluster_checks import check_cluster
 from rfgan.run.console import EpochProgress, QueueFollower, RunLog, note, sigterm_as_ctrl_c
 from rfgan.run.restarts import fit_restarting
@@ -117,8 +118,11 @@ RESUMABLE = ("run.", "perf.", "data.path", "optim.batch_size")
 
 
 def saved_config(out: str) -> Config | None:
-    """The config a run recorded (RUN/config.json, written at each start), if any."""
-    path = storage.join(out, "config.json")
+    """The config a run's nets were built with: its newest complete checkpoint's, else RUN/config.json (written at
+    each start, for people to read: an edit of it, or its loss, does not change what the checkpoints hold)."""
+    intact, _ = intact_checkpoints(out)
+    folder = storage.join(out, max(intact, key=lambda n: intact[n]["epoch"])) if intact else out
+    path = storage.join(folder, "config.json")
     if not storage.is_file(path):
         return None
     return Config.from_dict(parse.loads(storage.read_bytes(path), path))
@@ -135,9 +139,10 @@ def check_resumed_config(out: str, cfg: Config) -> None:
         keys = sorted(changed, key=lambda k: (k != "preset", k))[:6]  # another preset says most, first
         listed = ", ".join(f"{k}={changed[k]!r} (was {was.get(k)!r})" for k in keys)
         raise UsageError(
-            f"--resume continues {out} as it was configured ({storage.join(out, 'config.json')}), but this command "
-            f"changes {listed}{' and more' if len(changed) > 6 else ''}; drop --preset/--config (--resume then takes "
-            "the run's own) and keep only run settings such as --epochs, or train a new run with another --out."
+            f"--resume continues {out} as it was configured (its checkpoints' config.json), but this command "
+            f"changes {listed}{' and more' if len(changed) > 6 else ''}; drop --preset/--config and --set of those "
+            "(--resume then takes the run's own) and keep only run settings such as --epochs, or train a new run "
+            "with another --out."
         )
 
 
@@ -153,6 +158,40 @@ def check_resumed_data(out: str, data: str, dataset: tuple[DatasetInfo, RFTable]
     warning = check_data_matches(trained_info, trained_rfs, *dataset, data, accept)
     if warning is not None:
         note(f"note: --allow-other-data: {checkpoint} was trained on other data; {warning}")
+
+
+def _is_run(path: str) -> bool:
+    """Whether a folder holds what a training writes first (its lease, config.json or log) or its checkpoints."""
+    return any(
+        n in ("config.json", LOG_FILE, LEASE_FILE) or n.startswith("checkpoint") for n in storage.file_sizes(path)
+    ) or bool(existing_checkpoints(path))
+
+
+RUN = outputs.Kind("an rfgan training run", _is_run, folder=True)
+
+
+def dataset_around(out: str) -> str | None:
+    """The dataset that `out` is, or lies in (a folder above it with a metadata.json), if any."""
+    path = storage.absolute(out)
+    while True:
+        if storage.is_file(storage.join(path, METADATA_FILE)):
+            return path
+        parent, name = storage.split(path)
+        if not name or parent == path:
+            return None
+        path = parent
+
+
+def check_run_target(out: str) -> None:
+    """Refuse an --out that is a dataset or lies inside one (re-making the dataset would delete the run, and the run's
+    files sit among its shards), or a folder of anything but a run."""
+    dataset = dataset_around(out)
+    if dataset is not None:
+        raise UsageError(
+            f"--out {out} is {'the dataset' if dataset == storage.absolute(out) else 'inside the dataset'} {dataset}: "
+            "a run beside the dataset's files would be deleted when it is re-made; choose an --out outside it."
+        )
+    outputs.check_target(out, RUN)
 
 
 def train(
@@ -171,6 +210,7 @@ def train(
     `address`, showing each epoch on the terminal. Ctrl-C ends it with a KeyboardInterrupt saying how to go on.
     The run directory's lease (rfgan.lease) is held throughout: a second training of `out` is refused. A resume on
     data other than the run's is refused unless `allow_other_data` (check_resumed_data)."""
+    check_run_target(out)
     made = not storage.is_remote(out) and not os.path.exists(out)
     with lease.held(out):
         found = existing_checkpoints(out)

@@ -557,3 +557,23 @@ def test_a_resorted_rf_table_is_refused_by_check_train_and_eval(copy, tmp_path, 
         assert err.startswith(f"rfgan {command[0]}: error:") and err.count("\n") == 1, err
         assert f"{copy}/rfs.csv is not the RF table" in err
     assert not (tmp_path / "new").exists() and not (run / "eval_val.json").exists()
+
+
+def test_split_names_with_a_path_in_them_are_refused_in_metadata_and_flags(copy, tmp_path, capsys):
+    """A split named '../evil' in metadata.json made `check` and `eval` read a folder outside the dataset, and `eval`
+    write RUN/eval_../evil.json."""
+    outside = tmp_path / "evil"
+    shutil.move(copy / "val", outside)
+    meta = json.loads((copy / "metadata.json").read_text())
+    meta["splits"]["../evil"] = meta["splits"].pop("val")
+    shards = meta["shards"].pop("val")
+    meta["shards"]["../evil"] = [{**s, "file": f"../evil/{s['file'].split('/')[-1]}"} for s in shards]
+    (copy / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"split '\.\./evil' is not a split name: .*train, val or test"):
+        read_info(copy)
+    assert main(["check", "--data", str(copy)]) == 2
+    assert "is not a split name" in one_line_error(capsys, "check")
+    for command in (["eval", "--run", str(tmp_path), "--data", str(copy)], ["report", "--run", str(tmp_path)]):
+        with pytest.raises(SystemExit) as stop:
+            main([*command, "--split", "../evil"])
+        assert stop.value.code == 2 and "'../evil' is not a split name" in capsys.readouterr().err

@@ -1,4 +1,5 @@
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -106,6 +107,16 @@ def test_gray_images_and_ids_unique_across_splits(tmp_path):
         ({"n_arrays": 20}, "n_arrays"),
         ({"photo_fraction": 2.0}, "photo_fraction"),
         ({"tuning": "orientation"}, "tuning"),
+        # Were written, with exit 0: a metadata.json of `Infinity` and NaN RFs; one that `check` refuses; every RF
+        # position rounded to 0; a traceback from NumPy; one from an allocation of 76 GiB.
+        ({"fov_deg": math.inf}, "fov_deg must be between 0.1 and 360"),
+        ({"fov_deg": 1000.0}, "fov_deg must be between 0.1 and 360"),
+        ({"fov_deg": 1e-9}, "fov_deg must be between 0.1 and 360"),
+        ({"seed": -1}, "seed must be >= 0"),
+        (
+            {"electrodes": 10_000_000},
+            r"10000000 electrodes on 32x32x3 images need 267.0 GiB .* free: fewer",
+        ),
     ],
 )
 def test_bad_spec_is_refused(change, message):

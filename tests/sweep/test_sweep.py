@@ -470,3 +470,12 @@ def test_a_trial_that_failed_before_reporting_is_an_error_not_pending(tmp_path):
         "a": ("ERROR", "ValueError: no full batch"),
         "b": ("PENDING", None),
     }
+
+
+@pytest.mark.parametrize("flag, value", [("--trials", "0"), ("--trials", "-1"), ("--max-concurrent", "0")])
+def test_no_trials_or_no_concurrency_is_refused_before_anything_is_written(tiny_dataset, tmp_path, flag, value, capsys):
+    """`--trials 0` was a traceback in the results table, after Tune had written its state, plots and log."""
+    out = tmp_path / "sweep"
+    assert main(["tune", "--data", str(tiny_dataset), "--preset", "tiny", "--out", str(out), flag, value]) == 2
+    assert f"{flag} must be at least 1, not {value}" in one_line_error(capsys, "tune")
+    assert not out.exists()
