@@ -383,10 +383,16 @@ def intact_checkpoints(run: str | os.PathLike) -> tuple[dict[str, dict[str, Any]
 def find_checkpoint(run: str | os.PathLike, which: str = "best") -> str:
     """`best` (highest validation SSIM), `last` (highest epoch), or a checkpoint directory's path, among the
     complete checkpoints of a run (local or a URI; so is the answer). Damaged ones are skipped with a note."""
+    run = os.fspath(run)
     if which not in ("best", "last"):
+        # One of the run's own: what is written into the run (its eval table) would otherwise be another run's.
+        if storage.split(which)[0] != storage.absolute(run):
+            raise DataError(
+                f"--checkpoint {which} is not a checkpoint of --run {run}: give one of its checkpoint folders, best "
+                "or last (for a checkpoint of another run, give that run as --run)."
+            )
         read_state(which)
         return os.fspath(which)
-    run = os.fspath(run)
     states, damaged = intact_checkpoints(run)
     for why in damaged.values():
         print(f"note: skipping a damaged checkpoint: {why}", file=sys.stderr)

@@ -334,3 +334,13 @@ def test_train_into_a_dataset_a_file_or_a_folder_of_other_things_is_refused_befo
         assert main([*train, "--out", str(out)]) == 2  # Ray not started: conftest's lane guard
         assert message in one_line_error(capsys, "train")
     assert tree(tmp_path) == kept
+
+
+def test_a_checkpoint_of_another_run_is_refused(run_with_two_checkpoints, tmp_path):
+    """Was: `eval --run RUN --checkpoint OTHER/checkpoint_…` wrote the other run's scores as RUN/eval_val.json."""
+    run = run_with_two_checkpoints
+    assert find_checkpoint(run, str(run / "checkpoint_a")).endswith("checkpoint_a")
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    with pytest.raises(DataError, match=rf"--checkpoint {other}/checkpoint_a is not a checkpoint of --run {run}: "):
+        find_checkpoint(run, str(other / "checkpoint_a"))

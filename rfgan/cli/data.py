@@ -370,6 +370,8 @@ def _add_check(sub: argparse._SubParsersAction) -> None:
 def cmd_check(args: argparse.Namespace) -> int:
     from rfgan.run.check import check_dataset
 
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, not {args.batch_size}")
     data = dataset_or_synth(args.data)
     for line in check_dataset(data, batch_size=args.batch_size, address=args.address):
         print(line)

@@ -50,6 +50,10 @@ class IngestSpec:
     resize: int | None = None  # store images resize × resize (needed with crop, or for files of several sizes)
 
 
+# Image sides a dataset may have: the nets' smallest useful input (as `rfgan synth`), and what fits a row of Parquet.
+MIN_SIDE, MAX_SIDE = 8, 4096
+
+
 class RowSource(Protocol):
     """Responses by row: an array in a file (rfgan.data.arrays.ResponseRows) or computed (rfgan.data.nwb)."""
 
@@ -370,9 +374,12 @@ def open_images(
     if crop is not None and resize is None:
         raise DataError("--crop needs --resize: the size to store the cropped images at.")
     if crop is not None and not 0 <= crop[0] < crop[1] <= 1:
-        raise DataError(f"--crop must be START:STOP with 0 <= START < STOP <= 100 (percent), got {crop}.")
-    if resize is not None and resize < 1:
-        raise DataError(f"--resize must be >= 1, got {resize}.")
+        raise DataError(
+            "--crop must be START:STOP with 0 <= START < STOP <= 100 (percent), "
+            f"got {crop[0] * 100:g}:{crop[1] * 100:g}."
+        )
+    if resize is not None and not MIN_SIDE <= resize <= MAX_SIDE:
+        raise DataError(f"--resize must be between {MIN_SIDE} and {MAX_SIDE} pixels, got {resize}.")
     crop = crop or (0.0, 1.0)
     if os.path.isdir(ref):
         return FolderImages.from_folder(ref, index, size=resize, crop=crop)
@@ -407,6 +414,11 @@ def _ingest(spec: IngestSpec, on_rows, stack: ExitStack) -> tuple[DatasetInfo, i
         )
     responses = response_rows(stored, len(rfs), spec.electrode_axis, spec.rfs)
     images = open_images(spec.images, spec.image_index, stack, spec.resize, spec.crop)
+    if min(images.shape[:2]) < MIN_SIDE:
+        raise DataError(
+            f"{images.path}: the images are {images.shape[0]}x{images.shape[1]} pixels; rfgan's nets need at least "
+            f"{MIN_SIDE} on each side: give --resize (e.g. --resize 96)."
+        )
     if len(images) != len(responses):
         raise DataError(
             f"{spec.responses} has {len(responses)} rows but {images.path} has {len(images)} images; "

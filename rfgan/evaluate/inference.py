@@ -219,9 +219,9 @@ def baseline(
     Bad input (the data, a used --out, missing feature weights) is refused before anything is written; the run is
     written in a staging folder and renamed into place when complete (rfgan.outputs)."""
     out = out or f"runs/ridge-{time.strftime('%Y%m%d-%H%M%S')}"
-    if existing_checkpoints(out):
+    if not storage.is_file(out) and existing_checkpoints(out):
         raise UsageError(f"{out} already holds a run; choose another --out.")
-    outputs.check_target(out, NEW_RUN)
+    outputs.check_target(out, NEW_RUN)  # a file there: "is a file, not a folder"
     check_device(device)
     info = read_info(data)
     rfs = read_rfs(data, info)
@@ -249,6 +249,12 @@ def reconstruct(run: str, responses_path: str, out: str, which: str = "best", de
         responses = np.load(responses_path, allow_pickle=False)
     except (OSError, ValueError) as e:
         raise DataError(f"{responses_path}: cannot read it as a .npy array ({e}).") from e
+    if isinstance(responses, np.lib.npyio.NpzFile):  # np.load gives an archive of arrays for a .npz
+        names = sorted(responses.files)
+        raise DataError(
+            f"{responses_path} is a .npz archive of {names}; save the responses as one .npy array "
+            f"(numpy.save('responses.npy', numpy.load('{responses_path}')['{names[0] if names else 'KEY'}']))."
+        )
     e = decoder.info.n_electrodes
     if responses.ndim != 2 or responses.shape[1] != e or len(responses) == 0:
         raise DataError(

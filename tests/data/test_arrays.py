@@ -141,7 +141,7 @@ def test_rows_are_read_a_shard_at_a_time(tmp_path):
     rng = np.random.default_rng(0)
     full = rng.normal(size=(e, n)).astype(np.float32)  # 32 MB, electrodes first as MATLAB stores TVSD
     write_mat73(tmp_path / "big.mat", {"train_MUA": full})
-    np.save(tmp_path / "i.npy", rng.integers(0, 256, (n, 4, 4), dtype=np.uint8))
+    np.save(tmp_path / "i.npy", rng.integers(0, 256, (n, 8, 8), dtype=np.uint8))
     (tmp_path / "rfs.csv").write_text(
         "electrode_id,x_deg,y_deg,sigma_deg\n" + "".join(f"{i},0,0,1\n" for i in range(e))
     )

@@ -356,7 +356,23 @@ def test_crop_flags_of_rfgan_ingest(lab, tmp_path, capsys):
     assert "--crop needs --resize" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([*flags, "--out", str(tmp_path / "c"), "--crop", "25"])
-    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+    # Was: echoed as fractions, (0.5, 0.1); a --resize of 100000 a traceback from pyarrow, one of 1 a dataset that
+    # `rfgan baseline` failed on with a traceback.
+    for more, message in (
+        (["--crop", "50:10", "--resize", "16"], "got 50:10."),
+        (["--resize", "100000"], "--resize must be between 8 and 4096 pixels, got 100000."),
+        (["--resize", "1"], "--resize must be between 8 and 4096 pixels, got 1."),
+    ):
+        assert main([*flags, "--out", str(tmp_path / "d"), *more]) == 2
+        assert message in capsys.readouterr().err
+    assert not any((tmp_path / name).exists() for name in "bcd")
+
+
+def test_images_smaller_than_the_nets_take_are_refused(lab, tmp_path, capsys):
+    np.save(tmp_path / "tiny.npy", np.zeros((N_IMAGES * REPEATS, 4, 4), np.uint8))
+    with pytest.raises(DataError, match=r"tiny.npy: the images are 4x4 pixels; .* 8 on each side: give --resize"):
+        ingest(dataclasses.replace(lab, images=str(tmp_path / "tiny.npy")))
+    assert not os.path.exists(lab.out)
 
 
 def image_folder(tmp_path, images: dict[str, Image.Image], n_rows: int = 30) -> tuple[str, str]:

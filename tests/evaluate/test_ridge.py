@@ -225,19 +225,16 @@ BAD_RESPONSES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(BAD_RESPONSES))
+@pytest.mark.parametrize("case", [*sorted(BAD_RESPONSES), "npz"])
 def test_reconstruct_refuses_responses_it_cannot_decode_and_writes_nothing(ridge_run, tmp_path, capsys, case):
-    responses, message = BAD_RESPONSES[case]
-    np.save(tmp_path / "r.npy", responses)
-    argv = [
-        "reconstruct",
-        "--run",
-        str(ridge_run),
-        "--responses",
-        str(tmp_path / "r.npy"),
-        "--out",
-        str(tmp_path / "o"),
-    ]
+    if case == "npz":  # was: a traceback ('NpzFile' object has no attribute 'ndim')
+        path, message = tmp_path / "r.npz", r"r.npz is a .npz archive of \['r'\]; save the responses as one .npy array"
+        np.savez(path, r=np.ones((2, 12)))
+    else:
+        responses, message = BAD_RESPONSES[case]
+        path = tmp_path / "r.npy"
+        np.save(path, responses)
+    argv = ["reconstruct", "--run", str(ridge_run), "--responses", str(path), "--out", str(tmp_path / "o")]
     assert main(argv) == 2
     assert re.search(message, one_line_error(capsys, "reconstruct"))
     assert not (tmp_path / "o").exists()

@@ -70,6 +70,10 @@ def test_eval_and_baseline_refuse_files_they_did_not_write(ridge, tiny_dataset, 
     assert main(["baseline", "--data", str(tiny_dataset), "--out", str(folder), "--no-feature-metrics"]) == 2
     assert "precious already exists and is not an empty folder" in one_line_error(capsys, "baseline")
     assert [p.name for p in folder.iterdir()] == ["data.csv"]
+    # Was: "[Errno 20] Cannot list directory".
+    into_a_file = ["baseline", "--data", str(tiny_dataset), "--out", str(folder / "data.csv"), "--no-feature-metrics"]
+    assert main(into_a_file) == 2
+    assert "data.csv is a file, not a folder; choose another --out" in one_line_error(capsys, "baseline")
 
 
 def test_a_moved_run_is_reported_from_its_new_place(ridge, tmp_path, capsys):

@@ -30,3 +30,14 @@ def test_check_starts_a_ray_of_its_own_unless_told_an_address(tiny_dataset, monk
     with pytest.raises(Started):
         list(check_dataset(tiny_dataset, address="auto"))  # as asked: the machine's running cluster
     assert asked[-1] == {"address": "auto"}
+
+
+@pytest.mark.parametrize("batch", ["0", "-5"])
+def test_a_batch_of_no_rows_is_refused_before_ray_starts(tiny_dataset, batch, capsys):
+    """Was: after Ray's start, "read 0 rows but metadata.json says 40 … re-create the dataset" of a sound dataset."""
+    from conftest import one_line_error
+
+    from rfgan.cli import main
+
+    assert main(["check", "--data", str(tiny_dataset), "--batch-size", batch]) == 2  # conftest's lane guard: no Ray
+    assert f"--batch-size must be at least 1, not {batch}" in one_line_error(capsys, "check")
