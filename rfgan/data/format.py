@@ -311,7 +311,10 @@ def split_files(path: str | os.PathLike, split: str, info: DatasetInfo | None = 
     check_split_name(split, f"{path}: split {split!r}")
     fs, root = storage.filesystem(path)
     folder = f"{root}/{split}"
-    found = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    try:
+        found = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    except NotADirectoryError as e:
+        raise DataError(f"{folder} is a file; a split is a folder of Parquet shards: {_REMAKE}.") from e
     files = sorted(i.path for i in found if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
     if split not in info.splits:
         what = f"not a split in {METADATA_FILE}" if files else "no Parquet files"

@@ -577,3 +577,11 @@ def test_split_names_with_a_path_in_them_are_refused_in_metadata_and_flags(copy,
         with pytest.raises(SystemExit) as stop:
             main([*command, "--split", "../evil"])
         assert stop.value.code == 2 and "'../evil' is not a split name" in capsys.readouterr().err
+
+
+def test_a_split_that_is_a_file_is_named(copy, capsys):
+    """Was: `[Errno 20] Cannot list directory …`."""
+    shutil.rmtree(copy / "train")
+    (copy / "train").write_text("hi")
+    assert main(["check", "--data", str(copy)]) == 2
+    assert f"{copy}/train is a file; a split is a folder of Parquet shards" in one_line_error(capsys, "check")
