@@ -242,12 +242,33 @@ class ResponseRows:
             for o in np.unique(outer):
                 at = np.flatnonzero(outer == o)
                 block[at] = _take(data, (int(o),), inner[at], eax == 0)
+        _check_float32_range(block, self.stored.ref)
         block = np.asarray(block, np.float32)
         if self.keep is not None:
             block = block[:, self.keep]
         if len(order) == len(rows) and np.array_equal(order, rows):
             return block  # already in the order asked for: no copy
         return block[inverse.reshape(-1)]
+
+
+F32 = np.finfo(np.float32)
+F32_MAX, F32_TINY = float(F32.max), float(F32.tiny)  # as Python floats: compared with np.float32, 1e300 overflows
+
+
+def _check_float32_range(block: np.ndarray, ref: str) -> None:
+    """Refuse finite responses that a dataset's float32 cannot hold: beyond its range they became infinite (and were
+    called NaN/infinite), below its resolution every one became 0 (and was called constant)."""
+    if not np.issubdtype(block.dtype, np.floating) or np.finfo(block.dtype).bits <= 32:
+        return
+    finite = np.abs(block[np.isfinite(block)])
+    if not finite.size:
+        return
+    largest = float(finite.max())
+    if largest > F32_MAX or 0 < largest < 1e3 * F32_TINY:
+        raise DataError(
+            f"{ref}: responses reach {largest:.3g}, {'beyond' if largest > 1 else 'below'} what float32 (which "
+            f"datasets store) holds ({F32_TINY:.3g} to {F32_MAX:.3g}); scale them (e.g. to spikes/s) before ingesting."
+        )
 
 
 def _take(data: Any, outer: tuple[int, ...], index: np.ndarray, electrodes_first: bool) -> np.ndarray:

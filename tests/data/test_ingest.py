@@ -455,3 +455,13 @@ def test_shard_rows_0_is_one_line(lab, tmp_path, capsys):
     assert main(argv) == 2
     assert "--shard-rows must be >= 1" in one_line_error(capsys, "ingest")
     assert not os.path.exists(lab.out)
+
+
+@pytest.mark.parametrize("scale, word", [(1e300, "beyond"), (1e-300, "below")])
+def test_responses_that_float32_cannot_hold_are_named_so(lab, tmp_path, scale, word):
+    """Was: 1e300 called NaN or infinite (after a NumPy overflow warning), 1e-300 called constant."""
+    responses = np.load(lab.responses).astype(np.float64) * scale
+    np.save(tmp_path / "scaled.npy", responses)
+    with pytest.raises(DataError, match=rf"scaled.npy: responses reach .*, {word} what float32 .* scale them"):
+        ingest(dataclasses.replace(lab, responses=str(tmp_path / "scaled.npy")))
+    assert not os.path.exists(lab.out)
