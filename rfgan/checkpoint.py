@@ -411,13 +411,18 @@ def find_checkpoint(run: str | os.PathLike, which: str = "best") -> str:
     return storage.join(run, name)
 
 
+def newest_intact(run: str | os.PathLike) -> str | None:
+    """The run's newest complete checkpoint (the one a resume continues from), or None."""
+    intact, _ = intact_checkpoints(run)
+    return storage.join(run, max(intact, key=lambda name: intact[name]["epoch"])) if intact else None
+
+
 def trained_data(run: str | os.PathLike) -> tuple[str, DatasetInfo, RFTable] | None:
     """(checkpoint, its dataset facts, its RF table) of the run's newest complete checkpoint, the one a resume
     continues from, read from its small files alone (local or a URI); None when the run has none."""
-    intact, _ = intact_checkpoints(run)
-    if not intact:
+    directory = newest_intact(run)
+    if directory is None:
         return None
-    directory = storage.join(run, max(intact, key=lambda name: intact[name]["epoch"]))
     dataset_file, rfs_file = storage.join(directory, DATASET_FILE), storage.join(directory, RFS_FILE)
     try:
         info = DatasetInfo.from_json(json.loads(storage.read_bytes(dataset_file)), dataset_file)

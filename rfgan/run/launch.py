@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rfgan import lease, outputs, parse, storage
-from rfgan.checkpoint import Accept, check_data_matches, existing_checkpoints, intact_checkpoints, trained_data
+from rfgan.checkpoint import Accept, check_data_matches, existing_checkpoints, newest_intact, trained_data
 from rfgan.config import Config, flatten
 from rfgan.data.format import METADATA_FILE, DatasetInfo
 from rfgan.data.rf import RFTable
@@ -120,9 +120,7 @@ RESUMABLE = ("run.", "perf.", "data.path", "optim.batch_size")
 def saved_config(out: str) -> Config | None:
     """The config a run's nets were built with: its newest complete checkpoint's, else RUN/config.json (written at
     each start, for people to read: an edit of it, or its loss, does not change what the checkpoints hold)."""
-    intact, _ = intact_checkpoints(out)
-    folder = storage.join(out, max(intact, key=lambda n: intact[n]["epoch"])) if intact else out
-    path = storage.join(folder, "config.json")
+    path = storage.join(newest_intact(out) or out, "config.json")
     if not storage.is_file(path):
         return None
     return Config.from_dict(parse.loads(storage.read_bytes(path), path))
