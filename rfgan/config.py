@@ -35,6 +35,8 @@ DISCRIMINATORS: tuple[str, ...] = ("patch", "reference")
 NORM_KINDS: tuple[str, ...] = ("batch", "instance", "none")
 INIT_KINDS: tuple[str, ...] = ("dcgan", "original", "default")
 D_CONDITIONS: tuple[str, ...] = ("mean", "input")
+# model.rf_layer: the electrodes' maps in G's input, the table's ("fixed") or learned (rfgan.gan.learned_rf).
+RF_LAYERS: tuple[str, ...] = ("fixed", "gaussian", "map")
 # optim.precision (rfgan.gan.build.autocast_dtype).
 PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp32")
 # Deeper layers weigh more: their activations are smaller and more semantic (the reference's weights).
@@ -85,8 +87,18 @@ class ModelConfig:
     # G corrects a linear read-out: a ridge decoder of the responses, fitted on the training split before training,
     # is the base image and the CNN's output is added to it (rfgan.gan.linear_base); per-electrode input only.
     linear_base: bool = False
+    # The maps in G's input: "fixed" from the RF table (the originals), or learned with G from it: "gaussian"
+    # (centre and size), "map" (a free rf_map_resolution² field per electrode, with smoothness and sparsity penalties
+    # of these weights in G's loss); rfgan.gan.learned_rf.
+    rf_layer: str = "fixed"
+    rf_map_resolution: int = 24
+    rf_map_smooth: float = 1.0
+    rf_map_sparse: float = 0.1
 
     def __post_init__(self) -> None:
+        _require(self.rf_layer in RF_LAYERS, f"model.rf_layer must be one of {RF_LAYERS}, not {self.rf_layer!r}")
+        _require(self.rf_map_resolution >= 2, "model.rf_map_resolution must be >= 2")
+        _require(min(self.rf_map_smooth, self.rf_map_sparse) >= 0, "model.rf_map_smooth and rf_map_sparse must be >= 0")
         _require(self.generator in GENERATORS, f"model.generator must be one of {GENERATORS}, not {self.generator!r}")
         _require(
             self.discriminator in DISCRIMINATORS,
@@ -156,6 +168,9 @@ class LossConfig:
 class OptimConfig:
     lr_g: float = 2e-4
     lr_d: float = 2e-4
+    # Learned RF layers' parameters (model.rf_layer): centre offsets in fitted sigmas and log sizes, or map fields
+    # peaking at 1; they need larger steps than the nets' weights to move by a sigma within a run.
+    lr_rf: float = 1e-2
     beta1: float = 0.5
     beta2: float = 0.999
     batch_size: int = 64  # global: split across workers
@@ -170,6 +185,7 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         _require(self.lr_g > 0 and self.lr_d > 0, "optim.lr_g and optim.lr_d must be > 0")
+        _require(self.lr_rf > 0, "optim.lr_rf must be > 0")
         _require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "optim.beta1 and optim.beta2 must be in [0, 1)")
         _require(self.batch_size >= 1, "optim.batch_size must be >= 1")
         _require(self.d_steps >= 1, "optim.d_steps must be >= 1")
@@ -242,6 +258,16 @@ class PerfConfig:
 
 def _check_sections(cfg: Config) -> None:
     """Checks that span sections."""
+    if cfg.model.rf_layer != "fixed":
+        _require(
+            cfg.perf.compact_input,
+            f"model.rf_layer={cfg.model.rf_layer} needs perf.compact_input=true (the learned maps replace the fixed "
+            "ones in the compact input)",
+        )
+        _require(
+            cfg.data.rf_norm != "point",
+            f"model.rf_layer={cfg.model.rf_layer} needs Gaussian maps to start from, not data.rf_norm=point",
+        )
     _require(
         not (cfg.model.linear_base and cfg.data.sum_per_area),
         "model.linear_base needs one input channel per electrode (data.sum_per_area=false): its read-out takes the "

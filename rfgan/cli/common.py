@@ -30,6 +30,17 @@ def split_name(text: str) -> str:
     return text
 
 
+def positive_int(text: str) -> int:
+    """An integer flag that must be at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is below 1; give a whole number >= 1")
+    return value
+
+
 def add_image_encoding(p: argparse.ArgumentParser) -> None:
     from rfgan.data.format import IMAGE_ENCODINGS
 

@@ -32,7 +32,10 @@ SYNTH_HELP = {
     "photo_fraction": "share of images cropped from photographs; the rest are generated scenes",
     "tuning": "color: each electrode weighs luminance plus a red-green/blue-yellow signal of its own hue "
     "(stronger in V4); luminance: every electrode sees luma only",
-    "nonlinearity": "relu rectifies the drive after subtracting --threshold",
+    "response_model": "linear: RF_GANsynth's model, the RF-weighted mean of the image; energy: contrast energy in "
+    "Gabor bands pooled by the RF, tuned by area (V1, V4, IT), a smaller linear part, divisive normalisation and "
+    "rectification (docs/simulator.md)",
+    "nonlinearity": "relu rectifies the drive after subtracting --threshold (the energy model always rectifies)",
     "threshold": "subtracted from the drive before the nonlinearity",
     "gain": "response units per unit drive (for Poisson noise: expected spike count per unit drive)",
     "noise": "response noise",
@@ -40,6 +43,9 @@ SYNTH_HELP = {
     "repeats": "presentations of each image, each with independent noise",
     "seed": "random seed; the same seed gives the same dataset",
     "shard_rows": "rows per Parquet file",
+    "rf_fit_error": "write an RF table that is a fit of the simulated RFs: centres off by RF_FIT_ERROR RF sigmas "
+    "(sd, per axis), sizes by a log-normal factor; the true RFs go in metadata.json (0: the true RFs)",
+    "rf_unfitted_it": "share of IT sites without an RF fit, written as a broad prior at the fovea",
 }
 
 
@@ -52,7 +58,7 @@ def _add_colour_flags(p: argparse.ArgumentParser, default: bool) -> None:
 
 
 def _add_synth(sub: argparse._SubParsersAction) -> None:
-    from rfgan.data.synth import NOISE_KINDS, NONLINEARITIES, TUNINGS, SynthSpec
+    from rfgan.data.synth import NOISE_KINDS, NONLINEARITIES, RESPONSE_MODELS, TUNINGS, SynthSpec
 
     p = sub.add_parser(
         "synth",
@@ -61,7 +67,8 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
         "natural-like images (1/f noise, shapes, edges, textures, crops of photographs shipped with "
         "scikit-image) and responses from the linear RF model (response = sum over pixels of the "
         "sum-normalised RF map times the electrode's colour tuning: luminance plus a colour-opponent "
-        "signal), then write it in the rfgan dataset format. "
+        "signal) or the contrast-energy model (--response-model energy), then write it in the rfgan dataset "
+        "format. "
         "Deterministic for a seed.",
         formatter_class=DefaultsInWords,
     )
@@ -71,7 +78,12 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
         SynthSpec,
         SYNTH_HELP,
         flags={"n_arrays": "--arrays"},
-        choices={"tuning": TUNINGS, "nonlinearity": NONLINEARITIES, "noise": NOISE_KINDS},
+        choices={
+            "tuning": TUNINGS,
+            "nonlinearity": NONLINEARITIES,
+            "noise": NOISE_KINDS,
+            "response_model": RESPONSE_MODELS,
+        },
         custom={"color": _add_colour_flags},
     )
     add_image_encoding(p)

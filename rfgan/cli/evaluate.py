@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from rfgan import parse
-from rfgan.cli.common import DEFAULT_DATA, split_name
+from rfgan.cli.common import DEFAULT_DATA, positive_int, split_name
 from rfgan.cli.data import dataset_or_synth
 
 
@@ -84,6 +84,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _add_baseline(sub: argparse._SubParsersAction) -> None:
+    from rfgan.evaluate.ridge import N_FEATURES
+
     p = sub.add_parser(
         "baseline",
         help="a ridge-regression decoder, scored like a trained run",
@@ -99,6 +101,19 @@ def _add_baseline(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the config and the eval result as JSON")
     p.add_argument("--device", default="cpu", help="torch device of the fit and the evaluation")
     p.add_argument("--no-feature-metrics", action="store_true", help=NO_FEATURES_HELP)
+    p.add_argument(
+        "--nonlinear",
+        action="store_true",
+        help="ridge on the responses and their random Fourier features (approximately kernel ridge with a Gaussian "
+        "kernel, its width chosen on the validation split), a classical decoder for responses that are not linear "
+        "in the image",
+    )
+    p.add_argument(
+        "--n-features",
+        type=positive_int,
+        default=N_FEATURES,
+        help="random features of --nonlinear (the checkpoint holds (electrodes + N) x pixels weights)",
+    )
     p.set_defaults(func=cmd_baseline)
 
 
@@ -106,13 +121,19 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     from rfgan.evaluate.inference import baseline
 
     config, result = baseline(
-        dataset_or_synth(args.data), args.out, args.device, feature_metrics=not args.no_feature_metrics
+        dataset_or_synth(args.data),
+        args.out,
+        args.device,
+        feature_metrics=not args.no_feature_metrics,
+        features="random" if args.nonlinear else "linear",
+        n_features=args.n_features,
     )
     if args.json:
         print(parse.dumps({"config": config, "eval": result}), end="")
         return 0
     edge = " (at the edge of the grid)" if config["lambda_at_grid_edge"] else ""
-    print(f"ridge: lambda = {config['lambda']:.4g}{edge}, fitted on {config['n_train']} training rows")
+    random = f", {config['n_features']} random features of width {config['bandwidth']:.3g}" if args.nonlinear else ""
+    print(f"ridge: lambda = {config['lambda']:.4g}{edge}{random}, fitted on {config['n_train']} training rows")
     _print_evaluation(result, as_json=False)
     return 0
 

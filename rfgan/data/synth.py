@@ -1,4 +1,5 @@
-"""A simulated recording: electrode arrays with Gaussian RFs, natural-like images, and linear-RF responses.
+"""A simulated recording: electrode arrays with Gaussian RFs, natural-like images, and their responses: linear in
+the pixels under the RF (RF_GANsynth's model, the default) or contrast energy (rfgan.data.energy).
 
 Every image and its responses come from a generator seeded by (seed, split, index), so a dataset is the same for a
 seed whatever the shard size, and any sample can be regenerated alone.
@@ -16,6 +17,7 @@ import psutil
 from skimage import data as skdata
 from skimage import draw, transform
 
+from rfgan.data import energy
 from rfgan.data.format import DatasetInfo
 from rfgan.data.rf import RFTable, rf_maps
 from rfgan.data.write import Samples, write_dataset
@@ -53,7 +55,10 @@ TUNINGS = ("color", "luminance")
 NONLINEARITIES = ("linear", "relu")
 NOISE_KINDS = ("gaussian", "poisson", "none")
 SCENE_KINDS = ("pink_noise", "shapes", "edges", "texture", "photo")
+RESPONSE_MODELS = ("linear", "energy")
 MIN_FOV_DEG = 0.1
+# An RF fit's size error: log-normal with this sd (natural log) per unit of rf_fit_error.
+FIT_SIZE_SD = 0.25
 
 
 @dataclass(frozen=True)
@@ -70,7 +75,8 @@ class SynthSpec:
     n_arrays: int = 8  # electrode arrays; each covers one patch of the visual field
     photo_fraction: float = 0.3  # share of images cropped from photographs; the rest are generated scenes
     tuning: str = "color"  # "color": each electrode weighs luminance and colour-opponent signals; "luminance"
-    nonlinearity: str = "linear"  # "linear" or "relu" (rectified after the threshold)
+    response_model: str = "linear"  # "linear" (RF_GANsynth's) or "energy" (contrast energy, rfgan.data.energy)
+    nonlinearity: str = "linear"  # "linear" or "relu" (rectified after the threshold); "energy" always rectifies
     threshold: float = 0.0
     gain: float = 1.0
     noise: str = "gaussian"  # "gaussian", "poisson" or "none"
@@ -78,6 +84,11 @@ class SynthSpec:
     repeats: int = 1  # presentations of each image, each with independent noise
     seed: int = 0
     shard_rows: int = 1000
+    # The RF table written is a fit of the simulated RFs: centres off by rf_fit_error·sigma (sd, per axis), sizes by a
+    # log-normal factor of sd FIT_SIZE_SD·rf_fit_error; this share of IT sites has no fit (the broad foveal prior).
+    # The true RFs are kept in metadata.json's source.
+    rf_fit_error: float = 0.0
+    rf_unfitted_it: float = 0.0
 
     def validate(self) -> None:
         checks = [
@@ -92,6 +103,12 @@ class SynthSpec:
             (1 <= self.n_arrays <= self.electrodes, "n_arrays must be between 1 and the electrode count"),
             (0.0 <= self.photo_fraction <= 1.0, "photo_fraction must be in [0, 1]"),
             (self.tuning in TUNINGS, f"tuning must be one of {TUNINGS}"),
+            (self.response_model in RESPONSE_MODELS, f"response_model must be one of {RESPONSE_MODELS}"),
+            (
+                math.isfinite(self.rf_fit_error) and 0.0 <= self.rf_fit_error <= 10.0,
+                "rf_fit_error must be between 0 and 10 (RF sigmas)",
+            ),
+            (0.0 <= self.rf_unfitted_it <= 1.0, "rf_unfitted_it must be in [0, 1]"),
             (self.nonlinearity in NONLINEARITIES, f"nonlinearity must be one of {NONLINEARITIES}"),
             (self.gain > 0, "gain must be > 0"),
             (self.noise in NOISE_KINDS, f"noise must be one of {NOISE_KINDS}"),
@@ -111,8 +128,10 @@ class SynthSpec:
             )
 
     def weights_bytes(self) -> int:
-        """Memory of the linear model's weights (float64, electrodes × pixels × channels) and RF maps (float32)."""
-        return self.electrodes * self.size * self.size * (8 * self.channels + 4)
+        """Memory of the linear model's weights (float64, electrodes × pixels × channels) and RF maps (float32), and
+        for the energy model also its pooling maps (float64)."""
+        per_pixel = 8 * self.channels + 4 + (8 if self.response_model == "energy" else 0)
+        return self.electrodes * self.size * self.size * per_pixel
 
     @property
     def channels(self) -> int:
@@ -311,19 +330,36 @@ def response_weights(spec: SynthSpec, rfs: RFTable) -> np.ndarray:
     return weights.reshape(len(rfs), -1)
 
 
+ResponseModel = np.ndarray | energy.EnergyModel  # the linear model's weights, or the energy model
+
+
+def response_model(spec: SynthSpec, rfs: RFTable) -> ResponseModel:
+    """The model of `spec.response_model` for the true RFs `rfs`."""
+    if spec.response_model == "linear":
+        return response_weights(spec, rfs)
+    maps = rf_maps(rfs, (spec.size, spec.size), spec.fov_deg, norm="sum")
+    sigma_px = rfs.sigma_deg * spec.size / spec.fov_deg
+    rng = np.random.default_rng([spec.seed, 3000])
+    return energy.make_model(maps, rfs.area, sigma_px, make_tuning(spec, rfs), rng)
+
+
 def responses_for(
-    images: np.ndarray, weights: np.ndarray, spec: SynthSpec, rngs: list[np.random.Generator]
+    images: np.ndarray, model: ResponseModel, spec: SynthSpec, rngs: list[np.random.Generator]
 ) -> np.ndarray:
-    """The linear RF model: drive_e = Σ_pixels,channels weights_e · image (see `response_weights`), then the
-    optional rectification, gain and noise. (n, H, W, C) uint8 → (n, repeats, E) float32."""
+    """The drive of the response model, then the threshold, rectification, gain and noise. Linear model: drive_e =
+    Σ_pixels,channels weights_e · image (see `response_weights`). (n, H, W, C) uint8 → (n, repeats, E) float32."""
     # Float64 so that a sample's responses do not depend on which chunk it was computed in (float32 BLAS results
     # change in the last bit with the matrix shape); the seed alone defines the dataset.
-    drive = (images.reshape(len(images), -1).astype(np.float64) / 255.0) @ weights.T  # (n, E)
+    if isinstance(model, energy.EnergyModel):
+        drive = energy.drive(images, LUMA.astype(np.float64), model)
+    else:
+        drive = (images.reshape(len(images), -1).astype(np.float64) / 255.0) @ model.T  # (n, E)
     rate = drive - spec.threshold
-    if spec.nonlinearity == "relu":
+    if spec.nonlinearity == "relu" or isinstance(model, energy.EnergyModel):
         rate = np.maximum(rate, 0.0)
     rate = spec.gain * rate
-    out = np.empty((len(images), spec.repeats, weights.shape[0]), np.float32)
+    n_electrodes = len(rate[0]) if len(rate) else 0
+    out = np.empty((len(images), spec.repeats, n_electrodes), np.float32)
     for i, rng in enumerate(rngs):
         r = np.broadcast_to(rate[i], out.shape[1:])
         if spec.noise == "gaussian":
@@ -335,8 +371,25 @@ def responses_for(
     return out
 
 
+def fitted_rfs(spec: SynthSpec, truth: RFTable) -> tuple[RFTable, np.ndarray]:
+    """The RF table a lab would have fitted to `truth` (SynthSpec.rf_fit_error, rf_unfitted_it), and the ids of the
+    sites without a fit, which are given the broad prior at the fovea (sigma a quarter of the field)."""
+    if spec.rf_fit_error == 0 and spec.rf_unfitted_it == 0:
+        return truth, np.zeros(0, np.int64)
+    rng = np.random.default_rng([spec.seed, 4000])
+    n, s = len(truth), spec.rf_fit_error
+    x = truth.x_deg + s * truth.sigma_deg * rng.normal(size=n)
+    y = truth.y_deg + s * truth.sigma_deg * rng.normal(size=n)
+    sigma = truth.sigma_deg * np.exp(FIT_SIZE_SD * s * rng.normal(size=n))
+    it = np.flatnonzero(truth.area == "IT")
+    unfitted = np.sort(rng.permutation(it)[: round(spec.rf_unfitted_it * len(it))])
+    x[unfitted], y[unfitted], sigma[unfitted] = 0.0, 0.0, spec.fov_deg / 4
+    fit = RFTable(truth.electrode_id, x.round(4), y.round(4), np.maximum(sigma.round(4), 1e-4), truth.area)
+    return fit, truth.electrode_id[unfitted]
+
+
 def generate_split(
-    spec: SynthSpec, split: str, weights: np.ndarray, first_sample: int, first_image: int
+    spec: SynthSpec, split: str, model: ResponseModel, first_sample: int, first_image: int
 ) -> Iterator[Samples]:
     """Chunks of about `shard_rows` rows of one split; rows are images × repeats."""
     n_images = {"train": spec.n_train, "val": spec.n_val, "test": spec.n_test}[split]
@@ -345,7 +398,7 @@ def generate_split(
         idx = range(start, min(start + per_chunk, n_images))
         rngs = [np.random.default_rng([spec.seed, SPLIT_CODES[split], i]) for i in idx]
         images = np.stack([make_image(rng, spec) for rng in rngs])
-        responses = responses_for(images, weights, spec, rngs)  # (n, repeats, E)
+        responses = responses_for(images, model, spec, rngs)  # (n, repeats, E)
         n, k = len(idx), spec.repeats
         image_id = first_image + np.repeat(np.arange(start, start + n), k)
         yield Samples(
@@ -358,23 +411,31 @@ def generate_split(
 
 
 def synth_splits(spec: SynthSpec) -> tuple[RFTable, dict[str, Iterator[Samples]]]:
-    """The RF table and lazy chunk iterators for every split; ids are unique across splits."""
+    """The RF table as written (a fit of the true RFs, SynthSpec.rf_fit_error) and lazy chunk iterators for every
+    split; ids are unique across splits."""
     spec.validate()
-    rfs = make_rfs(spec)
-    weights = response_weights(spec, rfs)
+    truth = make_rfs(spec)
+    model = response_model(spec, truth)
     splits, sample0, image0 = {}, 0, 0
     for split in ("train", "val", "test"):
         n_images = getattr(spec, f"n_{split}")
         if n_images == 0:
             continue
-        splits[split] = generate_split(spec, split, weights, sample0, image0)
+        splits[split] = generate_split(spec, split, model, sample0, image0)
         sample0 += n_images * spec.repeats
         image0 += n_images
-    return rfs, splits
+    return fitted_rfs(spec, truth)[0], splits
 
 
 def source_of(spec: SynthSpec) -> dict:
-    return {"kind": "synth", **asdict(spec)}
+    """metadata.json's source: the spec, and with an RF fit error the true RFs and the sites without a fit."""
+    source = {"kind": "synth", **asdict(spec)}
+    truth = make_rfs(spec)
+    fit, unfitted = fitted_rfs(spec, truth)
+    if fit is not truth:
+        source["rf_truth"] = {c: getattr(truth, c).tolist() for c in ("x_deg", "y_deg", "sigma_deg")}
+        source["rf_unfitted"] = unfitted.tolist()
+    return source
 
 
 def write_synth(out, spec: SynthSpec, **kwargs) -> DatasetInfo:

@@ -33,7 +33,7 @@ from rfgan.data.rf import RFTable
 from rfgan.errors import DataError, UsageError
 from rfgan.evaluate.features import FeatureNets
 from rfgan.evaluate.grid import save_grid
-from rfgan.evaluate.ridge import RIDGE_KIND, fit_ridge, load_ridge, save_ridge
+from rfgan.evaluate.ridge import N_FEATURES, RIDGE_KIND, fit_ridge, load_ridge, save_ridge
 from rfgan.evaluate.table import per_image_metrics, summarize
 from rfgan.gan.build import build_gan
 
@@ -212,7 +212,12 @@ def write_evaluation(
 
 
 def baseline(
-    data: str, out: str | None = None, device: str = "cpu", feature_metrics: bool = True
+    data: str,
+    out: str | None = None,
+    device: str = "cpu",
+    feature_metrics: bool = True,
+    features: str = "linear",
+    n_features: int = N_FEATURES,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """`rfgan baseline`: fit the ridge decoder (rfgan.evaluate.ridge), write it as a run in `out` (its checkpoint,
     config.json) and evaluate it on the validation split as `rfgan eval` does. Returns (its config, the eval result).
@@ -226,7 +231,7 @@ def baseline(
     info = read_info(data)
     rfs = read_rfs(data, info)
     nets = feature_nets(feature_metrics, device)
-    fit = fit_ridge(data, device)
+    fit = fit_ridge(data, device, features=features, n_features=n_features)
     config = fit.config(storage.absolute(data))
     result = {}
 

@@ -13,6 +13,7 @@ from torch import nn
 from rfgan.config import Config, ConfigError, ModelConfig
 from rfgan.data.format import DatasetInfo
 from rfgan.data.rf import RFTable, rf_mask
+from rfgan.gan.learned_rf import GaussianRFs, LearnedRFGenerator, MapRFs, learned_rfs
 from rfgan.gan.linear_base import LinearBaseGenerator
 from rfgan.gan.models import PatchDiscriminator, ReferenceDiscriminator, ReferenceGenerator, UNetGenerator, init_weights
 from rfgan.gan.rf_input import RFInput, RFProjection
@@ -126,6 +127,19 @@ def build_gan(cfg: Config, info: DatasetInfo, rfs: RFTable, with_vgg: bool = Tru
             dropout=m.dropout,
         )
     init_weights(generator, m.init_std, m.init)
+    if m.rf_layer == "gaussian":
+        generator = LearnedRFGenerator(generator, GaussianRFs(rfs, info.image_size, info.fov_deg, d.rf_norm))
+    elif m.rf_layer == "map":
+        layer = MapRFs(
+            rfs,
+            info.image_size,
+            info.fov_deg,
+            d.rf_norm,
+            resolution=m.rf_map_resolution,
+            smooth=m.rf_map_smooth,
+            sparse=m.rf_map_sparse,
+        )
+        generator = LearnedRFGenerator(generator, layer)
     if m.linear_base:
         generator = LinearBaseGenerator(generator, projection.maps, (info.channels, *info.image_size))
     discriminator = None
@@ -202,7 +216,15 @@ def build_optimizers(cfg: Config, gan: GAN) -> Optimizers:
         params = list(net.parameters())
         # The fused kernel needs the parameters on the GPU; the update is Adam's either way.
         fused = cfg.perf.fused_adam and all(p.is_cuda for p in params) or None
-        return torch.optim.Adam(params, lr=lr, betas=(o.beta1, o.beta2), fused=fused)
+        layer = learned_rfs(net)
+        groups: list[dict] = [{"params": params}]
+        if layer is not None:  # the learned RFs' own step size (optim.lr_rf)
+            own = {id(p) for p in layer.parameters()}
+            groups = [
+                {"params": [p for p in params if id(p) not in own]},
+                {"params": list(layer.parameters()), "lr": o.lr_rf},
+            ]
+        return torch.optim.Adam(groups, lr=lr, betas=(o.beta1, o.beta2), fused=fused)
 
     return Optimizers(
         adam(gan.generator, o.lr_g), None if gan.discriminator is None else adam(gan.discriminator, o.lr_d)

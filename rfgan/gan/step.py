@@ -5,7 +5,7 @@ Order (numbers as in the reference):
   (1) D(real) → errD_real   (2) fake = G(x), once   (3) D(fake.detach()) → errD_fake
   (4–5) errD = errD_real + errD_fake, backward, D step   (repeated `d_steps` times on the same batch and fake)
   (6–7) D(fake) → errG, with D frozen   (8–9) VGG feature loss (and pixel loss) of the same fake
-  (10) λ_adv·errG + λ_vgg·vgg + λ_pix·pix + λ_ssim·(1 - SSIM), backward, G step.
+  (10) λ_adv·errG + λ_vgg·vgg + λ_pix·pix + λ_ssim·(1 - SSIM) (+ learned RF maps' penalty), backward, G step.
 With optim.second_g_forward, G runs again after the D updates and steps 6–10 use that fake: the originals' order.
 With no discriminator (λ_adv = 0) steps 1–7 are skipped: the non-adversarial RFmasked objective.
 """
@@ -20,6 +20,7 @@ from torch import Tensor
 
 from rfgan.config import Config
 from rfgan.gan.build import GAN, Optimizers, autocast_dtype
+from rfgan.gan.learned_rf import rf_penalty
 from rfgan.gan.losses import apply_mask, d_fake_loss, d_real_loss, feature_loss, g_adv_loss, pixel_loss, ssim_loss
 
 
@@ -101,6 +102,9 @@ def train_step(gan: GAN, opts: Optimizers, responses: Tensor, target: Tensor, cf
     ssim = ssim_loss(fake, target, mask=mask) if loss.lambda_ssim > 0 else zero
     # (10) weighted sum, G update
     g_total = loss.lambda_adv * err_g + loss.lambda_vgg * vgg_loss + loss.lambda_pix * pix + loss.lambda_ssim * ssim
+    penalty = rf_penalty(generator)  # learned RF maps' smoothness and sparsity (model.rf_layer=map)
+    if penalty is not None:
+        g_total = g_total + penalty
     opts.g.zero_grad(set_to_none=True)
     g_total.backward()
     opts.g.step()

@@ -151,3 +151,132 @@ def test_an_older_built_in_dataset_is_refused_with_the_command_that_remakes_it(t
     assert main(["check"]) == 2
     err = one_line_error(capsys, "check")
     assert "schema_version 2" in err and "`rfgan synth --overwrite` remakes it" in err
+
+
+# ---- the energy model and RF fit error (issue 24) ------------------------------------------------------------------
+
+ENERGY = dataclasses.replace(TINY, response_model="energy", noise="none", size=48, electrodes=24, n_arrays=4)
+
+
+def _grating(size: int, wavelength: float, theta: float, phase: float, contrast: float) -> np.ndarray:
+    y, x = np.mgrid[0:size, 0:size]
+    lum = 0.5 + 0.5 * contrast * np.cos(2 * np.pi / wavelength * (x * np.cos(theta) - y * np.sin(theta)) + phase)
+    return (np.repeat(lum[..., None], 3, -1) * 255).round().astype(np.uint8)
+
+
+def test_energy_bands_give_a_gratings_squared_amplitude_at_their_own_wavelength_and_orientation():
+    from rfgan.data import energy
+
+    size = 48
+    lambdas = energy.wavelengths(size)
+    assert lambdas[0] == energy.MIN_WAVELENGTH_PX and lambdas[-1] <= size / 2
+    model = energy.EnergyModel(
+        filters=energy.gabor_filters(size, lambdas),
+        wavelengths_px=lambdas,
+        pool=np.full((size * size, 1), 1.0 / size**2),
+        bands=np.zeros((1, len(lambdas), 4)),
+        linear=np.zeros((1, size * size * 3)),
+    )
+    contrast = 0.6
+    y, x = np.mgrid[0:size, 0:size]
+    lum = contrast * np.cos(2 * np.pi / lambdas[1] * x)[None]  # orientation 0, at band 1
+    got = energy.band_energy(lum, model)[0, 0]  # (S, O), pooled over the whole image (edges included)
+    centre = energy.band_energy(np.pad(lum, ((0, 0), (0, 0), (0, 0))), model)
+    assert got[1, 0] == pytest.approx(contrast**2, rel=0.15)  # zero padding loses some at the borders
+    assert centre[0, 0, 1, 0] == got[1, 0]
+    assert got[1, 2] < 0.01 * got[1, 0]  # the orthogonal orientation sees almost nothing
+    assert got[3, 0] < 0.1 * got[1, 0]  # nor does a band two octaves away
+
+
+def test_energy_responses_are_phase_invariant_saturate_with_contrast_and_follow_area_tuning():
+    from rfgan.data import energy
+    from rfgan.data.synth import response_model
+
+    spec = ENERGY
+    rfs = make_rfs(spec)
+    model = response_model(spec, rfs)
+    no_linear = dataclasses.replace(model, linear=np.zeros_like(model.linear))
+    lum = LUMA.astype(np.float64)
+    # Each V1 site's own grating: its preferred band, at 4 phases.
+    v1 = np.flatnonzero(rfs.area == "V1")
+    assert len(v1) >= 4
+    for e in v1[:4]:
+        s, o = np.unravel_index(model.bands[e].argmax(), model.bands[e].shape)
+        lam, theta = model.wavelengths_px[s], energy.ORIENTATIONS[o]
+        phases = [_grating(spec.size, lam, theta, p, 0.5) for p in np.linspace(0, 2 * np.pi, 4, endpoint=False)]
+        drive = energy.drive(np.stack(phases), lum, no_linear)[:, e]
+        assert drive.std() < 0.05 * drive.mean(), "energy is phase-invariant"
+        low, high = (
+            energy.drive(_grating(spec.size, lam, theta, 0, c)[None], lum, no_linear)[0, e] for c in (0.1, 0.8)
+        )
+        assert 1.5 < high / low < 8 * 0.9, "normalisation: 8x the contrast gives more, but less than 8x the drive"
+    # V1 weights sit in one band; IT spreads over all of them.
+    peak = model.bands.reshape(len(rfs), -1).max(axis=1)
+    assert np.median(peak[rfs.area == "V1"]) > 1.5 * np.median(peak[rfs.area == "IT"])
+    np.testing.assert_allclose(model.bands.sum(axis=(1, 2)), 1.0)
+
+
+def test_energy_dataset_is_rectified_deterministic_and_not_linear_in_the_image():
+    rfs, splits = synth_splits(ENERGY)
+    got = concat_chunks(splits["train"])
+    r = got["responses"]
+    assert np.all(r >= 0) and (r == 0).mean() < 0.5
+    again = concat_chunks(synth_splits(dataclasses.replace(ENERGY, shard_rows=7))[1]["train"])
+    np.testing.assert_array_equal(again["responses"], r)
+    # Superposition: the linear model's response to the mean of two images is the mean of their responses (up to
+    # the uint8 rounding of the blend); the energy model's is not.
+    from rfgan.data.synth import response_model, responses_for
+
+    images = got["image"][:20].astype(np.float64)
+    blend = ((images[:10] + images[10:]) / 2).round().astype(np.uint8)
+    for kind, most in (("linear", 0.01), ("energy", None)):
+        spec = dataclasses.replace(ENERGY, response_model=kind)
+        model = response_model(spec, make_rfs(spec))
+
+        def respond(x, spec=spec, model=model):
+            return responses_for(x, model, spec, [np.random.default_rng(0)] * len(x))[:, 0]
+
+        single = respond(got["image"][:20])
+        error = np.abs(respond(blend) - (single[:10] + single[10:]) / 2).mean() / single.std()
+        if most is not None:
+            assert error < most, kind
+        else:
+            assert error > 0.2, kind
+
+
+def test_rf_fit_error_writes_a_fit_keeps_the_truth_and_changes_no_response(tmp_path):
+    spec = dataclasses.replace(TINY, electrodes=60, n_arrays=6)
+    fitted = dataclasses.replace(spec, rf_fit_error=1.0, rf_unfitted_it=0.5)
+    make_synth(tmp_path / "true", spec)
+    make_synth(tmp_path / "fit", fitted)
+    truth, fit = read_rfs(tmp_path / "true"), read_rfs(tmp_path / "fit")
+    source = read_info(tmp_path / "fit").source
+    np.testing.assert_array_equal(source["rf_truth"]["x_deg"], truth.x_deg)
+    np.testing.assert_array_equal(source["rf_truth"]["sigma_deg"], truth.sigma_deg)
+    for split in ("train", "val"):  # the recording itself is the same: only the table differs
+        np.testing.assert_array_equal(
+            read_split(tmp_path / "true", split)["responses"], read_split(tmp_path / "fit", split)["responses"]
+        )
+    unfitted = np.asarray(source["rf_unfitted"])
+    it = np.flatnonzero(truth.area == "IT")
+    assert len(unfitted) == round(0.5 * len(it)) and set(unfitted) <= set(truth.electrode_id[it])
+    assert np.all(fit.x_deg[unfitted] == 0) and np.all(fit.sigma_deg[unfitted] == spec.fov_deg / 4)
+    fitted_ids = np.setdiff1d(np.arange(len(truth)), unfitted)
+    error = np.hypot(fit.x_deg - truth.x_deg, fit.y_deg - truth.y_deg)[fitted_ids] / truth.sigma_deg[fitted_ids]
+    # Per-axis sd 1 sigma: the distance is Rayleigh, median √(2 ln 2) ≈ 1.18 sigma.
+    assert 0.8 < np.median(error) < 1.6
+    assert "rf_truth" not in read_info(tmp_path / "true").source
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"response_model": "cubic"}, "response_model must be one of"),
+        ({"rf_fit_error": -1.0}, "rf_fit_error must be between 0 and 10"),
+        ({"rf_fit_error": math.nan}, "rf_fit_error must be between 0 and 10"),
+        ({"rf_unfitted_it": 1.5}, r"rf_unfitted_it must be in \[0, 1\]"),
+    ],
+)
+def test_bad_energy_or_fit_error_spec_is_refused(change, message):
+    with pytest.raises(ValueError, match=message):
+        synth_splits(dataclasses.replace(TINY, **change))

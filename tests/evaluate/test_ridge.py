@@ -111,6 +111,40 @@ def test_baseline_writes_a_run_that_eval_and_reconstruct_take(tiny_dataset, feat
     assert "already holds a run" in one_line_error(capsys, "baseline")
 
 
+def test_random_features_ridge_is_the_closed_form_on_the_expanded_responses(tiny_dataset, monkeypatch):
+    """--nonlinear: ridge on [x, √(2/D) cos(xΩ + b)] at the chosen λ and bandwidth, which it picked by validation error
+    among the bandwidths it tried (each at its best λ)."""
+    fit = fit_ridge(str(tiny_dataset), features="random", n_features=64)
+    dec = fit.decoder
+    assert dec.random and dec.omega.shape == (12, 64) and dec.weight.shape[0] == 12 + 64
+    assert fit.bandwidth_val_mse[min(fit.bandwidth_val_mse, key=fit.bandwidth_val_mse.get)] == min(fit.val_mse)
+    x, y, _ = _standardised(tiny_dataset, "train")
+    phi = ridge.random_features(x, dec.omega.double(), dec.phase.double())
+    pm, ym = phi.mean(0), y.mean(0)
+    eye = torch.eye(phi.shape[1], dtype=phi.dtype)
+    w = torch.linalg.solve((phi - pm).T @ (phi - pm) + fit.lam * eye, (phi - pm).T @ (y - ym))
+    torch.testing.assert_close(dec.weight.double(), w, atol=1e-4, rtol=1e-3)
+    responses, images = to_tensors(read_split(tiny_dataset, "val"))
+    assert ((dec(responses) - images) ** 2).mean().item() == pytest.approx(min(fit.val_mse), rel=1e-3)
+    # The linear part is in the expansion: at the same λ grid, never worse on validation than plain ridge by more
+    # than the features' noise at this tiny size.
+    assert min(fit.val_mse) <= min(fit_ridge(str(tiny_dataset)).val_mse) * 1.05
+
+
+def test_nonlinear_baseline_writes_a_run_that_eval_reloads(tiny_dataset, tmp_path, capsys):
+    run = tmp_path / "rff"
+    argv = ["baseline", "--data", str(tiny_dataset), "--out", str(run), "--no-feature-metrics", "--json"]
+    assert main([*argv, "--nonlinear", "--n-features", "32"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    config = printed["config"]
+    assert config["model"] == "ridge-random-features" and config["n_features"] == 32 and config["bandwidth"] > 0
+    assert main(["eval", "--run", str(run), "--data", str(tiny_dataset), "--no-feature-metrics", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["metrics"] == printed["eval"]["metrics"]
+    with pytest.raises(SystemExit) as exit:
+        main([*argv[:-1], "--nonlinear", "--n-features", "0"])
+    assert exit.value.code == 2 and "--n-features: 0 is below 1" in capsys.readouterr().err
+
+
 def test_eval_of_a_gan_run_has_the_same_table_and_the_mask_rows_of_a_masked_one(
     tiny_dataset, feature_weights, tmp_path, capsys
 ):
