@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch import Tensor
+from torch import Tensor, nn
 
 from rfgan import outputs, parse, storage
 from rfgan.checkpoint import (
@@ -31,11 +31,13 @@ from rfgan.checkpoint import (
 from rfgan.data.format import DatasetInfo, read_info, read_rfs, read_split, to_tensors
 from rfgan.data.rf import RFTable
 from rfgan.errors import DataError, UsageError
+from rfgan.evaluate import learned
 from rfgan.evaluate.features import FeatureNets
 from rfgan.evaluate.grid import save_grid
 from rfgan.evaluate.ridge import N_FEATURES, RIDGE_KIND, fit_ridge, load_ridge, save_ridge
 from rfgan.evaluate.table import per_image_metrics, summarize
 from rfgan.gan.build import build_gan
+from rfgan.gan.learned_rf import MapRFs, learned_rfs
 
 BATCH = 64
 GRID_IMAGES = 8  # pairs in the eval grid
@@ -44,6 +46,10 @@ RECONSTRUCTIONS = "reconstructions.npy"
 # What each command may replace (rfgan.outputs): its own earlier output, nothing else.
 EVAL_TABLE = outputs.Kind("a table of rfgan eval", lambda path: b'"metrics"' in outputs.head(path))
 EVAL_GRID = outputs.Kind("a PNG", lambda path: outputs.head(path, 8) == b"\x89PNG\r\n\x1a\n")
+LEARNED_TABLE = outputs.Kind(
+    "an RF table that rfgan eval wrote", lambda path: outputs.head(path, 32).startswith(b"electrode_id,x_deg")
+)
+LEARNED_MAPS = outputs.Kind("a .npy array", lambda path: outputs.head(path, 6) == b"\x93NUMPY")
 # rfgan baseline writes a new run: it replaces nothing (an empty folder is not replaced, only filled).
 NEW_RUN = outputs.Kind("an empty folder", lambda path: False, folder=True)
 
@@ -96,6 +102,7 @@ class Decoder:
     checkpoint: str
     epoch: int
     mask: Tensor | None = None  # (1, 1, H, W) RF mask of a model trained inside it (data.mask), else None
+    learned_rfs: nn.Module | None = None  # its learned RF layer (model.rf_layer gaussian or map), else None
 
     @torch.no_grad()
     def reconstruct(self, responses: Tensor, device: torch.device | str = "cpu") -> Tensor:
@@ -122,7 +129,8 @@ def load_decoder(checkpoint: str, device: str | torch.device = "cpu") -> Decoder
     gan.generator.eval()  # dropout off, BatchNorm's running statistics used and never updated
     gan = gan.to(device)
     config = ckpt.config.to_dict()
-    return Decoder("gan", gan.reconstruct, ckpt.info, ckpt.rfs, config, checkpoint, ckpt.epoch, gan.mask)
+    layer = learned_rfs(gan.generator)
+    return Decoder("gan", gan.reconstruct, ckpt.info, ckpt.rfs, config, checkpoint, ckpt.epoch, gan.mask, layer)
 
 
 def eval_file(run: str, split: str) -> str:
@@ -205,10 +213,29 @@ def write_evaluation(
         "feature_nets": nets.description if nets is not None else None,
         "grid": grid,
     }
+    if decoder.learned_rfs is not None:
+        result["learned_rfs"] = _write_learned_rfs(run, into, decoder, info)
     if warning is not None:
         result["warning"] = warning
     outputs.write_bytes(eval_file(into, split), parse.dumps(result).encode(), EVAL_TABLE)  # undefined: null
     return result
+
+
+def _write_learned_rfs(run: str, into: str, decoder: Decoder, info: DatasetInfo) -> dict[str, Any]:
+    """RUN/learned_rfs.csv (and for free maps RUN/learned_rf_maps.npy, (E, H, W) float32) of the decoder's learned RF
+    layer, and their scores (rfgan.evaluate.learned.scores) against its table and, when known, the true RFs."""
+    layer = decoder.learned_rfs
+    table = learned.learned_table(layer, decoder.rfs, decoder.info)
+    outputs.write_file(storage.join(into, learned.LEARNED_RFS), LEARNED_TABLE, table.to_csv, suffix=".csv")
+    written = {"layer": decoder.config["model"]["rf_layer"], "table": storage.join(run, learned.LEARNED_RFS)}
+    if isinstance(layer, MapRFs):
+        maps = layer.maps_array()
+        outputs.write_file(
+            storage.join(into, learned.LEARNED_MAPS), LEARNED_MAPS, lambda p: np.save(p, maps), suffix=".npy"
+        )
+        written["maps"] = storage.join(run, learned.LEARNED_MAPS)
+    truth = learned.true_rfs(info, decoder.rfs)
+    return {**written, **learned.scores(decoder.rfs, table, truth)}
 
 
 def baseline(

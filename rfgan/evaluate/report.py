@@ -21,8 +21,9 @@ from torchvision.transforms.functional import to_pil_image
 
 from rfgan import __version__, outputs, storage
 from rfgan.checkpoint import CURVES_FILE, STATE_FILE, Accept
-from rfgan.data.format import iter_split, read_info, read_rfs, to_tensors
+from rfgan.data.format import DatasetInfo, iter_split, read_info, read_rfs, to_tensors
 from rfgan.errors import DataError
+from rfgan.evaluate import learned
 from rfgan.evaluate.inference import Decoder, eval_file, load_decoder
 from rfgan.evaluate.table import METRICS, feature_nets_text, mean_se_text
 
@@ -158,8 +159,25 @@ def _nets(run: _Run) -> str:
     return feature_nets_text(run.evaluation["feature_nets"])
 
 
-def render(runs: list[_Run], targets: torch.Tensor, fakes: list[torch.Tensor]) -> str:
-    """The page for runs evaluated on one dataset split, `targets` (B, C, H, W) and each run's reconstructions."""
+def _rf_figure(run: _Run, info: DatasetInfo) -> bytes:
+    """The run's learned RFs over the visual field, against its table and, when the dataset knows them, the truth."""
+    d = run.decoder
+    table = learned.learned_table(d.learned_rfs, d.rfs, d.info)
+    truth = learned.true_rfs(info, d.rfs)
+    s = learned.scores(d.rfs, table, truth)
+    if truth is None:
+        title = f"{run.name}: learned RFs moved {s['median_shift_deg']:.3g}° (median) from the table"
+    else:
+        e = s["median_centre_error_deg"]
+        title = f"{run.name}: median centre error, fitted {e['fitted']:.3g}°, learned {e['learned']:.3g}°"
+    return learned.draw(d.rfs, table, truth, d.info.fov_deg, title)
+
+
+def render(
+    runs: list[_Run], targets: torch.Tensor, fakes: list[torch.Tensor], rf_figures: dict[str, bytes] | None = None
+) -> str:
+    """The page for runs evaluated on one dataset split, `targets` (B, C, H, W) and each run's reconstructions;
+    `rf_figures`: the learned-RF figure of each run that has one, by name."""
     first = runs[0].evaluation
     masked = [r.name for r in runs if r.evaluation.get("masked")]
     sections = [
@@ -187,6 +205,15 @@ def render(runs: list[_Run], targets: torch.Tensor, fakes: list[torch.Tensor]) -
                 f'<h3>{html.escape(r.name)}</h3><img alt="curves {html.escape(r.name)}" '
                 f'style="max-width: 100%" src="{_png_uri(r.curves)}">'
             )
+    if rf_figures:
+        sections.append("<h2>Learned receptive fields</h2>")
+        sections.append(
+            "<p class='note'>Grey: the RF table the run started from (circles of radius sigma); coloured by area: the "
+            "learned RFs, a line from each fitted centre to its learned one; black crosses: the true centres, for a "
+            "simulated dataset whose table is a fit (rfgan synth --rf-fit-error).</p>"
+        )
+        for name, png in rf_figures.items():
+            sections.append(f'<img alt="learned RFs {html.escape(name)}" src="{_png_uri(png)}">')
     sections.append("<h2>Configs</h2>")
     for r in runs:
         sections.append(
@@ -226,6 +253,7 @@ def write_report(
         r.decoder.check_matches(info, rfs, data, Accept(other_rfs=True))
     responses, targets = to_tensors(next(iter_split(data, split, n_images)))
     fakes = [r.decoder.reconstruct(responses, device) for r in loaded]
-    page = render(loaded, targets, fakes)
+    figures = {r.name: _rf_figure(r, info) for r in loaded if r.decoder.learned_rfs is not None}
+    page = render(loaded, targets, fakes, figures)
     outputs.write_bytes(out, page.encode(), REPORT_PAGE)
     return out
