@@ -117,6 +117,9 @@ def write_file(target: str, kind: Kind, fill: Callable[[Path], None], replace: b
         else:
             Path(staged_path).parent.mkdir(parents=True, exist_ok=True)
             fill(Path(staged_path))
+        # Again at the end: what appeared at the target while this one was written (a user's file, another
+        # command's output) is refused, not replaced.
+        check_target(target, kind, replace)
         storage.move(staged, target)
     except BaseException:
         if fs.get_file_info(staged_path).type == pafs.FileType.File:
@@ -135,7 +138,7 @@ def write_folder(target: str, kind: Kind, fill: Callable[[Path], None]) -> None:
     remove_stale_staging(target)
     fs, path = storage.filesystem(target)
     if not isinstance(fs, pafs.LocalFileSystem):
-        _write_remote_folder(target, fill)
+        _write_remote_folder(target, kind, fill)
         return
     # Symlinks resolved: the staging folder must sit on the filesystem of the folder it is renamed to.
     out = Path(os.path.realpath(path))
@@ -144,6 +147,7 @@ def write_folder(target: str, kind: Kind, fill: Callable[[Path], None]) -> None:
     staged.mkdir()
     try:
         fill(staged)
+        check_target(target, kind)  # again: what appeared there meanwhile is refused, not replaced
         old = swap_in(staged, out)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
@@ -168,7 +172,7 @@ def swap_in(staged: Path, out: Path) -> Path | None:
     return old
 
 
-def _write_remote_folder(target: str, fill: Callable[[Path], None]) -> None:
+def _write_remote_folder(target: str, kind: Kind, fill: Callable[[Path], None]) -> None:
     fs, root = storage.filesystem(target)
     staged = _staging(target)
     staged_path = storage.filesystem(staged)[1]
@@ -176,6 +180,7 @@ def _write_remote_folder(target: str, fill: Callable[[Path], None]) -> None:
         with tempfile.TemporaryDirectory(prefix="rfgan-out-") as tmp:
             fill(Path(tmp))
             storage.upload(tmp, staged)
+        check_target(target, kind)  # again: what appeared there meanwhile is refused, not replaced
         # The swap: the old objects go, then the new ones are copied in (server-side) from the staging prefix.
         if fs.get_file_info(root).type == pafs.FileType.Directory:
             fs.delete_dir_contents(root)

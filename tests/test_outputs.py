@@ -61,3 +61,30 @@ def test_a_killed_writers_staging_goes_with_the_next_write(tmp_path):
     live.write_bytes(b"half")
     outputs.write_bytes(str(tmp_path / "page.html"), b"page", PAGE)
     assert sorted(os.listdir(tmp_path)) == sorted([live.name, "page.html"])
+
+
+@pytest.mark.parametrize("folder", [False, True], ids=["file", "folder"])
+def test_what_appears_at_the_target_while_it_is_written_is_refused_not_replaced(tmp_path, folder):
+    """The target is checked again just before the swap: a user's file that appeared there meanwhile survives (third
+    audit: a folder made while `rfgan synth` ran was deleted)."""
+    target = tmp_path / ("out" if folder else "page.html")
+
+    def fill(path):
+        if folder:
+            (path / "part").write_text("new")
+            target.mkdir()
+            (target / "thesis.txt").write_text("mine")
+        else:
+            path.write_bytes(b"page new")
+            target.write_bytes(b"my own notes")
+
+    with pytest.raises(DataError, match="already exists and is not"):
+        if folder:
+            outputs.write_folder(str(target), FOLDER, fill)
+        else:
+            outputs.write_file(str(target), PAGE, fill)
+    if folder:
+        assert os.listdir(target) == ["thesis.txt"]
+    else:
+        assert target.read_bytes() == b"my own notes"
+    assert os.listdir(tmp_path) == [target.name]  # no staging left

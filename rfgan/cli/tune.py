@@ -63,7 +63,7 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from rfgan.sweep.results import summarize, table_text
-    from rfgan.sweep.runner import SweepSpec, resumed_space, sweep
+    from rfgan.sweep.runner import SweepSpec, check_sweep_target, resumed_space, sweep
     from rfgan.sweep.space import load_space
 
     gpus = args.gpus_per_worker
@@ -81,7 +81,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
         raise UsageError(f"--max-concurrent must be at least 1, not {args.max_concurrent}")
     if args.trials < 1:
         raise UsageError(f"--trials must be at least 1, not {args.trials}")
+    if not 0 <= args.seed < 2**32:
+        raise UsageError(f"--seed must be between 0 and 2**32 - 1 (Optuna's sampler takes such seeds), not {args.seed}")
     out = args.out or f"sweeps/{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_sweep_target(out, args.resume)
     given = load_space(args.space) if args.space else None
     space = resumed_space(out, given) if args.resume else load_space(args.space)
     data = dataset_or_synth(cfg.data.path)

@@ -41,7 +41,7 @@ from PIL import Image, UnidentifiedImageError
 
 from rfgan import parse, storage
 from rfgan.data.rf import RFTable
-from rfgan.errors import DataError
+from rfgan.errors import DataError, UsageError
 
 if TYPE_CHECKING:
     import ray.data
@@ -694,3 +694,27 @@ def _as_tensor(a: Any) -> torch.Tensor:
     if isinstance(a, np.ndarray) and not a.flags.writeable:
         a = a.copy()
     return torch.as_tensor(a)
+
+
+def dataset_around(out: str) -> str | None:
+    """The dataset that `out` is, or lies in (a folder above it with a metadata.json), if any."""
+    path = storage.absolute(out)
+    while True:
+        if storage.is_file(storage.join(path, METADATA_FILE)):
+            return path
+        parent, name = storage.split(path)
+        if not name or parent == path:
+            return None
+        path = parent
+
+
+def check_outside_dataset(out: str, what: str, flag: str = "--out") -> None:
+    """Refuse an output path that is a dataset or lies inside one: re-making the dataset (synth or ingest
+    --overwrite) replaces its folder whole, and `what` would go with it."""
+    dataset = dataset_around(out)
+    if dataset is not None:
+        where = "the dataset" if dataset == storage.absolute(out) else "inside the dataset"
+        raise UsageError(
+            f"{flag} {out} is {where} {dataset}: {what} among the dataset's files would be deleted when it is "
+            f"re-made; choose an {flag} outside it."
+        )

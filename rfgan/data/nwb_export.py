@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from rfgan import outputs, storage
 from rfgan.data.format import (
+    check_outside_dataset,
     decode_table,
     listed_shards,
     read_columns,
@@ -42,8 +43,24 @@ PERIOD_S = 1.0  # between presentation onsets
 SAMPLE_AT_S = 0.15  # the response sample's time after its onset: inside ingest-nwb's default window
 MODULE, SERIES, STIMULUS, IMAGES = "rfgan", "responses", "presentations", "images"
 CHUNK_ROWS, BUFFER_ROWS = 256, 1024  # of the responses, in HDF5 and per read
-# What --overwrite may replace: an HDF5 file (an NWB file is one), not a dataset's metadata.json or any other file.
-NWB_FILE = outputs.Kind("an NWB (HDF5) file", lambda path: outputs.head(path, 8) == b"\x89HDF\r\n\x1a\n")
+
+
+def _is_export(path: str) -> bool:
+    """Whether `path` is an NWB file that rfgan export wrote (HDF5 holding /processing/rfgan), not any HDF5 file."""
+    if outputs.head(path, 8) != b"\x89HDF\r\n\x1a\n":
+        return False
+    import h5py
+
+    fs, where = storage.filesystem(path)
+    try:
+        with fs.open_input_file(where) as f, h5py.File(f, "r") as h5:
+            return f"processing/{MODULE}/{SERIES}" in h5
+    except (OSError, ValueError):
+        return False
+
+
+# What --overwrite may replace: an earlier export, not a lab's own HDF5 or NWB file, a metadata.json or anything else.
+NWB_FILE = outputs.Kind("an NWB file that rfgan export wrote", _is_export)
 
 
 class _Rows:
@@ -155,6 +172,7 @@ def export_nwb(data: str, out: str, splits: list[str] | None = None, overwrite: 
     target = Path(out)
     if target.is_dir():
         raise DataError(f"--out {out} is a folder; give the NWB file's path, e.g. {target / 'dataset.nwb'}.")
+    check_outside_dataset(out, "an NWB file")
     outputs.check_target(out, NWB_FILE, replace=overwrite)
     if not target.parent.is_dir():
         raise DataError(f"cannot write {out}: its folder {target.parent} does not exist.")

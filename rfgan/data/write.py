@@ -223,6 +223,9 @@ def write_dataset(
             rfs_sha256=_write_rfs(rfs, tmp / RFS_FILE),
         )
         (tmp / METADATA_FILE).write_text(json.dumps(info.to_json(), indent=1) + "\n")
+        # Again at the end: a folder a user made there meanwhile, or a dataset another command wrote there without
+        # --overwrite, is refused, not replaced.
+        check_output(given, overwrite)
         old = swap_in(tmp, out)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -246,13 +249,14 @@ def write_dataset(
 
 def _write_remote(uri: str, overwrite: bool, **dataset: Any) -> DatasetInfo:
     fs, root = storage.filesystem(uri)
-    existing = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
     with tempfile.TemporaryDirectory(prefix="rfgan-dataset-") as staging:
         local = Path(staging, "dataset")
         info = write_dataset(local, **dataset)
         metadata = (local / METADATA_FILE).read_bytes()
         (local / METADATA_FILE).unlink()
         deleted = False
+        check_output(uri, overwrite)  # again: what was written there meanwhile is refused, not replaced
+        existing = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
         try:
             if existing:
                 # Object stores cannot swap a folder in one step: the old dataset goes before the new one is up.

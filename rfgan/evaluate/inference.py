@@ -4,6 +4,7 @@ No Ray: a laptop with the run directory, or access to the bucket it was written 
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from rfgan.checkpoint import (
     local_copy,
     read_checkpoint,
 )
-from rfgan.data.format import DatasetInfo, read_info, read_rfs, read_split, to_tensors
+from rfgan.data.format import DatasetInfo, check_outside_dataset, read_info, read_rfs, read_split, to_tensors
 from rfgan.data.rf import RFTable
 from rfgan.errors import DataError, UsageError
 from rfgan.evaluate import learned
@@ -253,6 +254,7 @@ def baseline(
     out = out or f"runs/ridge-{time.strftime('%Y%m%d-%H%M%S')}"
     if not storage.is_file(out) and existing_checkpoints(out):
         raise UsageError(f"{out} already holds a run; choose another --out.")
+    check_outside_dataset(out, "a baseline run")
     outputs.check_target(out, NEW_RUN)  # a file there: "is a file, not a folder"
     check_device(device)
     info = read_info(data)
@@ -275,6 +277,12 @@ def baseline(
 def reconstruct(run: str, responses_path: str, out: str, which: str = "best", device: str = "cpu") -> str:
     """Images from new responses (N, E): `out/reconstructions.npy` (N, H, W, C) uint8 and one PNG per row, in a
     folder (a path or URI) that replaces an earlier reconstruct's whole; anything else there is refused first."""
+    check_outside_dataset(out, "reconstructions")
+    if not storage.is_remote(out) and Path(os.path.realpath(responses_path)).is_relative_to(os.path.realpath(out)):
+        raise UsageError(
+            f"--responses {responses_path} lies inside --out {out}, which rfgan reconstruct replaces whole; choose "
+            "another --out (or move the responses out of it)."
+        )
     outputs.check_target(out, RECONSTRUCTION)
     decoder = load_decoder(find_checkpoint(run, which), device)
     try:

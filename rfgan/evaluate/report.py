@@ -21,7 +21,7 @@ from torchvision.transforms.functional import to_pil_image
 
 from rfgan import __version__, outputs, storage
 from rfgan.checkpoint import CURVES_FILE, STATE_FILE, Accept
-from rfgan.data.format import DatasetInfo, iter_split, read_info, read_rfs, to_tensors
+from rfgan.data.format import DatasetInfo, check_outside_dataset, iter_split, read_info, read_rfs, to_tensors
 from rfgan.errors import DataError
 from rfgan.evaluate import learned
 from rfgan.evaluate.inference import Decoder, eval_file, load_decoder
@@ -234,6 +234,7 @@ def write_report(
     written to `out` (default: report.html in the first run), replacing only an earlier report; returns its path.
     Nothing is written on an error."""
     out = out or storage.join(runs[0], "report.html")
+    check_outside_dataset(out, "a report page")
     outputs.check_target(out, REPORT_PAGE)
     loaded = [_Run(run, *_read_run(run, split, device)) for run in runs]
     names = [r.name for r in loaded]

@@ -16,7 +16,7 @@ from typing import Any
 from rfgan import lease, outputs, parse, storage
 from rfgan.checkpoint import Accept, check_data_matches, existing_checkpoints, newest_intact, trained_data
 from rfgan.config import Config, flatten
-from rfgan.data.format import METADATA_FILE, DatasetInfo
+from rfgan.data.format import DatasetInfo, check_outside_dataset
 from rfgan.data.rf import RFTable
 from rfgan.errors import ConfigError, UsageError
 from rfgan.lease import LEASE_FILE
@@ -168,27 +168,10 @@ def _is_run(path: str) -> bool:
 RUN = outputs.Kind("an rfgan training run", _is_run, folder=True)
 
 
-def dataset_around(out: str) -> str | None:
-    """The dataset that `out` is, or lies in (a folder above it with a metadata.json), if any."""
-    path = storage.absolute(out)
-    while True:
-        if storage.is_file(storage.join(path, METADATA_FILE)):
-            return path
-        parent, name = storage.split(path)
-        if not name or parent == path:
-            return None
-        path = parent
-
-
 def check_run_target(out: str) -> None:
     """Refuse an --out that is a dataset or lies inside one (re-making the dataset would delete the run, and the run's
     files sit among its shards), or a folder of anything but a run."""
-    dataset = dataset_around(out)
-    if dataset is not None:
-        raise UsageError(
-            f"--out {out} is {'the dataset' if dataset == storage.absolute(out) else 'inside the dataset'} {dataset}: "
-            "a run beside the dataset's files would be deleted when it is re-made; choose an --out outside it."
-        )
+    check_outside_dataset(out, "a run")
     outputs.check_target(out, RUN)
 
 

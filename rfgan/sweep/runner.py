@@ -13,10 +13,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import pyarrow.fs as pafs
+
 from rfgan import storage
 from rfgan.checkpoint import SCORE, Accept, check_data_matches, trained_data
 from rfgan.config import Config, ConfigError, flatten
-from rfgan.data.format import DatasetInfo, read_info
+from rfgan.data.format import DatasetInfo, check_outside_dataset, read_info
 from rfgan.data.rf import RFTable
 from rfgan.errors import DataError, UsageError
 from rfgan.run.cluster_checks import autoscaler_maximum, check_cluster, grown
@@ -173,6 +175,36 @@ def early_stopping(base: Config):
 
 
 LOG_FILE = "tune.log"
+# What a sweep folder holds besides what this module writes: Tune's experiment state and the trials' runs.
+SWEEP_MARKS = (SPACE_FILE, LOG_FILE, "tuner.pkl")
+
+
+def is_sweep(out: str) -> bool:
+    """Whether `out` holds a sweep that rfgan tune started (its stored space or Tune's saved tuner)."""
+    names = storage.file_sizes(out)
+    return any(mark in names for mark in SWEEP_MARKS) or any(n.startswith("experiment_state") for n in names)
+
+
+def check_sweep_target(out: str, resume: bool) -> None:
+    """Before anything is written: refuse an --out that is or lies in a dataset, one that holds a sweep when this is
+    not --resume (a new sweep there would overwrite its results and mix the two), and a folder of other files."""
+    check_outside_dataset(out, "a sweep")
+    fs, path = storage.filesystem(out)
+    kind = fs.get_file_info(path).type
+    if kind == pafs.FileType.File:
+        raise UsageError(f"--out {out} is a file, not a folder; choose another --out.")
+    if kind == pafs.FileType.NotFound or not fs.get_file_info(pafs.FileSelector(path)):
+        return
+    if is_sweep(out):
+        if not resume:
+            raise UsageError(
+                f"--out {out} already holds a sweep; pass --resume to continue it, or choose another --out."
+            )
+        return
+    raise UsageError(
+        f"--out {out} already exists and holds other files than a sweep; choose a new or empty folder (rfgan tune "
+        "writes trials.csv, best_config.json and the trials' runs there)."
+    )
 
 
 def sweep(

@@ -2,6 +2,7 @@
 images and RF table."""
 
 import dataclasses
+import os
 
 import numpy as np
 import pytest
@@ -77,28 +78,40 @@ def test_export_of_one_split(dataset, tmp_path):
         np.testing.assert_array_equal(np.stack([ordered[i] for i in shown]), want["image"])
 
 
-@pytest.mark.parametrize("case", ["exists", "exists --overwrite", "folder", "no such split", "no folder"])
+CASES = ["exists", "exists --overwrite", "a lab's HDF5 --overwrite", "folder", "no such split", "no folder"]
+
+
+@pytest.mark.parametrize("case", CASES + ["inside the dataset"])
 def test_bad_export_is_one_line_exit_2_nothing_written(dataset, tmp_path, capsys, case):
     out = {"folder": tmp_path, "no folder": tmp_path / "nope" / "x.nwb"}.get(case, tmp_path / "x.nwb")
     if case.startswith("exists"):
         out.write_text("someone's file")  # not an NWB file: --overwrite does not replace it either
+    if case.startswith("a lab's HDF5"):
+        import h5py
+
+        with h5py.File(out, "w") as f:  # an HDF5 file, and an NWB-like one, but not rfgan's export (third audit)
+            f.create_dataset("processing/ecephys/lfp", data=np.zeros(3))
+    if case == "inside the dataset":
+        out = dataset / "share.nwb"  # a later `synth --overwrite` of the dataset would delete it (third audit)
     data = dataset
     if case == "no such split":
         data = tmp_path / "no-test"
         make_synth(data, dataclasses.replace(SPEC, n_test=0))
-    before = tree(tmp_path)
+    before = tree(tmp_path), tree(dataset)
     argv = ["export", "--data", str(data), "--out", str(out), "--quiet"]
-    extra = {"no such split": ["--split", "test"], "exists --overwrite": ["--overwrite"]}.get(case, [])
+    extra = {"no such split": ["--split", "test"]}.get(case, ["--overwrite"] if "--overwrite" in case else [])
     assert main([*argv, *extra]) == 2
     err = one_line_error(capsys, "export")
     assert {
-        "exists": "already exists and is not an NWB (HDF5) file",
-        "exists --overwrite": "already exists and is not an NWB (HDF5) file",
+        "exists": "already exists and is not an NWB file that rfgan export wrote",
+        "exists --overwrite": "already exists and is not an NWB file that rfgan export wrote",
+        "a lab's HDF5 --overwrite": "already exists and is not an NWB file that rfgan export wrote",
+        "inside the dataset": f"is inside the dataset {dataset}: an NWB file among the dataset's files",
         "folder": "is a folder; give the NWB file's path",
         "no such split": "has no split(s) ['test']; its splits are ['train', 'val']",
         "no folder": "does not exist",
     }[case] in err
-    assert tree(tmp_path) == before
+    assert (tree(tmp_path), tree(dataset)) == before
 
 
 def test_a_failure_while_writing_leaves_no_file(dataset, tmp_path, monkeypatch, capsys):
@@ -109,3 +122,13 @@ def test_a_failure_while_writing_leaves_no_file(dataset, tmp_path, monkeypatch, 
     assert main(["export", "--data", str(dataset), "--out", str(tmp_path / "x.nwb"), "--quiet"]) != 0
     assert "disk full" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_overwrite_replaces_an_earlier_export(dataset, tmp_path):
+    nwb = tmp_path / "x.nwb"
+    argv = ["export", "--data", str(dataset), "--out", str(nwb), "--quiet"]
+    assert main([*argv, "--split", "val"]) == 0
+    assert main([*argv, "--split", "train", "--overwrite"]) == 0
+    with NWBHDF5IO(nwb, "r") as io:
+        assert set(io.read().trials.to_dataframe()["split"]) == {"train"}
+    assert sorted(os.listdir(tmp_path)) == ["x.nwb"]

@@ -268,3 +268,27 @@ def test_any_interrupted_command_is_one_line_and_exit_130(monkeypatch, capsys):
     monkeypatch.setattr("rfgan.cli.data.cmd_check", stopped)
     assert run_interrupted(["check"]) == 130
     assert capsys.readouterr().err == "rfgan check: interrupted\n"
+
+
+def test_what_appears_at_out_while_synth_writes_is_refused_not_replaced(tmp_path):
+    """Third audit: a folder a user made at --out while synth ran was deleted by the swap, and of two synths into one
+    new --out the second silently replaced the first without --overwrite."""
+    out = tmp_path / "ds"
+
+    def user_makes_a_folder(n):
+        if not out.exists():
+            out.mkdir()
+            (out / "thesis.txt").write_text("mine")
+
+    with pytest.raises(DataError, match="not an rfgan dataset"):
+        make_synth(out, on_rows=user_makes_a_folder)
+    assert os.listdir(out) == ["thesis.txt"] and sorted(os.listdir(tmp_path)) == ["ds"]
+    other = tmp_path / "other"
+
+    def another_synth_finishes_first(n):
+        if not other.exists():
+            make_synth(other, dataclasses.replace(TINY, seed=7))
+
+    with pytest.raises(DataError, match="already exists"):
+        make_synth(other, on_rows=another_synth_finishes_first)
+    assert read_info(other).source["seed"] == 7

@@ -272,3 +272,15 @@ def test_reconstruct_refuses_responses_it_cannot_decode_and_writes_nothing(ridge
     assert main(argv) == 2
     assert re.search(message, one_line_error(capsys, "reconstruct"))
     assert not (tmp_path / "o").exists()
+
+
+def test_reconstruct_refuses_responses_inside_its_out(ridge_run, tiny_dataset, tmp_path, capsys):
+    """Third audit: --responses OUT/reconstructions.npy was overwritten by the output."""
+    out = tmp_path / "rec"
+    np.save(tmp_path / "r.npy", read_split(tiny_dataset, "val")["responses"][:2])
+    argv = ["reconstruct", "--run", str(ridge_run), "--out", str(out)]
+    assert main([*argv, "--responses", str(tmp_path / "r.npy")]) == 0
+    kept = (out / "reconstructions.npy").read_bytes()
+    assert main([*argv, "--responses", str(out / "reconstructions.npy")]) == 2
+    assert "lies inside --out" in one_line_error(capsys, "reconstruct")
+    assert (out / "reconstructions.npy").read_bytes() == kept

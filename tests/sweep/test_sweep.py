@@ -479,3 +479,36 @@ def test_no_trials_or_no_concurrency_is_refused_before_anything_is_written(tiny_
     assert main(["tune", "--data", str(tiny_dataset), "--preset", "tiny", "--out", str(out), flag, value]) == 2
     assert f"{flag} must be at least 1, not {value}" in one_line_error(capsys, "tune")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("case", ["user's folder", "a finished sweep", "the dataset", "inside the dataset", "seed"])
+def test_an_out_tune_must_not_write_is_refused_before_anything_is_written(tiny_dataset, tmp_path, capsys, case):
+    """Third audit: a user's trials.csv was overwritten, a second sweep mixed into a finished one's folder (no
+    --resume), and a sweep written inside a dataset (deleted with it when the dataset is re-made)."""
+    from conftest import tree
+
+    out = tmp_path / "sweep"
+    out.mkdir()
+    flags = []
+    if case == "user's folder":
+        (out / "trials.csv").write_text("mine")
+    elif case == "a finished sweep":
+        (out / "space.json").write_text("{}")
+        (out / "trials.csv").write_text("its results")
+    elif case == "the dataset":
+        out = tiny_dataset
+    elif case == "inside the dataset":
+        out = tiny_dataset / "sweeps" / "one"
+    else:
+        flags = ["--seed", "-1"]
+    before = tree(tmp_path), tree(tiny_dataset)
+    assert main(["tune", "--data", str(tiny_dataset), "--preset", "tiny", "--out", str(out), *flags]) == 2
+    err = one_line_error(capsys, "tune")
+    assert {
+        "user's folder": "holds other files than a sweep",
+        "a finished sweep": "already holds a sweep; pass --resume to continue it",
+        "the dataset": f"is the dataset {tiny_dataset}: a sweep among the dataset's files",
+        "inside the dataset": f"is inside the dataset {tiny_dataset}",
+        "seed": "--seed must be between 0 and 2**32 - 1",
+    }[case] in err
+    assert (tree(tmp_path), tree(tiny_dataset)) == before
