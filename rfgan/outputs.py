@@ -77,6 +77,9 @@ def head(target: str, n: int = 4096) -> bytes:
 def check_target(target: str, kind: Kind, replace: bool = True, flag: str = "--out") -> None:
     """Refuse `target` before any work unless it is absent, an empty folder (for a folder kind), or, with `replace`,
     an earlier output of `kind`."""
+    if not kind.folder and target.endswith(("/", os.sep)):
+        # storage.filesystem drops the slash: a file would be written where the user meant a folder (third audit).
+        raise DataError(f"{flag} {target} ends in '/', a folder; give the path of the file to write, a name inside it.")
     fs, path = storage.filesystem(target)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:

@@ -140,3 +140,36 @@ def test_pipeline_worker_counts_are_positive_integers(flag, counts, capsys):
     with pytest.raises(SystemExit) as stop:
         main(["bench", "--pipeline", "--pipeline-workers", flag])
     assert stop.value.code == 2 and "is not a list of worker counts such as 1,2,4" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        # Third audit: 0 ran with the preset's value and reported it; the others were tracebacks.
+        (["--steps", "0"], "--steps: 0 is below 1"),
+        (["--electrodes", "0"], "--electrodes: 0 is below 1"),
+        (["--batch-size", "0"], "--batch-size: 0 is below 1"),
+        (["--threads", "-1"], "--threads: -1 is below 1"),
+        (["--rounds", "0"], "--rounds: 0 is below 1"),
+    ],
+)
+def test_bench_refuses_counts_below_one(flags, message, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["bench", *flags])
+    assert exit.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--device", "foo"], "--device foo: not a torch device"),
+        (["--device", "meta"], "rfgan runs on cpu, cuda[:N] or mps, not meta"),
+        (["--device", "cpu:7"], "the CPU is one device"),
+        (["--size", "4"], "images are 4x4 but the unet generator needs sides"),
+    ],
+)
+def test_bench_refuses_a_device_or_size_it_cannot_run_in_one_line(flags, message, capsys):
+    from conftest import one_line_error
+
+    assert main(["bench", "--rounds", "1", "--steps", "1", "--no-memory", *flags]) == 2
+    assert message in one_line_error(capsys, "bench")

@@ -142,3 +142,34 @@ def test_usage_mistakes_are_one_line_errors(tmp_path, capsys):
     assert main(["tune", "--set", "loss.lambda_adv", "--out", str(tmp_path / "sweep")]) == 2
     assert capsys.readouterr().err.startswith("rfgan tune: error: --set needs KEY=VALUE, got 'loss.lambda_adv'")
     assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize("command", ["check", "train", "tune"])
+def test_an_address_where_nothing_answers_is_refused_in_seconds(tiny_dataset, tmp_path, capsys, monkeypatch, command):
+    """Third audit: `--address 127.0.0.1:PORT` with no Ray there waited for minutes (check, train) with only Ray's
+    warnings, and train left its lease and log."""
+    import socket
+    import time
+
+    from conftest import one_line_error
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    out = tmp_path / "out"
+    argv = {
+        "check": ["check", "--data", str(tiny_dataset)],
+        "train": ["train", "--data", str(tiny_dataset), "--preset", "tiny", "--out", str(out)],
+        "tune": ["tune", "--data", str(tiny_dataset), "--preset", "tiny", "--out", str(out)],
+    }[command]
+    start = time.monotonic()
+    assert main([*argv, "--address", f"127.0.0.1:{port}"]) == 2
+    assert time.monotonic() - start < 30
+    assert f"nothing answers at --address 127.0.0.1:{port} (Connection refused)" in one_line_error(capsys, command)
+    assert not out.exists()
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    assert main(argv) == 2
+    assert "nothing answers at $RAY_ADDRESS" in one_line_error(capsys, command)
+    assert main([*argv, "--address", "127.0.0.1:port"]) == 2
+    assert "'port' is not a port" in one_line_error(capsys, command)

@@ -88,3 +88,10 @@ def test_what_appears_at_the_target_while_it_is_written_is_refused_not_replaced(
     else:
         assert target.read_bytes() == b"my own notes"
     assert os.listdir(tmp_path) == [target.name]  # no staging left
+
+
+def test_a_file_target_ending_in_a_slash_is_refused(tmp_path):
+    """Third audit: `export --out expdir/` and `report --out rdir/` wrote a file named expdir / rdir."""
+    with pytest.raises(DataError, match="ends in '/', a folder; give the path of the file"):
+        outputs.write_bytes(f"{tmp_path}/page/", b"page", PAGE)
+    assert os.listdir(tmp_path) == []

@@ -27,7 +27,7 @@ from rfgan.config import Config, preset
 from rfgan.data.format import DatasetInfo
 from rfgan.data.synth import SynthSpec, make_rfs
 from rfgan.errors import UsageError
-from rfgan.gan.build import autocast_dtype, build_gan, build_optimizers, on_device
+from rfgan.gan.build import autocast_dtype, build_gan, build_optimizers, check_compatible, on_device
 from rfgan.gan.step import train_step
 
 
@@ -66,6 +66,7 @@ def synthetic_problem(cfg: Config, electrodes: int, size: int, seed: int = 0):
         response_mean=(0.0,) * electrodes,
         response_std=(1.0,) * electrodes,
     )
+    check_compatible(cfg, info)  # --size 4: the nets' own error, a traceback, otherwise
     g = torch.Generator().manual_seed(seed)
     responses = torch.randn(cfg.optim.batch_size, electrodes, generator=g)  # (B, E)
     images = torch.rand(cfg.optim.batch_size, 3, size, size, generator=g)  # (B, 3, H, W)

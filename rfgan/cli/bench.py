@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from rfgan.cli.common import positive_int
 from rfgan.cli.data import dataset_or_synth
 
 
@@ -33,12 +34,12 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--preset", default="tiny", choices=BENCH_PRESETS, help="bench preset (tiny takes seconds)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--rounds", type=int, default=3, help="alternating A B pairs")
-    p.add_argument("--steps", type=int, help="steps per arm per round (default: the preset's)")
-    p.add_argument("--electrodes", type=int, help="electrodes (default: 191, as in the reference set)")
-    p.add_argument("--size", type=int, help="image side in pixels (default: 96)")
-    p.add_argument("--batch-size", type=int, help="batch (default: the preset's; larger on CUDA)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--rounds", type=positive_int, default=3, help="alternating A B pairs")
+    p.add_argument("--steps", type=positive_int, help="steps per arm per round (default: the preset's)")
+    p.add_argument("--electrodes", type=positive_int, help="electrodes (default: 191, as in the reference set)")
+    p.add_argument("--size", type=positive_int, help="image side in pixels (default: 96)")
+    p.add_argument("--batch-size", type=positive_int, help="batch (default: the preset's; larger on CUDA)")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's)")
     p.add_argument(
         "--set",
         dest="sets",
@@ -75,7 +76,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from rfgan.evaluate.inference import check_device
+
+    device = str(check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu")))
     result = run_bench(
         args.preset,
         device,

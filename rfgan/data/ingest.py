@@ -166,6 +166,7 @@ class FolderImages:
                 )
         self.gray = modes <= {"L", "1", "I", "F", *SIXTEEN_BIT}
         self.shape = (*((size, size) if size else next(iter(sizes))), 1 if self.gray else 3)
+        self.smallest_side = min(min(s) for s in sizes)  # of the files as they are, before any crop
 
     @classmethod
     def from_folder(cls, folder: str, index: str | None, **resized) -> FolderImages:
@@ -382,9 +383,19 @@ def open_images(
         raise DataError(f"--resize must be between {MIN_SIDE} and {MAX_SIDE} pixels, got {resize}.")
     crop = crop or (0.0, 1.0)
     if os.path.isdir(ref):
-        return FolderImages.from_folder(ref, index, size=resize, crop=crop)
-    images = ArrayImages(open_array(ref, "images", stack))
-    return images if resize is None else ResizedImages(images, resize, crop)
+        images = FolderImages.from_folder(ref, index, size=resize, crop=crop)
+        smallest = images.smallest_side
+    else:
+        images = ArrayImages(open_array(ref, "images", stack))
+        smallest = min(images.shape[:2])
+        images = images if resize is None else ResizedImages(images, resize, crop)
+    kept = (crop[1] - crop[0]) * smallest
+    if kept < MIN_SIDE and crop != (0.0, 1.0):
+        raise DataError(
+            f"--crop {crop[0] * 100:g}:{crop[1] * 100:g} keeps {kept:.3g} pixels of the {smallest}-pixel side of "
+            f"{images.path}'s images; rfgan's nets need at least {MIN_SIDE} pixels of image: keep a larger share."
+        )
+    return images
 
 
 def ingest(spec: IngestSpec, on_rows=None) -> tuple[DatasetInfo, int]:

@@ -177,6 +177,8 @@ def ingest_nwb(spec: NWBSpec, on_rows=None) -> tuple[DatasetInfo, list[str]]:
     area_windows = {}
     for item in spec.area_windows:
         area, _, text = item.partition("=")
+        if area.strip() in area_windows:
+            raise UsageError(f"--area-window {area.strip()} is given twice; give each area's window once.")
         area_windows[area.strip()] = _window(text, f"--area-window {area}=")
     check_output(spec.out, spec.overwrite)
     with ExitStack() as stack:
@@ -239,6 +241,12 @@ def _ingest(spec: NWBSpec, nwb, default, area_windows, on_rows):
         raise DataError(
             f"{where}: {int(outside.sum())} RF(s) lie entirely outside the {spec.fov_deg}° image (id "
             f"{rfs.electrode_id[outside][:10].tolist()}); check --fov-deg and the RF columns' units (degrees)."
+        )
+    unknown = sorted(set(area_windows) - set(area.tolist()))
+    if unknown:
+        raise UsageError(
+            f"--area-window names area(s) {unknown} that no electrode of {where} has; its areas are "
+            f"{sorted(set(area.tolist()))} (names as the file spells them)."
         )
     windows = np.array([area_windows.get(a, default) for a in area])  # (E, 2)
     if spec.responses == "units":

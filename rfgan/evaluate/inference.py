@@ -78,6 +78,14 @@ def check_device(device: str | torch.device) -> torch.device:
         chosen = torch.device(device)
     except RuntimeError as e:
         raise UsageError(f"--device {device}: not a torch device ({e}); use cpu, cuda or cuda:N.") from e
+    # Third audit: meta, xla and the like, cpu:7, and mps where there is none failed later with a traceback or were
+    # reported as a damaged checkpoint.
+    if chosen.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"--device {device}: rfgan runs on cpu, cuda[:N] or mps, not {chosen.type}.")
+    if chosen.type == "cpu" and chosen.index not in (None, 0):
+        raise UsageError(f"--device {device}: the CPU is one device; use --device cpu.")
+    if chosen.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {device}: this machine has no Apple GPU (MPS); use --device cpu.")
     if chosen.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(
             f"--device {device}: this process sees no CUDA GPU (torch.cuda.is_available() is False); use --device "

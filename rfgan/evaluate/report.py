@@ -98,15 +98,15 @@ def _read_run(run: str, split: str, device: str) -> tuple[str, dict[str, Any], D
 
 
 def _checkpoint_of(run: str, path: str, checkpoint: str) -> str:
-    """The checkpoint an eval table names: where it was when evaluated, else the checkpoint of that name in `run`
-    (a run folder moved or copied since: the table keeps the old path)."""
-    if storage.is_file(storage.join(checkpoint, STATE_FILE)):
-        return checkpoint
-    here = storage.join(run, storage.split(checkpoint)[1])
-    if storage.is_file(storage.join(here, STATE_FILE)):
+    """The checkpoint of `run` that its eval table names: the one of that name in `run` (the table keeps the path it
+    had when evaluated; the run folder may have moved since). A table naming no checkpoint of `run` is refused: its
+    images would be another run's shown under this one's name."""
+    name = storage.split(checkpoint)[1]
+    here = storage.join(run, name)
+    if name and storage.is_file(storage.join(here, STATE_FILE)):
         return here
     raise DataError(
-        f"{path} names the checkpoint {checkpoint}, which is neither there nor in {run}; evaluate the run again "
+        f"{path} names the checkpoint {checkpoint}, which is not one of {run}'s; evaluate the run again "
         f"(rfgan eval --run {run} --data DATA)."
     )
 

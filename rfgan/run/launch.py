@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -33,6 +34,35 @@ def on_cluster(address: str | None) -> bool:
     return bool(address or os.environ.get("RAY_ADDRESS"))
 
 
+# Ray's default ports: the GCS of `ray start --head`, and the Ray Client server of a ray:// address.
+GCS_PORT, CLIENT_PORT = 6379, 10001
+
+
+def check_reachable(address: str | None) -> None:
+    """Refuse a cluster address (--address, else $RAY_ADDRESS) where nothing answers, in seconds: ray.init would
+    retry it for minutes with only Ray's warnings to show. "auto" and "local" name no host and are left to Ray."""
+    given = address or os.environ.get("RAY_ADDRESS") or ""
+    flag = "--address" if address else "$RAY_ADDRESS"
+    if given in ("", "auto", "local"):
+        return
+    client = given.startswith("ray://")
+    hostport = given.removeprefix("ray://").split("/", 1)[0]
+    host, _, port_text = hostport.rpartition(":") if ":" in hostport else (hostport, "", "")
+    host = host.strip("[]") or hostport
+    try:
+        port = int(port_text) if port_text else (CLIENT_PORT if client else GCS_PORT)
+    except ValueError:
+        raise UsageError(f"{flag} {given}: {port_text!r} is not a port; give HOST:PORT, e.g. 10.0.0.5:6379.") from None
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as e:
+        why = e.strerror or str(e) or type(e).__name__
+        raise UsageError(
+            f"nothing answers at {flag} {given} ({why}): start the cluster's head there (ray start --head) or give "
+            "its address; without --address rfgan starts a Ray of its own on this machine."
+        ) from None
+
+
 def init_ray(address: str | None, min_cpus: int, dashboard: bool = False) -> bool:
     """Connect to the cluster at `address` ($RAY_ADDRESS), else start a local Ray; True when this call did either
     (the caller then shuts it down), False when Ray was running in this process already (a notebook, a test)."""
@@ -41,6 +71,7 @@ def init_ray(address: str | None, min_cpus: int, dashboard: bool = False) -> boo
     if ray.is_initialized():
         return False
     if on_cluster(address):
+        check_reachable(address)
         ray.init(address=address)  # a cluster (also what `ray job submit` sets up)
         sigterm_as_ctrl_c()
         return True

@@ -11,6 +11,7 @@ adversarial weight, that lets the non-adversarial model compete in the same swee
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -60,7 +61,20 @@ def load_space(path: str | os.PathLike | None) -> dict[str, Range]:
             raise ConfigError(
                 f"{path}: {key}: {e}; a range has low, high and optionally log, type, allow_zero"
             ) from None
+        _check_types(space[key], f"{path}: {key}")
     return space
+
+
+def _check_types(r: Range, where: str) -> None:
+    """A range's fields of the right kinds (third audit: a bound "1e-4" or nan was a traceback, and log: "no" a
+    log range, since any string is true)."""
+    for name in ("low", "high"):
+        value = getattr(r, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{where}: {name} must be a finite number, not {value!r}")
+    for name in ("log", "allow_zero"):
+        if not isinstance(getattr(r, name), bool):
+            raise ConfigError(f"{where}: {name} must be true or false, not {getattr(r, name)!r}")
 
 
 def validate_space(space: Mapping[str, Range], base: Config) -> None:

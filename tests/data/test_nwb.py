@@ -116,6 +116,10 @@ BAD = {
     ),
     "window": ({"window": "0.3:0.1"}, "expected START:STOP"),
     "area column": ({"area_column": "brain_area"}, r"no 'brain_area' column; it has \['group', 'group_name'"),
+    # Third audit: a window for an area no electrode has (or spelled otherwise) was ignored, and of two for one
+    # area the last won.
+    "unknown area": ({"area_windows": ("it=0.1:0.3",)}, r"names area\(s\) \['it'\] that no electrode .* has"),
+    "area twice": ({"area_windows": ("IT=0.1:0.3", "IT=0.2:0.4")}, "--area-window IT is given twice"),
 }
 
 

@@ -105,3 +105,23 @@ def test_runs_not_evaluated_alike_are_refused_and_no_page_is_written(tiny_datase
     assert main(["report", "--run", str(ridge), "--compare", str(gan), "--out", str(page)]) == 2
     assert "evaluate them on the same dataset split" in one_line_error(capsys, "report")
     assert not page.exists()
+
+
+def test_an_eval_table_naming_another_runs_checkpoint_is_refused(tiny_dataset, tmp_path, capsys):
+    """Third audit: eval_val.json's "checkpoint" edited to a ridge run's made the page show the ridge images under
+    this run's name."""
+    ridge = tmp_path / "ridge"
+    argv = ["--data", str(tiny_dataset), "--no-feature-metrics"]
+    assert main(["baseline", *argv, "--out", str(ridge)]) == 0
+    gan = make_gan_run(tmp_path / "gan", tiny_dataset, steps=0)
+    assert main(["eval", "--run", str(gan), *argv]) == 0
+    table = json.loads((gan / "eval_val.json").read_text())
+    (gan / "eval_val.json").write_text(json.dumps({**table, "checkpoint": str(ridge / "checkpoint_ridge")}))
+    page = tmp_path / "page.html"
+    assert main(["report", "--run", str(gan), "--out", str(page)]) == 2
+    assert "which is not one of" in one_line_error(capsys, "report") and not page.exists()
+    # A run folder moved since its eval: the table's old path names a checkpoint of the same name in the run.
+    moved = tmp_path / "moved"
+    gan.rename(moved)
+    (moved / "eval_val.json").write_text(json.dumps(table))
+    assert main(["report", "--run", str(moved), "--out", str(page)]) == 0

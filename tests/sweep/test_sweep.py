@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 
 import pytest
 import yaml
@@ -69,6 +70,17 @@ def test_space_from_a_file_and_its_errors(tmp_path):
         validate_space({"optim.lr_g": Range(0.0, 1.0)}, preset("tiny"))
     with pytest.raises(ConfigError, match="lr_d"):  # the range's end is an impossible config
         validate_space({"optim.lr_d": Range(-1.0, 1.0, log=False)}, preset("tiny"))
+    # Third audit: a bound that YAML reads as a string was a traceback, and log: "no" (a string) a log range.
+    for text, message in (
+        ("optim.lr_g: {low: nan, high: 0.001}", "optim.lr_g: low must be a finite number, not 'nan'"),
+        ("optim.lr_g: {low: '1e-4', high: 0.001}", "low must be a finite number, not '1e-4'"),
+        ("optim.lr_g: {low: 0.0001, high: .inf}", "high must be a finite number, not inf"),
+        ("optim.lr_g: {low: 0.0001, high: 0.001, log: 'no'}", "log must be true or false, not 'no'"),
+        ("loss.lambda_adv: {low: 0.01, high: 1, allow_zero: 1}", "allow_zero must be true or false, not 1"),
+    ):
+        (tmp_path / "bad.yaml").write_text(text)
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_space(tmp_path / "bad.yaml")
 
 
 def sweep_args(data, out, space_file, trials, concurrent=2, **settings):
@@ -485,8 +497,6 @@ def test_no_trials_or_no_concurrency_is_refused_before_anything_is_written(tiny_
 def test_an_out_tune_must_not_write_is_refused_before_anything_is_written(tiny_dataset, tmp_path, capsys, case):
     """Third audit: a user's trials.csv was overwritten, a second sweep mixed into a finished one's folder (no
     --resume), and a sweep written inside a dataset (deleted with it when the dataset is re-made)."""
-    from conftest import tree
-
     out = tmp_path / "sweep"
     out.mkdir()
     flags = []
