@@ -13,7 +13,10 @@ import os
 from collections.abc import Iterable
 from urllib.parse import SplitResult, urlsplit
 
+import pyarrow as pa
 import pyarrow.fs as pafs
+
+from rfgan.errors import DataError
 
 PathLike = str | os.PathLike
 
@@ -26,7 +29,13 @@ def filesystem(path: PathLike) -> tuple[pafs.FileSystem, str]:
     """(filesystem, the path within it); a local path comes back absolute."""
     path = os.fspath(path)
     if is_remote(path):
-        return pafs.FileSystem.from_uri(path)
+        try:
+            return pafs.FileSystem.from_uri(path)
+        except pa.ArrowInvalid as e:  # an unknown scheme, file://relative: pyarrow's error names neither the fix
+            raise DataError(
+                f"{path}: not a path or URI rfgan can reach ({str(e).splitlines()[0]}); give a local path, file:///"
+                "ABSOLUTE/PATH, or an s3://, gs:// or hdfs:// URI."
+            ) from None
     return pafs.LocalFileSystem(), os.path.abspath(path)
 
 

@@ -5,6 +5,7 @@ import ast
 from pathlib import Path
 
 import pytest
+from conftest import one_line_error
 
 import rfgan
 from rfgan import storage
@@ -149,3 +150,25 @@ def test_only_storage_tells_uris_from_local_paths():
     assert list(found) == ["rfgan/storage.py"], found
     assert uri_tests('if "://" in out: pass') == [1] and uri_tests("x = out.startswith('gs://')") == [1]
     assert uri_tests('"""Reads s3://bucket/x."""\nhelp = "a URI (s3://...)"') == []  # prose is not a test
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["synth", "--out", "foo://bar/ds", "--n-train", "2", "--n-val", "1"],
+        ["synth", "--out", "file://relative/ds", "--n-train", "2", "--n-val", "1"],
+        ["check", "--data", "http://127.0.0.1:1/ds"],
+        ["eval", "--run", "foo://x", "--data", "DATA"],
+        ["train", "--data", "DATA", "--preset", "tiny", "--batch-size", "8", "--out", "foo://x/run"],
+        ["tune", "--data", "DATA", "--out", "foo://x/sweep"],
+        ["report", "--run", "foo://x", "--out", "foo://x/r.html"],
+    ],
+    ids=lambda argv: " ".join(argv[:3]),
+)
+def test_a_uri_no_filesystem_serves_is_one_line_exit_2(argv, tiny_dataset, capsys):
+    """Third audit: pyarrow's ArrowInvalid traceback for unknown schemes and file://relative paths."""
+    from rfgan.cli import main
+
+    argv = [str(tiny_dataset) if a == "DATA" else a for a in argv]
+    assert main(argv) == 2
+    assert "not a path or URI rfgan can reach" in one_line_error(capsys, argv[0])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 from collections.abc import Sequence
 
 from rfgan.cli import bench, data, evaluate, train, tune
@@ -30,7 +31,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import signal
+
+    from rfgan.run.console import sigterm_as_ctrl_c
+
     args = build_parser().parse_args(argv)
+    # SIGTERM (`kill`, a scheduler's stop) ends every command as Ctrl-C does: its staging removed, one line, 143
+    # (third audit: synth, ingest, export and baseline died at once and left their staging behind).
+    previous = signal.getsignal(signal.SIGTERM)
+    sigterm_as_ctrl_c()
     try:
         return args.func(args)
     except KeyboardInterrupt as e:
@@ -51,3 +60,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"rfgan {args.command}: error: {str(shown).strip().replace(chr(10), ' ')}", file=sys.stderr)
         return 2
+    finally:
+        if threading.current_thread() is threading.main_thread() and previous is not None:
+            signal.signal(signal.SIGTERM, previous)

@@ -50,18 +50,27 @@ def add_image_encoding(p: argparse.ArgumentParser) -> None:
 @contextmanager
 def progress(total: int | None, desc: str, quiet: bool, unit: str = "rows") -> Iterator:
     """A bar and its callback `update(n, total=None)`: an ingest learns its row count only once it has checked its
-    inputs, and tells it with the first call (rfgan.data.ingest.Plan.write)."""
+    inputs, and tells it with the first call (rfgan.data.ingest.Plan.write). The bar appears with that first call, so
+    input refused before any row is written is its one error line, with no empty bar before it."""
     from tqdm import tqdm
 
-    with tqdm(total=total, desc=desc, unit=unit, disable=quiet) as bar:
+    bars = []
 
-        def update(n: int, total: int | None = None) -> None:
-            if total is not None:
-                bar.total = total
-                bar.refresh()
-            bar.update(n)
+    def update(n: int, total: int | None = None) -> None:
+        if not bars:
+            bars.append(tqdm(total=first_total, desc=desc, unit=unit, disable=quiet))
+        bar = bars[0]
+        if total is not None:
+            bar.total = total
+            bar.refresh()
+        bar.update(n)
 
+    first_total = total
+    try:
         yield update
+    finally:
+        for bar in bars:
+            bar.close()
 
 
 class DefaultsInWords(argparse.ArgumentDefaultsHelpFormatter):

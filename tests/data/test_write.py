@@ -229,14 +229,17 @@ def wait_for_staging(proc: subprocess.Popen, out: Path) -> Path:
     pytest.fail(f"no shard staged (exit {proc.poll()}): {proc.communicate()[1][-2000:]}")
 
 
-def test_ctrl_c_on_synth_is_one_line_exit_130_and_leaves_nothing(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_on_synth_is_one_line_and_leaves_nothing(tmp_path, sig):
+    """SIGTERM as Ctrl-C (third audit: it killed synth at once, its staging left behind and no word said)."""
     make_synth(tmp_path / "ds")  # what --overwrite would replace: it must survive the interrupted write
     before = tree(tmp_path)
     proc = rfgan_synth(tmp_path / "ds", "--overwrite")
     wait_for_staging(proc, tmp_path / "ds")
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and err == "rfgan synth: interrupted; nothing was written\n"
+    word, code = ("interrupted", 130) if sig == signal.SIGINT else ("terminated", 143)
+    assert proc.returncode == code and err == f"rfgan synth: {word}; nothing was written\n"
     assert tree(tmp_path) == before
 
 
