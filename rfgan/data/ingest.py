@@ -410,6 +410,8 @@ def _ingest(spec: IngestSpec, on_rows, stack: ExitStack) -> tuple[DatasetInfo, i
     check_shard_rows(spec.shard_rows)
     if not (0 < spec.val_fraction < 1 and 0 <= spec.test_fraction < 1):
         raise DataError("--val-fraction must be in (0, 1) and --test-fraction in [0, 1).")
+    if spec.seed < 0:
+        raise DataError(f"--seed must be >= 0, got {spec.seed}.")
     check_output(spec.out, spec.overwrite)  # before the inputs, which may take long to read
     stored = open_array(spec.responses, "responses", stack)
     if len(stored.shape) == 2 and 0 in stored.shape:

@@ -83,8 +83,19 @@ def _read_run(run: str, split: str, device: str) -> tuple[str, dict[str, Any], D
         )
     try:
         evaluation = json.loads(storage.read_bytes(path))
+        for key, value in evaluation["metrics"].items():
+            # Every value the page shows is a number (or null, undefined): an edited table fails here, not in render.
+            for field in ("mean", "se"):
+                if value[field] is not None and (
+                    isinstance(value[field], bool) or not isinstance(value[field], (int, float))
+                ):
+                    raise TypeError(f"metrics.{key}.{field} is {value[field]!r}, not a number")
+            int(value["n"])
         evaluation["metrics"]["psnr"]["mean"]
-    except (ValueError, KeyError, TypeError) as e:
+        for field in ("data", "split", "checkpoint"):
+            if not isinstance(evaluation[field], str):
+                raise TypeError(f"{field} is {evaluation[field]!r}, not text")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise DataError(
             f"{path}: not a table of this rfgan's eval ({type(e).__name__}: {e}); run rfgan eval on the run again."
         ) from e

@@ -364,6 +364,7 @@ def test_crop_flags_of_rfgan_ingest(lab, tmp_path, capsys):
         (["--resize", "1"], "--resize must be between 8 and 4096 pixels, got 1."),
         # Third audit: a crop of about one pixel, scaled up to near-constant images, was accepted.
         (["--crop", "0:1", "--resize", "16"], "--crop 0:1 keeps 0.16 pixels of the 16-pixel side"),
+        (["--seed", "-3"], "--seed must be >= 0, got -3."),  # was NumPy's traceback
     ):
         assert main([*flags, "--out", str(tmp_path / "d"), *more]) == 2
         assert message in capsys.readouterr().err

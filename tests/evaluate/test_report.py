@@ -125,3 +125,8 @@ def test_an_eval_table_naming_another_runs_checkpoint_is_refused(tiny_dataset, t
     gan.rename(moved)
     (moved / "eval_val.json").write_text(json.dumps(table))
     assert main(["report", "--run", str(moved), "--out", str(page)]) == 0
+    # A value the page would show that is not a number (third audit: a traceback in the table's rounding).
+    bad = {**table, "metrics": {**table["metrics"], "psnr": {**table["metrics"]["psnr"], "mean": "high"}}}
+    (moved / "eval_val.json").write_text(json.dumps(bad))
+    assert main(["report", "--run", str(moved), "--out", str(tmp_path / "p2.html")]) == 2
+    assert "metrics.psnr.mean is 'high', not a number" in one_line_error(capsys, "report")
