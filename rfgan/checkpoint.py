@@ -244,7 +244,7 @@ def read_state(directory: str | os.PathLike) -> dict[str, Any]:
         raise DataError(f"{state_file}: cannot read it ({e}); the checkpoint is damaged.") from e
     if state.get("checkpoint_version") != CHECKPOINT_VERSION:
         raise DataError(
-            f"{directory}: checkpoint_version {state.get('checkpoint_version')}, written by rfgan "
+            f"{directory}: checkpoint_version {state.get('checkpoint_version')!r}, written by rfgan "
             f"{state.get('rfgan_version', '(unknown)')}, is not read by this rfgan {__version__} (it reads version "
             f"{CHECKPOINT_VERSION}): train the model again with this rfgan, or read it with the rfgan that wrote it."
         )

@@ -257,6 +257,18 @@ def test_resume_with_another_preset_is_refused_before_ray_starts(tmp_path, capsy
     assert tree(run) == before
 
 
+def test_resume_of_a_baseline_run_says_what_it_is(tmp_path, capsys):
+    """Third audit: `train --resume` of a ridge run listed the ridge config's keys as unknown config keys."""
+    data = tmp_path / "data"
+    make_synth(data)
+    run = tmp_path / "ridge"
+    assert main(["baseline", "--data", str(data), "--out", str(run), "--no-feature-metrics"]) == 0
+    before = tree(run)
+    assert main(["train", "--data", str(data), "--preset", "tiny", "--out", str(run), "--resume"]) == 2
+    assert "is a run of rfgan baseline (its checkpoint is a ridge decoder)" in one_line_error(capsys, "train")
+    assert tree(run) == before
+
+
 def test_resume_with_a_set_of_the_model_or_an_edited_config_json_is_refused_and_a_lost_one_is_not_needed(
     tmp_path, capsys
 ):

@@ -92,7 +92,8 @@ class SynthSpec:
 
     def validate(self) -> None:
         checks = [
-            (self.n_train >= 1 and self.n_val >= 1 and self.n_test >= 0, "n_train and n_val must be >= 1"),
+            (self.n_train >= 1 and self.n_val >= 1, "n_train and n_val must be >= 1"),
+            (self.n_test >= 0, "n_test must be >= 0 (0: no test split)"),
             (self.electrodes >= 1, "electrodes must be >= 1"),
             (self.size >= 8, "size must be >= 8 pixels"),
             (

@@ -15,7 +15,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from rfgan import lease, outputs, parse, storage
-from rfgan.checkpoint import Accept, check_data_matches, existing_checkpoints, newest_intact, trained_data
+from rfgan.checkpoint import (
+    GAN_KIND,
+    Accept,
+    check_data_matches,
+    checkpoint_kind,
+    existing_checkpoints,
+    newest_intact,
+    read_state,
+    trained_data,
+)
 from rfgan.config import Config, flatten
 from rfgan.data.format import DatasetInfo, check_outside_dataset
 from rfgan.data.rf import RFTable
@@ -151,7 +160,14 @@ RESUMABLE = ("run.", "perf.", "data.path", "optim.batch_size")
 def saved_config(out: str) -> Config | None:
     """The config a run's nets were built with: its newest complete checkpoint's, else RUN/config.json (written at
     each start, for people to read: an edit of it, or its loss, does not change what the checkpoints hold)."""
-    path = storage.join(newest_intact(out) or out, "config.json")
+    newest = newest_intact(out)
+    if newest is not None and checkpoint_kind(read_state(newest)) != GAN_KIND:
+        kind = checkpoint_kind(read_state(newest))
+        raise UsageError(
+            f"{out} is a run of rfgan baseline (its checkpoint is a {kind} decoder), which is fitted in one go, not "
+            "trained: there is nothing to resume; train a GAN into another --out."
+        )
+    path = storage.join(newest or out, "config.json")
     if not storage.is_file(path):
         return None
     return Config.from_dict(parse.loads(storage.read_bytes(path), path))

@@ -103,6 +103,7 @@ def test_gray_images_and_ids_unique_across_splits(tmp_path):
     "change, message",
     [
         ({"n_val": 0}, "n_val"),
+        ({"n_test": -1}, "n_test must be >= 0"),  # third audit: the message named n_train and n_val
         ({"noise": "laplace"}, "noise"),
         ({"n_arrays": 20}, "n_arrays"),
         ({"photo_fraction": 2.0}, "photo_fraction"),
