@@ -211,6 +211,9 @@ def write_evaluation(
     )
     result = {
         "metrics": summarize(values),
+        # Each image's values, so that two runs' tables give paired differences (rfgan report); NaN as null.
+        "per_image": {k: [None if not np.isfinite(x) else round(x, 6) for x in v.tolist()] for k, v in values.items()},
+        "image_ids": ids.tolist(),
         "kind": decoder.kind,
         "checkpoint": decoder.checkpoint,
         "epoch": decoder.epoch,

@@ -25,7 +25,7 @@ from rfgan.data.format import DatasetInfo, check_outside_dataset, iter_split, re
 from rfgan.errors import DataError
 from rfgan.evaluate import learned
 from rfgan.evaluate.inference import Decoder, eval_file, load_decoder
-from rfgan.evaluate.table import METRICS, feature_nets_text, mean_se_text
+from rfgan.evaluate.table import METRICS, feature_nets_text, mean_se_text, paired
 
 TITLE = "<title>rfgan report</title>"
 # What `rfgan report --out` may replace: a page it wrote (its title), nothing else (a dataset's metadata.json, say).
@@ -92,6 +92,9 @@ def _read_run(run: str, split: str, device: str) -> tuple[str, dict[str, Any], D
                     raise TypeError(f"metrics.{key}.{field} is {value[field]!r}, not a number")
             int(value["n"])
         evaluation["metrics"]["psnr"]["mean"]
+        for key, values in evaluation.get("per_image", {}).items():
+            if not all(x is None or (isinstance(x, (int, float)) and not isinstance(x, bool)) for x in values):
+                raise TypeError(f"per_image.{key} holds a value that is not a number")
         for field in ("data", "split", "checkpoint"):
             if not isinstance(evaluation[field], str):
                 raise TypeError(f"{field} is {evaluation[field]!r}, not text")
@@ -166,6 +169,46 @@ def _metrics_table(runs: list[_Run]) -> str:
     return f"<table class='metrics'><tr><th>metric (mean ± SE over images)</th>{head}</tr>{''.join(rows)}</table>"
 
 
+def _paired_table(runs: list[_Run]) -> str:
+    """Each run against the first, image by image: the mean ± SE of the paired differences and the share of images
+    where the run is better. Empty without a second run, or for tables of an rfgan that kept no per-image values."""
+    first = runs[0]
+    others = [r for r in runs[1:] if "per_image" in r.evaluation and "per_image" in first.evaluation]
+    if not others:
+        return ""
+    diffs = {
+        r.name: paired(
+            first.evaluation["per_image"],
+            r.evaluation["per_image"],
+            first.evaluation["image_ids"],
+            r.evaluation["image_ids"],
+        )
+        for r in others
+    }
+    head = "".join(f"<th>{html.escape(name)} − {html.escape(first.name)}</th>" for name in diffs)
+    rows = []
+    for metric in METRICS:
+        if not any(metric.key in d for d in diffs.values()):
+            continue
+        cells = []
+        for d in diffs.values():
+            v = d.get(metric.key)
+            if v is None:
+                cells.append("<td>–</td>")
+                continue
+            se = "" if v["se"] is None else f" ± {v['se']:.{metric.digits + 1}f}"
+            cells.append(
+                f'<td title="n = {v["n"]}">{v["mean"]:+.{metric.digits + 1}f}{se} '
+                f"<span class='note'>(better on {v['better']:.0%})</span></td>"
+            )
+        rows.append(f'<tr data-paired="{metric.key}"><td>{html.escape(metric.label)}</td>{"".join(cells)}</tr>')
+    return (
+        f"<h3>Paired differences against {html.escape(first.name)}</h3>"
+        f"<table class='paired'><tr><th>metric (mean ± SE of the per-image difference)</th>{head}</tr>"
+        f"{''.join(rows)}</table>"
+    )
+
+
 def _nets(run: _Run) -> str:
     return feature_nets_text(run.evaluation["feature_nets"])
 
@@ -200,6 +243,7 @@ def render(
         _grid(runs, targets, fakes),
         "<h2>Metrics</h2>",
         _metrics_table(runs),
+        _paired_table(runs),
         "<p class='note'>Best of each row in green. Identification: two-way, against the other images of the split "
         "(chance 0.5); retrieval: the own image among all of the split's images by pixel correlation. "
         + (f"RF-mask rows: the mask of {', '.join(html.escape(m) for m in masked)}. " if masked else "")

@@ -143,6 +143,32 @@ def summarize(values: dict[str, Tensor]) -> dict[str, dict[str, float | int | No
     return out
 
 
+def paired(
+    a: dict[str, list[float | None]], b: dict[str, list[float | None]], ids_a: list, ids_b: list
+) -> dict[str, dict[str, float | int | None]]:
+    """Paired differences b − a over the images both were scored on, in the table's order: {key: {mean, se, n,
+    better}}, `better` the share of images where b is higher. Per-image values are matched by image position, which
+    the two evaluations must share (the same split: `ids_a` and `ids_b` equal); metrics of only one are left out."""
+    if list(ids_a) != list(ids_b):
+        raise ValueError("the two evaluations scored different images; evaluate both on the same split")
+    out = {}
+    for metric in METRICS:
+        if metric.key not in a or metric.key not in b:
+            continue
+        pairs = [(x, y) for x, y in zip(a[metric.key], b[metric.key]) if x is not None and y is not None]
+        if not pairs:
+            continue
+        d = torch.tensor([y - x for x, y in pairs], dtype=torch.float64)
+        n = len(d)
+        out[metric.key] = {
+            "mean": d.mean().item(),
+            "se": (d.std() / math.sqrt(n)).item() if n > 1 else None,
+            "n": n,
+            "better": (d > 0).double().mean().item(),
+        }
+    return out
+
+
 def mean_se_text(key: str, value: dict[str, float | int | None]) -> str:
     """The value as text, e.g. 0.512 ± 0.004, with the metric's decimals."""
     digits = BY_KEY[key].digits

@@ -130,3 +130,29 @@ def test_an_eval_table_naming_another_runs_checkpoint_is_refused(tiny_dataset, t
     (moved / "eval_val.json").write_text(json.dumps(bad))
     assert main(["report", "--run", str(moved), "--out", str(tmp_path / "p2.html")]) == 2
     assert "metrics.psnr.mean is 'high', not a number" in one_line_error(capsys, "report")
+
+
+def test_the_page_gives_each_runs_paired_differences_against_the_first(tiny_dataset, tmp_path, capsys):
+    """Image by image: eval keeps each image's values, and the page shows the mean ± SE of the differences against
+    the first run and the share of images where the run is better."""
+    import math
+
+    argv = ["--data", str(tiny_dataset), "--no-feature-metrics"]
+    ridge = tmp_path / "ridge"
+    assert main(["baseline", *argv, "--out", str(ridge)]) == 0
+    gan = make_gan_run(tmp_path / "gan", tiny_dataset)
+    assert main(["eval", "--run", str(gan), *argv]) == 0
+    a, b = (json.loads((run / "eval_val.json").read_text()) for run in (ridge, gan))
+    for table in (a, b):  # the per-image values are those the table's means come from
+        for key, value in table["metrics"].items():
+            assert math.isclose(sum(table["per_image"][key]) / value["n"], value["mean"], rel_tol=1e-5, abs_tol=1e-6)
+    page = tmp_path / "page.html"
+    assert main(["report", "--run", str(ridge), "--compare", str(gan), "--out", str(page)]) == 0
+    text = page.read_text()
+    assert "Paired differences against ridge" in text
+    d = [y - x for x, y in zip(a["per_image"]["ssim"], b["per_image"]["ssim"])]
+    mean = sum(d) / len(d)
+    se = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d))
+    better = sum(x > 0 for x in d) / len(d)
+    row = re.search(r'<tr data-paired="ssim">(.*?)</tr>', text).group(1)
+    assert f"{mean:+.4f} ± {se:.4f}" in row and f"(better on {better:.0%})" in row

@@ -33,8 +33,14 @@ def test_report_replaces_its_own_page_but_not_a_datasets_metadata(ridge, tiny_da
     meta = tiny_dataset / "metadata.json"
     before = meta.read_bytes()
     assert main(["report", "--run", str(ridge), "--out", str(meta)]) == 2
-    assert "metadata.json already exists and is not an rfgan report page" in one_line_error(capsys, "report")
+    assert f"is inside the dataset {tiny_dataset}" in one_line_error(capsys, "report")
     assert meta.read_bytes() == before
+    notes = tmp_path / "notes.html"
+    notes.write_text("<p>mine</p>")
+    assert main(["report", "--run", str(ridge), "--out", str(notes)]) == 2
+    assert "notes.html already exists and is not an rfgan report page" in one_line_error(capsys, "report")
+    assert notes.read_text() == "<p>mine</p>"
+    notes.unlink()
     page = tmp_path / "page.html"
     for _ in range(2):  # the second call replaces the first's page
         assert main(["report", "--run", str(ridge), "--out", str(page)]) == 0
