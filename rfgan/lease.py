@@ -35,6 +35,7 @@ from rfgan.outputs import host_name, process_alive
 LEASE_FILE = "lease.json"
 REFRESH_S = 30.0
 TIMEOUT_S = 300.0  # a heartbeat this old, from another host, is a dead holder's
+UNREADABLE = "unreadable"  # the token of a lease file that cannot be read
 SETTLE_S = 1.0
 
 
@@ -79,7 +80,7 @@ def read_holder(run: str) -> Holder | None:
         return None  # released since we looked
     except (ValueError, TypeError):
         when = info.mtime.timestamp() if info.mtime else 0.0
-        return Holder(host="(unreadable lease)", pid=0, started=when, refreshed=when, token="unreadable")
+        return Holder(host="(unreadable lease)", pid=0, started=when, refreshed=when, token=UNREADABLE)
 
 
 def _write_whole(run: str, data: bytes) -> None:
@@ -165,6 +166,13 @@ def _create_exclusively(path: str, data: bytes) -> None:
 
 
 def _locked(run: str, holder: Holder) -> RunLocked:
+    if holder.token == UNREADABLE:
+        # Leases are written whole (renamed or put in one request): an unreadable one was edited or damaged by
+        # hand, and may still be someone's. Say so, rather than name a pid 0 on no host.
+        return RunLocked(
+            f"{lease_path(run)} cannot be read (it is not a lease this rfgan wrote); it is taken as held until it "
+            f"is {TIMEOUT_S:.0f} s old. If no training writes {run}, delete that file and run the command again."
+        )
     return RunLocked(
         f"{run} is being written by another training ({holder.describe()}; lease {lease_path(run)}); wait for it "
         "to end, or choose another --out. A lease whose holder died is taken over by the next training."

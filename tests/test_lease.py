@@ -103,3 +103,15 @@ def test_train_into_a_run_another_training_holds_is_refused_before_anything_is_w
         assert main(args + resume) == 2
         assert f"pid {os.getpid()} on {host_name()}" in one_line_error(capsys, "train")
     assert sorted(p.name for p in run.iterdir()) == [lease.LEASE_FILE, "metrics.csv"]
+
+
+def test_an_unreadable_lease_is_named_as_such_with_what_to_do(tmp_path):
+    """Third audit: a lease.json of garbage was reported as "another training (pid 0 on (unreadable lease) …)"."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "lease.json").write_text("garbage{")
+    with pytest.raises(
+        lease.RunLocked, match=r"lease.json cannot be read .* delete that file and run the command again"
+    ):
+        lease.acquire(str(run))
+    assert (run / "lease.json").read_text() == "garbage{"
