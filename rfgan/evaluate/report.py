@@ -130,7 +130,7 @@ def _describe(run: _Run) -> str:
     if d.kind == "gan":
         adversarial = d.config["loss"]["lambda_adv"] > 0
         return f"{d.config['preset']} preset{'' if adversarial else ', no D'}, epoch {d.epoch}"
-    return f"{d.kind}, λ = {d.config.get('lambda', float('nan')):.3g}"
+    return f"{d.config.get('model', d.kind)}, λ = {d.config.get('lambda', float('nan')):.3g}"
 
 
 def _grid(runs: list[_Run], targets: torch.Tensor, fakes: list[torch.Tensor]) -> str:
@@ -199,7 +199,7 @@ def _paired_table(runs: list[_Run]) -> str:
             se = "" if v["se"] is None else f" ± {v['se']:.{metric.digits + 1}f}"
             cells.append(
                 f'<td title="n = {v["n"]}">{v["mean"]:+.{metric.digits + 1}f}{se} '
-                f"<span class='note'>(better on {v['better']:.0%})</span></td>"
+                f"<span class='note'>(better on {v['better']:.0%}, worse on {v['worse']:.0%})</span></td>"
             )
         rows.append(f'<tr data-paired="{metric.key}"><td>{html.escape(metric.label)}</td>{"".join(cells)}</tr>')
     return (

@@ -147,7 +147,8 @@ def paired(
     a: dict[str, list[float | None]], b: dict[str, list[float | None]], ids_a: list, ids_b: list
 ) -> dict[str, dict[str, float | int | None]]:
     """Paired differences b − a over the images both were scored on, in the table's order: {key: {mean, se, n,
-    better}}, `better` the share of images where b is higher. Per-image values are matched by image position, which
+    better, worse}}, `better` and `worse` the shares of images where b is higher and lower (for retrieval, 0 or 1 an
+    image, most images tie). Per-image values are matched by image position, which
     the two evaluations must share (the same split: `ids_a` and `ids_b` equal); metrics of only one are left out."""
     if list(ids_a) != list(ids_b):
         raise ValueError("the two evaluations scored different images; evaluate both on the same split")
@@ -165,6 +166,7 @@ def paired(
             "se": (d.std() / math.sqrt(n)).item() if n > 1 else None,
             "n": n,
             "better": (d > 0).double().mean().item(),
+            "worse": (d < 0).double().mean().item(),
         }
     return out
 

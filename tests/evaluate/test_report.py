@@ -153,6 +153,6 @@ def test_the_page_gives_each_runs_paired_differences_against_the_first(tiny_data
     d = [y - x for x, y in zip(a["per_image"]["ssim"], b["per_image"]["ssim"])]
     mean = sum(d) / len(d)
     se = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d))
-    better = sum(x > 0 for x in d) / len(d)
+    better, worse = sum(x > 0 for x in d) / len(d), sum(x < 0 for x in d) / len(d)
     row = re.search(r'<tr data-paired="ssim">(.*?)</tr>', text).group(1)
-    assert f"{mean:+.4f} ± {se:.4f}" in row and f"(better on {better:.0%})" in row
+    assert f"{mean:+.4f} ± {se:.4f}" in row and f"(better on {better:.0%}, worse on {worse:.0%})" in row
