@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from rfgan import lease, outputs, parse, storage
 from rfgan.checkpoint import (
@@ -54,8 +55,9 @@ def check_reachable(address: str | None) -> None:
     flag = "--address" if address else "$RAY_ADDRESS"
     if given in ("", "auto", "local"):
         return
-    client = given.startswith("ray://")
-    hostport = given.removeprefix("ray://").split("/", 1)[0]
+    parts = urlsplit(given)
+    client = parts.scheme == "ray"  # a Ray Client address; any other is the GCS's HOST:PORT
+    hostport = parts.netloc if client else given
     host, _, port_text = hostport.rpartition(":") if ":" in hostport else (hostport, "", "")
     host = host.strip("[]") or hostport
     try:
