@@ -354,7 +354,8 @@ def dataset_or_synth(path: str | None) -> str:
     except DataError as e:  # e.g. an older rfgan's, of a format this one does not read
         raise DataError(f"{e} (It is the built-in synthetic dataset: `rfgan synth --overwrite` remakes it.)") from e
     source, default = info.source, source_of(SynthSpec())
-    differ = sorted(k for k in default.keys() | source.keys() if source.get(k) != default.get(k))
+    # A setting an older rfgan did not record (response_model, say) was its default.
+    differ = sorted(k for k in default.keys() | source.keys() if source.get(k, default.get(k)) != default.get(k))
     if differ:
         print(
             f"note: {DEFAULT_DATA} is not the default synthetic dataset (it differs in {', '.join(differ)}); "

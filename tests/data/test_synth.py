@@ -281,3 +281,29 @@ def test_rf_fit_error_writes_a_fit_keeps_the_truth_and_changes_no_response(tmp_p
 def test_bad_energy_or_fit_error_spec_is_refused(change, message):
     with pytest.raises(ValueError, match=message):
         synth_splits(dataclasses.replace(TINY, **change))
+
+
+def test_the_built_in_dataset_of_an_older_rfgan_is_the_default_one_when_only_new_settings_are_unrecorded(
+    tmp_path, monkeypatch, capsys
+):
+    """Settings this rfgan added (response_model, rf_fit_error, …) are absent from an older default dataset's source:
+    they were their defaults, and no note says the dataset differs."""
+    import json
+
+    from rfgan.cli.common import DEFAULT_DATA
+    from rfgan.cli.data import dataset_or_synth
+    from rfgan.data.synth import source_of
+
+    monkeypatch.chdir(tmp_path)
+    make_synth(tmp_path / DEFAULT_DATA)
+    meta_path = tmp_path / DEFAULT_DATA / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    older = {
+        k: v for k, v in source_of(SynthSpec()).items() if k not in ("response_model", "rf_fit_error", "rf_unfitted_it")
+    }
+    meta_path.write_text(json.dumps({**meta, "source": older}))
+    assert dataset_or_synth(None) == DEFAULT_DATA
+    assert capsys.readouterr().err == ""
+    meta_path.write_text(json.dumps({**meta, "source": {**older, "response_model": "energy"}}))
+    dataset_or_synth(None)
+    assert "differs in response_model" in capsys.readouterr().err
