@@ -95,6 +95,10 @@ def _read_run(run: str, split: str, device: str) -> tuple[str, dict[str, Any], D
         for key, values in evaluation.get("per_image", {}).items():
             if not all(x is None or (isinstance(x, (int, float)) and not isinstance(x, bool)) for x in values):
                 raise TypeError(f"per_image.{key} holds a value that is not a number")
+            if key in evaluation["metrics"] and len(values) != evaluation["metrics"][key]["n"]:
+                raise ValueError(f"per_image.{key} has {len(values)} values for n = {evaluation['metrics'][key]['n']}")
+        if "per_image" in evaluation and not isinstance(evaluation["image_ids"], list):
+            raise TypeError("image_ids is not a list")
         for field in ("data", "split", "checkpoint"):
             if not isinstance(evaluation[field], str):
                 raise TypeError(f"{field} is {evaluation[field]!r}, not text")
@@ -173,7 +177,13 @@ def _paired_table(runs: list[_Run]) -> str:
     """Each run against the first, image by image: the mean ± SE of the paired differences and the share of images
     where the run is better. Empty without a second run, or for tables of an rfgan that kept no per-image values."""
     first = runs[0]
-    others = [r for r in runs[1:] if "per_image" in r.evaluation and "per_image" in first.evaluation]
+    others = [
+        r
+        for r in runs[1:]
+        if "per_image" in r.evaluation
+        and "per_image" in first.evaluation
+        and r.evaluation["image_ids"] == first.evaluation["image_ids"]
+    ]
     if not others:
         return ""
     diffs = {
@@ -305,6 +315,14 @@ def write_report(
             )
     data = first["data"]
     info, rfs = read_info(data), read_rfs(data)
+    for r in loaded:
+        # The same path is not the same data once the dataset was re-made: their tables (and image-by-image
+        # differences) would compare scores on different images.
+        if r.evaluation.get("data_fingerprint") not in (None, info.fingerprint):
+            raise DataError(
+                f"{r.path} was evaluated on {data} as it was before it was re-made (another fingerprint); evaluate "
+                f"it again (rfgan eval --run {r.path} --data {data}), so that every run is scored on the same images."
+            )
     for r in loaded:
         r.decoder.check_matches(info, rfs, data, Accept(other_rfs=True))
     responses, targets = to_tensors(next(iter_split(data, split, n_images)))

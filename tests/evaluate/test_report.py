@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -156,3 +157,21 @@ def test_the_page_gives_each_runs_paired_differences_against_the_first(tiny_data
     better, worse = sum(x > 0 for x in d) / len(d), sum(x < 0 for x in d) / len(d)
     row = re.search(r'<tr data-paired="ssim">(.*?)</tr>', text).group(1)
     assert f"{mean:+.4f} ± {se:.4f}" in row and f"(better on {better:.0%}, worse on {worse:.0%})" in row
+
+
+def test_runs_evaluated_on_a_dataset_before_it_was_remade_are_refused(tiny_dataset, tmp_path, capsys):
+    """Fourth audit: a run evaluated on DATA, DATA re-made (other images, same path), another run evaluated on it:
+    report compared their tables (and image-by-image differences) over different images."""
+    from conftest import TINY, make_synth
+
+    data = tmp_path / "data"
+    make_synth(data)
+    argv = ["--data", str(data), "--no-feature-metrics"]
+    first = tmp_path / "ridge1"
+    assert main(["baseline", *argv, "--out", str(first)]) == 0
+    make_synth(data, dataclasses.replace(TINY, seed=7), overwrite=True)
+    second = tmp_path / "ridge2"
+    assert main(["baseline", *argv, "--out", str(second)]) == 0
+    page = tmp_path / "page.html"
+    assert main(["report", "--run", str(second), "--compare", str(first), "--out", str(page)]) == 2
+    assert "as it was before it was re-made" in one_line_error(capsys, "report") and not page.exists()
