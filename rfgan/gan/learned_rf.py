@@ -31,13 +31,8 @@ from rfgan.gan.rf_input import RFInput
 LEARNABLE_NORMS = ("peak", "sum", "sum_full")  # "point" maps have no shape to learn
 
 
-def _normalise(maps: Tensor, sigma_px: Tensor, norm: str) -> Tensor:
-    """rfgan.data.rf.rf_maps' normalisations, differentiable: maps (E, H, W), sigma in pixels (E,)."""
-    if norm == "sum_full":
-        return maps / (2 * math.pi * sigma_px[:, None, None] ** 2)
-    denom = maps.sum(dim=(1, 2), keepdim=True) if norm == "sum" else maps.amax(dim=(1, 2), keepdim=True)
-    # An RF far outside the window underflows to all zeros; it stays zero, as in rf_maps.
-    return torch.where(denom > 0, maps / torch.where(denom > 0, denom, torch.ones_like(denom)), torch.zeros_like(maps))
+# exp(-x) underflows to 0 in float64 beyond x ≈ 745: rf_maps (NumPy, float64) leaves such an RF's map all zeros.
+FLOAT64_UNDERFLOW = 745.0
 
 
 class GaussianRFs(nn.Module):
@@ -67,11 +62,21 @@ class GaussianRFs(nn.Module):
         return self.sigma0 * self.log_scale.exp()
 
     def forward(self) -> Tensor:
+        """rf_maps' normalisations, computed from the exponent so that an RF far from the window, whose Gaussian is
+        tiny on every pixel, keeps finite gradients (normalising exp(-d²/2σ²) by its own max or sum divides by
+        nearly 0: its gradient was NaN, and NaN parameters followed)."""
         x, y = self.centres()
         sigma = self.sigma()
         d2 = (self.gx - x[:, None, None]) ** 2 + (self.gy - y[:, None, None]) ** 2
-        maps = torch.exp(-d2 / (2 * sigma[:, None, None] ** 2))
-        return _normalise(maps, sigma / self.deg_per_px, self.norm)
+        logits = -d2 / (2 * sigma[:, None, None] ** 2)  # (E, H, W)
+        if self.norm == "sum_full":
+            return torch.exp(logits) / (2 * math.pi * (sigma / self.deg_per_px)[:, None, None] ** 2)
+        top = logits.amax(dim=(1, 2), keepdim=True)
+        if self.norm == "sum":
+            maps = torch.softmax(logits.flatten(1), dim=1).view_as(logits)
+        else:  # peak
+            maps = torch.exp(logits - top)
+        return torch.where(top < -FLOAT64_UNDERFLOW, torch.zeros_like(maps), maps)
 
     def penalty(self) -> Tensor:
         return self.shift.new_zeros(())

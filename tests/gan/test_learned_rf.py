@@ -148,3 +148,20 @@ def test_rf_parameters_get_their_own_learning_rate_and_the_map_penalty_enters_gs
 def test_learned_layers_refuse_what_they_cannot_do(overrides, message):
     with pytest.raises(ConfigError, match=message):
         preset("tiny").with_overrides(overrides)
+
+
+@pytest.mark.parametrize("norm", ["peak", "sum", "sum_full"])
+def test_rfs_beyond_the_window_keep_finite_gradients(norm):
+    """Fourth audit: an RF just outside the image (y 5.92°, sigma 0.08° on a 10° window) has a Gaussian of ~1e-29 on
+    every pixel; normalising by its own max or sum gave NaN gradients, and training went on with NaN parameters. One
+    so far out that float64 underflows stays all zeros, as in rf_maps."""
+    table = RFTable(np.arange(3), np.array([0.0, 0.0, 40.0]), np.array([0.0, 5.92, 0.0]), np.array([1.0, 0.08, 0.3]))
+    layer = GaussianRFs(table, (32, 32), 10.0, norm)
+    np.testing.assert_allclose(layer().detach().numpy(), rf_maps(table, (32, 32), 10.0, norm), atol=1e-6, rtol=1e-4)
+    opt = torch.optim.Adam(layer.parameters(), lr=0.5)
+    for _ in range(20):
+        opt.zero_grad()
+        layer().square().sum().backward()
+        assert all(torch.isfinite(p.grad).all() for p in layer.parameters())
+        opt.step()
+    assert all(torch.isfinite(p).all() for p in layer.parameters())
