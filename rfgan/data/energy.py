@@ -56,10 +56,6 @@ class EnergyModel:
     linear: np.ndarray  # (E, H·W·C) float64: the linear part's weights on the contrast image, linear weight included
     c50: float = C50
 
-    @property
-    def image_size(self) -> int:
-        return int(round(np.sqrt(self.pool.shape[0])))
-
 
 def wavelengths(size: int) -> np.ndarray:
     """The bank's wavelengths in pixels: octaves from MIN_WAVELENGTH_PX up to half the image side."""

@@ -86,14 +86,12 @@ def _read_run(run: str, split: str, device: str) -> tuple[str, dict[str, Any], D
         for key, value in evaluation["metrics"].items():
             # Every value the page shows is a number (or null, undefined): an edited table fails here, not in render.
             for field in ("mean", "se"):
-                if value[field] is not None and (
-                    isinstance(value[field], bool) or not isinstance(value[field], (int, float))
-                ):
+                if not _number_or_null(value[field]):
                     raise TypeError(f"metrics.{key}.{field} is {value[field]!r}, not a number")
             int(value["n"])
         evaluation["metrics"]["psnr"]["mean"]
         for key, values in evaluation.get("per_image", {}).items():
-            if not all(x is None or (isinstance(x, (int, float)) and not isinstance(x, bool)) for x in values):
+            if not all(_number_or_null(x) for x in values):
                 raise TypeError(f"per_image.{key} holds a value that is not a number")
             if key in evaluation["metrics"] and len(values) != evaluation["metrics"][key]["n"]:
                 raise ValueError(f"per_image.{key} has {len(values)} values for n = {evaluation['metrics'][key]['n']}")
@@ -113,6 +111,11 @@ def _read_run(run: str, split: str, device: str) -> tuple[str, dict[str, Any], D
         load_decoder(_checkpoint_of(run, path, evaluation["checkpoint"]), device),
         storage.read_bytes(curves) if storage.is_file(curves) else None,
     )
+
+
+def _number_or_null(x: Any) -> bool:
+    """A JSON number or null (a bool is not one, though Python counts it an int)."""
+    return x is None or (isinstance(x, (int, float)) and not isinstance(x, bool))
 
 
 def _checkpoint_of(run: str, path: str, checkpoint: str) -> str:

@@ -78,9 +78,6 @@ class GaussianRFs(nn.Module):
             maps = torch.exp(logits - top)
         return torch.where(top < -FLOAT64_UNDERFLOW, torch.zeros_like(maps), maps)
 
-    def penalty(self) -> Tensor:
-        return self.shift.new_zeros(())
-
     def table(self, rfs: RFTable) -> RFTable:
         """The learned RFs as a table with `rfs`' ids and areas."""
         x, y = self.centres()
